@@ -1,0 +1,3 @@
+from fgvc.cli import main_exit
+
+main_exit()

@@ -1,0 +1,205 @@
+"""The one `fgvc` command. Only this module parses argv; library code takes explicit arguments.
+
+Every subcommand handler takes the parsed namespace and returns an exit code. A UserError
+anywhere becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fgvc.errors import UserError
+
+DEMO_DEFAULTS = {
+    "classes": 8, "per_class": 48, "size": 64,
+    "overrides": ["model.name=resnet18", "data.image_size=64", "train.epochs=6", "train.batch_size=32",
+                  "train.lr=2e-3", "train.milestones=[4]", "train.patience=0", "data.num_workers=0",
+                  "aug.geometric=false"],
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fgvc", description="Fine-grained visual classification toolkit.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="get, generate and inspect datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    prep = dsub.add_parser("prepare", help="download, verify and extract cub200 or dogs")
+    prep.add_argument("name", choices=["cub200", "dogs"])
+    prep.add_argument("--root", default="data", help="folder to extract into (default: data)")
+    prep.add_argument("--url", help="mirror URL (for dogs: the base URL of the three tar files)")
+    prep.add_argument("--md5", help="expected md5 of the archive (overrides the official one)")
+    synth = dsub.add_parser("synth", help="generate the synthbirds fine-grained dataset")
+    synth.add_argument("--root", default="data/synthbirds")
+    synth.add_argument("--classes", type=int, default=10)
+    synth.add_argument("--per-class", type=int, default=40)
+    synth.add_argument("--size", type=int, default=64, help="image side in pixels")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--layout", choices=["cub", "dogs"], default="cub")
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --root")
+    info = dsub.add_parser("info", help="classes, split sizes and unreadable files of a dataset")
+    info.add_argument("name")
+    info.add_argument("--root", required=True)
+    info.add_argument("--check", action="store_true", help="decode every image and list the bad ones")
+    info.add_argument("--json", action="store_true")
+
+    train = sub.add_parser("train", help="train a classifier; prints the run directory")
+    train.add_argument("config", nargs="?", help="YAML file or shipped config name (see fgvc/configs)")
+    train.add_argument("overrides", nargs="*", metavar="key=value")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    ev = sub.add_parser("eval", help="evaluate a run's best checkpoint on a split")
+    ev.add_argument("run_dir")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--json", action="store_true")
+
+    pr = sub.add_parser("predict", help="top-k classes for image files")
+    pr.add_argument("run_dir")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--topk", type=int, default=5)
+    pr.add_argument("--json", action="store_true")
+
+    demo = sub.add_parser("demo", help="the whole tour on generated data, in minutes on a CPU")
+    demo.add_argument("--out", default="fgvc-demo", help="folder for the demo's data and runs")
+    demo.add_argument("--epochs", type=int, help="override the demo's epoch count")
+    return p
+
+
+def _split_config_and_overrides(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    # `fgvc train key=value` (no file): argparse puts the first override in `config`
+    if config and "=" in config and not Path(config).exists():
+        return None, [config, *overrides]
+    return config, overrides
+
+
+def cmd_data(args) -> int:
+    if args.data_command == "synth":
+        from fgvc.data import synthetic
+
+        path = synthetic.generate(args.root, classes=args.classes, per_class=args.per_class, size=args.size,
+                                  seed=args.seed, layout=args.layout, overwrite=args.overwrite)
+        print(f"wrote synthbirds ({args.classes} classes, {args.per_class} images each, {args.layout} layout) to {path}")
+        return 0
+    if args.data_command == "prepare":
+        from fgvc.data import download
+
+        path = download.prepare(args.name, args.root, url=args.url, md5=args.md5)
+        print(f"{args.name} is ready in {path}")
+        return 0
+    from fgvc.data import info
+
+    d = info.describe(args.name, args.root, check=args.check)
+    print(json.dumps(d, indent=2, default=str) if args.json else info.format_info(d))
+    return 1 if args.check and d.get("unreadable") else 0
+
+
+def _load_train_config(config: str | None, overrides: list[str]):
+    from fgvc import config as config_mod
+
+    path = None
+    if config:
+        path = Path(config) if Path(config).exists() or config.endswith((".yaml", ".yml")) else None
+        path = path or config_mod.shipped_config(config)
+    return config_mod.load(path, overrides)
+
+
+def cmd_train(args) -> int:
+    from fgvc import runs
+    from fgvc.train import metrics_table, train
+
+    if args.resume:
+        cfg = runs.load_config(args.resume)
+        run_dir = train(cfg, run_dir=args.resume, resume=True, progress=not args.quiet)
+    else:
+        config, overrides = _split_config_and_overrides(args.config, args.overrides)
+        cfg = _load_train_config(config, overrides)
+        run_dir = train(cfg, progress=not args.quiet)
+    print(metrics_table(runs.read_metrics(run_dir)))
+    print(run_dir)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from fgvc import runs
+    from fgvc.data import build_dataset
+    from fgvc.data.transforms import eval_transform
+    from fgvc.train import evaluate
+
+    model, _ = runs.load(args.run_dir)
+    cfg = runs.load_config(args.run_dir)
+    ds = build_dataset(cfg.data.name, cfg.data.root, args.split, eval_transform(cfg.data.image_size),
+                       cfg.data.val_fraction, cfg.train.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=cfg.data.num_workers)
+    result = evaluate(model.to(device), loader, device=device, progress=True, desc=args.split)
+    runs.write_json_atomic(Path(args.run_dir) / f"eval_{args.split}.json", result)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.split}: acc {result['acc']:.4f}  top-5 {result['top5']:.4f}  "
+              f"loss {result['loss']:.4f}  ({result['n']} images)")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from fgvc.predict import predict_files
+
+    results = predict_files(args.run_dir, args.images, topk=args.topk)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        print(r["image"])
+        for p in r["top"]:
+            print(f"  {p['prob']:.3f}  {p['class']}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from fgvc import config as config_mod
+    from fgvc import runs
+    from fgvc.data import synthetic
+    from fgvc.train import metrics_table, train
+
+    out = Path(args.out)
+    root = out / "synthbirds"
+    if not (root / "CUB_200_2011").is_dir():
+        print(f"generating synthbirds in {root} ...")
+        synthetic.generate(root, classes=DEMO_DEFAULTS["classes"], per_class=DEMO_DEFAULTS["per_class"],
+                           size=DEMO_DEFAULTS["size"], seed=0)
+    overrides = [*DEMO_DEFAULTS["overrides"], "data.name=synthbirds", f"data.root={root}", f"out={out / 'runs'}"]
+    if args.epochs:
+        overrides.append(f"train.epochs={args.epochs}")
+    cfg = config_mod.load(None, overrides)
+    chance = 1 / DEMO_DEFAULTS["classes"]
+    print(f"training resnet18 from scratch on synthbirds ({DEMO_DEFAULTS['classes']} classes, "
+          f"chance {chance:.3f}) ...")
+    run_dir = train(cfg)
+    print(metrics_table(runs.read_metrics(run_dir)))
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+HANDLERS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return HANDLERS[args.command](args)
+    except UserError as e:
+        print(f"fgvc: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fgvc: interrupted", file=sys.stderr)
+        return 130
+
+
+def main_exit() -> None:
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Typed, strict configuration: dataclasses, YAML files and dotted key=value overrides.
+
+An unknown key names the valid ones (and the closest match); a value of the wrong type
+names the key, the value and the expected type. Nothing runs before the config is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fgvc.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthbirds"
+    root: str = "data/synthbirds"
+    image_size: int = 224
+    val_fraction: float = 0.1  # carved from train, stratified, seeded; test is never used for selection
+    num_workers: int = 2
+    skip_bad_images: bool = False
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet50"
+    pretrained: bool = False
+    dropout: float = 0.0
+    trainable: str = "all"  # fc | layer4+fc | ... | all (ResNets); head | head+blocks:N | all (ViTs)
+    init_from: str = ""  # a run directory whose backbone initialises this model (head replaced)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 5e-5  # the seed's AdamW setting
+    weight_decay: float = 1e-3
+    milestones: list[int] = field(default_factory=lambda: [30, 60, 90])
+    gamma: float = 0.1
+    patience: int = 20  # early stopping on validation accuracy; 0 disables it
+    seed: int = 0
+    precision: str = "auto"  # auto | 32-true | bf16-mixed | 16-mixed
+    devices: int = 1
+    accelerator: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class AugConfig:
+    geometric: bool = False  # random resized crop + horizontal flip + rotation
+    rotation: float = 15.0  # degrees, used when geometric is on
+    cutout: int = 0  # number of square holes; 0 disables Cutout
+    cutout_size: float = 0.25  # hole side as a fraction of the image side
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class AdvConfig:
+    attack: str = "none"  # none | fgsm | rs-fgsm | pgd
+    eps: float = 0.03  # pixel units, images in [0, 1]
+    alpha: float = 0.0  # step size; 0 means the attack's own default
+    steps: int = 7  # pgd steps
+    loss_weight: float = 0.5  # Eq. 1: w * L(x) + (1 - w) * L(x_adv)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    adv: AdvConfig = field(default_factory=AdvConfig)
+    out: str = "runs"  # parent folder of run directories
+
+
+# Range checks: key -> (predicate, what is expected). Checked after every load.
+_CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "data.image_size": (lambda v: 8 <= v <= 4096, "an integer between 8 and 4096"),
+    "data.val_fraction": (lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)"),
+    "data.num_workers": (lambda v: v >= 0, "0 or more"),
+    "model.dropout": (lambda v: 0.0 <= v < 1.0, "a probability in [0, 1)"),
+    "train.epochs": (lambda v: v >= 1, "1 or more"),
+    "train.batch_size": (lambda v: v >= 1, "1 or more"),
+    "train.lr": (lambda v: v > 0, "a positive number"),
+    "train.weight_decay": (lambda v: v >= 0, "0 or more"),
+    "train.gamma": (lambda v: 0 < v <= 1, "a factor in (0, 1]"),
+    "train.patience": (lambda v: v >= 0, "0 (off) or more"),
+    "train.devices": (lambda v: v >= 1, "1 or more"),
+    "train.precision": (
+        lambda v: v in ("auto", "32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16"),
+        "one of auto, 32-true, bf16-mixed, 16-mixed",
+    ),
+    "train.accelerator": (lambda v: v in ("auto", "cpu", "cuda", "gpu", "mps"), "one of auto, cpu, cuda"),
+    "aug.cutout": (lambda v: v >= 0, "0 (off) or more holes"),
+    "aug.cutout_size": (lambda v: 0 < v <= 1, "a fraction of the image side in (0, 1]"),
+    "aug.mixup_alpha": (lambda v: v >= 0, "0 (off) or a positive alpha"),
+    "aug.cutmix_alpha": (lambda v: v >= 0, "0 (off) or a positive alpha"),
+    "aug.label_smoothing": (lambda v: 0 <= v < 1, "a value in [0, 1)"),
+    "adv.attack": (lambda v: v in ("none", "fgsm", "rs-fgsm", "pgd"), "one of none, fgsm, rs-fgsm, pgd"),
+    "adv.eps": (lambda v: 0 <= v <= 1, "a pixel budget in [0, 1]"),
+    "adv.alpha": (lambda v: 0 <= v <= 1, "a step size in [0, 1] (0 = default)"),
+    "adv.steps": (lambda v: v >= 1, "1 or more"),
+    "adv.loss_weight": (lambda v: 0 <= v <= 1, "a weight in [0, 1]"),
+}
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def all_keys(cls=Config, prefix: str = "") -> list[str]:
+    """Every dotted key the config accepts, e.g. ``train.lr``."""
+    keys = []
+    for name, tp in _field_types(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys += all_keys(tp, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _unknown_key(key: str) -> UserError:
+    keys = all_keys()
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else f"; valid keys: {', '.join(keys)}"
+    return UserError(f"unknown config key {key!r}{hint}")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert a YAML value or a command-line string to the field's type, or explain."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            text = value.strip().strip("[]")
+            value = [v for v in (s.strip() for s in text.split(",")) if v]
+        if not isinstance(value, list | tuple):
+            raise UserError(f"config key {key!r} expects a list like [30,60,90], got {value!r}")
+        return [_coerce(key, v, item_tp) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported config type {tp}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise UserError(f"config key {key!r} expects true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise UserError(f"config key {key!r} expects an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        except (ValueError, TypeError):
+            raise UserError(f"config key {key!r} expects an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise UserError(f"config key {key!r} expects a number, got {value!r}")
+        try:
+            out = float(value)
+        except (ValueError, TypeError):
+            raise UserError(f"config key {key!r} expects a number, got {value!r}") from None
+        if out != out or out in (float("inf"), float("-inf")):
+            raise UserError(f"config key {key!r} expects a finite number, got {value!r}")
+        return out
+    if tp is str:
+        if value is None:
+            return ""
+        if isinstance(value, dict | list):
+            raise UserError(f"config key {key!r} expects a single value, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config type {tp}")
+
+
+def _set(cfg: Config, key: str, value: Any) -> None:
+    parts = key.split(".")
+    obj = cfg
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(obj) or part not in _field_types(type(obj)):
+            raise _unknown_key(key)
+        obj = getattr(obj, part)
+    types_ = _field_types(type(obj)) if dataclasses.is_dataclass(obj) else {}
+    name = parts[-1]
+    if name not in types_ or dataclasses.is_dataclass(types_[name]):
+        raise _unknown_key(key)
+    setattr(obj, name, _coerce(key, value, types_[name]))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def validate(cfg: Config) -> Config:
+    """Range-check every value; raise UserError naming the first bad key."""
+    flat = to_dict(cfg)
+    flat = _flatten(flat)
+    for key, (ok, expected) in _CHECKS.items():
+        if not ok(flat[key]):
+            raise UserError(f"config key {key!r} must be {expected}, got {flat[key]!r}")
+    return cfg
+
+
+def apply(cfg: Config, values: dict[str, Any]) -> Config:
+    """Set dotted keys (nested dicts are flattened) and re-validate."""
+    for key, value in _flatten(values).items():
+        _set(cfg, key, value)
+    return validate(cfg)
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["train.lr=1e-3", ...]`` -> ``{"train.lr": "1e-3"}``; a malformed item is a UserError."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"override {item!r} is not key=value (for example train.lr=1e-3)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Defaults <- YAML file <- key=value overrides, validated."""
+    cfg = Config()
+    if path:
+        apply(cfg, read_yaml(path))
+    if overrides:
+        apply(cfg, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    return validate(cfg)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def shipped_config(name: str) -> Path:
+    """Path of a YAML file shipped in fgvc/configs (name with or without .yaml)."""
+    base = Path(__file__).parent / "configs"
+    path = base / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if not path.is_file():
+        names = sorted(p.stem for p in base.glob("*.yaml"))
+        raise UserError(f"no shipped config {name!r}; choose one of {', '.join(names)}")
+    return path

@@ -1,0 +1,129 @@
+"""The dataset type every loader returns, and the split helpers they share."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from fgvc.errors import UserError
+
+SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int  # 0-based class index
+    box: tuple[float, float, float, float] | None = None  # x, y, width, height in source-image pixels
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """Decode an image file to RGB with EXIF orientation applied, or raise UserError naming it."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                # composite on white so transparent areas do not turn black
+                rgba = im.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return Image.alpha_composite(background, rgba).convert("RGB")
+            if im.mode == "I;16" or im.mode == "I":
+                # 16-bit grayscale: scale to 8 bit before RGB conversion
+                return im.point(lambda v: v / 256).convert("L").convert("RGB")
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise UserError(f"image {path} does not exist; check the dataset root") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"image {path} cannot be decoded ({e.__class__.__name__}); remove or replace it") from None
+
+
+class FineGrainedDataset(Dataset):
+    """Images with 0-based labels, class names and optional boxes.
+
+    ``__getitem__`` returns ``(image, label)`` where image is ``transform(PIL RGB)``;
+    with ``return_boxes=True`` it returns ``(image, label, box)``, the box an
+    ``(4,)`` XYXY tensor moved through the same (torchvision v2) transform, or
+    ``nan`` values when the sample has no box.
+    """
+
+    def __init__(self, samples: list[Sample], class_names: list[str], transform=None, name: str = ""):
+        self.samples = list(samples)
+        self.class_names = list(class_names)
+        self.transform = transform
+        self.name = name
+        self.return_boxes = False
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+    @property
+    def has_boxes(self) -> bool:
+        return bool(self.samples) and all(s.box is not None for s in self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        image = read_rgb(sample.path)
+        if not self.return_boxes:
+            return (self.transform(image) if self.transform else image), sample.label
+        if sample.box is None:
+            out = self.transform(image) if self.transform else image
+            return out, sample.label, torch.full((4,), float("nan"))
+        x, y, w, h = sample.box
+        box = tv_tensors.BoundingBoxes(
+            [[x, y, x + w, y + h]], format="XYXY", canvas_size=(image.height, image.width)
+        )
+        if self.transform:
+            image, box = self.transform(image, box)
+        return image, sample.label, torch.as_tensor(box, dtype=torch.float32).reshape(4)
+
+
+def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split samples into (keep, held_out) with ``fraction`` of each class held out, seeded.
+
+    Every class with at least two samples keeps at least one and, when fraction > 0,
+    holds out at least one, so validation accuracy covers every class.
+    """
+    if fraction <= 0:
+        return list(samples), []
+    by_class: dict[int, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_class[s.label].append(s)
+    rng = random.Random(seed)
+    keep, held = [], []
+    for label in sorted(by_class):
+        group = sorted(by_class[label], key=lambda s: str(s.path))
+        rng.shuffle(group)
+        n_held = min(len(group) - 1, max(1, round(fraction * len(group)))) if len(group) > 1 else 0
+        held += group[:n_held]
+        keep += group[n_held:]
+    return keep, held
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+
+
+def check_classes_have_images(samples: list[Sample], class_names: list[str], where: Path, split: str) -> None:
+    counts = [0] * len(class_names)
+    for s in samples:
+        counts[s.label] += 1
+    empty = [class_names[i] for i, n in enumerate(counts) if n == 0]
+    if empty:
+        raise UserError(
+            f"class {empty[0]!r} has no {split} images in {where}"
+            + (f" (and {len(empty) - 1} more classes)" if len(empty) > 1 else "")
+            + "; add images or remove the class"
+        )

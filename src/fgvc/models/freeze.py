@@ -1,0 +1,84 @@
+"""What is trained: the paper's trainable-depth names -> requires_grad, and BN mode.
+
+Frozen parameters get no gradient and are not given to the optimizer. Frozen BatchNorm
+layers stay in eval mode during training, so their running statistics keep the
+pretrained values (otherwise a "frozen" layer would still drift through its statistics).
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from fgvc.errors import UserError
+
+RESNET_PARTS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc")
+RESNET_CHOICES = ("fc", "layer4+fc", "layer3+layer4+fc", "layer2+layer3+layer4+fc", "all")
+
+
+def apply_trainable(model, spec: str) -> None:
+    """Set requires_grad by ``spec``: ResNets ``fc``..``all``; ViTs ``head``, ``head+blocks:N``, ``all``."""
+    spec = spec.strip()
+    for p in model.parameters():
+        p.requires_grad = spec == "all"
+    if spec == "all":
+        return
+    if model.family == "resnet":
+        parts = spec.split("+")
+        bad = [p for p in parts if p not in RESNET_PARTS]
+        if bad:
+            raise UserError(f"model.trainable={spec!r} names {bad[0]!r}, not a ResNet part; "
+                            f"use one of {', '.join(RESNET_CHOICES)}")
+        for part in parts:
+            _set(model.net.get_submodule(part), True)
+        return
+    match = re.fullmatch(r"head(?:\+blocks:(\d+))?", spec)
+    if not match:
+        choices = "head, head+blocks:N, all" if model.family == "vit" else "head, all"
+        raise UserError(f"model.trainable={spec!r} is not valid for {model.name}; use one of {choices}")
+    _set(model.head, True)
+    if model.family == "timm":
+        _set(model.net.get_classifier(), True)
+    if match.group(1) is not None:
+        if model.family != "vit":
+            raise UserError(f"model.trainable={spec!r} needs a ViT; {model.name} supports head or all")
+        n = int(match.group(1))
+        blocks = vit_blocks(model)
+        if not 0 <= n <= len(blocks):
+            raise UserError(f"model.trainable={spec!r}: {model.name} has {len(blocks)} blocks")
+        for block in blocks[len(blocks) - n:]:
+            _set(block, True)
+        if n > 0:
+            _set(vit_final_norm(model), True)  # the norm after the last block feeds the head
+
+
+def vit_blocks(model) -> list[nn.Module]:
+    net = model.net
+    if hasattr(net, "encoder"):  # torchvision
+        return list(net.encoder.layers)
+    return list(net.blocks)  # timm
+
+
+def vit_final_norm(model) -> nn.Module:
+    net = model.net
+    if hasattr(net, "encoder"):
+        return net.encoder.ln
+    return net.norm if not isinstance(net.norm, nn.Identity) else net.fc_norm
+
+
+def _set(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad = flag
+
+
+def train_mode(model: nn.Module) -> nn.Module:
+    """model.train(), except BatchNorm layers whose parameters are all frozen stay in eval mode."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            params = list(m.parameters())
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
+    return model

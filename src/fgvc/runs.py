@@ -1,0 +1,150 @@
+"""Run directories: atomic writes, the metrics.json schema, checkpoints, loading a run.
+
+A run directory holds ``config.yaml`` (resolved), ``classes.json``, ``metrics.json``,
+``history.csv``, ``curves.png`` and ``checkpoints/{best,last}.safetensors`` plus
+``checkpoints/last_state.pt`` (optimizer/scheduler/epoch state for resume, tensors and
+plain values only, loaded with ``weights_only=True``). Model weights are safetensors, so
+loading a run never unpickles code.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from fgvc import config as config_mod
+from fgvc.errors import UserError
+
+# Fields every training run's metrics.json holds (accuracies are fractions in [0, 1]).
+METRIC_FIELDS = (
+    "train_acc", "val_acc", "test_acc", "test_top5", "train_loss", "val_loss", "best_epoch",
+    "epochs_run", "seconds", "train_images_per_second", "params_total", "params_trainable",
+)
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv_atomic(path: Path, rows: list[dict], fields) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
+def save_weights(state_dict: dict, path: Path) -> None:
+    """Model weights as safetensors, atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    write_bytes_atomic(path, save(tensors))
+
+
+def save_state(state: dict, path: Path) -> None:
+    """Training state (tensors, numbers, strings, lists, dicts only) via torch.save, atomically."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def load_state(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle with code, or a damaged file
+        raise UserError(f"training state {path} cannot be loaded safely ({e.__class__.__name__}); "
+                        "it is damaged or not written by fgvc") from None
+
+
+def load_weights(path: Path) -> dict:
+    if not Path(path).is_file():
+        raise UserError(f"weights file {path} does not exist; was the run finished?")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"weights file {path} is not a valid safetensors file ({e})") from None
+
+
+def new_run_dir(out: str | Path, model: str, data: str) -> Path:
+    """``out/<YYYYmmdd-HHMMSS>-<data>-<model>``, made unique with a suffix."""
+    out = Path(out).expanduser()
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{data}-{model}".replace("/", "_")
+    path = out / stem
+    n = 1
+    while path.exists():
+        n += 1
+        path = out / f"{stem}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir).expanduser()
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not an fgvc run directory (no config.yaml); "
+                        "pass the folder that `fgvc train` printed")
+    return run_dir
+
+
+def load_config(run_dir: str | Path) -> config_mod.Config:
+    run_dir = check_run_dir(run_dir)
+    return config_mod.load(run_dir / "config.yaml")
+
+
+def load_class_names(run_dir: str | Path) -> list[str]:
+    path = Path(run_dir) / "classes.json"
+    if not path.is_file():
+        raise UserError(f"{path} is missing; the run directory is incomplete")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def load(run_dir: str | Path, checkpoint: str = "best"):
+    """``(model, class_names)``: the run's model on [0, 1] images, in eval mode, on the CPU."""
+    from fgvc.models import create_model
+
+    run_dir = check_run_dir(run_dir)
+    cfg = load_config(run_dir)
+    class_names = load_class_names(run_dir)
+    model = create_model(cfg.model.name, len(class_names), pretrained=False, dropout=cfg.model.dropout,
+                         image_size=cfg.data.image_size)
+    state = load_weights(run_dir / "checkpoints" / f"{checkpoint}.safetensors")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"checkpoint in {run_dir} does not match model {cfg.model.name} "
+                        f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    return model.eval(), class_names

@@ -1,0 +1,267 @@
+"""The classifier training loop: one function, read top to bottom.
+
+Build (data, model, optimizer) -> for each epoch: train, validate, checkpoint, early-stop
+-> test once on the best checkpoint. Lightning Fabric handles device, precision and DDP;
+the loop, the tricks and the adversarial step stay visible here.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning_fabric import Fabric
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from fgvc import config as config_mod
+from fgvc import runs
+from fgvc.data import build_dataset
+from fgvc.data.transforms import eval_transform, train_transform
+from fgvc.errors import UserError
+from fgvc.models import apply_trainable, count_parameters, create_model, train_mode
+from fgvc.train.evaluate import evaluate
+from fgvc.train.mixing import build_mixing, soft_cross_entropy, soft_targets
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """'auto' -> bf16-mixed on CUDA with bf16, and on CPUs with bf16 instructions (measured faster
+    there, see benchmarks/results/loop_overhead.md); 32-true otherwise."""
+    if precision != "auto":
+        return {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}.get(precision, precision)
+    use_cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if _cpu_has_bf16() else "32-true"
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: config_mod.Config, num_classes: int):
+    """Backbone with a fresh head, optionally initialised from an earlier run, then frozen by spec."""
+    model = create_model(cfg.model.name, num_classes, pretrained=cfg.model.pretrained,
+                         dropout=cfg.model.dropout, image_size=cfg.data.image_size)
+    if cfg.model.init_from:
+        source_cfg = runs.load_config(cfg.model.init_from)
+        if source_cfg.model.name != cfg.model.name:
+            raise UserError(f"model.init_from={cfg.model.init_from} holds a {source_cfg.model.name}, "
+                            f"not a {cfg.model.name}; set model.name={source_cfg.model.name}")
+        state = runs.load_weights(Path(cfg.model.init_from) / "checkpoints" / "best.safetensors")
+        head_prefix = f"net.{model.head_path}."
+        # the head is sized for the source classes: keep the new one
+        backbone = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
+        missing, unexpected = model.load_state_dict(backbone, strict=False)
+        if unexpected or any(not k.startswith(head_prefix) for k in missing):
+            raise UserError(f"weights in {cfg.model.init_from} do not fit {cfg.model.name}")
+    apply_trainable(model, cfg.model.trainable)
+    return model
+
+
+def _loader(dataset, batch_size, shuffle, num_workers, generator=None, drop_last=False):
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      generator=generator, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=False)
+
+
+def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: bool = False,
+          progress: bool = True) -> Path:
+    """Train a classifier as ``cfg`` says; returns the run directory it wrote."""
+    t_start = time.perf_counter()
+    precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
+    fabric = Fabric(accelerator=cfg.train.accelerator, devices=cfg.train.devices, precision=precision)
+    fabric.launch()
+    seed_all(cfg.train.seed)
+
+    # --- data: train/val/test; model selection only ever looks at val ---
+    d = cfg.data
+    train_ds = build_dataset(d.name, d.root, "train", train_transform(
+        d.image_size, cfg.aug.geometric, cfg.aug.rotation, cfg.aug.cutout, cfg.aug.cutout_size),
+        d.val_fraction, cfg.train.seed)
+    val_ds = build_dataset(d.name, d.root, "val", eval_transform(d.image_size), d.val_fraction, cfg.train.seed)
+    test_ds = build_dataset(d.name, d.root, "test", eval_transform(d.image_size), d.val_fraction, cfg.train.seed)
+    class_names = train_ds.class_names
+    num_classes = len(class_names)
+    if len(val_ds) == 0:
+        raise UserError("the validation split is empty; set data.val_fraction above 0 (for example 0.1)")
+
+    # --- model, optimizer, schedule ---
+    model = build_model(cfg, num_classes)
+    counts = count_parameters(model)
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen weights never reach AdamW
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.train.milestones,
+                                                     gamma=cfg.train.gamma)
+    raw_model = model
+    model, optimizer = fabric.setup(model, optimizer)
+
+    mixing = build_mixing(cfg.aug.mixup_alpha, cfg.aug.cutmix_alpha, cfg.aug.label_smoothing, num_classes)
+    generator = torch.Generator()
+    train_loader = fabric.setup_dataloaders(_loader(
+        train_ds, cfg.train.batch_size, True, d.num_workers, generator,
+        drop_last=mixing is not None and len(train_ds) > cfg.train.batch_size))  # timm Mixup needs even batches
+    val_loader, test_loader = fabric.setup_dataloaders(
+        _loader(val_ds, cfg.train.batch_size * 2, False, d.num_workers),
+        _loader(test_ds, cfg.train.batch_size * 2, False, d.num_workers))
+    adv_loss = None
+    if cfg.adv.attack != "none":
+        from fgvc.robust.training import adversarial_loss as adv_loss
+
+    # --- run directory: fresh, or resumed from its last completed epoch ---
+    if resume:
+        run_dir = runs.check_run_dir(run_dir)
+    else:
+        run_dir = Path(run_dir) if run_dir else runs.new_run_dir(cfg.out, cfg.model.name, d.name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.write_text_atomic(run_dir / "config.yaml", config_mod.dump(cfg))
+        runs.write_json_atomic(run_dir / "classes.json", class_names)
+    ckpt = run_dir / "checkpoints"
+    history: list[dict] = []
+    start_epoch, best_acc, best_epoch = 0, -1.0, -1
+    train_seconds, train_images = 0.0, 0
+    if resume and (ckpt / "last_state.pt").is_file():
+        state = runs.load_state(ckpt / "last_state.pt")
+        raw_model.load_state_dict(runs.load_weights(ckpt / "last.safetensors"))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_acc, best_epoch = state["epoch"] + 1, state["best_acc"], state["best_epoch"]
+        history, train_seconds, train_images = state["history"], state["train_seconds"], state["train_images"]
+    fabric.print(f"run directory: {run_dir}")
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        if best_epoch >= 0 and cfg.train.patience and epoch - best_epoch > cfg.train.patience:
+            break  # early stopping: val accuracy has not improved for `patience` epochs
+        # Seeding per epoch makes an epoch's shuffling, augmentation and dropout a function of
+        # (seed, epoch) alone, so a run resumed at an epoch boundary ends where an uninterrupted one does.
+        seed_all(cfg.train.seed * 1000 + epoch)
+        generator.manual_seed(cfg.train.seed * 1000 + epoch)
+        train_mode(model)  # frozen BatchNorm stays in eval mode
+        t0 = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+                   disable=not progress or not fabric.is_global_zero)
+        for step, (x, y) in enumerate(bar):
+            if mixing is not None:
+                x, target = mixing(x, y)  # label smoothing is folded into the soft targets
+            else:
+                target = soft_targets(y, num_classes, cfg.aug.label_smoothing)
+            if adv_loss is not None:
+                # Eq. 1 of the seed: w * L(x) + (1 - w) * L(x_adv), the attack run on the current model
+                loss, logits = adv_loss(model, x, target, soft_cross_entropy, cfg.adv.attack, cfg.adv.eps,
+                                        cfg.adv.alpha or None, cfg.adv.steps, cfg.adv.loss_weight,
+                                        return_logits=True)
+            else:
+                logits = model(x)
+                loss = soft_cross_entropy(logits, target)
+            if not torch.isfinite(loss):
+                raise UserError(f"the training loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
+                                f"lower train.lr (now {cfg.train.lr}); the last good checkpoint is in {ckpt}")
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            optimizer.step()
+            # Train accuracy under mixing: agreement with the label of the larger mixing weight
+            # (the argmax of the soft target); without mixing it is plain accuracy.
+            loss_sum += loss.item() * y.shape[0]
+            correct += (logits.argmax(1) == target.argmax(1)).sum().item()
+            seen += y.shape[0]
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        epoch_train_seconds = time.perf_counter() - t0
+        train_seconds += epoch_train_seconds
+        train_images += seen
+        val = evaluate(model, val_loader, autocast=fabric.autocast)
+        scheduler.step()
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+               "val_loss": val["loss"], "val_acc": val["acc"], "lr": optimizer.param_groups[0]["lr"],
+               "seconds": round(time.perf_counter() - t0, 3)}
+        history.append(row)
+        fabric.print(f"epoch {epoch + 1:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+                     f"val loss {val['loss']:.4f} acc {val['acc']:.4f}  ({row['seconds']:.1f}s)")
+        if fabric.is_global_zero:
+            if val["acc"] > best_acc:
+                best_acc, best_epoch = val["acc"], epoch
+                runs.save_weights(raw_model.state_dict(), ckpt / "best.safetensors")
+            runs.save_weights(raw_model.state_dict(), ckpt / "last.safetensors")
+            runs.save_state({"epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch, "history": history,
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "train_seconds": train_seconds, "train_images": train_images},
+                            ckpt / "last_state.pt")
+            runs.write_csv_atomic(run_dir / "history.csv", history, runs.HISTORY_FIELDS)
+        fabric.barrier()
+
+    # --- test once, on the best checkpoint ---
+    raw_model.load_state_dict(runs.load_weights(ckpt / "best.safetensors"))
+    test = evaluate(model, test_loader, autocast=fabric.autocast, progress=progress, desc="test")
+    best = history[best_epoch] if 0 <= best_epoch < len(history) else history[-1]
+    metrics = {
+        "train_acc": best["train_acc"], "val_acc": best["val_acc"], "test_acc": test["acc"],
+        "test_top5": test["top5"], "train_loss": best["train_loss"], "val_loss": best["val_loss"],
+        "test_loss": test["loss"], "best_epoch": best_epoch + 1, "epochs_run": len(history),
+        "seconds": round(time.perf_counter() - t_start, 2) if not resume else None,
+        "train_seconds": round(train_seconds, 2),
+        "train_images_per_second": round(train_images / train_seconds, 2) if train_seconds else 0.0,
+        **counts, "precision": precision, "device": str(fabric.device),
+        "num_classes": num_classes, "train_images": len(train_ds), "val_images": len(val_ds),
+        "test_images": len(test_ds),
+    }
+    if metrics["seconds"] is None:  # resumed: wall time of this process plus the earlier ones' training
+        metrics["seconds"] = round(time.perf_counter() - t_start + train_seconds, 2)
+    if fabric.is_global_zero:
+        runs.write_json_atomic(run_dir / "metrics.json", metrics)
+        _plot_curves(history, run_dir / "curves.png")
+    return run_dir
+
+
+def _plot_curves(history: list[dict], path: Path) -> None:
+    """Loss and accuracy per epoch, train vs val."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax1.plot(epochs, [h["val_loss"] for h in history], label="val")
+    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax2.plot(epochs, [h["train_acc"] for h in history], label="train")
+    ax2.plot(epochs, [h["val_acc"] for h in history], label="val")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def metrics_table(metrics: dict) -> str:
+    """A short human-readable table of the headline metrics."""
+    rows = [("train acc", "train_acc"), ("val acc", "val_acc"), ("test acc", "test_acc"),
+            ("test top-5", "test_top5"), ("best epoch", "best_epoch"), ("epochs run", "epochs_run"),
+            ("seconds", "seconds"), ("train img/s", "train_images_per_second"),
+            ("params (trainable)", "params_trainable")]
+    lines = []
+    for label, key in rows:
+        v = metrics.get(key)
+        text = f"{v:.4f}" if isinstance(v, float) and key.endswith(("acc", "top5")) else str(v)
+        lines.append(f"  {label:<20} {text}")
+    return "\n".join(lines)
+
+
+__all__ = ["train", "build_model", "metrics_table", "resolve_precision"]
