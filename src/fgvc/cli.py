@@ -63,6 +63,56 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--topk", type=int, default=5)
     pr.add_argument("--json", action="store_true")
 
+    at = sub.add_parser("attack", help="accuracy under FGSM / I-FGSM / PGD across eps, with plot and gallery")
+    at.add_argument("run_dir")
+    at.add_argument("--attack", default="fgsm", choices=["fgsm", "ifgsm", "pgd"])
+    at.add_argument("--eps", default="seed",
+                    help="comma list (0,0.05,8/255) or 'seed' (0..0.3) or 'standard' (1,2,4,8/255)")
+    at.add_argument("--alpha", type=float, help="step size for ifgsm/pgd (default: the attack's own)")
+    at.add_argument("--steps", type=int, help="steps for ifgsm/pgd")
+    at.add_argument("--split", default="test", choices=["train", "val", "test"])
+    at.add_argument("--limit", type=int, help="attack only the first N images")
+    at.add_argument("--compare", metavar="RUN_DIR", help="a second run (e.g. adversarially trained) on the same plot")
+    at.add_argument("--device", default="auto")
+
+    zs = sub.add_parser("zeroshot", help="CLIP zero-shot classification of a dataset split")
+    zs.add_argument("--model", default="ViT-B-16", help="open_clip model name, e.g. ViT-B-32, ViT-L-14-336, hf-hub:...")
+    zs.add_argument("--pretrained", default="openai", help="open_clip pretrained tag or a weights file")
+    zs.add_argument("--data", required=True, help="dataset name, e.g. cub200")
+    zs.add_argument("--root", required=True)
+    zs.add_argument("--split", default="test", choices=["train", "val", "test"])
+    zs.add_argument("--templates", default="seed",
+                    help="template set (seed, birds, dogs, ensemble, ...; join with +) or a text file")
+    zs.add_argument("--descriptions", help="JSON file: class name -> list of descriptions")
+    zs.add_argument("--out", help="output folder (default: runs/zeroshot-<data>-<model>-<templates>)")
+    zs.add_argument("--batch-size", type=int, default=64)
+    zs.add_argument("--device", default="auto")
+    zs.add_argument("--num-workers", type=int, default=2)
+    zs.add_argument("--no-cache", action="store_true", help="re-encode images even if cached")
+    zs.add_argument("--offline", action="store_true", help="never try to download weights")
+
+    gan = sub.add_parser("gan", help="class-conditional GAN (projection discriminator): train and sample")
+    gsub = gan.add_subparsers(dest="gan_command", required=True, metavar="ACTION")
+    gtrain = gsub.add_parser("train", help="train a cGAN; prints the run directory")
+    gtrain.add_argument("config", nargs="?", help="GAN YAML file")
+    gtrain.add_argument("overrides", nargs="*", metavar="key=value")
+    gtrain.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted GAN run")
+    gtrain.add_argument("--quiet", action="store_true")
+    gsample = gsub.add_parser("sample", help="write N generated images per class as a folder dataset")
+    gsample.add_argument("run_dir")
+    gsample.add_argument("--per-class", type=int, required=True)
+    gsample.add_argument("--out", required=True)
+    gsample.add_argument("--seed", type=int, default=0)
+    gsample.add_argument("--raw", action="store_true", help="use the raw generator instead of its EMA")
+    gsample.add_argument("--device", default="cpu")
+
+    st = sub.add_parser("study", help="run a whole paper table (several runs) and write its table")
+    st.add_argument("study", help="shipped study name (see fgvc/configs/studies) or a YAML file")
+    st.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every row, e.g. data.root=DIR")
+    st.add_argument("--only", help="comma-separated row names to run")
+    st.add_argument("--out", default="runs", help="parent folder of the study folder (default: runs)")
+    st.add_argument("--quiet", action="store_true")
+
     demo = sub.add_parser("demo", help="the whole tour on generated data, in minutes on a CPU")
     demo.add_argument("--out", default="fgvc-demo", help="folder for the demo's data and runs")
     demo.add_argument("--epochs", type=int, help="override the demo's epoch count")
@@ -161,6 +211,62 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_attack(args) -> int:
+    from fgvc.robust import parse_eps
+    from fgvc.robust.run import attack_run
+
+    result = attack_run(args.run_dir, args.attack, parse_eps(args.eps), split=args.split, limit=args.limit,
+                        alpha=args.alpha, steps=args.steps, compare=args.compare, device=args.device)
+    print(result["table"])
+    print("\n".join(result["files"]))
+    return 0
+
+
+def cmd_zeroshot(args) -> int:
+    from fgvc.clip import run_zeroshot
+
+    tag = Path(args.templates).stem if Path(args.templates).is_file() else args.templates
+    out = args.out or f"runs/zeroshot-{args.data}-{args.model}-{args.pretrained}-{tag}".replace("/", "_").replace(":", "_")
+    metrics = run_zeroshot(args.model, args.pretrained, args.data, args.root, out, split=args.split,
+                           templates=args.templates, descriptions=args.descriptions, batch_size=args.batch_size,
+                           device=args.device, num_workers=args.num_workers, use_cache=not args.no_cache,
+                           download=not args.offline)
+    split = args.split
+    print(f"{args.model} ({args.pretrained}), templates {args.templates}: "
+          f"top-1 {metrics[f'{split}_acc']:.4f}  top-5 {metrics[f'{split}_top5']:.4f}  "
+          f"mean per-class {metrics[f'{split}_mean_class_acc']:.4f}")
+    print(out)
+    return 0
+
+
+def cmd_gan(args) -> int:
+    from fgvc.gan import load_gan_config, sample_dataset, train_gan
+
+    if args.gan_command == "sample":
+        out = sample_dataset(args.run_dir, args.per_class, args.out, seed=args.seed, ema=not args.raw,
+                             device=args.device)
+        print(f"wrote {args.per_class} generated images per class to {out} (folder layout)")
+        return 0
+    if args.resume:
+        cfg = load_gan_config(Path(args.resume) / "config.yaml", args.overrides)
+        run_dir = train_gan(cfg, progress=not args.quiet, resume=args.resume)
+    else:
+        config, overrides = _split_config_and_overrides(args.config, args.overrides)
+        run_dir = train_gan(load_gan_config(config, overrides), progress=not args.quiet)
+    print(run_dir)
+    return 0
+
+
+def cmd_study(args) -> int:
+    from fgvc.experiments.study import run_study
+
+    only = [r.strip() for r in args.only.split(",")] if args.only else None
+    folder = run_study(args.study, args.overrides, only=only, out=args.out, progress=not args.quiet)
+    print((folder / "table.md").read_text())
+    print(folder)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from fgvc import config as config_mod
     from fgvc import runs
@@ -186,11 +292,20 @@ def cmd_demo(args) -> int:
     return 0
 
 
-HANDLERS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "demo": cmd_demo}
+HANDLERS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "study": cmd_study, "zeroshot": cmd_zeroshot,
+            "attack": cmd_attack, "gan": cmd_gan,
+            "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may come after flags (`fgvc train --quiet train.lr=1e-3`)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return HANDLERS[args.command](args)
     except UserError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ class Sample:
     path: Path
     label: int  # 0-based class index
     box: tuple[float, float, float, float] | None = None  # x, y, width, height in source-image pixels
+    image_id: int | None = None  # the dataset's own id (CUB's 1-based image id), when it has one
 
 
 def read_rgb(path: Path) -> Image.Image:
@@ -54,11 +56,14 @@ class FineGrainedDataset(Dataset):
     ``nan`` values when the sample has no box.
     """
 
-    def __init__(self, samples: list[Sample], class_names: list[str], transform=None, name: str = ""):
+    def __init__(self, samples: list[Sample], class_names: list[str], transform=None, name: str = "",
+                 split: str = "", root: Path | None = None):
         self.samples = list(samples)
         self.class_names = list(class_names)
         self.transform = transform
         self.name = name
+        self.split = split
+        self.root = root  # the folder the loader read (e.g. .../CUB_200_2011)
         self.return_boxes = False
 
     def __len__(self) -> int:
@@ -127,3 +132,27 @@ def check_classes_have_images(samples: list[Sample], class_names: list[str], whe
             + (f" (and {len(empty) - 1} more classes)" if len(empty) > 1 else "")
             + "; add images or remove the class"
         )
+
+
+def readable_name(name: str) -> str:
+    """'001.Black_footed_Albatross' or 'n02085620-Chihuahua' -> 'Black footed Albatross' / 'Chihuahua'."""
+    m = re.match(r"^(?:\d+\.|n\d{8}-)(.+)$", name)
+    return (m.group(1) if m else name).replace("_", " ").strip()
+
+
+def detect_layout(root: Path) -> str | None:
+    """'cub', 'dogs' or 'folder' when ``root`` looks like that layout (for hints in error messages)."""
+    if (root / "images.txt").is_file() or (root / "CUB_200_2011" / "images.txt").is_file():
+        return "cub"
+    if any((root / d / "Images").is_dir() for d in (".", "StanfordDogs")) or (root / "lists").is_dir():
+        return "dogs"
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return "folder"
+    return None
+
+
+LAYOUT_HINT = {
+    "cub": "it looks like the CUB-200-2011 layout: use dataset cub200 (or synthbirds)",
+    "dogs": "it looks like the Stanford Dogs layout: use dataset dogs (or synthdogs)",
+    "folder": "it looks like train/<class>/ and test/<class>/ folders: use dataset folder",
+}

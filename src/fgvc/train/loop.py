@@ -120,6 +120,8 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
     adv_loss = None
     if cfg.adv.attack != "none":
         from fgvc.robust.training import adversarial_loss as adv_loss
+        from fgvc.robust.training import catastrophic_overfitting, robust_accuracy_probe
+    probes: list[dict] = []
 
     # --- run directory: fresh, or resumed from its last completed epoch ---
     if resume:
@@ -139,6 +141,7 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_acc, best_epoch = state["epoch"] + 1, state["best_acc"], state["best_epoch"]
+        probes = [{k[len("probe_"):]: v for k, v in h.items() if k.startswith("probe_")} for h in state["history"]]
         history, train_seconds, train_images = state["history"], state["train_seconds"], state["train_images"]
     fabric.print(f"run directory: {run_dir}")
 
@@ -160,10 +163,21 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
             else:
                 target = soft_targets(y, num_classes, cfg.aug.label_smoothing)
             if adv_loss is not None:
-                # Eq. 1 of the seed: w * L(x) + (1 - w) * L(x_adv), the attack run on the current model
-                loss, logits = adv_loss(model, x, target, soft_cross_entropy, cfg.adv.attack, cfg.adv.eps,
-                                        cfg.adv.alpha or None, cfg.adv.steps, cfg.adv.loss_weight,
-                                        return_logits=True)
+                # Eq. 1 of the seed: w * L(x) + (1 - w) * L(x_adv), the attack run on the current model.
+                # Train accuracy is read from the first train-mode forward: the clean one (the
+                # adversarial one when w = 0); the attack's own search runs in eval mode.
+                train_logits = []
+
+                def loss_fn(out, tgt, sink=train_logits):
+                    if raw_model.training:
+                        sink.append(out.detach())
+                    return soft_cross_entropy(out, tgt)
+
+                with fabric.autocast():
+                    loss = adv_loss(model, x, target, loss_fn, cfg.adv.attack, cfg.adv.eps,
+                                    cfg.adv.alpha or None, cfg.adv.steps, cfg.adv.loss_weight,
+                                    attack_model=raw_model)
+                logits = train_logits[0]
             else:
                 logits = model(x)
                 loss = soft_cross_entropy(logits, target)
@@ -187,6 +201,17 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                "val_loss": val["loss"], "val_acc": val["acc"], "lr": optimizer.param_groups[0]["lr"],
                "seconds": round(time.perf_counter() - t0, 3)}
+        if adv_loss is not None:
+            # PGD vs FGSM accuracy on one validation batch makes catastrophic overfitting visible
+            xb, yb = next(iter(val_loader))[:2]
+            with fabric.autocast():
+                probe = robust_accuracy_probe(raw_model, xb, yb, cfg.adv.eps)
+            probes.append(probe)
+            row.update({f"probe_{k}": v for k, v in probe.items()})
+            if catastrophic_overfitting(probes):
+                fabric.print(f"warning: PGD accuracy collapsed to {probe['pgd']:.3f} while FGSM accuracy rose to "
+                             f"{probe['fgsm']:.3f}: catastrophic overfitting; try adv.attack=rs-fgsm or pgd, "
+                             "or a smaller adv.eps")
         history.append(row)
         fabric.print(f"epoch {epoch + 1:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
                      f"val loss {val['loss']:.4f} acc {val['acc']:.4f}  ({row['seconds']:.1f}s)")
@@ -199,7 +224,8 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "train_seconds": train_seconds, "train_images": train_images},
                             ckpt / "last_state.pt")
-            runs.write_csv_atomic(run_dir / "history.csv", history, runs.HISTORY_FIELDS)
+            fields = [*runs.HISTORY_FIELDS, *(f"probe_{k}" for k in ("clean", "fgsm", "pgd") if adv_loss)]
+            runs.write_csv_atomic(run_dir / "history.csv", history, fields)
         fabric.barrier()
 
     # --- test once, on the best checkpoint ---

@@ -1,0 +1,89 @@
+"""Training throughput of fgvc's loop vs a bare forward+backward+step of the same model.
+
+    python benchmarks/loop_overhead.py --root DATA_ROOT [--data cub200] [--size 96] [--batch 32]
+
+Runs `fgvc.train.train` for a few epochs and reads `train_images_per_second` from its
+metrics.json (data loading, augmentation, progress bar, accuracy bookkeeping included),
+then times a bare loop on random tensors already in memory with the same model, batch,
+optimizer and precision. Prints a Markdown table and appends it to
+benchmarks/results/loop_overhead.md. Goal: ratio >= 0.95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from fgvc import config
+from fgvc.models import create_model
+from fgvc.train import train
+from fgvc.train.loop import resolve_precision
+
+
+def bare_images_per_second(model_name, classes, size, batch, precision, device, steps, warmup=3):
+    model = create_model(model_name, classes, image_size=size).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-3)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    x = torch.rand(batch, 3, size, size, device=device)
+    y = torch.randint(classes, (batch,), device=device)
+    for i in range(warmup + steps):
+        if i == warmup:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--root", required=True)
+    p.add_argument("--data", default="cub200")
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--precision", default="auto")
+    args = p.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(args.precision, "auto")
+    with tempfile.TemporaryDirectory() as out:
+        cfg = config.load(None, [f"data.name={args.data}", f"data.root={args.root}", f"data.image_size={args.size}",
+                                 f"model.name={args.model}", f"train.batch_size={args.batch}",
+                                 f"train.epochs={args.epochs}", f"data.num_workers={args.workers}",
+                                 f"train.precision={precision}", "train.patience=0", f"out={out}"])
+        run_dir = train(cfg, progress=False)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    loop = metrics["train_images_per_second"]
+    steps = max(5, metrics["train_images"] * args.epochs // args.batch)
+    bare = bare_images_per_second(args.model, metrics["num_classes"], args.size, args.batch, precision, device, steps)
+    machine = (torch.cuda.get_device_name() if device == "cuda"
+               else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
+    row = (f"| {machine} | {args.model} | {args.size} | {args.batch} | {precision} | {args.workers} | "
+           f"{loop:.1f} | {bare:.1f} | {loop / bare:.3f} |")
+    header = ("| machine | model | px | batch | precision | workers | fgvc loop img/s | bare step img/s | ratio |\n"
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(header)
+    print(row)
+    results = Path(__file__).parent / "results" / "loop_overhead.md"
+    if not results.exists():
+        results.write_text("# Training loop overhead\n\nWritten by `benchmarks/loop_overhead.py`.\n\n" + header + "\n")
+    with results.open("a") as f:
+        f.write(row + "\n")
+
+
+if __name__ == "__main__":
+    main()

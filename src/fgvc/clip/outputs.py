@@ -1,0 +1,72 @@
+"""Files the CLIP tools write: atomic JSON/CSV, and tensors cached without pickle."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _atomic(path: Path, write) -> None:
+    # temp file in the same folder, then os.replace: a reader never sees half a file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+
+    _atomic(Path(path), write)
+
+
+def write_csv(path: str | Path, header: list[str], rows: list[list]) -> None:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
+
+    _atomic(Path(path), write)
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write tensors as safetensors (no pickle), atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def default_cache_dir() -> Path:
+    """``$FGVC_CACHE``, else ``$XDG_CACHE_HOME/fgvc``, else ``~/.cache/fgvc``."""
+    if os.environ.get("FGVC_CACHE"):
+        return Path(os.environ["FGVC_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "fgvc"
+
+
+def slug(text: str, limit: int = 60) -> str:
+    """A file-name-safe form of ``text``; long or path-like values get a short hash so they stay unique."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
+    if len(safe) > limit or safe != text:
+        safe = f"{safe[-limit:].strip('-.')}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return safe

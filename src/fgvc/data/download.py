@@ -1,0 +1,230 @@
+"""Download, verify and extract CUB-200-2011 and Stanford Dogs (`fgvc data prepare`).
+
+Downloads go to ``<archive>.part`` and resume with an HTTP Range request when the server
+allows it (else they restart); a known md5 is checked before the archive is used.
+Archives are extracted member by member into a hidden folder beside the target, refusing
+absolute paths, ``..``, links and device files, then checked with the dataset's own
+loader and renamed into place, so a failure never leaves a half dataset that loads.
+A dataset that already loads is left alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import shutil
+import sys
+import tarfile
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path, PurePosixPath
+
+from fgvc.errors import UserError
+
+CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
+CUB_MD5 = "97eceeb196236b17998738112f37df78"
+DOGS_URL = "http://vision.stanford.edu/aditya86/ImageNetDogs/"
+DOGS_FILES = ("images.tar", "lists.tar", "annotation.tar")
+# where each Stanford Dogs archive is extracted inside the dataset folder: lists.tar holds
+# flat .mat files, the other two hold their own Images/ and Annotation/ folders
+DOGS_INTO = {"images.tar": ".", "lists.tar": "lists", "annotation.tar": "."}
+NAMES = ("cub200", "dogs")
+CHUNK = 1 << 20  # bytes per read
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr)
+
+
+def md5sum(path: Path) -> str:
+    """Hex md5 of a file, read in 1 MiB chunks."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _open(url: str, start: int, timeout: float):
+    headers = {"User-Agent": "fgvc"}
+    if start:
+        headers["Range"] = f"bytes={start}-"
+    try:
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and start:
+            return None  # the .part file already holds the whole file
+        raise UserError(f"downloading {url} failed with HTTP {e.code} {e.reason}; the file may have moved or "
+                        "the server may be down: pass a mirror with --url") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", e)
+        raise UserError(f"cannot reach {url} ({reason}); check the network connection or pass a mirror "
+                        "with --url") from None
+
+
+def download(url: str, dest: Path, md5: str | None = None, progress: bool = True, timeout: float = 60.0) -> Path:
+    """Fetch ``url`` to ``dest`` via ``dest.part`` (resumed with HTTP Range), md5-checked when given."""
+    dest = Path(dest)
+    if dest.is_file():
+        if md5 is None or md5sum(dest) == md5.lower():
+            _say(progress, f"{dest} is already downloaded")
+            return dest
+        _say(progress, f"{dest} does not match md5 {md5}; downloading it again")
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    start = part.stat().st_size if part.is_file() else 0
+    resp = _open(url, start, timeout)
+    if resp is not None:
+        with resp:
+            if start and resp.status == 206 and resp.headers.get("Content-Range", "").startswith(f"bytes {start}-"):
+                mode = "ab"
+                _say(progress, f"resuming {dest.name} at {start} bytes")
+            else:  # the server ignored the Range header: start over
+                start, mode = 0, "wb"
+            length = resp.headers.get("Content-Length")
+            total = start + int(length) if length and length.isdigit() else None
+            got = start
+            try:
+                from tqdm import tqdm
+
+                with open(part, mode) as f, tqdm(total=total, initial=start, unit="B", unit_scale=True,
+                                                  unit_divisor=1024, desc=dest.name, disable=not progress) as bar:
+                    while block := resp.read(CHUNK):
+                        f.write(block)
+                        got += len(block)
+                        bar.update(len(block))
+            except (OSError, http.client.HTTPException) as e:
+                raise UserError(f"download of {url} broke off after {got} bytes ({e.__class__.__name__}); "
+                                f"run the same command again to resume from {part}") from None
+        if total is not None and got != total:
+            raise UserError(f"download of {url} ended after {got} of {total} bytes; run the same command "
+                            f"again to resume from {part}")
+    if md5 is not None:
+        actual = md5sum(part)
+        if actual != md5.lower():
+            part.unlink()
+            raise UserError(f"{dest.name} from {url} has md5 {actual} but {md5.lower()} was expected, so it "
+                            "was deleted; run again to download it anew, pass --url to use another mirror, "
+                            f"or --md5 {actual} if that file is known to be right")
+    part.replace(dest)
+    return dest
+
+
+def _check_member(m: tarfile.TarInfo, archive: Path) -> None:
+    p = PurePosixPath(m.name.replace("\\", "/"))
+    if p.is_absolute() or (p.parts and p.parts[0].endswith(":")):
+        problem = "has an absolute path"
+    elif ".." in p.parts:
+        problem = "points outside the target folder with '..'"
+    elif m.issym() or m.islnk():
+        problem = f"is a {'symbolic' if m.issym() else 'hard'} link (to {m.linkname!r})"
+    elif not (m.isfile() or m.isdir()):
+        problem = "is a device, pipe or other special file"
+    else:
+        return
+    raise UserError(f"{archive} member {m.name!r} {problem}; refusing to extract it: the archive is corrupt "
+                    "or malicious, so delete it and download it from a trusted source")
+
+
+def safe_extract(archive: Path, dest: Path) -> None:
+    """Extract a tar archive (any compression) into ``dest``, refusing unsafe members (UserError naming it)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive) as tf:
+            for m in tf:  # one streaming pass; every member is checked before it is written
+                _check_member(m, archive)
+                tf.extract(m, dest, set_attrs=False, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise UserError(f"{archive} cannot be extracted ({e.__class__.__name__}: {e}); delete it and run "
+                        "again to download it anew") from None
+
+
+def _validate(name: str, root: Path) -> None:
+    """Raise UserError unless the dataset under ``root`` lists classes and all its image files exist."""
+    from fgvc.data import cub, dogs
+
+    module = cub if name == "cub200" else dogs
+    train, test, _, base = module.read_all(root)
+    missing = [s.path for s in train + test if not s.path.is_file()]
+    if missing:
+        raise UserError(f"{missing[0]} is listed in {base} but missing ({len(missing)} files missing)")
+
+
+def _ready(name: str, root: Path) -> bool:
+    try:
+        _validate(name, root)
+        return True
+    except UserError:
+        return False
+
+
+def _dogs_md5s(md5) -> dict[str, str | None]:
+    if md5 is None:
+        return dict.fromkeys(DOGS_FILES)
+    if isinstance(md5, dict):
+        return {f: md5.get(f) for f in DOGS_FILES}
+    values = [v.strip() or None for v in str(md5).split(",")]
+    if len(values) != len(DOGS_FILES):
+        raise UserError(f"--md5 for dogs takes {len(DOGS_FILES)} comma-separated values, for "
+                        f"{', '.join(DOGS_FILES)} in that order (empty to skip one); got {md5!r}")
+    return dict(zip(DOGS_FILES, values))
+
+
+def prepare(name: str, root, url: str | None = None, md5=None, progress: bool = True,
+            keep_archives: bool = True) -> Path:
+    """Download, verify and extract dataset ``name`` ('cub200' or 'dogs') into ``root``; return ``root``.
+
+    cub200 lands in ``root/CUB_200_2011``, dogs in ``root/StanfordDogs``; both loaders take ``root``.
+    ``url`` replaces the official URL (for dogs: the base URL of the three .tar files); ``md5``
+    replaces the known checksum (for dogs: three comma-separated values or a {file: md5} dict).
+    """
+    if name not in NAMES:
+        raise UserError(f"cannot prepare {name!r}; choose one of {', '.join(NAMES)}")
+    root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root} is a file; pass a folder as --root")
+    if _ready(name, root):
+        _say(progress, f"{name} is already prepared in {root}; nothing to do")
+        return root
+    if name == "cub200":
+        jobs = [("CUB_200_2011.tgz", url or CUB_URL, md5 if md5 is not None else CUB_MD5, ".")]
+        folder = "CUB_200_2011"
+    else:
+        base = (url or DOGS_URL).rstrip("/")
+        if base.endswith(DOGS_FILES):  # a file URL was given: use its folder
+            base = base.rsplit("/", 1)[0]
+        md5s = _dogs_md5s(md5)
+        jobs = [(f, f"{base}/{f}", md5s[f], DOGS_INTO[f]) for f in DOGS_FILES]
+        folder = "StanfordDogs"
+    target = root / folder
+    if target.exists():
+        raise UserError(f"{target} exists but does not hold a complete {name} dataset; remove it (or "
+                        "choose another --root) and run again")
+    root.mkdir(parents=True, exist_ok=True)
+    archives = [(download(u, root / f, m, progress), into) for f, u, m, into in jobs]
+    tmp = root / f".fgvc-extract-{uuid.uuid4().hex[:8]}"
+    try:
+        for archive, into in archives:
+            _say(progress, f"extracting {archive.name}")
+            # CUB's archive holds CUB_200_2011/ itself; the Dogs archives go inside StanfordDogs/
+            safe_extract(archive, tmp if name == "cub200" else tmp / folder / into)
+        if not (tmp / folder).is_dir():
+            raise UserError(f"{archives[0][0]} holds no {folder}/ folder; is --url pointing at the right file?")
+        try:
+            _validate(name, tmp)
+        except UserError as e:
+            raise UserError(f"the extracted archive is not a valid {name} dataset: {e}") from None
+        (tmp / folder).rename(target)  # the one step that makes the dataset visible: atomic
+        for extra in tmp.iterdir():  # CUB's attributes.txt and the like, when not already there
+            if not (root / extra.name).exists():
+                extra.rename(root / extra.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not keep_archives:
+        for archive, _ in archives:
+            archive.unlink(missing_ok=True)
+    _say(progress, f"{name} is ready in {root}")
+    return root

@@ -1,0 +1,91 @@
+"""Your own images as class folders: ``root/train/<class>/*``, ``root/test/<class>/*``,
+optionally ``root/val/<class>/*`` (when absent, val is carved from train, stratified and seeded).
+
+Classes are the sorted union of the class folder names of all splits, so a label means the
+same class in every split. Files are found recursively; files whose extension is not an
+image extension (``base.IMAGE_EXTENSIONS``) and hidden files are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fgvc.data.base import (
+    IMAGE_EXTENSIONS,
+    LAYOUT_HINT,
+    FineGrainedDataset,
+    Sample,
+    check_classes_have_images,
+    check_split,
+    detect_layout,
+    stratified_split,
+)
+from fgvc.errors import UserError
+
+LAYOUT = "root/train/<class>/<image>, root/test/<class>/<image> and optionally root/val/<class>/<image>"
+
+
+def _images(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively, sorted; hidden files and folders skipped."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in sorted(filenames)
+                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+    return out
+
+
+def _class_dirs(split_dir: Path) -> dict[str, Path]:
+    stray = [p for p in split_dir.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)]
+    if stray:
+        raise UserError(f"{stray[0]} lies directly in {split_dir}; put each image in a class folder: {LAYOUT}")
+    return {p.name: p for p in sorted(split_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+
+
+def _check_root(root: Path) -> None:
+    if not root.is_dir():
+        raise UserError(f"dataset root {root} does not exist or is not a folder; expected {LAYOUT}")
+    if (root / "train").is_dir():
+        return
+    layout = detect_layout(root)
+    if layout and layout != "folder":
+        raise UserError(f"{root} has no train/ folder; {LAYOUT_HINT[layout]}")
+    if root.name in ("train", "val", "test") and (root.parent / "train").is_dir():
+        raise UserError(f"{root} is one split's folder; pass its parent {root.parent} as the root")
+    if any(_images(p) for p in root.iterdir() if p.is_dir()):
+        raise UserError(f"{root} holds class folders but no train/ folder; expected {LAYOUT}: "
+                        "move them into train/ (and some into test/)")
+    raise UserError(f"{root} has no train/ folder; expected {LAYOUT}")
+
+
+def load(root, split: str, transform=None, *, val_fraction: float = 0.1, seed: int = 0) -> FineGrainedDataset:
+    """Split 'train', 'val' or 'test' of an image-folder tree under ``root``; boxes are None."""
+    check_split(split)
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"val_fraction={val_fraction} is out of range; use a value in [0, 1)")
+    root = Path(root).expanduser()
+    _check_root(root)
+    dirs = {s: _class_dirs(root / s) for s in ("train", "val", "test") if (root / s).is_dir()}
+    names = sorted(set().union(*(d.keys() for d in dirs.values())))
+    if not names:
+        raise UserError(f"{root / 'train'} has no class folders; expected {LAYOUT}")
+    index = {n: i for i, n in enumerate(names)}
+    files = {}
+    for s, classes in dirs.items():
+        files[s] = []
+        for name, folder in classes.items():
+            found = _images(folder)
+            if not found:
+                raise UserError(f"class folder {folder} holds no images (extensions "
+                                f"{', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
+            files[s] += [Sample(p, index[name]) for p in found]
+    check_classes_have_images(files["train"], names, root / "train", "train")
+    if "val" in files:
+        train, val = files["train"], files["val"]
+    else:
+        train, val = stratified_split(files["train"], val_fraction, seed)
+    if split == "test" and "test" not in files:
+        raise UserError(f"{root / 'test'} does not exist; expected {LAYOUT}")
+    samples = {"train": train, "val": val, "test": files.get("test", [])}[split]
+    return FineGrainedDataset(samples, names, transform, name="folder", split=split, root=root)

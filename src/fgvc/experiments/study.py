@@ -1,0 +1,110 @@
+"""Studies: one YAML file = one paper table = several training runs -> one table.
+
+A study file names a base recipe, shared overrides and one row per run:
+
+    # fgvc study table4_tricks data.root=~/data
+    title: Table 4 - training tricks
+    base: cub_resnet50            # a shipped config or a YAML path
+    overrides: [model.pretrained=true]
+    columns: [val_acc, test_acc]
+    rows:
+      baseline: []
+      geometric: [aug.geometric=true]
+
+Runs land in ``<out>/<study>/<row>/``; a row whose ``metrics.json`` exists is skipped, so
+an interrupted study continues where it stopped. The table is written as Markdown and CSV.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fgvc import config as config_mod
+from fgvc import runs
+from fgvc.errors import UserError
+
+STUDY_DIR = Path(__file__).resolve().parent.parent / "configs" / "studies"
+
+
+def study_names() -> list[str]:
+    return sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
+
+
+def read_study(name_or_path: str) -> tuple[str, dict]:
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = STUDY_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise UserError(f"no study {name_or_path!r}; choose one of {', '.join(study_names())} or give a YAML file")
+    study = config_mod.read_yaml(path)
+    rows = study.get("rows")
+    if not isinstance(rows, dict) or not rows:
+        raise UserError(f"study {path} needs a 'rows' mapping of row name -> list of key=value overrides")
+    for key in study:
+        if key not in ("title", "base", "overrides", "columns", "rows"):
+            raise UserError(f"study {path} has unknown field {key!r}; use title, base, overrides, columns, rows")
+    return path.stem, study
+
+
+def row_config(study: dict, row: str, extra: list[str]) -> config_mod.Config:
+    base = study.get("base")
+    base_path = None
+    if base:
+        base_path = Path(base) if Path(base).is_file() else config_mod.shipped_config(base)
+    overrides = [*(study.get("overrides") or []), *(study["rows"][row] or []), *extra]
+    return config_mod.load(base_path, [str(o) for o in overrides])
+
+
+def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None = None,
+              out: str | Path = "runs", progress: bool = True) -> Path:
+    """Train every (selected) row not yet finished, then write table.md / table.csv; returns the study folder."""
+    from fgvc.train import train
+
+    name, study = read_study(name_or_path)
+    rows = list(study["rows"])
+    if only:
+        unknown = [r for r in only if r not in rows]
+        if unknown:
+            raise UserError(f"study {name} has no row {unknown[0]!r}; rows: {', '.join(rows)}")
+        rows = [r for r in rows if r in only]
+    configs = {row: row_config(study, row, list(extra)) for row in rows}  # validate every row before training
+    folder = Path(out).expanduser() / name
+    for i, row in enumerate(rows):
+        run_dir = folder / row
+        if (run_dir / "metrics.json").is_file():
+            print(f"[{i + 1}/{len(rows)}] {row}: finished earlier, skipped")
+            continue
+        print(f"[{i + 1}/{len(rows)}] {row}")
+        resume = (run_dir / "checkpoints" / "last_state.pt").is_file()
+        train(configs[row], run_dir=run_dir, resume=resume, progress=progress)
+        _write(folder, study, name)  # after every row, so a stopped study still has its table so far
+    _write(folder, study, name)
+    return folder
+
+
+def _write(folder: Path, study: dict, name: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_table(folder, list(study["rows"]), study.get("columns") or ["train_acc", "val_acc", "test_acc"],
+                study.get("title", name))
+
+
+def write_table(folder: Path, rows: list[str], columns: list[str], title: str) -> str:
+    """Markdown + CSV of the finished rows' metrics, read from their run directories only."""
+    header = ["row", *columns, "epochs_run", "seconds"]
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    csv_rows = []
+    for row in rows:
+        metrics = runs.read_metrics(folder / row)
+        if not metrics:
+            continue
+        values = [metrics.get(c) for c in [*columns, "epochs_run", "seconds"]]
+        text = [f"{v:.4f}" if isinstance(v, float) and c.endswith(("acc", "top5", "loss")) else str(v)
+                for c, v in zip([*columns, "epochs_run", "seconds"], values)]
+        lines.append("| " + " | ".join([row, *text]) + " |")
+        csv_rows.append(dict(zip(header, [row, *values])))
+    machine = next((runs.read_metrics(folder / r).get("device") for r in rows if runs.read_metrics(folder / r)), "")
+    lines += ["", f"Device: {machine}. Written by `fgvc study`."]
+    table = "\n".join(lines) + "\n"
+    runs.write_text_atomic(folder / "table.md", table)
+    runs.write_csv_atomic(folder / "table.csv", csv_rows, header)
+    return table

@@ -1,0 +1,290 @@
+"""Where a classifier looks: CAM (Zhou et al. 2016), Grad-CAM (Selvaraju et al. 2017), Grad-CAM++.
+
+Every function returns maps of shape (B, H, W), float32 in [0, 1], at the input's size
+(bilinear upsampling of the feature-resolution map, then per-image min-max; a flat map
+becomes all zero). ``target`` is the class explained: the predicted class when None, an
+int for the whole batch, or one class per sample (list or (B,) tensor).
+
+Guarantees, whatever happens inside (exceptions included): the forward hook is removed,
+every module's train/eval flag is restored, parameters' ``requires_grad`` and ``.grad``
+are untouched (gradients are taken with ``torch.autograd.grad`` with respect to the
+hooked activation only), and the functions work under a caller's ``torch.no_grad()``
+or ``torch.inference_mode()`` (gradients are switched back on inside). The model runs
+in eval mode, so dropout is off and batch norm uses its running statistics: a map does
+not depend on the other images of the batch.
+
+pytorch-grad-cam (1.5) is not used at run time: it leaves the model in eval mode, calls
+``model.zero_grad()`` and ``backward()`` (clobbering the caller's ``.grad``), fails under
+``no_grad`` and its context manager swallows IndexError (an out-of-range target). The
+tests use it as the reference implementation instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fgvc.errors import UserError
+
+Target = int | Sequence[int] | Tensor | None
+
+GRADCAM_METHODS = ("gradcam", "gradcam++")
+
+
+def cam(model: nn.Module, x: Tensor, target: Target = None, relu: bool = False) -> Tensor:
+    """Classic CAM: sum_k w[target, k] * A_k over the last conv map A; (B, H, W) in [0, 1].
+
+    Needs a network that ends in global average pooling + one linear layer (ResNet,
+    ResNeXt); anything else raises UserError pointing to Grad-CAM. ``relu=True`` drops
+    negative evidence before normalising, as Grad-CAM does (then the two are equal for
+    such networks).
+    """
+    head, features = check_cam(model)
+    with _explaining(model):
+        acts = []
+        handle = features.register_forward_hook(lambda m, i, o: acts.append(o))
+        try:
+            with torch.no_grad():  # CAM needs no gradient
+                logits = model(x)
+        finally:
+            handle.remove()
+        if len(acts) != 1 or not isinstance(acts[0], Tensor) or acts[0].dim() != 4:
+            raise UserError(_no_cam(model, "its feature module does not give one (B, C, h, w) map per forward pass"))
+        a = acts[0].float()
+        if a.shape[1] != head.in_features:
+            raise UserError(_no_cam(model, f"its last feature map has {a.shape[1]} channels but the final "
+                                           f"linear layer takes {head.in_features}"))
+        t = _targets(logits, target)
+        w = head.weight.detach().float()[t]  # (B, K)
+        maps = torch.einsum("bk,bkhw->bhw", w, a)
+        # GAP + linear means mean_ij(CAM) + bias == logit; anything in between (a norm, an MLP,
+        # max pooling) breaks it, and then CAM would silently explain a different function.
+        bias = head.bias.detach().float()[t] if head.bias is not None else torch.zeros_like(t, dtype=torch.float32)
+        expected = logits.detach().float().gather(1, t[:, None])[:, 0]
+        got = maps.mean(dim=(1, 2)) + bias
+        if not torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * max(1.0, expected.abs().max().item())):
+            raise UserError(_no_cam(model, "its logits are not the global average of the last feature map "
+                                           "times the final linear layer"))
+        if relu:
+            maps = maps.clamp_min(0)
+        return normalize_maps(maps, x.shape[-2:])
+
+
+def gradcam(model: nn.Module, x: Tensor, target: Target = None, layer: str | nn.Module | None = None,
+            method: str = "gradcam") -> Tensor:
+    """Grad-CAM (``method="gradcam"``) or Grad-CAM++ (``"gradcam++"``) at ``layer``; (B, H, W) in [0, 1].
+
+    ``layer`` is a module or its dotted name (inside ``model.net`` or ``model``); by default
+    the last conv stage of a CNN, or for a ViT the last block's first norm (the last
+    block's output reaches the class token only through that token, so other tokens get
+    no gradient there). ViT tokens are reshaped to the patch grid, prefix tokens dropped.
+    """
+    if method not in GRADCAM_METHODS:
+        raise UserError(f"unknown Grad-CAM method {method!r}; choose one of {', '.join(GRADCAM_METHODS)}")
+    module, name = _resolve_layer(model, layer)
+    with _explaining(model):
+        acts: list[Tensor] = []
+
+        def hook(mod, inputs, output):
+            if not isinstance(output, Tensor):
+                raise UserError(f"layer {name!r} returns {type(output).__name__}, not a tensor; pick another layer")
+            # A fresh leaf: its gradient exists even with frozen parameters or a caller's
+            # no_grad input, and autograd.grad to it never writes any parameter's .grad.
+            leaf = output.detach().requires_grad_(True)
+            acts.append(leaf)
+            return leaf.clone()  # in-place ops downstream (ReLU(inplace)) must not alter the leaf
+
+        handle = module.register_forward_hook(hook)
+        try:
+            # an inference-mode tensor cannot enter a graph; a clone made here is an ordinary one
+            logits = model(x.clone() if x.is_inference() else x)
+        finally:
+            handle.remove()
+        if len(acts) != 1:
+            how = "is not used in" if not acts else f"runs {len(acts)} times in"
+            raise UserError(f"layer {name!r} {how} the forward pass; pick a layer that runs once")
+        t = _targets(logits, target)
+        score = logits.gather(1, t[:, None]).sum()  # samples are independent in eval mode
+        (grad,) = torch.autograd.grad(score, acts[0], allow_unused=True)
+        a = acts[0].detach()
+        grad = torch.zeros_like(a) if grad is None else grad
+        a, grad = _to_grid(model, a, x.shape[-2:], name), _to_grid(model, grad, x.shape[-2:], name)
+        a, grad = a.float(), grad.float()
+        if method == "gradcam":
+            weights = grad.mean(dim=(2, 3))
+        else:
+            weights = _gradcampp_weights(a, grad)
+        maps = torch.einsum("bk,bkhw->bhw", weights, a).clamp_min(0)
+        return normalize_maps(maps, x.shape[-2:])
+
+
+def explain(model: nn.Module, x: Tensor, method: str, target: Target = None) -> Tensor:
+    """Maps by method name: 'cam', 'gradcam' or 'gradcam++'; (B, H, W) in [0, 1]."""
+    try:
+        fn = METHODS[method]
+    except KeyError:
+        close = difflib.get_close_matches(method, METHODS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"unknown explanation method {method!r}{hint}; choose one of {', '.join(METHODS)}") from None
+    return fn(model, x, target)
+
+
+METHODS: dict[str, Callable[..., Tensor]] = {
+    "cam": cam,
+    "gradcam": lambda model, x, target=None: gradcam(model, x, target, method="gradcam"),
+    "gradcam++": lambda model, x, target=None: gradcam(model, x, target, method="gradcam++"),
+}
+
+
+def check_cam(model: nn.Module) -> tuple[nn.Linear, nn.Module]:
+    """``(head, feature_module)`` of a model CAM can explain, else UserError pointing to Grad-CAM."""
+    if getattr(model, "family", None) == "vit":
+        raise UserError(_no_cam(model, "it is a vision transformer"))
+    features = getattr(model, "feature_module", None)
+    head = getattr(model, "head", None)
+    if features is None or not isinstance(head, nn.Linear):
+        raise UserError(_no_cam(model, "it has no known last feature map and linear head"))
+    return head, features
+
+
+def supports_cam(model: nn.Module) -> bool:
+    """Whether ``model`` has the structure CAM needs (a feature module and a linear head, not a ViT)."""
+    try:
+        check_cam(model)
+        return True
+    except UserError:
+        return False
+
+
+def normalize_maps(maps: Tensor, size) -> Tensor:
+    """(B, h, w) -> (B, H, W) float32: bilinear upsampling to ``size``, then per-image min-max to [0, 1]."""
+    maps = maps.detach().float()
+    if tuple(maps.shape[-2:]) != tuple(size):
+        maps = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    flat = maps.flatten(1)
+    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+    span = hi - lo
+    # a flat map (all zero: no positive evidence) has no location; it stays zero instead of
+    # turning rounding noise into a full-range map
+    tiny = 1e-6 * torch.maximum(hi.abs(), lo.abs())
+    ok = (span > tiny) & (span > 0)
+    out = (maps - lo[:, None, None]) / torch.where(ok, span, torch.ones_like(span))[:, None, None]
+    return torch.where(ok[:, None, None], out, torch.zeros_like(out)).clamp_(0, 1)
+
+
+# --- internals -------------------------------------------------------------------------
+
+
+class _explaining:
+    """Eval mode and gradients on inside; every module's train flag restored on exit."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.modes = [(m, m.training) for m in self.model.modules()]
+        self.grad = torch.enable_grad()
+        self.inference = torch.inference_mode(False)
+        self.inference.__enter__()
+        self.grad.__enter__()
+        self.model.eval()
+        return self
+
+    def __exit__(self, *exc):
+        for m, training in self.modes:
+            m.training = training
+        self.grad.__exit__(*exc)
+        self.inference.__exit__(*exc)
+        return False
+
+
+def _targets(logits: Tensor, target: Target) -> Tensor:
+    """(B,) long tensor of classes on the logits' device; argmax when None; UserError if out of range."""
+    b, c = logits.shape
+    if target is None:
+        return logits.detach().argmax(dim=1)
+    t = torch.as_tensor(target, dtype=torch.long, device=logits.device).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(b)
+    if t.numel() != b:
+        raise UserError(f"got {t.numel()} targets for a batch of {b} images; give one class or one per image")
+    if (t < 0).any() or (t >= c).any():
+        raise UserError(f"target class {t[(t < 0) | (t >= c)][0].item()} is out of range; the model has "
+                        f"{c} classes (0 to {c - 1})")
+    return t.clone()
+
+
+def _no_cam(model: nn.Module, why: str) -> str:
+    name = getattr(model, "name", type(model).__name__)
+    return (f"CAM needs a CNN that ends in global average pooling and one linear layer, and {name} does not "
+            f"({why}); use Grad-CAM instead (gradcam / method 'gradcam' or 'gradcam++')")
+
+
+def _resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> tuple[nn.Module, str]:
+    net = getattr(model, "net", model)
+    if isinstance(layer, nn.Module):
+        return layer, type(layer).__name__
+    if layer is None:
+        if getattr(model, "family", None) == "vit":
+            if hasattr(net, "blocks"):  # timm
+                return net.blocks[-1].norm1, "blocks.-1.norm1"
+            if hasattr(net, "encoder") and hasattr(net.encoder, "layers"):  # torchvision
+                return net.encoder.layers[-1].ln_1, "encoder.layers.-1.ln_1"
+        features = getattr(model, "feature_module", None)
+        if features is not None:
+            return features, getattr(model, "feature_path", "feature_module")
+        raise UserError(f"no default Grad-CAM layer known for {getattr(model, 'name', type(model).__name__)}; "
+                        f"pass layer= one of {', '.join(_layer_examples(net))}")
+    for root in (net, model):
+        try:
+            return root.get_submodule(layer), layer
+        except AttributeError:
+            continue
+    names = [n for n, _ in net.named_modules() if n]
+    close = difflib.get_close_matches(layer, names, n=3)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise UserError(f"no layer {layer!r} in the model{hint}; valid names include {', '.join(_layer_examples(net))}")
+
+
+def _layer_examples(net: nn.Module, n: int = 6) -> list[str]:
+    """The last few modules two levels deep: the layers worth explaining are near the end."""
+    names = [name for name, _ in net.named_modules() if name and name.count(".") <= 1]
+    return names[-n:]
+
+
+def _to_grid(model: nn.Module, t: Tensor, size, name: str) -> Tensor:
+    """(B, C, h, w) as is; ViT tokens (B, N, D) -> (B, D, gh, gw) without the prefix tokens."""
+    if t.dim() == 4:
+        return t
+    if t.dim() != 3:
+        raise UserError(f"layer {name!r} gives a {t.dim()}-d output; Grad-CAM needs (B, C, h, w) maps or "
+                        "(B, tokens, dim) transformer tokens")
+    net = getattr(model, "net", model)
+    n = t.shape[1]
+    patch = getattr(getattr(net, "patch_embed", None), "patch_size", None) or getattr(net, "patch_size", None)
+    if patch is not None:
+        ph, pw = (patch, patch) if isinstance(patch, int) else patch
+        gh, gw = size[0] // ph, size[1] // pw
+    else:  # unknown patch size: assume a square grid after the prefix tokens
+        side = math.isqrt(n - getattr(net, "num_prefix_tokens", 1))
+        gh = gw = side
+    prefix = n - gh * gw
+    if prefix < 0:
+        raise UserError(f"layer {name!r} has {n} tokens, fewer than the {gh}x{gw} patch grid; pick a block's norm layer")
+    # prefix tokens (class, registers) come first in timm and torchvision ViTs
+    return t[:, prefix:].reshape(t.shape[0], gh, gw, t.shape[2]).permute(0, 3, 1, 2)
+
+
+def _gradcampp_weights(a: Tensor, grad: Tensor) -> Tensor:
+    """Grad-CAM++ channel weights (Chattopadhay et al. 2018, eq. 19, the exp-score closed form)."""
+    g2 = grad.pow(2)
+    g3 = g2 * grad
+    sum_a = a.sum(dim=(2, 3), keepdim=True)
+    alpha = g2 / (2 * g2 + sum_a * g3 + 1e-6)  # same epsilon as pytorch-grad-cam, for comparability
+    alpha = alpha
+    return (alpha * grad.clamp_min(0)).sum(dim=(2, 3))

@@ -1,0 +1,173 @@
+"""``fgvc explain``: maps, overlays and localisation scores for a trained run directory.
+
+Writes into ``RUN_DIR/explain/`` (or ``out_dir``): one panel PNG per image
+(image | CAM | Grad-CAM ...), ``grid.png`` with a row per image, optionally
+``maps.safetensors`` (the raw maps), and where the split has boxes ``localization.json``
+with the localisation table over the whole split.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+from torch.utils.data import DataLoader, Subset
+
+from fgvc import runs
+from fgvc.errors import UserError
+from fgvc.explain.cam import METHODS, check_cam, explain, supports_cam
+from fgvc.explain.localization import evaluate_localization, format_table
+from fgvc.explain.overlay import save_grid, save_panel
+
+DEFAULT_METHODS = ("cam", "gradcam")
+
+
+def parse_methods(methods: str | Sequence[str] | None) -> tuple[list[str], bool]:
+    """``(names, explicit)``; None means the defaults, 'cam,gradcam' is split at commas."""
+    if methods is None:
+        return list(DEFAULT_METHODS), False
+    if isinstance(methods, str):
+        methods = methods.split(",")
+    names = list(dict.fromkeys(m.strip().lower() for m in methods if m.strip()))  # ordered, no repeats
+    if not names:
+        raise UserError(f"no explanation method given; choose from {', '.join(METHODS)}")
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown explanation method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    return names, True
+
+
+def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods: str | Sequence[str] | None = None,
+                split: str = "test", limit: int = 8, out_dir: str | Path | None = None, save_maps: bool = False,
+                device: str = "cpu", data_root: str | Path | None = None, localization: bool = True,
+                localization_limit: int | None = None, batch_size: int = 32,
+                log: Callable[[str], None] | None = print) -> dict:
+    """Explain a run's predictions on image files, or on ``limit`` images of its ``split``.
+
+    ``methods``: names from 'cam', 'gradcam', 'gradcam++' (list or comma string); None
+    means cam + gradcam, with CAM left out (and a note) for models it does not fit, such
+    as ViTs; asking for 'cam' explicitly on such a model is a UserError. Maps explain the
+    predicted class. Split images are spread evenly over the split, so several classes
+    show. When the split has boxes (and no image files are given), the localisation
+    table (true class explained, ``localization_limit`` images, all by default) is
+    computed, logged and written to ``localization.json``. ``data_root`` overrides the
+    run's ``data.root`` (a run moved to another machine). Returns a summary dict.
+    """
+    from fgvc.data import build_dataset, read_rgb  # only an explain run needs the datasets
+    from fgvc.data.base import readable_name
+    from fgvc.data.transforms import eval_transform
+
+    say = log or (lambda _msg: None)
+    run_dir = runs.check_run_dir(run_dir)
+    names, explicit = parse_methods(methods)
+    if limit < 1 and not images:
+        raise UserError(f"--limit must be 1 or more, got {limit}")
+    model, class_names = runs.load(run_dir)
+    cfg = runs.load_config(run_dir)
+    model = model.to(device).eval()
+    notes = []
+    if "cam" in names and not supports_cam(model):
+        if explicit:
+            check_cam(model)  # raises the UserError that says why and points to Grad-CAM
+        names.remove("cam")
+        notes.append(f"CAM skipped: {cfg.model.name} does not end in global average pooling + a linear layer; "
+                     "Grad-CAM shown instead")
+    if not names:
+        names = ["gradcam"]
+    transform = eval_transform(cfg.data.image_size)
+    out = Path(out_dir).expanduser() if out_dir is not None else run_dir / "explain"
+    out.mkdir(parents=True, exist_ok=True)
+
+    dataset = None
+    if images:
+        paths = [Path(p).expanduser() for p in images]
+        x = torch.stack([transform(read_rgb(p)) for p in paths])
+        labels: list[int | None] = [None] * len(paths)
+        stems = [p.stem for p in paths]
+    else:
+        root = data_root if data_root is not None else cfg.data.root
+        dataset = build_dataset(cfg.data.name, root, split, transform, cfg.data.val_fraction, cfg.train.seed)
+        if len(dataset) == 0:
+            raise UserError(f"split {split!r} of {cfg.data.name} under {root} has no images")
+        n = min(limit, len(dataset))
+        picks = sorted({int(i * len(dataset) / n) for i in range(n)})
+        items = [dataset[i] for i in picks]
+        x = torch.stack([im for im, _ in items])
+        labels = [int(y) for _, y in items]
+        stems = [Path(dataset.samples[i].path).stem for i in picks]
+
+    maps: dict[str, list[torch.Tensor]] = {m: [] for m in names}
+    preds, probs = [], []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size].to(device)
+        with torch.no_grad():
+            p = model(xb).float().softmax(dim=1)
+        preds += p.argmax(dim=1).tolist()
+        probs += p.max(dim=1).values.tolist()
+        for m in names:
+            try:
+                maps[m].append(explain(model, xb, m).cpu())
+            except UserError:
+                if explicit or m != "cam":
+                    raise
+                # CAM has the structure but fails its GAP + linear check (e.g. a norm in the head)
+                notes.append(f"CAM skipped: {cfg.model.name}'s logits are not GAP + linear over its feature map")
+                maps[m] = []
+    for m in [m for m in names if not maps[m]]:
+        names.remove(m)
+        del maps[m]
+    stacked = {m: torch.cat(v) for m, v in maps.items()}
+
+    true_names = [class_names[y] if y is not None else None for y in labels]
+    pred_names = [class_names[p] for p in preds]
+    shown_true = [readable_name(n) if n is not None else None for n in true_names]
+    shown_pred = [readable_name(n) for n in pred_names]
+    panels = []
+    for i in range(len(x)):
+        path = out / f"{i:03d}_{_safe(stems[i])}.png"
+        save_panel(x[i], {m: stacked[m][i] for m in names}, shown_true[i], shown_pred[i], path)
+        panels.append(str(path))
+    grid = save_grid(list(x), stacked, shown_true, shown_pred, out / "grid.png")
+    maps_path = None
+    if save_maps:
+        tensors = {f"maps.{m}": v.contiguous() for m, v in stacked.items()}
+        tensors["images"] = x.contiguous()
+        tensors["pred"] = torch.tensor(preds, dtype=torch.long)
+        if all(y is not None for y in labels):
+            tensors["label"] = torch.tensor(labels, dtype=torch.long)
+        maps_path = out / "maps.safetensors"
+        runs.write_bytes_atomic(maps_path, save(tensors, metadata={"methods": ",".join(names),
+                                                                   "files": "\n".join(stems)}))
+    for note in notes:
+        say(f"note: {note}")
+    say(f"wrote {len(panels)} panels and {grid.name} to {out}")
+
+    results, table = None, None
+    if localization and dataset is not None and dataset.has_boxes:
+        dataset.return_boxes = True
+        subset = dataset if localization_limit is None else Subset(dataset, range(min(localization_limit, len(dataset))))
+        loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
+        results = evaluate_localization(model, loader, names, device=device, progress=log is not None)
+        table = format_table(results)
+        runs.write_json_atomic(out / "localization.json", {
+            "split": split, "target": "label", "image_size": cfg.data.image_size,
+            "methods": {m: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                        for m, r in results.items()},
+        })
+        say(f"localisation on {split} ({results[names[0]]['n']} images, true class explained):")
+        say(table)
+    return {
+        "out_dir": str(out), "methods": names, "notes": notes, "panels": panels, "grid": str(grid),
+        "maps": str(maps_path) if maps_path else None,
+        "predictions": [{"image": s, "true": t, "pred": p, "prob": pr}
+                        for s, t, p, pr in zip(stems, true_names, pred_names, probs)],
+        "localization": results, "table": table,
+    }
+
+
+def _safe(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)[:120] or "image"  # the index prefix keeps equal stems apart

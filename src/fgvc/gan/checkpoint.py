@@ -1,0 +1,95 @@
+"""GAN run-directory files: atomic writes and checkpoints that load without pickle.
+
+A checkpoint is a folder ``checkpoints/iter_XXXXXX/`` holding ``G.safetensors``,
+``G_ema.safetensors``, ``D.safetensors`` and ``state.pt`` (optimizer and RNG state, plain
+tensors and numbers, read with ``weights_only=True``). It is written under a temporary
+name and renamed whole, then ``checkpoints/latest`` is replaced to name it, so a crash
+never leaves a half-written checkpoint behind the pointer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fgvc.errors import UserError
+
+KEEP_CHECKPOINTS = 2  # the newest two survive, so a damaged newest one still leaves a fallback
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file in the same folder, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or non-contiguous storage; clone makes each tensor its own
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(run_dir: Path, iteration: int, modules: dict[str, nn.Module], state: dict) -> Path:
+    """Write modules (name -> module) as safetensors and ``state`` as state.pt; returns the folder."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"iter_{iteration:06d}"
+    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{final.name}."))
+    try:
+        for name, module in modules.items():
+            save_file(_state_dict(module), str(tmp / f"{name}.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        if final.exists():  # same iteration written again (e.g. resume of a finished run)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(ckpt_root / "latest", final.name + "\n")
+    for old in sorted(p for p in ckpt_root.glob("iter_*") if p.is_dir())[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The folder ``checkpoints/latest`` names, or None when the run has no checkpoint yet."""
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    folder = pointer.parent / pointer.read_text(encoding="utf-8").strip()
+    return folder if folder.is_dir() else None
+
+
+def load_weights(module: nn.Module, path: Path) -> nn.Module:
+    """Load a safetensors file into ``module`` (strict), or raise UserError naming the file."""
+    if not Path(path).is_file():
+        raise UserError(f"checkpoint file {path} does not exist; train the GAN first or pick another run")
+    module.load_state_dict(load_file(str(path)), strict=True)
+    return module
+
+
+def load_state(folder: Path) -> dict:
+    return torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=True)

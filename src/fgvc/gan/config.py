@@ -1,0 +1,131 @@
+"""The GAN run's own typed config: defaults <- YAML <- dotted key=value overrides, strict.
+
+Keys: ``data.name data.root data.image_size data.split data.val_fraction data.num_workers
+iterations batch_size n_dis lr betas decay_start ch z_dim ema_decay flip sample_every
+sample_classes checkpoint_every seed device out``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fgvc.config import _coerce, parse_overrides, read_yaml
+from fgvc.errors import UserError
+from fgvc.gan.networks import IMAGE_SIZES
+
+
+@dataclass
+class GanDataConfig:
+    name: str = "synthbirds"
+    root: str = "data/synthbirds"
+    image_size: int = 64  # 32, 64 (the seed's setting) or 128 pixels
+    split: str = "train"  # train on the classifier's train split so val/test stay unseen
+    val_fraction: float = 0.1  # must match the classifier run for the same train split
+    num_workers: int = 2  # only for decoding the dataset once into memory
+
+
+@dataclass
+class GanConfig:
+    data: GanDataConfig = field(default_factory=GanDataConfig)
+    iterations: int = 5000  # generator updates, as in the seed
+    batch_size: int = 64  # real and fake images per update, as in the reference
+    n_dis: int = 5  # discriminator updates per generator update
+    lr: float = 2e-4  # Adam, both networks
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.9])
+    decay_start: float = 0.8  # fraction of iterations after which lr falls linearly to 0 (1 = never)
+    ch: int = 64  # base width; the widest layer has 16 * ch channels
+    z_dim: int = 128
+    ema_decay: float = 0.999  # generator weight averaging (not in the seed); 0 turns it off
+    flip: bool = True  # random horizontal flips of real images
+    sample_every: int = 500  # iterations between sample grids (0: only at the end)
+    sample_classes: int = 10  # rows of the sample grid (classes evenly spread)
+    checkpoint_every: int = 500  # iterations between checkpoints (also written at the end)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out: str = "runs"  # parent folder of run directories
+
+
+_CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "data.image_size": (lambda v: v in IMAGE_SIZES, f"one of {', '.join(map(str, IMAGE_SIZES))}"),
+    "data.split": (lambda v: v in ("train", "val", "test"), "one of train, val, test"),
+    "data.val_fraction": (lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)"),
+    "data.num_workers": (lambda v: v >= 0, "0 or more"),
+    "iterations": (lambda v: v >= 1, "1 or more"),
+    "batch_size": (lambda v: v >= 2, "2 or more (batch norm needs a batch)"),
+    "n_dis": (lambda v: v >= 1, "1 or more"),
+    "lr": (lambda v: v > 0, "a positive number"),
+    "betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1), like [0,0.9]"),
+    "decay_start": (lambda v: 0 <= v <= 1, "a fraction of the iterations in [0, 1]"),
+    "ch": (lambda v: v >= 1, "1 or more"),
+    "z_dim": (lambda v: v >= 1, "1 or more"),
+    "ema_decay": (lambda v: 0 <= v < 1, "a decay in [0, 1)"),
+    "sample_every": (lambda v: v >= 0, "0 (only at the end) or more"),
+    "sample_classes": (lambda v: v >= 1, "1 or more"),
+    "checkpoint_every": (lambda v: v >= 1, "1 or more"),
+    "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "auto, cpu, cuda or cuda:N"),
+}
+
+
+def _types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def gan_keys(cls=GanConfig, prefix: str = "") -> list[str]:
+    """Every dotted key the GAN config accepts."""
+    keys = []
+    for name, tp in _types(cls).items():
+        keys += gan_keys(tp, f"{prefix}{name}.") if dataclasses.is_dataclass(tp) else [prefix + name]
+    return keys
+
+
+def _set(cfg: GanConfig, key: str, value: Any) -> None:
+    obj: Any = cfg
+    *parents, name = key.split(".")
+    for part in parents:
+        obj = getattr(obj, part, None)
+    types_ = _types(type(obj)) if dataclasses.is_dataclass(obj) else {}
+    if name not in types_ or dataclasses.is_dataclass(types_[name]):
+        close = difflib.get_close_matches(key, gan_keys(), n=3, cutoff=0.5)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else f"; valid keys: {', '.join(gan_keys())}"
+        raise UserError(f"unknown GAN config key {key!r}{hint}")
+    setattr(obj, name, _coerce(key, value, types_[name]))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        flat.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return flat
+
+
+def validate_gan_config(cfg: GanConfig) -> GanConfig:
+    """Range-check every value; raise UserError naming the first bad key."""
+    flat = _flatten(dataclasses.asdict(cfg))
+    for key, (ok, expected) in _CHECKS.items():
+        if not ok(flat[key]):
+            raise UserError(f"GAN config key {key!r} must be {expected}, got {flat[key]!r}")
+    return cfg
+
+
+def load_gan_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> GanConfig:
+    """Defaults <- YAML file <- ``key=value`` overrides (list of strings or dict), validated."""
+    cfg = GanConfig()
+    layers = [read_yaml(path)] if path else []
+    if overrides:
+        layers.append(overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
+    for layer in layers:
+        for key, value in _flatten(layer).items():
+            _set(cfg, key, value)
+    return validate_gan_config(cfg)
+
+
+def dump_gan_config(cfg: GanConfig) -> str:
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)

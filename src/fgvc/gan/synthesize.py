@@ -1,0 +1,136 @@
+"""Images from a trained GAN run: load the generator, sample per class, write sample grids
+and a labelled dataset in fgvc's ``folder`` layout (``OUT/train/<class name>/*.png``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.utils import make_grid
+
+from fgvc.errors import UserError
+from fgvc.gan.checkpoint import atomic_write_bytes, latest_checkpoint, load_weights
+from fgvc.gan.networks import Generator
+
+META_FILE = "meta.json"  # class names and architecture of a GAN run
+
+
+def read_meta(run_dir: str | Path) -> dict:
+    """The run's ``meta.json``: class_names, n_classes, image_size, ch, z_dim, dataset."""
+    path = Path(run_dir) / META_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a GAN run directory (no {META_FILE}); pass the folder `fgvc gan train` printed")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_generator(run_dir: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> Generator:
+    """The latest checkpoint's generator (EMA weights unless ``ema=False``) in eval mode."""
+    meta = read_meta(run_dir)
+    folder = latest_checkpoint(Path(run_dir))
+    if folder is None:
+        raise UserError(f"GAN run {run_dir} has no checkpoint yet; let `fgvc gan train` reach a checkpoint first")
+    g = Generator(meta["n_classes"], meta["image_size"], meta["ch"], meta["z_dim"])
+    load_weights(g, folder / ("G_ema.safetensors" if ema else "G.safetensors"))
+    return g.to(device).eval()
+
+
+@torch.no_grad()
+def sample(generator: Generator, class_ids: Sequence[int], n: int, z_dim: int | None = None,
+           seed: int = 0, batch_size: int = 64) -> Tensor:
+    """``n`` images per class id, class-major: (len(class_ids) * n, 3, S, S) in [0, 1].
+
+    Noise comes from a CPU generator seeded with ``seed``, so the images do not depend on
+    the device or the batch size (the generator runs in eval mode: BN uses running stats).
+    """
+    z_dim = z_dim or generator.z_dim
+    bad = [c for c in class_ids if not 0 <= int(c) < generator.n_classes]
+    if bad:
+        raise UserError(f"class id {bad[0]} is out of range; this generator knows classes 0..{generator.n_classes - 1}")
+    device = next(generator.parameters()).device
+    labels = torch.as_tensor(list(class_ids), dtype=torch.long).repeat_interleave(n)
+    z = torch.randn(len(labels), z_dim, generator=torch.Generator().manual_seed(seed))
+    was_training = generator.training
+    generator.eval()
+    out = [
+        generator(z[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)).cpu()
+        for i in range(0, len(labels), batch_size)
+    ]
+    generator.train(was_training)
+    images = torch.cat(out) if out else torch.empty(0, 3, generator.image_size, generator.image_size)
+    return ((images + 1) / 2).clamp(0, 1)
+
+
+def png_bytes(image: Tensor) -> bytes:
+    """A (3, H, W) image in [0, 1] encoded as PNG."""
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@torch.no_grad()
+def save_sample_grid(generator: Generator, class_ids: Sequence[int], z: Tensor, path: Path) -> Path:
+    """One row per class id, one column per row of ``z`` (the same noise in every row), as PNG."""
+    device = next(generator.parameters()).device
+    was_training = generator.training
+    generator.eval()
+    n = z.shape[0]
+    labels = torch.as_tensor(list(class_ids), dtype=torch.long).repeat_interleave(n)
+    images = generator(z.repeat(len(class_ids), 1).to(device), labels.to(device)).cpu()
+    generator.train(was_training)
+    grid = make_grid((images + 1) / 2, nrow=n, padding=2, pad_value=1.0)
+    atomic_write_bytes(path, png_bytes(grid))
+    return path
+
+
+def _check_class_names(names: list[str]) -> None:
+    for name in names:
+        if not name or name in (".", "..") or "/" in name or (os.sep in name) or "\0" in name:
+            raise UserError(f"class name {name!r} cannot be a folder name; rename the class in the training data")
+
+
+def sample_dataset(run_dir: str | Path, per_class: int, out_dir: str | Path, seed: int = 0,
+                   ema: bool = True, device: str = "cpu", batch_size: int = 64) -> Path:
+    """Write ``per_class`` PNGs for every class to ``out_dir/train/<class name>/``; returns out_dir.
+
+    Class names are the training dataset's, in its order. A non-empty ``out_dir`` is refused;
+    the images are written to a temporary sibling folder and renamed into place at the end.
+    """
+    if per_class < 1:
+        raise UserError(f"--per-class must be 1 or more, got {per_class}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"output folder {out_dir} already exists and is not empty; choose a new --out folder or remove it")
+    meta = read_meta(run_dir)
+    names = list(meta["class_names"])
+    _check_class_names(names)
+    generator = load_generator(run_dir, ema=ema, device=device)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        for label, name in enumerate(names):
+            folder = tmp / "train" / name
+            folder.mkdir(parents=True)
+            # one seed per class keeps a class's images the same when per_class grows
+            images = sample(generator, [label], per_class, seed=seed * 1_000_003 + label, batch_size=batch_size)
+            for i, image in enumerate(images):
+                (folder / f"gan_{i:05d}.png").write_bytes(png_bytes(image))
+        info = {"gan_run": Path(run_dir).name, "checkpoint": latest_checkpoint(Path(run_dir)).name,
+                "ema": ema, "seed": seed, "per_class": per_class, "class_names": names}
+        (tmp / "gan_samples.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            out_dir.rmdir()  # checked empty above
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,65 @@
+"""`fgvc attack`: an eps sweep on a trained run, written into its run directory.
+
+Writes ``attack/<attack>.json`` (accuracy per eps), ``attack/<attack>.png`` (accuracy
+against eps, seed Fig. 9/11) and ``attack/<attack>_gallery.png`` (successful adversarial
+examples per eps, Fig. 10). With ``compare`` (another run, e.g. adversarially trained),
+both curves go on one plot and one table with the difference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fgvc import runs
+from fgvc.data import build_dataset
+from fgvc.data.transforms import eval_transform
+from fgvc.robust.plots import plot_accuracy_vs_eps, save_gallery
+from fgvc.robust.sweep import evaluate_attack, format_eps, markdown_table
+
+
+def _sweep_run(run_dir: Path, attack: str, eps_list, split: str, limit: int | None, alpha, steps,
+               device: str, progress: bool) -> tuple[dict, list[str]]:
+    model, class_names = runs.load(run_dir)
+    cfg = runs.load_config(run_dir)
+    dataset = build_dataset(cfg.data.name, cfg.data.root, split, eval_transform(cfg.data.image_size),
+                            cfg.data.val_fraction, cfg.train.seed)
+    if limit is not None and limit < len(dataset):
+        # evenly spaced, so a limited attack still covers every class (splits are sorted by class)
+        dataset = torch.utils.data.Subset(dataset, [i * len(dataset) // limit for i in range(limit)])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64, num_workers=cfg.data.num_workers)
+    result = evaluate_attack(model, loader, attack, eps_list, alpha=alpha, steps=steps, device=device,
+                             progress=progress)
+    return result, class_names
+
+
+def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: str = "test",
+               limit: int | None = None, alpha: float | None = None, steps: int | None = None,
+               compare: str | Path | None = None, device: str = "auto", progress: bool = True) -> dict:
+    """Accuracy per eps for the run (and ``compare``); returns {'table', 'files', 'accuracy'}."""
+    from fgvc.robust.sweep import SEED_EPS
+
+    run_dir = runs.check_run_dir(run_dir)
+    eps_list = SEED_EPS if eps_list is None else eps_list
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    result, class_names = _sweep_run(run_dir, attack, eps_list, split, limit, alpha, steps, device, progress)
+    out = run_dir / "attack"
+    out.mkdir(exist_ok=True)
+    curves = {run_dir.name: result["accuracy"]}
+    if compare:
+        other, _ = _sweep_run(runs.check_run_dir(compare), attack, eps_list, split, limit, alpha, steps, device,
+                              progress)
+        curves[Path(compare).name] = other["accuracy"]
+    record = {"attack": attack, "split": split, "total": result["total"],
+              "settings": {format_eps(e): s for e, s in result["settings"].items()},
+              "accuracy": {run: {format_eps(e): a for e, a in curve.items()} for run, curve in curves.items()}}
+    runs.write_json_atomic(out / f"{attack}.json", record)
+    table = markdown_table(curves)
+    runs.write_text_atomic(out / f"{attack}.md", f"# {attack} on the {split} split ({result['total']} images)\n\n" + table)
+    files = [out / f"{attack}.json", out / f"{attack}.md",
+             plot_accuracy_vs_eps(curves, out / f"{attack}.png", title=f"Accuracy under {attack.upper()}")]
+    if any(result["examples"].values()):
+        files.append(save_gallery(result["examples"], class_names, out / f"{attack}_gallery.png"))
+    return {"table": table, "files": [str(f) for f in files], "accuracy": result["accuracy"]}

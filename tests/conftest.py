@@ -1,0 +1,23 @@
+"""Shared fixtures: generated synthbirds datasets, made once per session."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def synthbirds_root(tmp_path_factory):
+    """8 classes x 48 images at 64 px, CUB layout (half train, half test)."""
+    from fgvc.data import synthetic
+
+    root = tmp_path_factory.mktemp("synthbirds")
+    synthetic.generate(root, classes=8, per_class=48, size=64, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_synthbirds_root(tmp_path_factory):
+    """4 classes x 16 images at 32 px: for runs that only need to work, not to learn."""
+    from fgvc.data import synthetic
+
+    root = tmp_path_factory.mktemp("tinybirds")
+    synthetic.generate(root, classes=4, per_class=16, size=32, seed=1)
+    return root

@@ -1,0 +1,113 @@
+"""GAN training: the discriminator learns, the generator becomes class-conditional, the run
+directory holds what it promises, and a resumed run ends where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from gan_helpers import BlobDataset, class_mean_colours, tiny_config
+from safetensors.torch import load_file
+
+from fgvc.errors import UserError
+from fgvc.gan import load_gan_config, load_generator, sample, train_gan
+from fgvc.gan.checkpoint import latest_checkpoint, load_state
+
+
+def _losses(run_dir) -> list[dict]:
+    with (run_dir / "losses.csv").open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def test_discriminator_hinge_loss_falls_from_its_start(blobs, tmp_path):
+    # the seed's recipe (n_dis 5, Adam 2e-4, betas (0, 0.9)) on a tiny model
+    cfg = tiny_config(tmp_path, iterations=16, n_dis=5, sample_every=0, checkpoint_every=16)
+    d = [row["d_loss"] for row in _losses(train_gan(cfg, blobs, progress=False))]
+    assert len(d) == 16
+    start, end = sum(d[:3]) / 3, sum(d[-4:]) / 4
+    assert start > 1.0, f"an untrained discriminator should sit near the hinge value 2, got {start:.2f}"
+    assert end < start - 0.5, f"discriminator loss did not fall: {start:.2f} -> {end:.2f}"
+
+
+def test_training_makes_the_generator_class_conditional(blobs, tmp_path):
+    # at initialisation every class's gain is 1 and bias 0, so G(z, y) ignores y
+    run = train_gan(tiny_config(tmp_path, iterations=6), blobs, progress=False)
+    g = load_generator(run, ema=False)
+    per_class = sample(g, [0, 1, 2], n=4, seed=0).view(3, 4, 3, 32, 32)
+    assert (per_class[0] - per_class[1]).abs().mean() > 1e-3
+    assert (per_class[1] - per_class[2]).abs().mean() > 1e-3
+
+
+def test_generated_classes_take_the_colours_of_their_real_classes(tmp_path):
+    # one D update per G update and lr 1e-3 so the classes are learnt in 40 iterations (~5 s);
+    # with the seed's n_dis 5 and lr 2e-4 this toy set needs far longer (blobs appear first, classes later)
+    blobs = BlobDataset(per_class=16, size=32, seed=0)
+    cfg = tiny_config(tmp_path, iterations=40, batch_size=16, n_dis=1, ch=16, lr=1e-3,
+                      sample_every=0, checkpoint_every=40)
+    run = train_gan(cfg, blobs, progress=False)
+    images = torch.stack([x for x, _ in blobs.items])
+    real = class_mean_colours(images, torch.tensor([y for _, y in blobs.items]), 3)
+    fake = sample(load_generator(run), [0, 1, 2], n=64, seed=0).view(3, 64, 3, 32, 32).mean(dim=(1, 3, 4))
+    nearest = torch.cdist(fake, real).argmin(dim=1)
+    assert nearest.tolist() == [0, 1, 2], f"generated class colours {fake.tolist()} vs real {real.tolist()}"
+
+
+def test_train_gan_loads_the_configured_dataset(tiny_synthbirds_root, tmp_path):
+    from fgvc.data import build_dataset
+
+    cfg = tiny_config(tmp_path, iterations=2)
+    cfg.data.name, cfg.data.root = "synthbirds", str(tiny_synthbirds_root)
+    run = train_gan(cfg, progress=False)
+    expected = build_dataset("synthbirds", tiny_synthbirds_root, "train", None, cfg.data.val_fraction, cfg.seed)
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["class_names"] == expected.class_names and meta["train_images"] == len(expected)
+
+
+def test_run_directory_holds_config_losses_samples_checkpoints_and_metrics(tiny_run):
+    cfg = load_gan_config(tiny_run / "config.yaml")
+    assert cfg.iterations == 4 and cfg.data.image_size == 32 and cfg.ch == 8
+    assert [r["iteration"] for r in _losses(tiny_run)] == [1, 2, 3, 4]
+    assert sorted(p.name for p in (tiny_run / "samples").iterdir()) == ["iter_000002.png", "iter_000004.png"]
+    assert (tiny_run / "losses.png").stat().st_size > 1000
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["iterations"] == 4 and metrics["iterations_per_second"] > 0
+    assert metrics["final_d_loss"] == pytest.approx(sum(r["d_loss"] for r in _losses(tiny_run)) / 4, abs=1e-5)
+    meta = json.loads((tiny_run / "meta.json").read_text())
+    assert meta["class_names"] == ["red_blob", "green_blob", "blue_blob"]
+    folder = latest_checkpoint(tiny_run)
+    assert folder.name == "iter_000004"
+    assert {p.name for p in folder.iterdir()} == {"G.safetensors", "G_ema.safetensors", "D.safetensors", "state.pt"}
+    assert load_state(folder)["iteration"] == 4  # loads with weights_only=True
+    assert not list(tiny_run.rglob("*.tmp")) and not list((tiny_run / "checkpoints").glob(".*"))
+
+
+def test_resume_continues_the_iteration_count_and_ends_where_an_uninterrupted_run_does(blobs, tmp_path):
+    # decay_start 1: the lr schedule must not depend on the first leg's shorter length
+    full = train_gan(tiny_config(tmp_path / "a", iterations=4, decay_start=1.0), blobs, progress=False)
+    half = train_gan(tiny_config(tmp_path / "b", iterations=2, decay_start=1.0), blobs, progress=False)
+    assert json.loads((half / "metrics.json").read_text())["iterations"] == 2
+    resumed = train_gan(tiny_config(tmp_path / "b", iterations=4, decay_start=1.0), blobs, progress=False,
+                        resume=half)
+    assert resumed == half
+    assert [r["iteration"] for r in _losses(resumed)] == [1, 2, 3, 4]
+    assert json.loads((resumed / "metrics.json").read_text())["iterations"] == 4
+    flat = [v for r in _losses(resumed) for v in (r["d_loss"], r["g_loss"])]
+    assert flat == pytest.approx([v for r in _losses(full) for v in (r["d_loss"], r["g_loss"])], abs=1e-5)
+    for name in ("G", "G_ema", "D"):
+        a = load_file(str(latest_checkpoint(full) / f"{name}.safetensors"))
+        b = load_file(str(latest_checkpoint(resumed) / f"{name}.safetensors"))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), name
+
+
+def test_resume_refuses_a_different_architecture(blobs, tiny_run, tmp_path):
+    with pytest.raises(UserError, match="cannot resume .* ch"):
+        train_gan(tiny_config(tmp_path, iterations=6, ch=16), blobs, progress=False, resume=tiny_run)
+
+
+def test_images_of_the_wrong_size_are_a_user_error(blobs, tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg.data.image_size = 64
+    with pytest.raises(UserError, match=r"shape \(3, 64, 64\)"):
+        train_gan(cfg, blobs, progress=False)

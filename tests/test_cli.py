@@ -1,0 +1,85 @@
+"""The `fgvc` command end to end, in-process."""
+
+import json
+
+import pytest
+
+from fgvc.cli import main
+
+FAST = ["model.name=resnet18", "data.image_size=32", "train.batch_size=16", "train.lr=2e-3",
+        "train.patience=0", "data.num_workers=0", "train.epochs=1"]
+
+
+def _no_traceback(captured):
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+
+
+def test_train_eval_predict_round_trip(tiny_synthbirds_root, tmp_path, capsys):
+    code = main(["train", *FAST, "data.name=synthbirds", f"data.root={tiny_synthbirds_root}",
+                 f"out={tmp_path}", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
+    run_dir = out.strip().splitlines()[-1]
+    assert (tmp_path / run_dir.split("/")[-1] / "metrics.json").is_file()
+
+    assert main(["eval", run_dir, "--split", "val", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= result["acc"] <= 1 and result["n"] > 0
+
+    image = next((tiny_synthbirds_root / "CUB_200_2011" / "images").rglob("*.jpg"))
+    assert main(["predict", run_dir, str(image), "--topk", "3", "--json"]) == 0
+    preds = json.loads(capsys.readouterr().out)
+    probs = [p["prob"] for p in preds[0]["top"]]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+
+
+def test_train_with_a_shipped_config_name_and_overrides(tiny_synthbirds_root, tmp_path, capsys):
+    code = main(["train", "synthbirds_cpu", *FAST, f"data.root={tiny_synthbirds_root}", f"out={tmp_path}", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "train.lr=-1"], "train.lr"),
+    (["train", "train.lrr=1"], "did you mean"),
+    (["train", "no_such_recipe"], "no shipped config"),
+    (["train", "data.root=/nonexistent/fgvc", "data.name=cub200", "train.epochs=1"], "does not exist"),
+    (["train", "data.name=cub201"], "unknown dataset"),
+    (["eval", "/nonexistent/run"], "not an fgvc run directory"),
+    (["predict", "/nonexistent/run", "x.jpg"], "not an fgvc run directory"),
+])
+def test_bad_input_is_one_sentence_and_exit_code_2(argv, message, capsys, tmp_path):
+    assert main(argv + [f"out={tmp_path}"] if argv[0] == "train" else argv) == 2
+    captured = capsys.readouterr()
+    _no_traceback(captured)
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fgvc: ") and message in lines[0]
+
+
+def test_unknown_model_exits_2(tiny_synthbirds_root, tmp_path, capsys):
+    code = main(["train", "model.name=resnet05", "data.name=synthbirds", f"data.root={tiny_synthbirds_root}",
+                 f"out={tmp_path}", "train.epochs=1", "--quiet"])
+    assert code == 2 and "resnet50" in capsys.readouterr().err
+
+
+def test_data_synth_then_info(tmp_path, capsys):
+    root = tmp_path / "birds"
+    assert main(["data", "synth", "--root", str(root), "--classes", "3", "--per-class", "4", "--size", "32"]) == 0
+    assert main(["data", "info", "synthbirds", "--root", str(root), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert info["num_classes"] == 3
+
+
+def test_predict_on_an_undecodable_file_names_it(tiny_synthbirds_root, tmp_path, capsys):
+    assert main(["train", *FAST, "data.name=synthbirds", f"data.root={tiny_synthbirds_root}",
+                 f"out={tmp_path}", "--quiet"]) == 0
+    run_dir = capsys.readouterr().out.strip().splitlines()[-1]
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    assert main(["predict", run_dir, str(bad)]) == 2
+    assert "broken.jpg" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--epochs", "1"]) == 0
+    assert "test acc" in capsys.readouterr().out

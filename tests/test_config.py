@@ -1,0 +1,74 @@
+import pytest
+
+from fgvc import config
+from fgvc.errors import UserError
+
+
+def test_defaults_are_the_papers():
+    cfg = config.load()
+    assert cfg.train.lr == 5e-5 and cfg.train.weight_decay == 1e-3 and cfg.train.batch_size == 16
+    assert cfg.train.milestones == [30, 60, 90] and cfg.train.gamma == 0.1 and cfg.train.patience == 20
+
+
+def test_overrides_are_parsed_to_the_field_type():
+    cfg = config.load(None, ["train.lr=1e-3", "train.milestones=[5,8]", "aug.geometric=true", "train.epochs=3"])
+    assert cfg.train.lr == 1e-3 and cfg.train.milestones == [5, 8]
+    assert cfg.aug.geometric is True and cfg.train.epochs == 3
+
+
+def test_unknown_key_names_the_closest_valid_one():
+    with pytest.raises(UserError, match="train.lr"):
+        config.load(None, ["train.lrr=1"])
+
+
+@pytest.mark.parametrize("item, match", [
+    ("train.epochs=three", "integer"),
+    ("train.lr=-1", "positive"),
+    ("train.batch_size=0", "1 or more"),
+    ("adv.eps=2", r"\[0, 1\]"),
+    ("aug.geometric=maybe", "true or false"),
+    ("train.lr", "key=value"),
+    ("train.lr=nan", "finite"),
+])
+def test_bad_values_are_one_clear_error(item, match):
+    with pytest.raises(UserError, match=match):
+        config.load(None, [item])
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("# fgvc train c.yaml\nmodel:\n  name: resnet18\ntrain:\n  epochs: 4\n  lr: 0.001\n")
+    cfg = config.load(path, ["train.epochs=2"])
+    assert cfg.model.name == "resnet18" and cfg.train.epochs == 2 and cfg.train.lr == 1e-3
+
+
+def test_yaml_with_unknown_section_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("modle:\n  name: resnet18\n")
+    with pytest.raises(UserError, match="unknown config key 'modle.name'"):
+        config.load(path)
+
+
+def test_broken_yaml_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: [1, 2\n")
+    with pytest.raises(UserError, match="c.yaml"):
+        config.load(path)
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = config.load(None, ["model.name=resnet34", "aug.mixup_alpha=0.2"])
+    path = tmp_path / "config.yaml"
+    path.write_text(config.dump(cfg))
+    assert config.load(path) == cfg
+
+
+def test_every_shipped_config_loads_and_starts_with_its_command():
+    from pathlib import Path
+
+    folder = Path(config.__file__).parent / "configs"
+    files = sorted(folder.glob("*.yaml"))
+    assert files
+    for path in files:
+        assert path.read_text().startswith("# fgvc "), path.name
+        config.load(path)

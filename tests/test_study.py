@@ -1,0 +1,34 @@
+import pytest
+
+from fgvc.errors import UserError
+from fgvc.experiments.study import read_study, row_config, run_study, study_names
+
+
+def test_every_shipped_study_validates_every_row():
+    for name in study_names():
+        _, study = read_study(name)
+        for row in study["rows"]:
+            row_config(study, row, ["data.root=somewhere"])
+
+
+def test_study_runs_rows_writes_table_and_skips_finished_rows(tiny_synthbirds_root, tmp_path, capsys):
+    path = tmp_path / "mini.yaml"
+    path.write_text(
+        "# fgvc study mini.yaml\ntitle: mini\n"
+        "overrides: [model.name=resnet18, data.image_size=32, train.epochs=1, data.num_workers=0, data.name=synthbirds]\n"
+        "columns: [test_acc]\nrows:\n  plain: []\n  smoothed: [aug.label_smoothing=0.1]\n")
+    folder = run_study(str(path), [f"data.root={tiny_synthbirds_root}"], out=tmp_path / "out", progress=False)
+    table = (folder / "table.md").read_text()
+    assert "| plain |" in table and "| smoothed |" in table
+    first = (folder / "plain" / "metrics.json").stat().st_mtime_ns
+    run_study(str(path), [f"data.root={tiny_synthbirds_root}"], out=tmp_path / "out", progress=False)
+    assert (folder / "plain" / "metrics.json").stat().st_mtime_ns == first
+    assert "skipped" in capsys.readouterr().out
+
+
+def test_a_bad_row_is_refused_before_anything_trains(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("rows:\n  ok: []\n  broken: [train.lr=-1]\n")
+    with pytest.raises(UserError, match="train.lr"):
+        run_study(str(path), ["data.root=x"], out=tmp_path)
+    assert not (tmp_path / "bad").exists()
