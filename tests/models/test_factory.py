@@ -83,3 +83,20 @@ def test_parameter_counts_match_a_hand_count():
     model = create_model("resnet18", 10)
     counts = count_parameters(model)
     assert counts["params_total"] == 11_176_512 + 512 * 10 + 10  # torchvision resnet18 without its fc
+
+
+def test_position_table_interpolated_to_the_original_size_is_unchanged():
+    from torchvision.models.vision_transformer import interpolate_embeddings
+
+    torch.manual_seed(0)
+    state = create_model("vit_b_16", 3, image_size=64).net.state_dict()
+    same = interpolate_embeddings(64, 16, dict(state))
+    assert torch.equal(same["encoder.pos_embedding"], state["encoder.pos_embedding"])
+    bigger = interpolate_embeddings(128, 16, dict(state))
+    assert bigger["encoder.pos_embedding"].shape == (1, 1 + 8 * 8, 768)
+
+
+def test_timm_vit_runs_at_a_resolution_other_than_its_default():
+    model = create_model("test_vit", 4, image_size=96).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 96, 96)).shape == (1, 4)

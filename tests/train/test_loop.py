@@ -96,3 +96,19 @@ def test_corrupt_image_stops_training_with_its_name(tiny_synthbirds_root, tmp_pa
     victim.write_bytes(b"not a jpeg")
     with pytest.raises(UserError, match=victim.name):
         train(_cfg(root, tmp_path, "train.epochs=1"), progress=False)
+
+
+def test_one_short_run_with_every_trick_on(tiny_synthbirds_root, tmp_path):
+    run_dir = train(_cfg(tiny_synthbirds_root, tmp_path, "train.epochs=1", "aug.geometric=true", "aug.cutout=1",
+                         "aug.mixup_alpha=0.2", "aug.cutmix_alpha=1.0", "aug.label_smoothing=0.1",
+                         "model.dropout=0.3", "train.batch_size=8"), progress=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and 0 <= metrics["train_acc"] <= 1
+    assert torch.isfinite(torch.tensor(metrics["train_loss"]))
+
+
+def test_frozen_backbone_run_records_trainable_counts(tiny_synthbirds_root, tmp_path):
+    run_dir = train(_cfg(tiny_synthbirds_root, tmp_path, "train.epochs=1", "model.trainable=fc"), progress=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["params_trainable"] == 512 * 4 + 4
+    assert metrics["params_total"] > 11_000_000

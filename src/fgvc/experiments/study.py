@@ -90,20 +90,20 @@ def _write(folder: Path, study: dict, name: str) -> None:
 
 def write_table(folder: Path, rows: list[str], columns: list[str], title: str) -> str:
     """Markdown + CSV of the finished rows' metrics, read from their run directories only."""
-    header = ["row", *columns, "epochs_run", "seconds"]
+    header = ["row", *columns, "epochs_run", "seconds", "device"]
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     csv_rows = []
     for row in rows:
         metrics = runs.read_metrics(folder / row)
         if not metrics:
             continue
-        values = [metrics.get(c) for c in [*columns, "epochs_run", "seconds"]]
+        keys = [*columns, "epochs_run", "seconds", "device"]
+        values = [metrics.get(c) for c in keys]
         text = [f"{v:.4f}" if isinstance(v, float) and c.endswith(("acc", "top5", "loss")) else str(v)
-                for c, v in zip([*columns, "epochs_run", "seconds"], values)]
+                for c, v in zip(keys, values)]
         lines.append("| " + " | ".join([row, *text]) + " |")
         csv_rows.append(dict(zip(header, [row, *values])))
-    machine = next((runs.read_metrics(folder / r).get("device") for r in rows if runs.read_metrics(folder / r)), "")
-    lines += ["", f"Device: {machine}. Written by `fgvc study`."]
+    lines += ["", "Written by `fgvc study` from the run directories; device is where each row trained."]
     table = "\n".join(lines) + "\n"
     runs.write_text_atomic(folder / "table.md", table)
     runs.write_csv_atomic(folder / "table.csv", csv_rows, header)

@@ -173,7 +173,7 @@ def normalize_maps(maps: Tensor, size) -> Tensor:
     # turning rounding noise into a full-range map
     tiny = 1e-6 * torch.maximum(hi.abs(), lo.abs())
     ok = (span > tiny) & (span > 0)
-    out = (maps - lo[:, None, None]) / torch.where(ok, span, torch.ones_like(span))[:, None, None]
+    out = (maps - lo.min()) / torch.where(ok, span, torch.ones_like(span))[:, None, None]
     return torch.where(ok[:, None, None], out, torch.zeros_like(out)).clamp_(0, 1)
 
 
@@ -286,5 +286,5 @@ def _gradcampp_weights(a: Tensor, grad: Tensor) -> Tensor:
     g3 = g2 * grad
     sum_a = a.sum(dim=(2, 3), keepdim=True)
     alpha = g2 / (2 * g2 + sum_a * g3 + 1e-6)  # same epsilon as pytorch-grad-cam, for comparability
-    alpha = alpha
+    alpha = torch.where(grad != 0, alpha, torch.zeros_like(alpha))
     return (alpha * grad.clamp_min(0)).sum(dim=(2, 3))

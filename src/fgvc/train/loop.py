@@ -20,6 +20,7 @@ from tqdm import tqdm
 from fgvc import config as config_mod
 from fgvc import runs
 from fgvc.data import build_dataset
+from fgvc.data.generated import mix_generated
 from fgvc.data.transforms import eval_transform, train_transform
 from fgvc.errors import UserError
 from fgvc.models import apply_trainable, count_parameters, create_model, train_mode
@@ -92,6 +93,7 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
     train_ds = build_dataset(d.name, d.root, "train", train_transform(
         d.image_size, cfg.aug.geometric, cfg.aug.rotation, cfg.aug.cutout, cfg.aug.cutout_size),
         d.val_fraction, cfg.train.seed)
+    train_ds = mix_generated(train_ds, d.generated_root, d.train_source, d.generated_ratio, cfg.train.seed)
     val_ds = build_dataset(d.name, d.root, "val", eval_transform(d.image_size), d.val_fraction, cfg.train.seed)
     test_ds = build_dataset(d.name, d.root, "test", eval_transform(d.image_size), d.val_fraction, cfg.train.seed)
     class_names = train_ds.class_names

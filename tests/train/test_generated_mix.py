@@ -1,0 +1,53 @@
+"""Generated images mixed into training (issue 7's config keys)."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from fgvc import config
+from fgvc.data import build_dataset
+from fgvc.data.generated import mix_generated
+from fgvc.errors import UserError
+from fgvc.train import train
+
+
+@pytest.fixture()
+def generated_root(tiny_synthbirds_root, tmp_path):
+    names = build_dataset("synthbirds", tiny_synthbirds_root, "train").class_names
+    root = tmp_path / "generated"
+    for i, name in enumerate(names):
+        folder = root / "train" / name
+        folder.mkdir(parents=True)
+        for k in range(5):
+            Image.new("RGB", (32, 32), (60 * i, 255 - 60 * i, 40 * k)).save(folder / f"g{k}.png")
+    return root
+
+
+def test_sources_give_real_real_plus_generated_and_generated_only(tiny_synthbirds_root, generated_root):
+    real = build_dataset("synthbirds", tiny_synthbirds_root, "train")
+    assert mix_generated(real, generated_root, "real") is real
+    mixed = mix_generated(real, generated_root, "real+generated", ratio=0.5)
+    assert len(mixed) == len(real) + round(0.5 * len(real))
+    only = mix_generated(real, generated_root, "generated")
+    assert len(only) == 5 * len(real.class_names)
+    # labels follow the class folder names
+    for sample in only.samples:
+        assert sample.path.parent.name == real.class_names[sample.label]
+
+
+def test_a_generated_class_unknown_to_the_real_dataset_is_refused(tiny_synthbirds_root, generated_root):
+    (generated_root / "train" / "999.Unicorn").mkdir()
+    real = build_dataset("synthbirds", tiny_synthbirds_root, "train")
+    with pytest.raises(UserError, match="999.Unicorn"):
+        mix_generated(real, generated_root, "generated")
+
+
+def test_training_on_generated_only_tests_on_the_real_split(tiny_synthbirds_root, generated_root, tmp_path):
+    cfg = config.load(None, ["model.name=resnet18", "data.image_size=32", "train.epochs=1", "data.num_workers=0",
+                             "data.name=synthbirds", f"data.root={tiny_synthbirds_root}", f"out={tmp_path}",
+                             "data.train_source=generated", f"data.generated_root={generated_root}"])
+    metrics = json.loads((train(cfg, progress=False) / "metrics.json").read_text())
+    assert metrics["train_images"] == 20
+    real_test = build_dataset("synthbirds", tiny_synthbirds_root, "test")
+    assert metrics["test_images"] == len(real_test)
