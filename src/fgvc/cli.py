@@ -75,21 +75,33 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--compare", metavar="RUN_DIR", help="a second run (e.g. adversarially trained) on the same plot")
     at.add_argument("--device", default="auto")
 
+    def clip_args(p, batch_size):
+        p.add_argument("--model", default="ViT-B-16", help="open_clip model name, e.g. ViT-B-32, ViT-L-14-336, hf-hub:...")
+        p.add_argument("--pretrained", default="openai", help="open_clip pretrained tag or a weights file")
+        p.add_argument("--data", required=True, help="dataset name, e.g. cub200")
+        p.add_argument("--root", required=True)
+        p.add_argument("--templates", default="seed",
+                       help="template set (seed, birds, dogs, ensemble, ...; join with +) or a text file")
+        p.add_argument("--out", help="output folder (default: runs/<task>-<data>-<model>-...)")
+        p.add_argument("--batch-size", type=int, default=batch_size)
+        p.add_argument("--device", default="auto")
+        p.add_argument("--num-workers", type=int, default=2)
+        p.add_argument("--offline", action="store_true", help="never try to download weights")
+
     zs = sub.add_parser("zeroshot", help="CLIP zero-shot classification of a dataset split")
-    zs.add_argument("--model", default="ViT-B-16", help="open_clip model name, e.g. ViT-B-32, ViT-L-14-336, hf-hub:...")
-    zs.add_argument("--pretrained", default="openai", help="open_clip pretrained tag or a weights file")
-    zs.add_argument("--data", required=True, help="dataset name, e.g. cub200")
-    zs.add_argument("--root", required=True)
+    clip_args(zs, 64)
     zs.add_argument("--split", default="test", choices=["train", "val", "test"])
-    zs.add_argument("--templates", default="seed",
-                    help="template set (seed, birds, dogs, ensemble, ...; join with +) or a text file")
     zs.add_argument("--descriptions", help="JSON file: class name -> list of descriptions")
-    zs.add_argument("--out", help="output folder (default: runs/zeroshot-<data>-<model>-<templates>)")
-    zs.add_argument("--batch-size", type=int, default=64)
-    zs.add_argument("--device", default="auto")
-    zs.add_argument("--num-workers", type=int, default=2)
     zs.add_argument("--no-cache", action="store_true", help="re-encode images even if cached")
-    zs.add_argument("--offline", action="store_true", help="never try to download weights")
+
+    clip = sub.add_parser("clip", help="CLIP linear probe and fine-tuning (with WiSE-FT)")
+    csub = clip.add_subparsers(dest="clip_command", required=True, metavar="ACTION")
+    probe = csub.add_parser("probe", help="logistic regression on frozen CLIP image features")
+    clip_args(probe, 64)
+    ft = csub.add_parser("finetune", help="fine-tune the image tower, head initialised from the text weights")
+    clip_args(ft, 32)
+    ft.add_argument("--epochs", type=int, default=3)
+    ft.add_argument("--lr", type=float, default=1e-5)
 
     gan = sub.add_parser("gan", help="class-conditional GAN (projection discriminator): train and sample")
     gsub = gan.add_subparsers(dest="gan_command", required=True, metavar="ACTION")
@@ -257,6 +269,23 @@ def cmd_gan(args) -> int:
     return 0
 
 
+def cmd_clip(args) -> int:
+    from fgvc.clip import run_finetune, run_linear_probe
+
+    out = args.out or f"runs/clip-{args.clip_command}-{args.data}-{args.model}-{args.pretrained}".replace(
+        "/", "_").replace(":", "_")
+    common = dict(templates=args.templates, batch_size=args.batch_size, device=args.device,
+                  num_workers=args.num_workers, download=not args.offline)
+    if args.clip_command == "probe":
+        metrics = run_linear_probe(args.model, args.pretrained, args.data, args.root, out, **common)
+    else:
+        metrics = run_finetune(args.model, args.pretrained, args.data, args.root, out, epochs=args.epochs,
+                               lr=args.lr, **common)
+    print(f"{args.clip_command}: test top-1 {metrics['test_acc']:.4f}")
+    print(out)
+    return 0
+
+
 def cmd_study(args) -> int:
     from fgvc.experiments.study import run_study
 
@@ -293,7 +322,7 @@ def cmd_demo(args) -> int:
 
 
 HANDLERS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "study": cmd_study, "zeroshot": cmd_zeroshot,
-            "attack": cmd_attack, "gan": cmd_gan,
+            "attack": cmd_attack, "gan": cmd_gan, "clip": cmd_clip,
             "demo": cmd_demo}
 
 

@@ -6,10 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from data_helpers import SIZE
 
 from fgvc.data import synthetic
-
-from data_helpers import SIZE
 
 
 @pytest.fixture(scope="session")

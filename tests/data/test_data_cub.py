@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_helpers import SIZE
 
 from fgvc.data import build_dataset, cub, synthetic
 from fgvc.data.transforms import eval_transform
 from fgvc.errors import UserError
-
-from data_helpers import SIZE
 
 BIRDS50 = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "birds50"
 

@@ -173,7 +173,7 @@ def normalize_maps(maps: Tensor, size) -> Tensor:
     # turning rounding noise into a full-range map
     tiny = 1e-6 * torch.maximum(hi.abs(), lo.abs())
     ok = (span > tiny) & (span > 0)
-    out = (maps - lo.min()) / torch.where(ok, span, torch.ones_like(span))[:, None, None]
+    out = (maps - lo[:, None, None]) / torch.where(ok, span, torch.ones_like(span))[:, None, None]
     return torch.where(ok[:, None, None], out, torch.zeros_like(out)).clamp_(0, 1)
 
 
