@@ -63,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--topk", type=int, default=5)
     pr.add_argument("--json", action="store_true")
 
+    ex = sub.add_parser("explain", help="CAM / Grad-CAM / Grad-CAM++ overlays and localisation scores")
+    ex.add_argument("run_dir")
+    ex.add_argument("images", nargs="*", help="image files (default: --limit images of --split)")
+    ex.add_argument("--method", help="comma list of cam, gradcam, gradcam++ (default: cam,gradcam)")
+    ex.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ex.add_argument("--limit", type=int, default=8, help="images to draw from the split")
+    ex.add_argument("--out", help="output folder (default: RUN_DIR/explain)")
+    ex.add_argument("--save-maps", action="store_true", help="also write the raw maps (safetensors)")
+    ex.add_argument("--no-localization", action="store_true", help="skip the box-overlap scores")
+    ex.add_argument("--device", default="cpu")
+
     at = sub.add_parser("attack", help="accuracy under FGSM / I-FGSM / PGD across eps, with plot and gallery")
     at.add_argument("run_dir")
     at.add_argument("--attack", default="fgsm", choices=["fgsm", "ifgsm", "pgd"])
@@ -223,6 +234,17 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from fgvc.explain.run import explain_run
+
+    methods = [m.strip() for m in args.method.split(",")] if args.method else None
+    result = explain_run(args.run_dir, images=args.images, methods=methods, split=args.split, limit=args.limit,
+                         out_dir=args.out, save_maps=args.save_maps, device=args.device,
+                         localization=not args.no_localization)
+    print(result["out_dir"])  # explain_run has printed the localisation table, if any
+    return 0
+
+
 def cmd_attack(args) -> int:
     from fgvc.robust import parse_eps
     from fgvc.robust.run import attack_run
@@ -323,6 +345,7 @@ def cmd_demo(args) -> int:
 
 HANDLERS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "study": cmd_study, "zeroshot": cmd_zeroshot,
             "attack": cmd_attack, "gan": cmd_gan, "clip": cmd_clip,
+            "explain": cmd_explain,
             "demo": cmd_demo}
 
 

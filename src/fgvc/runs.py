@@ -29,6 +29,9 @@ METRIC_FIELDS = (
     "train_acc", "val_acc", "test_acc", "test_top5", "train_loss", "val_loss", "best_epoch",
     "epochs_run", "seconds", "train_images_per_second", "params_total", "params_trainable",
 )
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
 
@@ -42,6 +45,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -72,3 +72,11 @@ def test_unknown_method_and_missing_run_are_user_errors(synth_root, tmp_path):
         explain_run(run_dir, methods="scorecam", log=None)
     with pytest.raises(UserError, match="not an fgvc run directory"):
         explain_run(tmp_path / "nothing", log=None)
+
+
+def test_cnn_whose_head_is_not_gap_linear_gets_gradcam_and_a_note(synth_root, tmp_path):
+    run_dir = make_run(tmp_path / "convnext", "test_convnext", synth_root)  # LayerNorm after the pooling
+    out = explain_run(run_dir, limit=2, localization=False, log=None)
+    assert out["methods"] == ["gradcam"] and "CAM skipped" in out["notes"][0]
+    with pytest.raises(UserError, match="global average pooling"):
+        explain_run(run_dir, methods=["cam"], limit=2, log=None)

@@ -78,7 +78,7 @@ def save_panel(image, maps: Mapping[str, object], true_name: str | None, pred_na
                path: str | Path, alpha: float = 0.5) -> Path:
     """One PNG: the image (titled with true and predicted class) then each method's overlay, side by side."""
     cols = 1 + len(maps)
-    fig = Figure(figsize=(2.4 * cols, 2.8))
+    fig = Figure(figsize=(2.4 * cols, 3.0), layout="constrained")  # room for wrapped titles
     axes = fig.subplots(1, cols, squeeze=False)[0]
     _draw_row(axes, image, maps, true_name, pred_name, alpha)
     return _save(fig, path)
@@ -90,7 +90,7 @@ def save_grid(images: Sequence, maps: Mapping[str, Sequence], true_names: Sequen
     n, cols = len(images), 1 + len(maps)
     if n == 0:
         raise ValueError("save_grid needs at least one image")
-    fig = Figure(figsize=(2.4 * cols, 2.6 * n))
+    fig = Figure(figsize=(2.4 * cols, 3.0 * n), layout="constrained")
     axes = fig.subplots(n, cols, squeeze=False)
     for i in range(n):
         row_maps = {method: m[i] for method, m in maps.items()}

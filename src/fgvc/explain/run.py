@@ -76,8 +76,6 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         names.remove("cam")
         notes.append(f"CAM skipped: {cfg.model.name} does not end in global average pooling + a linear layer; "
                      "Grad-CAM shown instead")
-    if not names:
-        names = ["gradcam"]
     transform = eval_transform(cfg.data.image_size)
     out = Path(out_dir).expanduser() if out_dir is not None else run_dir / "explain"
     out.mkdir(parents=True, exist_ok=True)
@@ -108,7 +106,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
             p = model(xb).float().softmax(dim=1)
         preds += p.argmax(dim=1).tolist()
         probs += p.max(dim=1).values.tolist()
-        for m in names:
+        for m in list(names):
             try:
                 maps[m].append(explain(model, xb, m).cpu())
             except UserError:
@@ -116,10 +114,8 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
                     raise
                 # CAM has the structure but fails its GAP + linear check (e.g. a norm in the head)
                 notes.append(f"CAM skipped: {cfg.model.name}'s logits are not GAP + linear over its feature map")
-                maps[m] = []
-    for m in [m for m in names if not maps[m]]:
-        names.remove(m)
-        del maps[m]
+                names.remove(m)
+                del maps[m]
     stacked = {m: torch.cat(v) for m, v in maps.items()}
 
     true_names = [class_names[y] if y is not None else None for y in labels]
