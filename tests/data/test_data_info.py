@@ -13,7 +13,7 @@ BIRDS50 = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "bird
 
 def test_describe_counts_classes_splits_and_boxes(cub_root):
     d = info.describe("synthbirds", cub_root, val_fraction=0.2)
-    assert d["classes"] == 4 and d["has_boxes"]
+    assert d["num_classes"] == 4 and d["has_boxes"]
     assert d["splits"] == {"train": 16, "val": 4, "test": 20}  # 4 classes x 10, half test, 20% of train to val
     assert d["train_per_class"] == [4, 4] and "unreadable" not in d
     table = info.format_info(d)
@@ -33,11 +33,11 @@ def test_check_finds_the_unreadable_image(cub_copy):
 
 def test_dogs_layout_is_described(dogs_root):
     d = info.describe("synthdogs", dogs_root, check=True)
-    assert d["classes"] == 3 and d["has_boxes"] and d["unreadable"] == []
+    assert d["num_classes"] == 3 and d["has_boxes"] and d["unreadable"] == []
     assert sum(d["splits"].values()) == 24
 
 
 @pytest.mark.skipif(not BIRDS50.is_dir(), reason="birds50 (real CUB-layout photographs) is not beside the repo")
 def test_birds50_is_described_without_boxes():
     d = info.describe("cub200", BIRDS50)
-    assert d["classes"] == 50 and not d["has_boxes"] and sum(d["splits"].values()) == 2952
+    assert d["num_classes"] == 50 and not d["has_boxes"] and sum(d["splits"].values()) == 2952

@@ -6,7 +6,7 @@ import difflib
 from pathlib import Path
 
 from fgvc.data import cub, dogs, folder, synthetic
-from fgvc.data.base import FineGrainedDataset, Sample, read_rgb
+from fgvc.data.base import FineGrainedDataset, Sample, read_rgb, readable_name
 from fgvc.errors import UserError
 
 DATASETS = {
@@ -33,4 +33,4 @@ def build_dataset(name: str, root: str | Path, split: str, transform=None,
     return load(root, split, transform, val_fraction=val_fraction, seed=seed)
 
 
-__all__ = ["DATASETS", "FineGrainedDataset", "Sample", "build_dataset", "read_rgb", "synthetic"]
+__all__ = ["DATASETS", "FineGrainedDataset", "Sample", "build_dataset", "read_rgb", "readable_name", "synthetic"]

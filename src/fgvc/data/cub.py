@@ -121,7 +121,8 @@ def read_all(root: Path) -> tuple[list[Sample], list[Sample], list[str], Path]:
     base = find_base(root)
     p_img, p_lab, p_split, p_cls = (base / f for f in REQUIRED)
     p_box = base / "bounding_boxes.txt"
-    images = _id_table(p_img, "<image_id> <relative/path.jpg>", 2, lambda n, f: f[0], text_last=True)
+    images = _id_table(p_img, "<image_id> <relative/path.jpg>", 2, lambda n, f: f[0].replace("\\", "/"),
+                       text_last=True)
     labels = _id_table(p_lab, "<image_id> <class_id>", 2,
                        lambda n, f: _int(p_lab, n, f[0], "<image_id> <class_id>"))
     is_train = _id_table(p_split, "<image_id> <is_training_image 1|0>", 2,

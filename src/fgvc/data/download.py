@@ -65,10 +65,14 @@ def _open(url: str, start: int, timeout: float):
 
 
 def download(url: str, dest: Path, md5: str | None = None, progress: bool = True, timeout: float = 60.0) -> Path:
-    """Fetch ``url`` to ``dest`` via ``dest.part`` (resumed with HTTP Range), md5-checked when given."""
+    """Fetch ``url`` to ``dest`` via ``dest.part`` (resumed with HTTP Range), md5-checked when given.
+
+    An empty or None ``md5`` skips the check.
+    """
     dest = Path(dest)
+    md5 = md5.strip().lower() if md5 else None
     if dest.is_file():
-        if md5 is None or md5sum(dest) == md5.lower():
+        if md5 is None or md5sum(dest) == md5:
             _say(progress, f"{dest} is already downloaded")
             return dest
         _say(progress, f"{dest} does not match md5 {md5}; downloading it again")
@@ -77,9 +81,13 @@ def download(url: str, dest: Path, md5: str | None = None, progress: bool = True
     part = dest.with_name(dest.name + ".part")
     start = part.stat().st_size if part.is_file() else 0
     resp = _open(url, start, timeout)
+    if resp is not None and start and resp.status == 206 \
+            and not resp.headers.get("Content-Range", "").startswith(f"bytes {start}-"):
+        resp.close()  # a range other than the one asked for: start over
+        start, resp = 0, _open(url, 0, timeout)
     if resp is not None:
         with resp:
-            if start and resp.status == 206 and resp.headers.get("Content-Range", "").startswith(f"bytes {start}-"):
+            if start and resp.status == 206:
                 mode = "ab"
                 _say(progress, f"resuming {dest.name} at {start} bytes")
             else:  # the server ignored the Range header: start over
@@ -104,9 +112,9 @@ def download(url: str, dest: Path, md5: str | None = None, progress: bool = True
                             f"again to resume from {part}")
     if md5 is not None:
         actual = md5sum(part)
-        if actual != md5.lower():
+        if actual != md5:
             part.unlink()
-            raise UserError(f"{dest.name} from {url} has md5 {actual} but {md5.lower()} was expected, so it "
+            raise UserError(f"{dest.name} from {url} has md5 {actual} but {md5} was expected, so it "
                             "was deleted; run again to download it anew, pass --url to use another mirror, "
                             f"or --md5 {actual} if that file is known to be right")
     part.replace(dest)
@@ -204,6 +212,8 @@ def prepare(name: str, root, url: str | None = None, md5=None, progress: bool = 
         raise UserError(f"{target} exists but does not hold a complete {name} dataset; remove it (or "
                         "choose another --root) and run again")
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".fgvc-extract-*"):  # left by a run that was killed while extracting
+        shutil.rmtree(stale, ignore_errors=True)
     archives = [(download(u, root / f, m, progress), into) for f, u, m, into in jobs]
     tmp = root / f".fgvc-extract-{uuid.uuid4().hex[:8]}"
     try:

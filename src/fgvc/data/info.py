@@ -12,7 +12,7 @@ from fgvc.errors import UserError
 def describe(name: str, root, check: bool = False, val_fraction: float = 0.1, seed: int = 0) -> dict:
     """Class count, images per split, per-class train range, boxes; with ``check`` decode every image.
 
-    Returns {'name', 'root', 'classes', 'splits': {split: n}, 'train_per_class': [min, max],
+    Returns {'name', 'root', 'num_classes', 'splits': {split: n}, 'train_per_class': [min, max],
     'has_boxes', 'examples': [first class names]} plus, with ``check``, 'unreadable': [{'path', 'error'}].
     """
     from fgvc.data import build_dataset
@@ -24,7 +24,7 @@ def describe(name: str, root, check: bool = False, val_fraction: float = 0.1, se
     d = {
         "name": name,
         "root": str(train.root or Path(root)),
-        "classes": len(train.class_names),
+        "num_classes": len(train.class_names),
         "splits": {s: len(ds) for s, ds in parts.items()},
         "train_per_class": [min(per_class), max(per_class)],
         "has_boxes": all(ds.has_boxes for ds in parts.values() if len(ds)),
@@ -45,7 +45,7 @@ def describe(name: str, root, check: bool = False, val_fraction: float = 0.1, se
 
 def format_info(d: dict) -> str:
     """A small aligned table of ``describe``'s result."""
-    rows = [("dataset", d["name"]), ("root", d["root"]), ("classes", str(d["classes"]))]
+    rows = [("dataset", d["name"]), ("root", d["root"]), ("classes", str(d["num_classes"]))]
     rows += [(f"{s} images", str(n)) for s, n in d["splits"].items()]
     lo, hi = d["train_per_class"]
     rows.append(("train per class", f"{lo}" if lo == hi else f"{lo} to {hi}"))
