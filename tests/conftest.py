@@ -21,3 +21,16 @@ def tiny_synthbirds_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("tinybirds")
     synthetic.generate(root, classes=4, per_class=16, size=32, seed=1)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_synthbirds_root, tmp_path_factory):
+    """One finished 1-epoch resnet18 run on tiny synthbirds, shared by tests that only read a run."""
+    from fgvc import config
+    from fgvc.train import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    cfg = config.load(None, ["model.name=resnet18", "data.image_size=32", "train.epochs=1", "data.num_workers=0",
+                             "train.batch_size=16", "data.name=synthbirds", f"data.root={tiny_synthbirds_root}",
+                             f"out={out}"])
+    return train(cfg, progress=False)
