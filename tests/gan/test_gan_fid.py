@@ -10,7 +10,16 @@ import torch
 from torch import nn
 
 from fgvc.errors import UserError
-from fgvc.gan import PenultimateFeatures, classifier_frechet_distance, frechet_distance, inception_fid
+from fgvc.gan import (
+    PenultimateFeatures,
+    classifier_frechet_distance,
+    extract_features,
+    frechet_distance,
+    frechet_over_checkpoints,
+    inception_fid,
+    load_generator,
+    sample,
+)
 
 
 def _random_rotation(d: int, seed: int) -> np.ndarray:
@@ -80,3 +89,24 @@ def test_true_fid_without_its_packages_or_weights_is_a_user_error(monkeypatch, t
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(UserError, match="Inception weights"):
         inception_fid(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8))
+
+
+def test_frechet_over_checkpoints_scores_every_kept_checkpoint_against_the_real_images(tiny_run, blobs):
+    real = torch.stack([x for x, _ in blobs.items])
+    scores = frechet_over_checkpoints(tiny_run, MeanColour(), real, per_class=16, seed=5)
+    assert [it for it, _ in scores] == [2, 4]
+    # the latest checkpoint's number is the plain distance of that generator's samples
+    g = load_generator(tiny_run)
+    expected = classifier_frechet_distance(MeanColour(), real, sample(g, range(3), 16, seed=5))
+    assert scores[-1][1] == pytest.approx(expected, rel=1e-9)
+    assert scores[0][1] != pytest.approx(scores[1][1])
+
+
+def test_extracting_features_leaves_an_eval_mode_classifier_in_eval_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(16, 2)).eval()
+    stats = model[1].running_mean.clone()
+    extract_features(PenultimateFeatures(model), torch.rand(8, 3, 2, 2))
+    assert not model.training
+    model(torch.rand(8, 3, 2, 2) + 5)  # would move the BN statistics in train mode
+    assert torch.equal(model[1].running_mean, stats)

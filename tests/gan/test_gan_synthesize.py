@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from fgvc.errors import UserError
-from fgvc.gan import load_generator, sample_dataset
+from fgvc.gan import load_generator, sample_dataset, save_real_vs_generated
 
 
 def test_sample_dataset_writes_the_folder_layout_with_class_names_and_counts(tiny_run, tmp_path):
@@ -70,3 +71,27 @@ def test_ema_and_raw_generators_are_both_loadable_and_differ(tiny_run):
     ema, raw = load_generator(tiny_run), load_generator(tiny_run, ema=False)
     assert not ema.training
     assert any(not torch.equal(a, b) for a, b in zip(ema.parameters(), raw.parameters()))
+
+
+def test_generator_of_an_earlier_checkpoint_loads_and_differs_from_the_latest(tiny_run):
+    early, latest = load_generator(tiny_run, iteration=2), load_generator(tiny_run)
+    assert any(not torch.equal(a, b) for a, b in zip(early.parameters(), latest.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(latest.parameters(), load_generator(tiny_run, iteration=4).parameters()))
+    with pytest.raises(UserError, match=r"no checkpoint at iteration 3 \(kept: 2, 4\)"):
+        load_generator(tiny_run, iteration=3)
+
+
+def test_real_vs_generated_rows_hold_the_classes_real_images_then_a_gap_then_generated(tiny_run, blobs, tmp_path):
+    images = torch.stack([x for x, _ in blobs.items])
+    labels = torch.tensor([y for _, y in blobs.items])
+    path = save_real_vs_generated(load_generator(tiny_run), images, labels, [2, 0], n=3, path=tmp_path / "f.png")
+    with Image.open(path) as im:
+        grid = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).float() / 255
+    block = 3 * 34 + 2  # make_grid: 2 px padding around and between 32 px images
+    assert grid.shape == (3, 2 * 34 + 2, 2 * block + 16)
+    # row 1, column 1 is the first real image of class 2 (blue); row 2 starts with class 0's (red)
+    assert torch.allclose(grid[:, 2:34, 2:34], images[labels == 2][0], atol=1 / 255 + 1e-6)
+    assert torch.allclose(grid[:, 36:68, 2:34], images[labels == 0][0], atol=1 / 255 + 1e-6)
+    assert torch.all(grid[:, :, block:block + 16] == 1.0)  # the white gap
+    with pytest.raises(UserError, match="fewer than the 99"):
+        save_real_vs_generated(load_generator(tiny_run), images, labels, [0], n=99, path=tmp_path / "g.png")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from gan_helpers import BlobDataset, class_mean_colours, tiny_config
 from safetensors.torch import load_file
 
 from fgvc.errors import UserError
-from fgvc.gan import load_gan_config, load_generator, sample, train_gan
+from fgvc.gan import load_gan_config, load_generator, sample, sample_dataset, train_gan
 from fgvc.gan.checkpoint import latest_checkpoint, load_state
 
 
@@ -111,3 +113,21 @@ def test_images_of_the_wrong_size_are_a_user_error(blobs, tmp_path):
     cfg.data.image_size = 64
     with pytest.raises(UserError, match=r"shape \(3, 64, 64\)"):
         train_gan(cfg, blobs, progress=False)
+
+
+def test_keep_checkpoints_zero_keeps_every_checkpoint_and_the_default_keeps_two(blobs, tmp_path):
+    every = train_gan(tiny_config(tmp_path / "a", iterations=6, keep_checkpoints=0), blobs, progress=False)
+    newest = train_gan(tiny_config(tmp_path / "b", iterations=6), blobs, progress=False)
+    assert sorted(p.name for p in (every / "checkpoints").glob("iter_*")) == [
+        "iter_000002", "iter_000004", "iter_000006"]
+    assert sorted(p.name for p in (newest / "checkpoints").glob("iter_*")) == ["iter_000004", "iter_000006"]
+
+
+def test_run_files_and_folders_get_the_modes_open_and_mkdir_give(tiny_run, tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    samples = sample_dataset(tiny_run, per_class=1, out_dir=tmp_path / "generated")
+    files = [p for p in [*tiny_run.rglob("*"), *samples.rglob("*")] if p.is_file()]
+    folders = [tiny_run / "checkpoints" / "iter_000004", samples, samples / "train" / "red_blob"]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o666 & ~umask}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folders} == {0o777 & ~umask}

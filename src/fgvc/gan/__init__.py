@@ -12,16 +12,24 @@ from fgvc.gan.fid import (
     extract_features,
     feature_statistics,
     frechet_distance,
+    frechet_over_checkpoints,
     inception_fid,
 )
 from fgvc.gan.networks import Discriminator, Generator
-from fgvc.gan.synthesize import load_generator, read_meta, sample, sample_dataset, save_sample_grid
+from fgvc.gan.synthesize import (
+    load_generator,
+    read_meta,
+    sample,
+    sample_dataset,
+    save_real_vs_generated,
+    save_sample_grid,
+)
 from fgvc.gan.train import d_hinge_loss, g_hinge_loss, train_gan
 
 __all__ = [
     "Discriminator", "GanConfig", "GanDataConfig", "Generator", "PenultimateFeatures",
     "classifier_frechet_distance", "d_hinge_loss", "dump_gan_config", "extract_features",
-    "feature_statistics", "frechet_distance", "g_hinge_loss", "gan_keys", "inception_fid",
-    "load_gan_config", "load_generator", "read_meta", "sample", "sample_dataset", "save_sample_grid",
-    "train_gan",
+    "feature_statistics", "frechet_distance", "frechet_over_checkpoints", "g_hinge_loss", "gan_keys",
+    "inception_fid", "load_gan_config", "load_generator", "read_meta", "sample", "sample_dataset",
+    "save_real_vs_generated", "save_sample_grid", "train_gan",
 ]

@@ -22,7 +22,9 @@ from torch import nn
 
 from fgvc.errors import UserError
 
-KEEP_CHECKPOINTS = 2  # the newest two survive, so a damaged newest one still leaves a fallback
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+KEEP_CHECKPOINTS = 2  # default: the newest two survive, so a damaged newest one still leaves a fallback
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -33,6 +35,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -47,21 +50,34 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A new folder in ``parent`` with the mode mkdir would give it (mkdtemp makes 0700)."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    return tmp
+
+
 def _state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     # safetensors refuses shared or non-contiguous storage; clone makes each tensor its own
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
 
 
-def save_checkpoint(run_dir: Path, iteration: int, modules: dict[str, nn.Module], state: dict) -> Path:
-    """Write modules (name -> module) as safetensors and ``state`` as state.pt; returns the folder."""
+def save_checkpoint(run_dir: Path, iteration: int, modules: dict[str, nn.Module], state: dict,
+                    keep: int = KEEP_CHECKPOINTS) -> Path:
+    """Write modules (name -> module) as safetensors and ``state`` as state.pt; returns the folder.
+
+    Only the newest ``keep`` checkpoint folders survive (0 keeps every one).
+    """
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"iter_{iteration:06d}"
-    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{final.name}."))
+    tmp = make_temp_dir(ckpt_root, f".{final.name}.")
     try:
         for name, module in modules.items():
             save_file(_state_dict(module), str(tmp / f"{name}.safetensors"))
         torch.save(state, tmp / "state.pt")
+        for f in tmp.iterdir():  # safetensors writes 0600; give the files the mode open() would
+            os.chmod(f, 0o666 & ~_UMASK)
         if final.exists():  # same iteration written again (e.g. resume of a finished run)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -69,9 +85,15 @@ def save_checkpoint(run_dir: Path, iteration: int, modules: dict[str, nn.Module]
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     atomic_write_text(ckpt_root / "latest", final.name + "\n")
-    for old in sorted(p for p in ckpt_root.glob("iter_*") if p.is_dir())[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
+    if keep > 0:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoint folders ``checkpoints/iter_XXXXXX``, oldest first."""
+    return sorted(p for p in (Path(run_dir) / "checkpoints").glob("iter_*") if p.is_dir())
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -2,7 +2,7 @@
 
 Keys: ``data.name data.root data.image_size data.split data.val_fraction data.num_workers
 iterations batch_size n_dis lr betas decay_start ch z_dim ema_decay flip sample_every
-sample_classes checkpoint_every seed device out``.
+sample_classes checkpoint_every keep_checkpoints seed device out``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class GanConfig:
     sample_every: int = 500  # iterations between sample grids (0: only at the end)
     sample_classes: int = 10  # rows of the sample grid (classes evenly spread)
     checkpoint_every: int = 500  # iterations between checkpoints (also written at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept; 0 keeps all (for quality over iterations)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     out: str = "runs"  # parent folder of run directories
@@ -69,6 +70,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "sample_every": (lambda v: v >= 0, "0 (only at the end) or more"),
     "sample_classes": (lambda v: v >= 1, "1 or more"),
     "checkpoint_every": (lambda v: v >= 1, "1 or more"),
+    "keep_checkpoints": (lambda v: v >= 0, "0 (keep all) or more"),
     "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "auto, cpu, cuda or cuda:N"),
 }
 

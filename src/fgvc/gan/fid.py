@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from fgvc.errors import UserError
+from fgvc.gan.checkpoint import list_checkpoints
+from fgvc.gan.synthesize import load_generator, sample
 
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's file name
 
@@ -91,6 +93,9 @@ class PenultimateFeatures(nn.Module):
         if not linears:
             raise UserError(f"{type(model).__name__} has no nn.Linear head to take features before; pass a feature extractor")
         self.model, self.head = model, linears[-1]
+        # a new Module starts in train mode; take the model's, so that extract_features, which
+        # restores the mode it found, leaves an eval-mode classifier in eval mode
+        self.train(model.training)
 
     def forward(self, x: Tensor) -> Tensor:
         captured: list[Tensor] = []
@@ -100,6 +105,28 @@ class PenultimateFeatures(nn.Module):
         finally:
             handle.remove()
         return captured[-1].flatten(1)
+
+
+def frechet_over_checkpoints(run_dir: str | Path, extractor: nn.Module, real: Tensor | Dataset | Iterable,
+                             per_class: int, seed: int = 0, device: str | torch.device = "cpu",
+                             batch_size: int = 64) -> list[tuple[int, float]]:
+    """[(iteration, classifier-feature Frechet distance)] of every kept checkpoint's EMA generator to ``real``.
+
+    Each checkpoint generates ``per_class`` images of every class from the same noise, so the
+    numbers differ only by the generator; give ``real`` the same class balance and a similar count.
+    Train with ``keep_checkpoints=0`` to keep every checkpoint.
+    """
+    mu_r, s_r = feature_statistics(extract_features(extractor, real, batch_size, device))
+    out = []
+    for folder in list_checkpoints(Path(run_dir)):
+        iteration = int(folder.name.removeprefix("iter_"))
+        g = load_generator(run_dir, device=device, iteration=iteration)
+        fake = sample(g, range(g.n_classes), per_class, seed=seed, batch_size=batch_size)
+        mu_f, s_f = feature_statistics(extract_features(extractor, fake, batch_size, device))
+        out.append((iteration, frechet_distance(mu_r, s_r, mu_f, s_f)))
+    if not out:
+        raise UserError(f"GAN run {run_dir} has no checkpoint yet; let `fgvc gan train` reach a checkpoint first")
+    return out
 
 
 def inception_fid(real: Tensor | Dataset | Iterable, fake: Tensor | Dataset | Iterable, batch_size: int = 64,

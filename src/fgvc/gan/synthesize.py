@@ -8,7 +8,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +17,13 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from fgvc.errors import UserError
-from fgvc.gan.checkpoint import atomic_write_bytes, latest_checkpoint, load_weights
+from fgvc.gan.checkpoint import (
+    atomic_write_bytes,
+    latest_checkpoint,
+    list_checkpoints,
+    load_weights,
+    make_temp_dir,
+)
 from fgvc.gan.networks import Generator
 
 META_FILE = "meta.json"  # class names and architecture of a GAN run
@@ -32,12 +37,26 @@ def read_meta(run_dir: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_generator(run_dir: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> Generator:
-    """The latest checkpoint's generator (EMA weights unless ``ema=False``) in eval mode."""
+def checkpoint_folder(run_dir: str | Path, iteration: int | None = None) -> Path:
+    """The folder of the checkpoint at ``iteration`` (None: the latest), or UserError listing the kept ones."""
+    if iteration is None:
+        folder = latest_checkpoint(Path(run_dir))
+        if folder is None:
+            raise UserError(f"GAN run {run_dir} has no checkpoint yet; let `fgvc gan train` reach a checkpoint first")
+        return folder
+    folder = Path(run_dir) / "checkpoints" / f"iter_{iteration:06d}"
+    if not folder.is_dir():
+        kept = ", ".join(str(int(p.name[5:])) for p in list_checkpoints(Path(run_dir))) or "none"
+        raise UserError(f"GAN run {run_dir} has no checkpoint at iteration {iteration} (kept: {kept}); "
+                        "train with keep_checkpoints=0 to keep every one")
+    return folder
+
+
+def load_generator(run_dir: str | Path, ema: bool = True, device: str | torch.device = "cpu",
+                   iteration: int | None = None) -> Generator:
+    """The generator of the checkpoint at ``iteration`` (default the latest; EMA weights unless ``ema=False``), eval mode."""
     meta = read_meta(run_dir)
-    folder = latest_checkpoint(Path(run_dir))
-    if folder is None:
-        raise UserError(f"GAN run {run_dir} has no checkpoint yet; let `fgvc gan train` reach a checkpoint first")
+    folder = checkpoint_folder(run_dir, iteration)
     g = Generator(meta["n_classes"], meta["image_size"], meta["ch"], meta["z_dim"])
     load_weights(g, folder / ("G_ema.safetensors" if ema else "G.safetensors"))
     return g.to(device).eval()
@@ -92,6 +111,28 @@ def save_sample_grid(generator: Generator, class_ids: Sequence[int], z: Tensor, 
     return path
 
 
+@torch.no_grad()
+def save_real_vs_generated(generator: Generator, real_images: Tensor, real_labels: Tensor,
+                           class_ids: Sequence[int], n: int, path: Path, seed: int = 0) -> Path:
+    """Per class id one row: its first ``n`` real images, a gap, ``n`` generated ones (the seed's Figure 4), as PNG.
+
+    ``real_images`` (N, 3, S, S) in [0, 1] (or uint8) with ``real_labels`` (N,); every class needs ``n`` real images.
+    """
+    reals = []
+    for c in class_ids:
+        own = real_images[torch.as_tensor(real_labels) == int(c)][:n]
+        if len(own) < n:
+            raise UserError(f"class {c} has {len(own)} real images, fewer than the {n} asked for; lower n")
+        reals.append(own.float() / 255 if own.dtype == torch.uint8 else own.float())
+    fakes = sample(generator, class_ids, n, seed=seed)
+    size = fakes.shape[-1]
+    left = make_grid(torch.cat(reals), nrow=n, padding=2, pad_value=1.0)
+    right = make_grid(fakes, nrow=n, padding=2, pad_value=1.0)
+    gap = torch.ones(3, left.shape[1], max(4, size // 2))
+    atomic_write_bytes(Path(path), png_bytes(torch.cat([left, gap, right], dim=2)))
+    return Path(path)
+
+
 def _check_class_names(names: list[str]) -> None:
     for name in names:
         if not name or name in (".", "..") or "/" in name or (os.sep in name) or "\0" in name:
@@ -115,7 +156,7 @@ def sample_dataset(run_dir: str | Path, per_class: int, out_dir: str | Path, see
     _check_class_names(names)
     generator = load_generator(run_dir, ema=ema, device=device)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    tmp = make_temp_dir(out_dir.parent, f".{out_dir.name}.")
     try:
         for label, name in enumerate(names):
             folder = tmp / "train" / name

@@ -267,7 +267,7 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
                 "iteration": done, "batches_seen": batches_seen, "seconds": seconds,
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "noise_rng": noise_rng.get_state(),
                 "config": dataclasses.asdict(config),
-            })
+            }, keep=config.keep_checkpoints)
             _write_losses(run_dir, history)
             write_metrics(done)
         seconds += time.perf_counter() - tick  # wall time of updates, grids and checkpoints
