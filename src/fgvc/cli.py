@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from fgvc.errors import UserError
+from fgvc.errors import UserError, message
 
 DEMO_DEFAULTS = {
     "classes": 8, "per_class": 48, "size": 64,
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a classifier; prints the run directory")
     train.add_argument("config", nargs="?", help="YAML file or shipped config name (see fgvc/configs)")
     train.add_argument("overrides", nargs="*", metavar="key=value")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue an interrupted run (key=value overrides change its config.yaml)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
     ev = sub.add_parser("eval", help="evaluate a run's best checkpoint on a split")
@@ -185,7 +186,13 @@ def cmd_train(args) -> int:
     from fgvc.train import metrics_table, train
 
     if args.resume:
-        cfg = runs.load_config(args.resume)
+        from fgvc import config as config_mod
+
+        config, overrides = _split_config_and_overrides(args.config, args.overrides)
+        if config:
+            raise UserError(f"--resume continues with the run's own config.yaml; pass only key=value overrides, "
+                            f"not {config}")
+        cfg = config_mod.load(runs.check_run_dir(args.resume) / "config.yaml", overrides)
         run_dir = train(cfg, run_dir=args.resume, resume=True, progress=not args.quiet)
     else:
         config, overrides = _split_config_and_overrides(args.config, args.overrides)
@@ -361,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return HANDLERS[args.command](args)
     except UserError as e:
-        print(f"fgvc: {e}", file=sys.stderr)
+        print(f"fgvc: {message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fgvc: interrupted", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class DataConfig:
     train_source: str = "real"  # real | real+generated | generated (images from `fgvc gan sample`)
     generated_root: str = ""  # folder written by `fgvc gan sample`
     generated_ratio: float = 1.0  # generated images per real training image, for real+generated
+    skip_bad_images: bool = False  # decode every image first and leave out unreadable ones (counted in metrics.json)
 
 
 @dataclass
@@ -119,6 +121,16 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
 }
 
 
+# Values in messages are shown shortened: a YAML alias bomb's repr would never end.
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel = 3
+
+
+def _show(value: Any) -> str:
+    return _REPR.repr(value)
+
+
 def _field_types(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -151,7 +163,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             text = value.strip().strip("[]")
             value = [v for v in (s.strip() for s in text.split(",")) if v]
         if not isinstance(value, list | tuple):
-            raise UserError(f"config key {key!r} expects a list like [30,60,90], got {value!r}")
+            raise UserError(f"config key {key!r} expects a list like [30,60,90], got {_show(value)}")
         return [_coerce(key, v, item_tp) for v in value]
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unsupported config type {tp}")
@@ -160,31 +172,31 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
             return value.lower() in ("true", "yes", "1", "on")
-        raise UserError(f"config key {key!r} expects true or false, got {value!r}")
+        raise UserError(f"config key {key!r} expects true or false, got {_show(value)}")
     if tp is int:
         if isinstance(value, bool):
-            raise UserError(f"config key {key!r} expects an integer, got {value!r}")
+            raise UserError(f"config key {key!r} expects an integer, got {_show(value)}")
         try:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value) if not isinstance(value, str) else int(value.strip())
         except (ValueError, TypeError):
-            raise UserError(f"config key {key!r} expects an integer, got {value!r}") from None
+            raise UserError(f"config key {key!r} expects an integer, got {_show(value)}") from None
     if tp is float:
         if isinstance(value, bool):
-            raise UserError(f"config key {key!r} expects a number, got {value!r}")
+            raise UserError(f"config key {key!r} expects a number, got {_show(value)}")
         try:
             out = float(value)
         except (ValueError, TypeError):
-            raise UserError(f"config key {key!r} expects a number, got {value!r}") from None
+            raise UserError(f"config key {key!r} expects a number, got {_show(value)}") from None
         if out != out or out in (float("inf"), float("-inf")):
-            raise UserError(f"config key {key!r} expects a finite number, got {value!r}")
+            raise UserError(f"config key {key!r} expects a finite number, got {_show(value)}")
         return out
     if tp is str:
         if value is None:
             return ""
         if isinstance(value, dict | list):
-            raise UserError(f"config key {key!r} expects a single value, got {value!r}")
+            raise UserError(f"config key {key!r} expects a single value, got {_show(value)}")
         return str(value)
     raise TypeError(f"unsupported config type {tp}")
 
@@ -203,30 +215,33 @@ def _set(cfg: Config, key: str, value: Any) -> None:
     setattr(obj, name, _coerce(key, value, types_[name]))
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
+def _leaves(d: dict, prefix: str = ""):
+    """(dotted key, value) pairs, lazily and at most three levels deep: a YAML alias bomb or a
+    mapping that contains itself stops at its first (unknown) key."""
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            flat.update(_flatten(v, key + "."))
+        if isinstance(v, dict) and prefix.count(".") < 2:
+            yield from _leaves(v, key + ".")
         else:
-            flat[key] = v
-    return flat
+            yield key, v
+
+
+def _flatten(d: dict) -> dict[str, Any]:
+    return dict(_leaves(d))
 
 
 def validate(cfg: Config) -> Config:
     """Range-check every value; raise UserError naming the first bad key."""
-    flat = to_dict(cfg)
-    flat = _flatten(flat)
+    flat = _flatten(to_dict(cfg))
     for key, (ok, expected) in _CHECKS.items():
         if not ok(flat[key]):
-            raise UserError(f"config key {key!r} must be {expected}, got {flat[key]!r}")
+            raise UserError(f"config key {key!r} must be {expected}, got {_show(flat[key])}")
     return cfg
 
 
 def apply(cfg: Config, values: dict[str, Any]) -> Config:
     """Set dotted keys (nested dicts are flattened) and re-validate."""
-    for key, value in _flatten(values).items():
+    for key, value in _leaves(values):
         _set(cfg, key, value)
     return validate(cfg)
 
@@ -261,7 +276,11 @@ def load(path: str | Path | None = None, overrides: list[str] | dict | None = No
     """Defaults <- YAML file <- key=value overrides, validated."""
     cfg = Config()
     if path:
-        apply(cfg, read_yaml(path))
+        try:
+            apply(cfg, read_yaml(path))
+        except UserError as e:
+            text = str(e)
+            raise UserError(text if str(path) in text else f"{path}: {text}") from None
     if overrides:
         apply(cfg, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
     return validate(cfg)

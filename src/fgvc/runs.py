@@ -2,9 +2,11 @@
 
 A run directory holds ``config.yaml`` (resolved), ``classes.json``, ``metrics.json``,
 ``history.csv``, ``curves.png`` and ``checkpoints/{best,last}.safetensors`` plus
-``checkpoints/last_state.pt`` (optimizer/scheduler/epoch state for resume, tensors and
+``checkpoints/last_state.pt`` (the weights, optimizer, scheduler and history of the last
+finished epoch, in one file so that an epoch is committed by one atomic rename; tensors and
 plain values only, loaded with ``weights_only=True``). Model weights are safetensors, so
-loading a run never unpickles code.
+loading a run never unpickles code. Every file is written atomically; a write that fails
+(disk full) leaves the previous version in place and raises UserError.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -32,12 +35,28 @@ METRIC_FIELDS = (
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+# a temp file of write_bytes_atomic (mkstemp adds 8 characters), or of the curves plot of older versions
+_PARTIAL = re.compile(r"^\.[^.].*\.([a-z0-9_]{8}|tmp\.png)$")
+
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half."""
+    """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half.
+
+    A failed write (disk full, no permission) leaves the old file as it was, removes the temp
+    file and raises UserError naming the path.
+    """
     path = Path(path)
+    try:
+        _write_atomic(path, data)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror or e.__class__.__name__}); free disk space or fix "
+                        f"the folder's permissions and run again (the previous {path.name}, if any, is unchanged)"
+                        ) from None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -51,6 +70,14 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temp files a killed process left behind in ``folder`` (``.<name>.<random>``); return them."""
+    stale = [p for p in Path(folder).glob(".*") if p.is_file() and _PARTIAL.match(p.name)]
+    for p in stale:
+        p.unlink()
+    return stale
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -82,12 +109,17 @@ def save_state(state: dict, path: Path) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
-def load_state(path: Path) -> dict:
+def load_state(path: Path, required: tuple[str, ...] = ()) -> dict:
+    """A ``save_state`` dict, unpickled with ``weights_only=True`` (tensors and plain values only, never code)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle with code, or a damaged file
         raise UserError(f"training state {path} cannot be loaded safely ({e.__class__.__name__}); "
                         "it is damaged or not written by fgvc") from None
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UserError(f"training state {path} lacks {missing[0]!r}; it is damaged or not written by fgvc")
+    return state
 
 
 def load_weights(path: Path) -> dict:
@@ -129,12 +161,23 @@ def load_class_names(run_dir: str | Path) -> list[str]:
     path = Path(run_dir) / "classes.json"
     if not path.is_file():
         raise UserError(f"{path} is missing; the run directory is incomplete")
-    return json.loads(path.read_text(encoding="utf-8"))
+    names = _read_json(path)
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise UserError(f"{path} must hold a list of class names; the run directory is damaged")
+    return names
 
 
 def read_metrics(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "metrics.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return _read_json(path) if path.is_file() else {}
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path} cannot be read as JSON ({e.__class__.__name__}); the run directory is "
+                        "damaged") from None
 
 
 def load(run_dir: str | Path, checkpoint: str = "best"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import pickle
 from pathlib import Path
 
 import open_clip
@@ -171,6 +172,9 @@ def load_clip(model_name: str, pretrained: str | None = "openai", device: str | 
         tokenizer = open_clip.get_tokenizer(name, cache_dir=cache)
     except UserError:
         raise
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) met objects beyond tensors and numbers
+        raise UserError(f"CLIP weights file {weights} holds pickled objects that could run code, so it is not "
+                        "loaded; use a .safetensors file or weights from a trusted source") from None
     except (RuntimeError, FileNotFoundError, ValueError, OSError) as e:
         where = weights or model_name
         detail = " ".join(str(e).split())[:200]

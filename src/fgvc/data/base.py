@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from fgvc.errors import UserError
+from fgvc.errors import UnreadableImage, UserError
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -28,23 +29,34 @@ class Sample:
 
 
 def read_rgb(path: Path) -> Image.Image:
-    """Decode an image file to RGB with EXIF orientation applied, or raise UserError naming it."""
+    """Decode an image file to RGB with EXIF orientation applied, or raise UnreadableImage naming it."""
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                # composite on white so transparent areas do not turn black
-                rgba = im.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(background, rgba).convert("RGB")
-            if im.mode == "I;16" or im.mode == "I":
-                # 16-bit grayscale: scale to 8 bit before RGB conversion
-                return im.point(lambda v: v / 256).convert("L").convert("RGB")
-            return im.convert("RGB")
+        with warnings.catch_warnings():
+            # PIL only warns between its pixel limit and twice that; fgvc refuses both with one sentence,
+            # since no training image needs ~90 megapixels and a crafted file could take gigabytes
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return _to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError:
-        raise UserError(f"image {path} does not exist; check the dataset root") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"image {path} cannot be decoded ({e.__class__.__name__}); remove or replace it") from None
+        raise UnreadableImage(f"image {path} does not exist; check the dataset root") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise UnreadableImage(f"image {path} has more pixels than PIL's decompression-bomb limit "
+                              f"({Image.MAX_IMAGE_PIXELS} pixels); shrink it or remove it") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UnreadableImage(f"image {path} cannot be decoded ({e.__class__.__name__}); "
+                              "remove or replace it") from None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # composite on white so transparent areas do not turn black
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if im.mode.startswith("I"):
+        # 16-bit grayscale (I;16, I;16B, ... or I): scale to 8 bit before RGB conversion
+        return im.convert("I").point(lambda v: v / 256).convert("L").convert("RGB")
+    return im.convert("RGB")
 
 
 class FineGrainedDataset(Dataset):
@@ -92,6 +104,25 @@ class FineGrainedDataset(Dataset):
         if self.transform:
             image, box = self.transform(image, box)
         return image, sample.label, torch.as_tensor(box, dtype=torch.float32).reshape(4)
+
+
+def find_unreadable(samples: list[Sample]) -> list[tuple[Sample, str]]:
+    """(sample, one-sentence reason) for every sample whose image cannot be decoded; decodes each file once."""
+    bad = []
+    for s in samples:
+        try:
+            read_rgb(s.path)
+        except UnreadableImage as e:
+            bad.append((s, str(e)))
+    return bad
+
+
+def drop_unreadable(dataset: FineGrainedDataset) -> list[tuple[Sample, str]]:
+    """Remove the samples whose image cannot be decoded from ``dataset``; return them with the reason."""
+    bad = find_unreadable(dataset.samples)
+    gone = {s for s, _ in bad}
+    dataset.samples = [s for s in dataset.samples if s not in gone]
+    return bad
 
 
 def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

@@ -9,7 +9,8 @@ selection never sees test images. Images are decoded lazily, in ``__getitem__``.
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
+from pathlib import Path, PurePosixPath
 
 from fgvc.data.base import (
     LAYOUT_HINT,
@@ -54,11 +55,13 @@ def _rows(path: Path, expected: str, ncols: int, text_last: bool = False) -> lis
     """Non-blank lines of ``path`` as (line number, fields); BOM and CRLF are fine; bad lines name the line."""
     if not path.is_file():
         raise UserError(f"{path} is missing; the CUB layout needs {', '.join(REQUIRED)} in {path.parent}")
+    data = path.read_bytes()
     try:
-        # utf-8-sig drops a BOM; text mode turns CRLF and CR into LF
-        text = path.read_text(encoding="utf-8-sig")
+        text = data.decode("utf-8-sig")  # drops a BOM; splitlines() below takes CRLF and CR too
     except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); expected lines '{expected}'") from None
+        line = data[:e.start].count(b"\n") + 1
+        raise UserError(f"{path} is not UTF-8 text (line {line}: {e.reason} at byte {e.start}); save it as "
+                        f"UTF-8 with lines '{expected}'") from None
     out = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -67,7 +70,8 @@ def _rows(path: Path, expected: str, ncols: int, text_last: bool = False) -> lis
         if text_last and len(fields) == ncols:
             fields[-1] = fields[-1].strip()
         if len(fields) != ncols:
-            raise UserError(f"{path} line {n}: expected '{expected}', got {line.strip()!r}")
+            shown = line.strip() if len(line.strip()) <= 80 else line.strip()[:77] + "..."
+            raise UserError(f"{path} line {n}: expected '{expected}', got {shown!r}")
         out.append((n, fields))
     return out
 
@@ -110,10 +114,19 @@ def _box(path: Path, n: int, fields: list[str]) -> tuple[float, float, float, fl
         x, y, w, h = (float(v) for v in fields)
     except ValueError:
         x = y = w = h = float("nan")
-    if not (w > 0 and h > 0 and x >= 0 and y >= 0):  # also false for nan
+    if not (0 < w < math.inf and 0 < h < math.inf and 0 <= x < math.inf and 0 <= y < math.inf):  # nan too
         raise UserError(f"{path} line {n}: expected '<image_id> <x> <y> <width> <height>' with x, y >= 0 "
                         f"and positive width and height in pixels, got {' '.join(fields)!r}")
     return x, y, w, h
+
+
+def _relative_path(path: Path, n: int, fields: list[str]) -> str:
+    rel = fields[0].replace("\\", "/")
+    parts = PurePosixPath(rel).parts
+    if rel.startswith("/") or (parts and parts[0].endswith(":")) or ".." in parts:
+        raise UserError(f"{path} line {n}: image path {rel!r} must be relative to the images/ folder, "
+                        "without '..'")
+    return rel
 
 
 def read_all(root: Path) -> tuple[list[Sample], list[Sample], list[str], Path]:
@@ -121,7 +134,7 @@ def read_all(root: Path) -> tuple[list[Sample], list[Sample], list[str], Path]:
     base = find_base(root)
     p_img, p_lab, p_split, p_cls = (base / f for f in REQUIRED)
     p_box = base / "bounding_boxes.txt"
-    images = _id_table(p_img, "<image_id> <relative/path.jpg>", 2, lambda n, f: f[0].replace("\\", "/"),
+    images = _id_table(p_img, "<image_id> <relative/path.jpg>", 2, lambda n, f: _relative_path(p_img, n, f),
                        text_last=True)
     labels = _id_table(p_lab, "<image_id> <class_id>", 2,
                        lambda n, f: _int(p_lab, n, f[0], "<image_id> <class_id>"))

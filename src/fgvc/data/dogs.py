@@ -10,8 +10,9 @@ carved from the official train list, stratified and seeded; test is the official
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -96,10 +97,23 @@ def read_list(path: Path) -> list[tuple[str, str, int]]:
                         f"and {len(labels)} entries; they must have one entry per image")
     rows = []
     for i, (f, a, lab) in enumerate(zip(files, annos, labels)):
-        if not (np.isfinite(lab) and lab == int(lab) and lab >= 1):
-            raise UserError(f"{path}: label {lab!r} of entry {i + 1} ({f}) is not a 1-based class number")
-        rows.append((f, a, int(lab)))
+        cell = np.asarray(lab).reshape(-1)
+        # a real number only: not text, a nested cell or a complex number (whose float() drops a part)
+        value = float(cell[0]) if cell.size == 1 and cell.dtype.kind in "buif" else math.nan
+        if not (math.isfinite(value) and value == int(value) and value >= 1):
+            raise UserError(f"{path}: label {_show(lab)} of entry {i + 1} ({f}) is not a 1-based class number")
+        for rel in (f, a):
+            parts = PurePosixPath(rel).parts
+            if rel.startswith("/") or (parts and parts[0].endswith(":")) or ".." in parts:
+                raise UserError(f"{path}: entry {i + 1} path {rel!r} must be relative to the dataset folder, "
+                                "without '..'")
+        rows.append((f, a, int(value)))
     return rows
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_box(path: Path) -> tuple[float, float, float, float] | None:
@@ -114,7 +128,7 @@ def read_box(path: Path) -> tuple[float, float, float, float] | None:
     except (ET.ParseError, ValueError) as e:
         raise UserError(f"annotation {path} is not valid VOC XML ({e}); expected "
                         "<object><bndbox><xmin>...</xmin>...</bndbox></object>") from None
-    if not (x1 > x0 >= 0 and y1 > y0 >= 0):  # also false for nan
+    if not (math.inf > x1 > x0 >= 0 and math.inf > y1 > y0 >= 0):  # also false for nan
         raise UserError(f"annotation {path}: bndbox ({x0}, {y0}, {x1}, {y1}) is not a box with "
                         "0 <= xmin < xmax and 0 <= ymin < ymax")
     return x0, y0, x1 - x0, y1 - y0

@@ -10,6 +10,7 @@ A dataset that already loads is left alone.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import shutil
@@ -31,6 +32,15 @@ DOGS_FILES = ("images.tar", "lists.tar", "annotation.tar")
 DOGS_INTO = {"images.tar": ".", "lists.tar": "lists", "annotation.tar": "."}
 NAMES = ("cub200", "dogs")
 CHUNK = 1 << 20  # bytes per read
+# what an HTTP status usually means for a dataset download; every one ends with the mirror option
+HTTP_HINTS = {
+    401: "the server wants a login",
+    403: "the server refuses access to this file (some hosts block scripted downloads or moved the file)",
+    404: "the file is not there (it may have moved)",
+    410: "the file was removed",
+    429: "the server is limiting requests: wait a while and run again",
+}
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _say(progress: bool, msg: str) -> None:
@@ -56,8 +66,10 @@ def _open(url: str, start: int, timeout: float):
     except urllib.error.HTTPError as e:
         if e.code == 416 and start:
             return None  # the .part file already holds the whole file
-        raise UserError(f"downloading {url} failed with HTTP {e.code} {e.reason}; the file may have moved or "
-                        "the server may be down: pass a mirror with --url") from None
+        hint = HTTP_HINTS.get(e.code, "the server has a problem: run again later" if e.code >= 500
+                              else "the file may have moved")
+        raise UserError(f"downloading {url} failed with HTTP {e.code} {e.reason}: {hint}; "
+                        "or pass a mirror with --url") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise UserError(f"cannot reach {url} ({reason}); check the network connection or pass a mirror "
@@ -104,7 +116,13 @@ def download(url: str, dest: Path, md5: str | None = None, progress: bool = True
                         f.write(block)
                         got += len(block)
                         bar.update(len(block))
-            except (OSError, http.client.HTTPException) as e:
+            except OSError as e:
+                if e.errno in DISK_FULL:
+                    raise UserError(f"the disk is full: {part} stopped at {got} bytes; free space and run the "
+                                    "same command again to resume from there") from None
+                raise UserError(f"download of {url} broke off after {got} bytes ({e.__class__.__name__}); "
+                                f"run the same command again to resume from {part}") from None
+            except http.client.HTTPException as e:
                 raise UserError(f"download of {url} broke off after {got} bytes ({e.__class__.__name__}); "
                                 f"run the same command again to resume from {part}") from None
         if total is not None and got != total:
@@ -145,7 +163,13 @@ def safe_extract(archive: Path, dest: Path) -> None:
             for m in tf:  # one streaming pass; every member is checked before it is written
                 _check_member(m, archive)
                 tf.extract(m, dest, set_attrs=False, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            raise UserError(f"the disk is full while extracting {archive}; free space and run the same command "
+                            "again (the archive is kept and reused)") from None
+        raise UserError(f"{archive} cannot be extracted ({e.__class__.__name__}: {e}); delete it and run "
+                        "again to download it anew") from None
+    except (tarfile.TarError, EOFError) as e:
         raise UserError(f"{archive} cannot be extracted ({e.__class__.__name__}: {e}); delete it and run "
                         "again to download it anew") from None
 

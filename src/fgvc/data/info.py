@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from fgvc.data.base import SPLITS, read_rgb
-from fgvc.errors import UserError
+from fgvc.data.base import SPLITS, find_unreadable
 
 
 def describe(name: str, root, check: bool = False, val_fraction: float = 0.1, seed: int = 0) -> dict:
@@ -31,15 +30,9 @@ def describe(name: str, root, check: bool = False, val_fraction: float = 0.1, se
         "examples": train.class_names[:3],
     }
     if check:
-        bad = []
-        for ds in parts.values():
-            for s in ds.samples:
-                try:
-                    read_rgb(s.path)
-                except UserError as e:
-                    bad.append({"path": str(s.path), "error": str(e)})
+        bad = [(s, why) for ds in parts.values() for s, why in find_unreadable(ds.samples)]
         d["checked"] = sum(d["splits"].values())
-        d["unreadable"] = bad
+        d["unreadable"] = [{"path": str(s.path), "error": why} for s, why in bad]
     return d
 
 

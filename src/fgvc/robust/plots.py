@@ -41,14 +41,14 @@ def _hwc(image: Tensor):
     return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
 
 
-def _name(index: int, class_names: Sequence[str] | None, width: int = 16) -> str:
+def _name(index: int, class_names: Sequence[str] | None, width: int = 22) -> str:
     name = class_names[index] if class_names and 0 <= index < len(class_names) else str(index)
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
 def save_gallery(examples: Mapping[float, Sequence[Mapping]], class_names: Sequence[str] | None,
                  path: str | Path, rows: int = 5) -> Path:
-    """Grid of adversarial images: a column per eps > 0, a row per example, each titled "true -> pred".
+    """Grid of adversarial images: a column per eps > 0, a row per example, each titled "true" over "-> pred".
 
     ``examples`` is ``evaluate_attack(...)["examples"]``; an eps without a
     successful example keeps its column, marked "none".
@@ -71,7 +71,8 @@ def save_gallery(examples: Mapping[float, Sequence[Mapping]], class_names: Seque
             ax = axes[i, j]
             ax.imshow(_hwc(example["adversarial"]), cmap="gray" if example["adversarial"].shape[0] == 1 else None,
                       vmin=0, vmax=1, interpolation="nearest")
-            label = f"{_name(example['true'], class_names)} -> {_name(example['pred'], class_names)}"
+            # two lines: "true -> pred" on one line overlaps the next column's title
+            label = f"{_name(example['true'], class_names)}\n-> {_name(example['pred'], class_names)}"
             ax.set_title(f"eps = {format_eps(eps)}\n{label}" if i == 0 else label, fontsize=7)
     if not columns:
         axes[0, 0].text(0.5, 0.5, "no eps > 0", ha="center", va="center", transform=axes[0, 0].transAxes)

@@ -47,11 +47,15 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
     result, class_names = _sweep_run(run_dir, attack, eps_list, split, limit, alpha, steps, device, progress)
     out = run_dir / "attack"
     out.mkdir(exist_ok=True)
-    curves = {run_dir.name: result["accuracy"]}
+    curves = {run_dir.resolve().name: result["accuracy"]}  # resolved: `fgvc attack .` has a name too
     if compare:
-        other, _ = _sweep_run(runs.check_run_dir(compare), attack, eps_list, split, limit, alpha, steps, device,
-                              progress)
-        curves[Path(compare).name] = other["accuracy"]
+        compare = runs.check_run_dir(compare)
+        other, _ = _sweep_run(compare, attack, eps_list, split, limit, alpha, steps, device, progress)
+        label = compare.resolve().name
+        if label in curves:  # two runs in folders of the same name: label them by their full paths
+            curves = {str(run_dir.resolve()): result["accuracy"]}
+            label = str(compare.resolve())
+        curves[label] = other["accuracy"]
     record = {"attack": attack, "split": split, "total": result["total"],
               "settings": {format_eps(e): s for e, s in result["settings"].items()},
               "accuracy": {run: {format_eps(e): a for e, a in curve.items()} for run, curve in curves.items()}}

@@ -110,6 +110,22 @@ def _settings(attack: str, eps: float, alpha: float | None, steps: int | None) -
     return {"alpha": alpha or 2.5 * eps / steps, "steps": steps}
 
 
+def _collect(shown: list[dict], spare: list[dict], examples: int, x: Tensor, x_adv: Tensor, y: Tensor,
+             clean_pred: Tensor, pred: Tensor) -> None:
+    """Add this batch's successful attacks to ``shown``: one per true class first, repeats to ``spare``."""
+    fooled = ((clean_pred == y) & (pred != y)).nonzero().flatten().tolist()
+    labels, preds = y.tolist(), pred.tolist()  # one device sync, not one per image
+    for i in fooled:
+        if len(shown) >= examples:
+            return
+        # loaders are often sorted by class: without this a gallery would show only the first class
+        keep = spare if labels[i] in {e["true"] for e in shown} else shown
+        if len(keep) < examples:
+            # copy=True: on the CPU .to("cpu") is a view that would keep the whole batch alive
+            keep.append({"original": x[i].to("cpu", copy=True), "adversarial": x_adv[i].to("cpu", copy=True),
+                         "true": labels[i], "pred": preds[i]})
+
+
 def evaluate_attack(model: nn.Module, loader: Iterable, attack: str = "fgsm",
                     eps_list: str | Iterable[float] = SEED_EPS, alpha: float | None = None,
                     steps: int | None = None, limit: int | None = None, device: str | torch.device = "cpu",
@@ -123,7 +139,8 @@ def evaluate_attack(model: nn.Module, loader: Iterable, attack: str = "fgsm",
     "total": n, "settings": {eps: {"alpha", "steps"}}, "examples": {eps: [...]}}``;
     eps 0 is clean accuracy. Each example is a successful attack on an image the
     model classified correctly: ``{"original", "adversarial"}`` (CHW CPU tensors)
-    and ``{"true", "pred"}`` class indices, at most ``examples`` per eps.
+    and ``{"true", "pred"}`` class indices, at most ``examples`` per eps, covering
+    as many true classes as the loader offers before repeating one.
     """
     if attack not in ATTACKS:
         raise UserError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
@@ -136,6 +153,7 @@ def evaluate_attack(model: nn.Module, loader: Iterable, attack: str = "fgsm",
     generator = torch.Generator(device=device).manual_seed(seed) if attack == "pgd" else None
     correct = dict.fromkeys(eps_values, 0)
     gallery: dict[float, list[dict]] = {eps: [] for eps in eps_values}
+    spare: dict[float, list[dict]] = {eps: [] for eps in eps_values}  # fooled images of classes already shown
     total = 0
 
     def predict(images: Tensor) -> Tensor:
@@ -167,13 +185,13 @@ def evaluate_attack(model: nn.Module, loader: Iterable, attack: str = "fgsm",
                         x_adv = pgd(model, x, y, eps, **settings[eps], generator=generator)
                     pred = predict(x_adv)
                 correct[eps] += int((pred == y).sum())
-                fooled = ((clean_pred == y) & (pred != y)).nonzero().flatten().tolist()
-                for i in fooled[: examples - len(gallery[eps])]:
-                    gallery[eps].append({"original": x[i].cpu(), "adversarial": x_adv[i].cpu(),
-                                         "true": int(y[i]), "pred": int(pred[i])})
+                if len(gallery[eps]) < examples:
+                    _collect(gallery[eps], spare[eps], examples, x, x_adv, y, clean_pred, pred)
             total += len(y)
     if total == 0:
         raise UserError("the loader gave no images to attack; check the split and --limit")
+    for eps in eps_values:
+        gallery[eps] += spare[eps][: examples - len(gallery[eps])]
     return {
         "attack": attack,
         "eps": eps_values,

@@ -7,6 +7,8 @@ the loop, the tricks and the adversarial step stay visible here.
 
 from __future__ import annotations
 
+import io
+import math
 import random
 import time
 from pathlib import Path
@@ -20,12 +22,16 @@ from tqdm import tqdm
 from fgvc import config as config_mod
 from fgvc import runs
 from fgvc.data import build_dataset
+from fgvc.data.base import check_classes_have_images, drop_unreadable
 from fgvc.data.generated import mix_generated
 from fgvc.data.transforms import eval_transform, train_transform
-from fgvc.errors import UserError
+from fgvc.errors import UnreadableImage, UserError, message
 from fgvc.models import apply_trainable, count_parameters, create_model, train_mode
 from fgvc.train.evaluate import evaluate
 from fgvc.train.mixing import build_mixing, soft_cross_entropy, soft_targets
+
+RESUME_KEYS = ("epoch", "best_acc", "best_epoch", "history", "optimizer", "scheduler", "train_seconds",
+               "train_images")
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -82,6 +88,21 @@ def _loader(dataset, batch_size, shuffle, num_workers, generator=None, drop_last
 def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: bool = False,
           progress: bool = True) -> Path:
     """Train a classifier as ``cfg`` says; returns the run directory it wrote."""
+    try:
+        return _train(cfg, run_dir, resume, progress)
+    except torch.cuda.OutOfMemoryError:
+        bs = cfg.train.batch_size
+        fix = f"lower train.batch_size (for example {bs // 2}) or data.image_size" if bs > 1 else \
+            "lower data.image_size or train fewer layers (model.trainable)"
+        raise UserError(f"the GPU ran out of memory training {cfg.model.name} on {cfg.data.image_size} px images "
+                        f"in batches of {bs}; {fix}, or use train.precision=bf16-mixed; finished epochs are kept: "
+                        "`fgvc train --resume RUN_DIR key=value` continues with the new setting") from None
+    except UnreadableImage as e:
+        raise UnreadableImage(f"{message(e)}; `fgvc data info {cfg.data.name} --root {cfg.data.root} --check` lists "
+                              "every unreadable file, and data.skip_bad_images=true trains without them") from None
+
+
+def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progress: bool) -> Path:
     t_start = time.perf_counter()
     precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
     fabric = Fabric(accelerator=cfg.train.accelerator, devices=cfg.train.devices, precision=precision)
@@ -93,9 +114,21 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
     train_ds = build_dataset(d.name, d.root, "train", train_transform(
         d.image_size, cfg.aug.geometric, cfg.aug.rotation, cfg.aug.cutout, cfg.aug.cutout_size),
         d.val_fraction, cfg.train.seed)
-    train_ds = mix_generated(train_ds, d.generated_root, d.train_source, d.generated_ratio, cfg.train.seed)
     val_ds = build_dataset(d.name, d.root, "val", eval_transform(d.image_size), d.val_fraction, cfg.train.seed)
     test_ds = build_dataset(d.name, d.root, "test", eval_transform(d.image_size), d.val_fraction, cfg.train.seed)
+    skipped = 0
+    if d.skip_bad_images:
+        # Decoded once, before training (not dropped as met), so every epoch and every resumed run
+        # sees the same images and the count is exact; splits were drawn before, so val stays put.
+        bad = [b for ds in (train_ds, val_ds, test_ds) for b in drop_unreadable(ds)]
+        skipped = len(bad)
+        for _, why in bad[:10]:
+            fabric.print(f"skipped: {why}")
+        if skipped:
+            fabric.print(f"skipped {skipped} unreadable images (data.skip_bad_images=true)")
+        check_classes_have_images(train_ds.samples, train_ds.class_names,
+                                  f"{train_ds.root} once its unreadable images are left out", "train")
+    train_ds = mix_generated(train_ds, d.generated_root, d.train_source, d.generated_ratio, cfg.train.seed)
     class_names = train_ds.class_names
     num_classes = len(class_names)
     if len(val_ds) == 0:
@@ -128,20 +161,33 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
     # --- run directory: fresh, or resumed from its last completed epoch ---
     if resume:
         run_dir = runs.check_run_dir(run_dir)
+        for folder in (run_dir, run_dir / "checkpoints"):  # temp files of writes that a kill cut short
+            runs.remove_partial_writes(folder)
+        if (run_dir / "classes.json").is_file() and runs.load_class_names(run_dir) != class_names:
+            raise UserError(f"the classes of {d.name} in {d.root} differ from {run_dir / 'classes.json'}; "
+                            "resume with the dataset the run started on")
     else:
         run_dir = Path(run_dir) if run_dir else runs.new_run_dir(cfg.out, cfg.model.name, d.name)
         run_dir.mkdir(parents=True, exist_ok=True)
-        runs.write_text_atomic(run_dir / "config.yaml", config_mod.dump(cfg))
-        runs.write_json_atomic(run_dir / "classes.json", class_names)
+    runs.write_text_atomic(run_dir / "config.yaml", config_mod.dump(cfg))  # on resume: with its overrides
+    runs.write_json_atomic(run_dir / "classes.json", class_names)
     ckpt = run_dir / "checkpoints"
     history: list[dict] = []
     start_epoch, best_acc, best_epoch = 0, -1.0, -1
     train_seconds, train_images = 0.0, 0
     if resume and (ckpt / "last_state.pt").is_file():
-        state = runs.load_state(ckpt / "last_state.pt")
-        raw_model.load_state_dict(runs.load_weights(ckpt / "last.safetensors"))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        state = runs.load_state(ckpt / "last_state.pt", required=RESUME_KEYS)
+        # the state carries its own epoch's weights: last.safetensors is one epoch newer when a run
+        # died between the two writes (states of older fgvc versions lack them)
+        weights = state["model"] if "model" in state else runs.load_weights(ckpt / "last.safetensors")
+        try:
+            raw_model.load_state_dict(weights)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{ckpt / 'last_state.pt'} does not fit {cfg.model.name} as configured in "
+                            f"{run_dir / 'config.yaml'} ({e.__class__.__name__}); resume with the model, "
+                            "model.trainable and optimizer settings the run started with") from None
         start_epoch, best_acc, best_epoch = state["epoch"] + 1, state["best_acc"], state["best_epoch"]
         probes = [{k[len("probe_"):]: v for k, v in h.items() if k.startswith("probe_")} for h in state["history"]]
         history, train_seconds, train_images = state["history"], state["train_seconds"], state["train_images"]
@@ -185,7 +231,7 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
                 loss = soft_cross_entropy(logits, target)
             if not torch.isfinite(loss):
                 raise UserError(f"the training loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
-                                f"lower train.lr (now {cfg.train.lr}); the last good checkpoint is in {ckpt}")
+                                f"lower train.lr (now {cfg.train.lr}); {_kept(history, ckpt)}")
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)
             optimizer.step()
@@ -199,6 +245,9 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
         train_seconds += epoch_train_seconds
         train_images += seen
         val = evaluate(model, val_loader, autocast=fabric.autocast)
+        if not math.isfinite(val["loss"]):  # diverged weights must never become a checkpoint
+            raise UserError(f"the validation loss became {val['loss']} after epoch {epoch + 1}: the weights "
+                            f"diverged; lower train.lr (now {cfg.train.lr}); {_kept(history, ckpt)}")
         scheduler.step()
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                "val_loss": val["loss"], "val_acc": val["acc"], "lr": optimizer.param_groups[0]["lr"],
@@ -221,11 +270,12 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
             if val["acc"] > best_acc:
                 best_acc, best_epoch = val["acc"], epoch
                 runs.save_weights(raw_model.state_dict(), ckpt / "best.safetensors")
-            runs.save_weights(raw_model.state_dict(), ckpt / "last.safetensors")
+            # last_state.pt commits the epoch: weights, optimizer and history in one atomic file
             runs.save_state({"epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch, "history": history,
-                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "train_seconds": train_seconds, "train_images": train_images},
-                            ckpt / "last_state.pt")
+                             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "train_seconds": train_seconds,
+                             "train_images": train_images}, ckpt / "last_state.pt")
+            runs.save_weights(raw_model.state_dict(), ckpt / "last.safetensors")
             fields = [*runs.HISTORY_FIELDS, *(f"probe_{k}" for k in ("clean", "fgsm", "pgd") if adv_loss)]
             runs.write_csv_atomic(run_dir / "history.csv", history, fields)
         fabric.barrier()
@@ -243,7 +293,7 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
         "train_images_per_second": round(train_images / train_seconds, 2) if train_seconds else 0.0,
         **counts, "precision": precision, "device": str(fabric.device),
         "num_classes": num_classes, "train_images": len(train_ds), "val_images": len(val_ds),
-        "test_images": len(test_ds),
+        "test_images": len(test_ds), "skipped_images": skipped,
     }
     if metrics["seconds"] is None:  # resumed: wall time of this process plus the earlier ones' training
         metrics["seconds"] = round(time.perf_counter() - t_start + train_seconds, 2)
@@ -251,6 +301,13 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
         runs.write_json_atomic(run_dir / "metrics.json", metrics)
         _plot_curves(history, run_dir / "curves.png")
     return run_dir
+
+
+def _kept(history: list[dict], ckpt: Path) -> str:
+    """Where the last good checkpoint is, for messages that stop a run."""
+    if not history:
+        return "no checkpoint was written"
+    return f"the checkpoints of epoch {history[-1]['epoch']} (the last good one) are in {ckpt}"
 
 
 def _plot_curves(history: list[dict], path: Path) -> None:
@@ -272,10 +329,10 @@ def _plot_curves(history: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    tmp.replace(path)
+    runs.write_bytes_atomic(path, buf.getvalue())
 
 
 def metrics_table(metrics: dict) -> str:
