@@ -114,4 +114,10 @@ def load_weights(module: nn.Module, path: Path) -> nn.Module:
 
 
 def load_state(folder: Path) -> dict:
-    return torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=True)
+    """Optimizer and iteration state; plain data only (``weights_only=True``), never code."""
+    path = Path(folder) / "state.pt"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle that wants to run code, or a damaged file: refuse with one sentence
+        raise UserError(f"GAN training state {path} cannot be loaded safely ({e.__class__.__name__}); "
+                        "it is damaged or was not written by fgvc") from None
