@@ -55,3 +55,13 @@ class Cutout(torch.nn.Module):
             x0, x1 = max(0, cx - self.size // 2), min(w, cx - self.size // 2 + self.size)
             image[..., y0:y1, x0:x1] = 0.0
         return image
+
+
+def decode_min_side(size: int, geometric: bool = False) -> int:
+    """Smallest source side that loses no detail for these pipelines (see data.base.read_rgb).
+
+    Eval resizes the short side to size/0.875. A random resized crop keeps at least
+    0.35 of the area at aspect ratios down to 3/4, i.e. a side of about 0.51 of the
+    image, so the image must be about size/0.51 to feed it without upsampling.
+    """
+    return int(round(size / 0.875)) if not geometric else int(round(size / 0.51))

@@ -24,7 +24,7 @@ from fgvc import runs
 from fgvc.data import build_dataset
 from fgvc.data.base import check_classes_have_images, drop_unreadable
 from fgvc.data.generated import mix_generated
-from fgvc.data.transforms import eval_transform, train_transform
+from fgvc.data.transforms import decode_min_side, eval_transform, train_transform
 from fgvc.errors import UnreadableImage, UserError, message
 from fgvc.models import apply_trainable, count_parameters, create_model, train_mode
 from fgvc.train.evaluate import evaluate
@@ -129,6 +129,9 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
         check_classes_have_images(train_ds.samples, train_ds.class_names,
                                   f"{train_ds.root} once its unreadable images are left out", "train")
     train_ds = mix_generated(train_ds, d.generated_root, d.train_source, d.generated_ratio, cfg.train.seed)
+    # decode large JPEGs at a reduced DCT scale when the pipeline would shrink them anyway
+    train_ds.decode_min_side = decode_min_side(d.image_size, cfg.aug.geometric)
+    val_ds.decode_min_side = test_ds.decode_min_side = decode_min_side(d.image_size)
     class_names = train_ds.class_names
     num_classes = len(class_names)
     if len(val_ds) == 0:
