@@ -72,3 +72,14 @@ def test_every_shipped_config_loads_and_starts_with_its_command():
     for path in files:
         assert path.read_text().startswith("# fgvc "), path.name
         config.load(path)
+
+
+def test_auto_workers_keep_small_cpus_free_for_the_model(monkeypatch):
+    from fgvc.data import resolve_num_workers
+
+    assert config.load().data.num_workers == -1
+    assert resolve_num_workers(3, cuda=False) == 3  # an explicit value is kept
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert resolve_num_workers(-1, cuda=False) == 0 and resolve_num_workers(-1, cuda=True) == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert resolve_num_workers(-1, cuda=False) == 4 and resolve_num_workers(-1, cuda=True) == 8

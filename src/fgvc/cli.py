@@ -211,7 +211,7 @@ def cmd_eval(args) -> int:
     import torch
 
     from fgvc import runs
-    from fgvc.data import build_dataset
+    from fgvc.data import build_dataset, resolve_num_workers
     from fgvc.data.transforms import eval_transform
     from fgvc.train import evaluate
 
@@ -220,7 +220,7 @@ def cmd_eval(args) -> int:
     ds = build_dataset(cfg.data.name, cfg.data.root, args.split, eval_transform(cfg.data.image_size),
                        cfg.data.val_fraction, cfg.train.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=cfg.data.num_workers)
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=resolve_num_workers(cfg.data.num_workers, torch.cuda.is_available()))
     result = evaluate(model.to(device), loader, device=device, progress=True, desc=args.split)
     runs.write_json_atomic(Path(args.run_dir) / f"eval_{args.split}.json", result)
     if args.json:

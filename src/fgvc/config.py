@@ -26,7 +26,7 @@ class DataConfig:
     root: str = "data/synthbirds"
     image_size: int = 224
     val_fraction: float = 0.1  # carved from train, stratified, seeded; test is never used for selection
-    num_workers: int = 2
+    num_workers: int = -1  # -1: auto (see data.resolve_num_workers)
     train_source: str = "real"  # real | real+generated | generated (images from `fgvc gan sample`)
     generated_root: str = ""  # folder written by `fgvc gan sample`
     generated_ratio: float = 1.0  # generated images per real training image, for real+generated
@@ -91,7 +91,7 @@ class Config:
 _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.image_size": (lambda v: 8 <= v <= 4096, "an integer between 8 and 4096"),
     "data.val_fraction": (lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)"),
-    "data.num_workers": (lambda v: v >= 0, "0 or more"),
+    "data.num_workers": (lambda v: v >= -1, "0 or more, or -1 for auto"),
     "data.train_source": (lambda v: v in ("real", "real+generated", "generated"),
                           "one of real, real+generated, generated"),
     "data.generated_ratio": (lambda v: v >= 0, "0 or more generated images per real one"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 
 from fgvc.data import cub, dogs, folder, synthetic
@@ -16,6 +17,18 @@ DATASETS = {
     "synthbirds": cub.load,  # synthbirds is written in the official CUB layout
     "synthdogs": dogs.load,  # ... or in the Stanford Dogs layout
 }
+
+
+def resolve_num_workers(num_workers: int, cuda: bool) -> int:
+    """``data.num_workers=-1`` (auto): with a GPU, up to 8 decoding workers; on a CPU, none
+    unless there are more than 4 cores, since workers then compete with the model's own
+    threads (measured in benchmarks/results/loop_overhead.md)."""
+    if num_workers >= 0:
+        return num_workers
+    cpus = os.cpu_count() or 1
+    if cuda:
+        return max(1, min(8, cpus - 1))
+    return 0 if cpus <= 4 else cpus // 4
 
 
 def build_dataset(name: str, root: str | Path, split: str, transform=None,
@@ -33,4 +46,4 @@ def build_dataset(name: str, root: str | Path, split: str, transform=None,
     return load(root, split, transform, val_fraction=val_fraction, seed=seed)
 
 
-__all__ = ["DATASETS", "FineGrainedDataset", "Sample", "build_dataset", "read_rgb", "readable_name", "synthetic"]
+__all__ = ["DATASETS", "resolve_num_workers", "FineGrainedDataset", "Sample", "build_dataset", "read_rgb", "readable_name", "synthetic"]

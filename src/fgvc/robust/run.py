@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from fgvc import runs
-from fgvc.data import build_dataset
+from fgvc.data import build_dataset, resolve_num_workers
 from fgvc.data.transforms import eval_transform
 from fgvc.robust.plots import plot_accuracy_vs_eps, save_gallery
 from fgvc.robust.sweep import evaluate_attack, format_eps, markdown_table
@@ -28,7 +28,7 @@ def _sweep_run(run_dir: Path, attack: str, eps_list, split: str, limit: int | No
     if limit is not None and limit < len(dataset):
         # evenly spaced, so a limited attack still covers every class (splits are sorted by class)
         dataset = torch.utils.data.Subset(dataset, [i * len(dataset) // limit for i in range(limit)])
-    loader = torch.utils.data.DataLoader(dataset, batch_size=64, num_workers=cfg.data.num_workers)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64, num_workers=resolve_num_workers(cfg.data.num_workers, torch.cuda.is_available()))
     result = evaluate_attack(model, loader, attack, eps_list, alpha=alpha, steps=steps, device=device,
                              progress=progress)
     return result, class_names

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from fgvc import config as config_mod
 from fgvc import runs
-from fgvc.data import build_dataset
+from fgvc.data import build_dataset, resolve_num_workers
 from fgvc.data.base import check_classes_have_images, drop_unreadable
 from fgvc.data.generated import mix_generated
 from fgvc.data.transforms import decode_min_side, eval_transform, train_transform
@@ -148,13 +148,14 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
     model, optimizer = fabric.setup(model, optimizer)
 
     mixing = build_mixing(cfg.aug.mixup_alpha, cfg.aug.cutmix_alpha, cfg.aug.label_smoothing, num_classes)
+    workers = resolve_num_workers(d.num_workers, fabric.device.type == "cuda")
     generator = torch.Generator()
     train_loader = fabric.setup_dataloaders(_loader(
-        train_ds, cfg.train.batch_size, True, d.num_workers, generator,
+        train_ds, cfg.train.batch_size, True, workers, generator,
         drop_last=mixing is not None and len(train_ds) > cfg.train.batch_size))  # timm Mixup needs even batches
     val_loader, test_loader = fabric.setup_dataloaders(
-        _loader(val_ds, cfg.train.batch_size * 2, False, d.num_workers),
-        _loader(test_ds, cfg.train.batch_size * 2, False, d.num_workers))
+        _loader(val_ds, cfg.train.batch_size * 2, False, workers),
+        _loader(test_ds, cfg.train.batch_size * 2, False, workers))
     adv_loss = None
     if cfg.adv.attack != "none":
         from fgvc.robust.training import adversarial_loss as adv_loss
