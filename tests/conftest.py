@@ -5,11 +5,11 @@ import pytest
 
 @pytest.fixture(scope="session")
 def synthbirds_root(tmp_path_factory):
-    """8 classes x 48 images at 64 px, CUB layout (half train, half test)."""
+    """8 classes x 80 images at 64 px, CUB layout (half train, half test): the demo's dataset."""
     from fgvc.data import synthetic
 
     root = tmp_path_factory.mktemp("synthbirds")
-    synthetic.generate(root, classes=8, per_class=48, size=64, seed=0)
+    synthetic.generate(root, classes=8, per_class=80, size=64, seed=0)
     return root
 
 

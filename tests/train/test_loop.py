@@ -23,10 +23,10 @@ def _metrics(run_dir):
     return m
 
 
-@pytest.mark.slow
 def test_short_run_on_synthbirds_learns_well_above_chance(synthbirds_root, tmp_path):
+    # the demo's recipe; it reached 0.74 test accuracy in 16 s on a 2-core CPU (chance 0.125)
     cfg = config.load(None, ["model.name=resnet18", "data.image_size=64", "train.batch_size=32", "train.lr=2e-3",
-                             "train.epochs=6", "train.milestones=[4]", "train.patience=0", "data.num_workers=0",
+                             "train.epochs=10", "train.milestones=[7]", "train.patience=0", "data.num_workers=0",
                              "data.name=synthbirds", f"data.root={synthbirds_root}", f"out={tmp_path}"])
     run_dir = train(cfg, progress=False)
     metrics = json.loads((run_dir / "metrics.json").read_text())
