@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--alpha", type=float, help="step size for ifgsm/pgd (default: the attack's own)")
     at.add_argument("--steps", type=int, help="steps for ifgsm/pgd")
     at.add_argument("--split", default="test", choices=["train", "val", "test"])
-    at.add_argument("--limit", type=int, help="attack only the first N images")
+    at.add_argument("--limit", type=int, help="attack N images spread evenly over the split")
     at.add_argument("--compare", metavar="RUN_DIR", help="a second run (e.g. adversarially trained) on the same plot")
     at.add_argument("--device", default="auto")
 
