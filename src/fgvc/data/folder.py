@@ -26,7 +26,7 @@ from fgvc.errors import UserError
 LAYOUT = "root/train/<class>/<image>, root/test/<class>/<image> and optionally root/val/<class>/<image>"
 
 
-def _images(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     """Image files under ``folder``, recursively, sorted; hidden files and folders skipped."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -36,7 +36,7 @@ def _images(folder: Path) -> list[Path]:
     return out
 
 
-def _class_dirs(split_dir: Path) -> dict[str, Path]:
+def class_dirs(split_dir: Path) -> dict[str, Path]:
     stray = [p for p in split_dir.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)]
     if stray:
         raise UserError(f"{stray[0]} lies directly in {split_dir}; put each image in a class folder: {LAYOUT}")
@@ -53,7 +53,7 @@ def _check_root(root: Path) -> None:
         raise UserError(f"{root} has no train/ folder; {LAYOUT_HINT[layout]}")
     if root.name in ("train", "val", "test") and (root.parent / "train").is_dir():
         raise UserError(f"{root} is one split's folder; pass its parent {root.parent} as the root")
-    if any(_images(p) for p in root.iterdir() if p.is_dir()):
+    if any(image_files(p) for p in root.iterdir() if p.is_dir()):
         raise UserError(f"{root} holds class folders but no train/ folder; expected {LAYOUT}: "
                         "move them into train/ (and some into test/)")
     raise UserError(f"{root} has no train/ folder; expected {LAYOUT}")
@@ -66,7 +66,7 @@ def load(root, split: str, transform=None, *, val_fraction: float = 0.1, seed: i
         raise UserError(f"val_fraction={val_fraction} is out of range; use a value in [0, 1)")
     root = Path(root).expanduser()
     _check_root(root)
-    dirs = {s: _class_dirs(root / s) for s in ("train", "val", "test") if (root / s).is_dir()}
+    dirs = {s: class_dirs(root / s) for s in ("train", "val", "test") if (root / s).is_dir()}
     names = sorted(set().union(*(d.keys() for d in dirs.values())))
     if not names:
         raise UserError(f"{root / 'train'} has no class folders; expected {LAYOUT}")
@@ -75,7 +75,7 @@ def load(root, split: str, transform=None, *, val_fraction: float = 0.1, seed: i
     for s, classes in dirs.items():
         files[s] = []
         for name, folder in classes.items():
-            found = _images(folder)
+            found = image_files(folder)
             if not found:
                 raise UserError(f"class folder {folder} holds no images (extensions "
                                 f"{', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")

@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 
 from fgvc.data.base import FineGrainedDataset, Sample
-from fgvc.data.folder import _class_dirs, _images
+from fgvc.data.folder import class_dirs, image_files
 from fgvc.errors import UserError
 
 SOURCES = ("real", "real+generated", "generated")
@@ -34,11 +34,11 @@ def mix_generated(real: FineGrainedDataset, generated_root: str | Path, source: 
                         "`fgvc gan sample RUN_DIR --per-class N --out DIR`")
     index = {name: i for i, name in enumerate(real.class_names)}
     generated = []
-    for name, folder in _class_dirs(split_dir).items():
+    for name, folder in class_dirs(split_dir).items():
         if name not in index:
             raise UserError(f"generated class folder {folder} matches no class of the real dataset; "
                             "sample from a GAN trained on the same dataset")
-        generated += [Sample(path, index[name]) for path in _images(folder)]
+        generated += [Sample(path, index[name]) for path in image_files(folder)]
     if not generated:
         raise UserError(f"{split_dir} holds no images")
     if source == "generated":
