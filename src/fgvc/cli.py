@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-localization", action="store_true", help="skip the box-overlap scores")
     ex.add_argument("--device", default="cpu")
 
+    sv = sub.add_parser("serve", help="web demo of a run: pick an image, see the top-5 classes and Grad-CAM")
+    sv.add_argument("run_dir")
+    sv.add_argument("--port", type=int, default=7860)
+    sv.add_argument("--host", default="127.0.0.1", help="0.0.0.0 listens on every interface (no auth!)")
+
     at = sub.add_parser("attack", help="accuracy under FGSM / I-FGSM / PGD across eps, with plot and gallery")
     at.add_argument("run_dir")
     at.add_argument("--attack", default="fgsm", choices=["fgsm", "ifgsm", "pgd"])
@@ -256,6 +261,13 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from fgvc.serve import serve
+
+    serve(args.run_dir, host=args.host, port=args.port)  # until Ctrl-C
+    return 0
+
+
 def cmd_attack(args) -> int:
     from fgvc.robust import parse_eps
     from fgvc.robust.run import attack_run
@@ -375,7 +387,7 @@ def cmd_demo(args) -> int:
 HANDLERS = {
     "data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "explain": cmd_explain,
     "attack": cmd_attack, "zeroshot": cmd_zeroshot, "clip": cmd_clip, "gan": cmd_gan, "study": cmd_study,
-    "report": cmd_report, "demo": cmd_demo,
+    "report": cmd_report, "demo": cmd_demo, "serve": cmd_serve,
 }
 
 

@@ -1,0 +1,293 @@
+"""``fgvc serve``: a small web demo of a trained run, on the standard library's HTTP server.
+
+``GET /`` is one self-contained HTML page (no external scripts or fonts, so it works
+offline) where a user picks or drops an image and sees the top-5 classes and a Grad-CAM
+overlay of the top class. ``POST /predict`` takes the image as the raw request body or as
+a multipart form field and answers JSON; ``GET /info`` describes the run. The model is
+loaded once; one lock serialises inference, so concurrent requests queue instead of
+interleaving on the shared model. No authentication: it binds to 127.0.0.1 by default.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import io
+import json
+import socket
+import sys
+import threading
+import traceback
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fgvc import runs
+from fgvc.data.base import read_rgb
+from fgvc.data.transforms import eval_transform
+from fgvc.errors import UnreadableImage, UserError
+from fgvc.explain.cam import gradcam
+from fgvc.explain.overlay import overlay
+
+MAX_BYTES = 20 * 1024 * 1024  # the largest upload accepted; more is answered 413
+TOPK = 5
+
+
+class BadRequest(Exception):
+    """A request the client can fix: answered with ``status`` and one JSON sentence."""
+
+    def __init__(self, status: int, sentence: str):
+        super().__init__(sentence)
+        self.status = status
+
+
+class Predictor:
+    """A run's model and preprocessing, loaded once; ``predict`` is thread-safe."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = runs.check_run_dir(run_dir)
+        self.model, self.class_names = runs.load(self.run_dir)
+        self.image_size = runs.load_config(self.run_dir).data.image_size
+        self.transform = eval_transform(self.image_size)  # the same pipeline as `fgvc predict`
+        self.metrics = runs.read_metrics(self.run_dir)
+        self.lock = threading.Lock()
+
+    def info(self) -> dict:
+        return {"run": self.run_dir.resolve().name, "model": getattr(self.model, "name", None),
+                "classes": self.class_names, "image_size": self.image_size,
+                "test_acc": self.metrics.get("test_acc"), "cam_method": "gradcam"}
+
+    def predict(self, data: bytes, topk: int = TOPK) -> dict:
+        """Top-k classes (probabilities in [0, 1]) and PNGs of the model's input crop and its Grad-CAM overlay."""
+        try:
+            image = read_rgb(io.BytesIO(data))  # same decoding as predict.py: EXIF turn, alpha on white
+        except UnreadableImage as e:
+            if isinstance(e.__context__, (Image.DecompressionBombWarning, Image.DecompressionBombError)):
+                raise BadRequest(413, f"the image has more than {Image.MAX_IMAGE_PIXELS} pixels; "
+                                      "send a smaller one") from None
+            raise BadRequest(400, "the upload is not an image that can be decoded; send a JPEG, PNG, "
+                                  "BMP, GIF or WebP file") from None
+        x = self.transform(image).unsqueeze(0)
+        k = max(1, min(topk, len(self.class_names)))
+        with self.lock:
+            with torch.no_grad():
+                probs = self.model(x).softmax(dim=1)[0]
+            top = probs.topk(k)
+            best = int(top.indices[0])
+            try:
+                heatmap, note = gradcam(self.model, x, target=best)[0], None
+            except UserError as e:  # a model without a usable default layer still predicts
+                heatmap, note = None, str(e)
+        result = {
+            "top": [{"class": self.class_names[i], "index": int(i), "prob": round(float(p), 6)}
+                    for p, i in zip(top.values.tolist(), top.indices.tolist())],
+            "input_png_base64": _png_base64(x[0].permute(1, 2, 0).numpy()),
+            "cam_method": "gradcam",
+            "cam_png_base64": None if heatmap is None else _png_base64(overlay(x[0], heatmap, alpha=0.5)),
+        }
+        if heatmap is not None and not bool(heatmap.any()):
+            # all zero: no positive evidence anywhere, or a 1x1 last feature map (inputs of ~32 px)
+            note = "the Grad-CAM map is flat: no region stands out at this input size"
+        if note:
+            result["cam_note"] = note
+        return result
+
+
+def _png_base64(hwc: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(hwc, 0, 1) * 255).round().astype(np.uint8)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def multipart_file(body: bytes, content_type: str) -> bytes:
+    """The first file field (or the field named 'image') of a multipart/form-data body."""
+    header = Message()
+    header["content-type"] = content_type
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        raise BadRequest(400, "the multipart form has no boundary; send the image as the raw request body instead")
+    for part in body.split(b"--" + boundary.encode("latin-1"))[1:]:
+        if part.startswith(b"--"):  # the closing delimiter
+            break
+        head, sep, data = part.partition(b"\r\n\r\n")
+        if sep and (b"filename=" in head or b'name="image"' in head):
+            return data[:-2] if data.endswith(b"\r\n") else data
+    raise BadRequest(400, "the multipart form has no file field; send the image in a field named 'image'")
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: DemoServer
+    server_version = "fgvc-serve"
+
+    def do_GET(self):
+        path = self.path.split("?", 1)[0]
+        if path in ("/", "/index.html"):
+            self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8")
+        elif path == "/info":
+            self._json(200, self.server.predictor.info())
+        elif path == "/predict":
+            self._json(405, {"error": "send the image with POST /predict"}, allow="POST")
+        else:
+            self._json(404, {"error": f"no page {path}; the demo serves /, /info and POST /predict"})
+
+    def do_POST(self):
+        if self.path.split("?", 1)[0] != "/predict":
+            self._json(404, {"error": f"no endpoint POST {self.path}; post images to /predict"})
+            return
+        try:
+            self._json(200, self.server.predictor.predict(self._read_image()))
+        except BadRequest as e:
+            self._json(e.status, {"error": str(e)})
+        except Exception:  # a bug: the client gets one sentence, the console the traceback
+            traceback.print_exc(file=sys.stderr)
+            self._json(500, {"error": "the server failed on this image; its console shows why"})
+
+    def _read_image(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise BadRequest(411, "chunked uploads are not accepted; send a Content-Length header")
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise BadRequest(411, "the request has no valid Content-Length header") from None
+        if length > self.server.max_bytes:
+            # the body is left unread; HTTP/1.0 closes the connection after this answer
+            raise BadRequest(413, f"the upload has {length} bytes, more than the limit of {self.server.max_bytes}")
+        body = self.rfile.read(length) if length > 0 else b""
+        content_type = self.headers.get("Content-Type", "")
+        if content_type.lower().startswith("multipart/form-data"):
+            body = multipart_file(body, content_type)
+        if not body:
+            raise BadRequest(400, "the request has no image; send the image file as the body or as a form field")
+        return body
+
+    def _json(self, status: int, data: dict, **headers) -> None:
+        self._send(status, json.dumps(data).encode("utf-8"), "application/json", **headers)
+
+    def _send(self, status: int, body: bytes, content_type: str, **headers) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in headers.items():
+            self.send_header(name.title(), value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        if self.server.log_requests:
+            super().log_message(format, *args)
+
+
+class DemoServer(ThreadingHTTPServer):
+    daemon_threads = True  # a hung client never blocks Ctrl-C
+
+    def __init__(self, address, predictor: Predictor, max_bytes: int = MAX_BYTES, log_requests: bool = True):
+        self.predictor, self.max_bytes, self.log_requests = predictor, max_bytes, log_requests
+        super().__init__(address, Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/"
+
+
+def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, max_bytes: int = MAX_BYTES,
+                log_requests: bool = True) -> DemoServer:
+    """Load the run and bind ``host:port`` (0 picks a free port); UserError for a bad run or a busy port."""
+    predictor = Predictor(run_dir)
+    try:
+        return DemoServer((host, port), predictor, max_bytes=max_bytes, log_requests=log_requests)
+    except socket.gaierror:
+        raise UserError(f"cannot resolve host {host!r}; use 127.0.0.1 (this machine) or 0.0.0.0 (all interfaces)"
+                        ) from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} on {host} is already in use; stop the other server or pick another "
+                            f"port with --port (e.g. --port {port + 1})") from None
+        if e.errno == errno.EACCES:
+            raise UserError(f"no permission to listen on port {port}; ports below 1024 need root, "
+                            "pick another with --port") from None
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); check --host and --port") from None
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860) -> None:
+    """Serve the demo until Ctrl-C."""
+    server = make_server(run_dir, host, port)
+    print(f"serving {server.predictor.run_dir} at {server.url}  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    finally:
+        server.server_close()
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>fgvc demo</title>
+<style>
+ body{font:15px/1.45 system-ui,sans-serif;max-width:760px;margin:2em auto;padding:0 1em;color:#222}
+ h1{font-size:1.3em;margin:0} #info{color:#666;margin:.2em 0 1.2em}
+ #drop{border:2px dashed #aaa;border-radius:10px;padding:1.6em;text-align:center;cursor:pointer;background:#fafafa}
+ #drop.over{border-color:#2a7;background:#efe}
+ #out{display:none;margin-top:1.4em} .imgs{display:flex;gap:1em;flex-wrap:wrap}
+ figure{margin:0} figcaption{font-size:.85em;color:#666;text-align:center}
+ .imgs img{width:224px;height:224px;image-rendering:pixelated;border-radius:6px;background:#eee}
+ .row{display:flex;align-items:center;gap:.6em;margin:.35em 0}
+ .name{width:38%;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+ .bar{flex:1;background:#eee;border-radius:4px;height:14px}
+ .bar div{background:#2a7;height:100%;border-radius:4px} .row:first-child .bar div{background:#186}
+ .p{width:4em;text-align:right;font-variant-numeric:tabular-nums} #err{color:#b22}
+</style></head><body>
+<h1>fgvc demo</h1><div id="info">loading run...</div>
+<form id="form" action="/predict" method="post" enctype="multipart/form-data">
+ <label id="drop">Drop an image here, or click to choose one
+  <input id="file" type="file" name="image" accept="image/*" hidden></label>
+</form>
+<p id="err"></p>
+<div id="out"><h2 id="title"></h2><div id="top"></div><div class="imgs">
+ <figure><img id="input" alt="input"><figcaption>what the model sees</figcaption></figure>
+ <figure><img id="cam" alt="heatmap"><figcaption id="camcap">Grad-CAM of the top class</figcaption></figure>
+</div></div>
+<script>
+const $ = id => document.getElementById(id);
+fetch("/info").then(r => r.json()).then(i => {
+  $("info").textContent = `${i.run} - ${i.model} - ${i.classes.length} classes, ${i.image_size} px` +
+    (i.test_acc == null ? "" : ` - test accuracy ${(100 * i.test_acc).toFixed(1)}%`);
+});
+async function send(file) {
+  if (!file) return;
+  $("err").textContent = ""; $("info").style.opacity = .5;
+  const form = new FormData(); form.append("image", file);
+  try {
+    const r = await fetch("/predict", {method: "POST", body: form});
+    const d = await r.json();
+    if (!r.ok) throw new Error(d.error || r.statusText);
+    $("title").textContent = d.top[0].class;
+    $("top").replaceChildren(...d.top.map(t => {
+      const row = document.createElement("div"); row.className = "row";
+      row.innerHTML = '<span class="name"></span><span class="bar"><div></div></span><span class="p"></span>';
+      row.children[0].textContent = row.children[0].title = t.class;
+      row.children[1].firstChild.style.width = (100 * t.prob).toFixed(1) + "%";
+      row.children[2].textContent = (100 * t.prob).toFixed(1) + "%";
+      return row;
+    }));
+    $("input").src = "data:image/png;base64," + d.input_png_base64;
+    if (d.cam_png_base64) $("cam").src = "data:image/png;base64," + d.cam_png_base64;
+    else $("cam").removeAttribute("src");
+    $("camcap").textContent = d.cam_note || "Grad-CAM of the top class";
+    $("out").style.display = "block";
+  } catch (e) { $("err").textContent = e.message; } finally { $("info").style.opacity = 1; }
+}
+$("file").onchange = e => send(e.target.files[0]);
+const drop = $("drop");
+drop.ondragover = e => { e.preventDefault(); drop.classList.add("over"); };
+drop.ondragleave = () => drop.classList.remove("over");
+drop.ondrop = e => { e.preventDefault(); drop.classList.remove("over"); send(e.dataTransfer.files[0]); };
+$("form").onsubmit = e => { e.preventDefault(); send($("file").files[0]); };
+</script></body></html>
+"""
