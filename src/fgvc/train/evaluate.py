@@ -8,8 +8,13 @@ from tqdm import tqdm
 
 
 @torch.no_grad()
-def evaluate(model, loader, autocast=None, device=None, progress: bool = False, desc: str = "eval") -> dict:
-    """{'loss', 'acc', 'top5', 'n'} over the loader; accuracies are fractions in [0, 1]."""
+def evaluate(model, loader, autocast=None, device=None, progress: bool = False, desc: str = "eval",
+             reduce=None) -> dict:
+    """{'loss', 'acc', 'top5', 'n'} over the loader; accuracies are fractions in [0, 1].
+
+    ``reduce`` sums a tensor over processes (multi-device training): each process evaluates
+    its own shard and the sums, not the per-shard means, are combined, so the result is exact.
+    """
     was_training = model.training
     model.eval()
     total, loss_sum, correct, correct5 = 0, 0.0, 0, 0
@@ -28,6 +33,10 @@ def evaluate(model, loader, autocast=None, device=None, progress: bool = False, 
         correct5 += (topk == y[:, None]).any(dim=1).sum().item()
         total += y.shape[0]
     model.train(was_training)
+    if reduce is not None:
+        sums = reduce(torch.tensor([loss_sum, correct, correct5, total], dtype=torch.float64))
+        loss_sum, correct, correct5, total = sums.tolist()
+        total = int(total)
     if total == 0:
         return {"loss": float("nan"), "acc": float("nan"), "top5": float("nan"), "n": 0}
     return {"loss": loss_sum / total, "acc": correct / total, "top5": correct5 / total, "n": total}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning_fabric import Fabric
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from fgvc import config as config_mod
@@ -79,10 +79,24 @@ def build_model(cfg: config_mod.Config, num_classes: int):
     return model
 
 
-def _loader(dataset, batch_size, shuffle, num_workers, generator=None, drop_last=False):
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      generator=generator, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False)
+def _loader(dataset, batch_size, shuffle, num_workers, generator=None, drop_last=False, sampler=None):
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
+                      sampler=sampler, num_workers=num_workers, generator=generator, drop_last=drop_last,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
+
+
+class ShardSampler(Sampler):
+    """Every ``world``-th index from ``rank``: the shards cover the dataset exactly once, with no
+    padding (DistributedSampler repeats images to even out shards, which would bias val/test)."""
+
+    def __init__(self, n: int, rank: int, world: int):
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
 
 
 def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: bool = False,
@@ -150,12 +164,22 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
     mixing = build_mixing(cfg.aug.mixup_alpha, cfg.aug.cutmix_alpha, cfg.aug.label_smoothing, num_classes)
     workers = resolve_num_workers(d.num_workers, fabric.device.type == "cuda")
     generator = torch.Generator()
+    rank, world = fabric.global_rank, fabric.world_size
+    # Several devices (DDP): train.batch_size is per device; each process trains on its own
+    # shuffled shard (reshuffled per epoch from the seed, so resume stays exact) and evaluates
+    # an unpadded shard of val/test whose sums are added up across processes.
+    train_sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.train.seed) if world > 1 else None
     train_loader = fabric.setup_dataloaders(_loader(
-        train_ds, cfg.train.batch_size, True, workers, generator,
-        drop_last=mixing is not None and len(train_ds) > cfg.train.batch_size))  # timm Mixup needs even batches
+        train_ds, cfg.train.batch_size, True, workers, generator, sampler=train_sampler,
+        drop_last=mixing is not None and len(train_ds) > cfg.train.batch_size),  # timm Mixup needs even batches
+        use_distributed_sampler=False)
     val_loader, test_loader = fabric.setup_dataloaders(
-        _loader(val_ds, cfg.train.batch_size * 2, False, workers),
-        _loader(test_ds, cfg.train.batch_size * 2, False, workers))
+        _loader(val_ds, cfg.train.batch_size * 2, False, workers, sampler=ShardSampler(len(val_ds), rank, world)),
+        _loader(test_ds, cfg.train.batch_size * 2, False, workers, sampler=ShardSampler(len(test_ds), rank, world)),
+        use_distributed_sampler=False)
+
+    def sum_over_processes(t: torch.Tensor) -> torch.Tensor:
+        return fabric.all_reduce(t.to(fabric.device), reduce_op="sum").cpu() if world > 1 else t
     adv_loss = None
     if cfg.adv.attack != "none":
         from fgvc.robust.training import adversarial_loss as adv_loss
@@ -165,16 +189,21 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
     # --- run directory: fresh, or resumed from its last completed epoch ---
     if resume:
         run_dir = runs.check_run_dir(run_dir)
-        for folder in (run_dir, run_dir / "checkpoints"):  # temp files of writes that a kill cut short
-            runs.remove_partial_writes(folder)
+        if fabric.is_global_zero:
+            for folder in (run_dir, run_dir / "checkpoints"):  # temp files of writes that a kill cut short
+                runs.remove_partial_writes(folder)
         if (run_dir / "classes.json").is_file() and runs.load_class_names(run_dir) != class_names:
             raise UserError(f"the classes of {d.name} in {d.root} differ from {run_dir / 'classes.json'}; "
                             "resume with the dataset the run started on")
     else:
-        run_dir = Path(run_dir) if run_dir else runs.new_run_dir(cfg.out, cfg.model.name, d.name)
+        if run_dir is None:  # one new folder, named by the first process
+            run_dir = fabric.broadcast(runs.new_run_dir(cfg.out, cfg.model.name, d.name) if rank == 0 else None)
+        run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-    runs.write_text_atomic(run_dir / "config.yaml", config_mod.dump(cfg))  # on resume: with its overrides
-    runs.write_json_atomic(run_dir / "classes.json", class_names)
+    if fabric.is_global_zero:
+        runs.write_text_atomic(run_dir / "config.yaml", config_mod.dump(cfg))  # on resume: with its overrides
+        runs.write_json_atomic(run_dir / "classes.json", class_names)
+    fabric.barrier()
     ckpt = run_dir / "checkpoints"
     history: list[dict] = []
     start_epoch, best_acc, best_epoch = 0, -1.0, -1
@@ -202,11 +231,15 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
             break  # early stopping: val accuracy has not improved for `patience` epochs
         # Seeding per epoch makes an epoch's shuffling, augmentation and dropout a function of
         # (seed, epoch) alone, so a run resumed at an epoch boundary ends where an uninterrupted one does.
-        seed_all(cfg.train.seed * 1000 + epoch)
+        seed_all(cfg.train.seed * 1000 + epoch + 1_000_003 * rank)  # each process its own augmentations
         generator.manual_seed(cfg.train.seed * 1000 + epoch)
+        if train_sampler is not None:
+            train_sampler.set_epoch(epoch)
         train_mode(model)  # frozen BatchNorm stays in eval mode
         t0 = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
+        # sums stay on the device: reading them every step would stall a GPU
+        loss_sum = torch.zeros((), dtype=torch.float64, device=fabric.device)
+        correct, seen = torch.zeros((), dtype=torch.int64, device=fabric.device), 0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
                    disable=not progress or not fabric.is_global_zero)
         for step, (x, y) in enumerate(bar):
@@ -233,7 +266,10 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
             else:
                 logits = model(x)
                 loss = soft_cross_entropy(logits, target)
-            if not torch.isfinite(loss):
+            finite = torch.isfinite(loss.detach()).float()
+            if world > 1:  # all processes stop together, or the others would wait forever
+                finite = fabric.all_reduce(finite, reduce_op="min")
+            if not finite:
                 raise UserError(f"the training loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
                                 f"lower train.lr (now {cfg.train.lr}); {_kept(history, ckpt)}")
             optimizer.zero_grad(set_to_none=True)
@@ -241,14 +277,19 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
             optimizer.step()
             # Train accuracy under mixing: agreement with the label of the larger mixing weight
             # (the argmax of the soft target); without mixing it is plain accuracy.
-            loss_sum += loss.item() * y.shape[0]
-            correct += (logits.argmax(1) == target.argmax(1)).sum().item()
+            loss_sum += loss.detach().double() * y.shape[0]
+            correct += (logits.argmax(1) == target.argmax(1)).sum()
             seen += y.shape[0]
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            if progress and fabric.is_global_zero and step % 10 == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+        loss_sum, correct, seen = sum_over_processes(
+            torch.stack([loss_sum.double().cpu(), correct.double().cpu(), torch.tensor(seen, dtype=torch.float64)])
+        ).tolist()
+        seen = int(seen)
         epoch_train_seconds = time.perf_counter() - t0
         train_seconds += epoch_train_seconds
         train_images += seen
-        val = evaluate(model, val_loader, autocast=fabric.autocast)
+        val = evaluate(model, val_loader, autocast=fabric.autocast, reduce=sum_over_processes)
         if not math.isfinite(val["loss"]):  # diverged weights must never become a checkpoint
             raise UserError(f"the validation loss became {val['loss']} after epoch {epoch + 1}: the weights "
                             f"diverged; lower train.lr (now {cfg.train.lr}); {_kept(history, ckpt)}")
@@ -270,9 +311,11 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
         history.append(row)
         fabric.print(f"epoch {epoch + 1:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
                      f"val loss {val['loss']:.4f} acc {val['acc']:.4f}  ({row['seconds']:.1f}s)")
+        improved = val["acc"] > best_acc  # the same on every process: val sums are shared
+        if improved:
+            best_acc, best_epoch = val["acc"], epoch
         if fabric.is_global_zero:
-            if val["acc"] > best_acc:
-                best_acc, best_epoch = val["acc"], epoch
+            if improved:
                 runs.save_weights(raw_model.state_dict(), ckpt / "best.safetensors")
             # last_state.pt commits the epoch: weights, optimizer and history in one atomic file
             runs.save_state({"epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch, "history": history,
@@ -286,7 +329,8 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
 
     # --- test once, on the best checkpoint ---
     raw_model.load_state_dict(runs.load_weights(ckpt / "best.safetensors"))
-    test = evaluate(model, test_loader, autocast=fabric.autocast, progress=progress, desc="test")
+    test = evaluate(model, test_loader, autocast=fabric.autocast, progress=progress and fabric.is_global_zero,
+                    desc="test", reduce=sum_over_processes)
     best = history[best_epoch] if 0 <= best_epoch < len(history) else history[-1]
     metrics = {
         "train_acc": best["train_acc"], "val_acc": best["val_acc"], "test_acc": test["acc"],
@@ -296,7 +340,7 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
         "train_seconds": round(train_seconds, 2),
         "train_images_per_second": round(train_images / train_seconds, 2) if train_seconds else 0.0,
         **counts, "precision": precision, "device": str(fabric.device),
-        "num_classes": num_classes, "train_images": len(train_ds), "val_images": len(val_ds),
+        "devices": world, "num_classes": num_classes, "train_images": len(train_ds), "val_images": len(val_ds),
         "test_images": len(test_ds), "skipped_images": skipped,
     }
     if metrics["seconds"] is None:  # resumed: wall time of this process plus the earlier ones' training
@@ -304,7 +348,14 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
     if fabric.is_global_zero:
         runs.write_json_atomic(run_dir / "metrics.json", metrics)
         _plot_curves(history, run_dir / "curves.png")
+    fabric.barrier()  # metrics.json exists for every process once train() returns
     return run_dir
+
+
+def is_main_process() -> bool:
+    """False in the extra processes of a multi-device run, which should stay quiet."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _kept(history: list[dict], ckpt: Path) -> str:
@@ -353,4 +404,4 @@ def metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["train", "build_model", "metrics_table", "resolve_precision"]
+__all__ = ["train", "build_model", "metrics_table", "resolve_precision", "is_main_process"]
