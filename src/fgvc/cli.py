@@ -146,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("runs_dir")
     rep.add_argument("--out", help="folder for report.md/report.html (default: RUNS_DIR)")
 
+    exp = sub.add_parser("export", help="write a run's model as ONNX / TorchScript / torch.export, checked against PyTorch")
+    exp.add_argument("run_dir")
+    exp.add_argument("--format", dest="fmt", choices=["onnx", "torchscript", "pt2"],
+                     help="default: from --out's suffix (.onnx, .pt, .pt2), else onnx")
+    exp.add_argument("--out", help="output file (default: RUN_DIR/export/model.<ext>); <file>.json goes beside it")
+    exp.add_argument("--batch", default="dynamic", help="'dynamic' (any batch size, default) or a fixed size N")
+    exp.add_argument("--tolerance", type=float, default=1e-3,
+                     help="largest abs logit difference to the PyTorch model accepted (default: 1e-3)")
+
     demo = sub.add_parser("demo", help="the whole tour on generated data, in minutes on a CPU")
     demo.add_argument("--out", default="fgvc-demo", help="folder for the demo's data and runs")
     demo.add_argument("--epochs", type=int, help="override the demo's epoch count")
@@ -349,6 +358,18 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from fgvc.export import export_model, sidecar_path
+
+    path = export_model(args.run_dir, args.fmt, out=args.out, batch=args.batch, tolerance=args.tolerance)
+    info = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+    check = info["verification"]
+    print(f"{info['format']}: max abs logit difference to PyTorch {check['max_abs_diff']:.2g} at batch "
+          f"{' and '.join(map(str, check['batches']))} (tolerance {check['tolerance']:g})")
+    print(f"wrote {path} and {sidecar_path(path)}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from fgvc import config as config_mod
     from fgvc import runs
@@ -388,6 +409,7 @@ HANDLERS = {
     "data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "explain": cmd_explain,
     "attack": cmd_attack, "zeroshot": cmd_zeroshot, "clip": cmd_clip, "gan": cmd_gan, "study": cmd_study,
     "report": cmd_report, "demo": cmd_demo, "serve": cmd_serve,
+    "export": cmd_export,
 }
 
 

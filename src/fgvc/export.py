@@ -1,0 +1,272 @@
+"""Export a run's model to ONNX, TorchScript or torch.export (.pt2), verified against PyTorch.
+
+The exported model is the run's ``Classifier`` as it is: float32 RGB images in [0, 1],
+NCHW at the run's ``data.image_size``, mean/std normalisation inside, logits out. After
+writing, the artefact is loaded back with its own runtime (onnxruntime, ``torch.jit.load``,
+``torch.export.load``) and run on fixed random batches; its logits must match the PyTorch
+model's within ``tolerance``. A sidecar ``<file>.json`` says everything a deployment needs
+without fgvc: classes, input size and range, preprocessing, the difference measured.
+
+Everything is written into a temp folder beside the output and renamed into place only after
+the check passes, so a failed export leaves an existing file (and its sidecar) as it was.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fgvc import runs
+from fgvc.errors import UserError
+
+# format -> file suffix; onnx first: the one runtime-neutral format, and the default
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+ONNX_INSTALL = "pip install 'fgvc[export]'  (or: pip install onnx onnxscript onnxruntime)"
+DEFAULT_TOLERANCE = 1e-3  # max abs logit difference; float32 rounding is ~1e-6, a real bug is ~1
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+EXAMPLE_BATCH = 2  # a dynamic batch is traced at 2: at 1 tracers may specialise the size
+
+
+def default_format(out: str | Path | None = None) -> str:
+    """The format named by ``out``'s suffix, else onnx."""
+    if out is not None:
+        for fmt, suffix in FORMATS.items():
+            if Path(out).suffix == suffix:
+                return fmt
+    return "onnx"
+
+
+def sidecar_path(artefact: str | Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``."""
+    artefact = Path(artefact)
+    return artefact.with_name(artefact.name + ".json")
+
+
+def parse_batch(batch: str | int) -> int | None:
+    """'dynamic' -> None; 'N' or N (>= 1) -> N."""
+    if isinstance(batch, str) and batch.strip().lower() == "dynamic":
+        return None
+    try:
+        n = int(batch)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise UserError(f"--batch must be 'dynamic' or a positive whole number, got {batch!r}")
+    return n
+
+
+def export_model(run_dir: str | Path, fmt: str | None = None, out: str | Path | None = None,
+                 batch: str | int = "dynamic", tolerance: float = DEFAULT_TOLERANCE,
+                 checkpoint: str = "best") -> Path:
+    """Write the run's model as ``fmt`` (default: from ``out``'s suffix, else onnx), verified; return its path.
+
+    ``out`` defaults to ``RUN_DIR/export/model.<ext>``; ``batch`` is 'dynamic' or a fixed size;
+    ``tolerance`` bounds the max abs logit difference to the PyTorch model on [0, 1] inputs.
+    """
+    fmt = fmt or default_format(out)
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    fixed_batch = parse_batch(batch)
+    if not tolerance > 0:
+        raise UserError(f"--tolerance must be a positive number, got {tolerance}")
+    if fmt == "onnx":
+        _require_onnx()
+    run_dir = runs.check_run_dir(run_dir)
+    model, class_names = runs.load(run_dir, checkpoint=checkpoint)
+    cfg = runs.load_config(run_dir)
+    size = cfg.data.image_size
+    out = _resolve_out(run_dir, fmt, out)
+
+    example = torch.rand(fixed_batch or EXAMPLE_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+    check_batches = (fixed_batch,) if fixed_batch else (1, 3)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise UserError(f"cannot write into {out.parent} ({e.strerror or e.__class__.__name__}); "
+                        "fix the folder's permissions or pass another --out") from None
+    try:
+        staged = tmp / out.name
+        try:
+            EXPORTERS[fmt](model, example, staged, dynamic=fixed_batch is None)
+            run = LOADERS[fmt](staged)
+        except UserError:
+            raise
+        except OSError as e:
+            raise UserError(f"cannot write {out} ({e.strerror or e.__class__.__name__}); free disk space or "
+                            f"fix the folder's permissions (the previous {out.name}, if any, is unchanged)") from None
+        except Exception as e:
+            other = [f for f in FORMATS if f != fmt]
+            raise UserError(f"exporting {cfg.model.name} to {fmt} failed ({_one_line(e)}); try --format "
+                            f"{' or '.join(other)}{'' if fixed_batch else ' or a fixed --batch N'} "
+                            f"(the previous {out.name}, if any, is unchanged)") from e
+        diff = verify(model, run, size, len(class_names), check_batches, tolerance, f"{fmt} export of {run_dir}")
+        info = _sidecar(fmt, out.name, cfg.model.name, class_names, model, size, fixed_batch, check_batches,
+                        diff, tolerance, run_dir, checkpoint)
+        (tmp / sidecar_path(out).name).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        # extra files (ONNX external weights) first, then the artefact, then the sidecar that describes it
+        names = sorted(p.name for p in tmp.iterdir())
+        order = [n for n in names if n not in (out.name, sidecar_path(out).name)] + [out.name, sidecar_path(out).name]
+        for name in order:
+            os.replace(tmp / name, out.parent / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+@torch.no_grad()
+def verify(model: nn.Module, run: Callable, size: int, num_classes: int, batches, tolerance: float,
+           what: str = "export") -> float:
+    """Max abs logit difference between ``run`` and ``model`` over fixed random [0, 1] batches; UserError above ``tolerance``."""
+    worst = 0.0
+    for b in batches:
+        x = torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(1000 + b))
+        expected = model(x)
+        got = run(x)
+        if tuple(got.shape) != (b, num_classes):
+            raise UserError(f"the {what} gives logits of shape {tuple(got.shape)} for a batch of {b}, "
+                            f"expected {(b, num_classes)}; export with a fixed --batch {b} or another --format")
+        worst = max(worst, (got.float() - expected).abs().max().item())
+    if not worst <= tolerance:  # also catches NaN
+        raise UserError(f"the {what} differs from the PyTorch model by up to {worst:.3g} in the logits "
+                        f"(tolerance {tolerance:g}); nothing was written, try another --format")
+    return worst
+
+
+# ---------------------------------------------------------------- exporters: (model, example, path, dynamic)
+
+def _batch_dim():
+    return torch.export.Dim("batch", min=1)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, dynamic: bool) -> None:
+    program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                dynamic_shapes=({0: _batch_dim()},) if dynamic else None, verbose=False)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
+    # ONNX's protobuf tops out at 2 GB: bigger models keep their weights in <file>.data beside it
+    program.save(str(path), external_data=weight_bytes > 1.5 * 2**30)
+
+
+def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, dynamic: bool) -> None:
+    with warnings.catch_warnings():
+        # TorchScript is deprecated in torch 2.x and tracing warns about Python-side shape logic;
+        # the check after export (batch 1 and 3) is what tells whether the trace generalises
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+def export_pt2(model: nn.Module, example: torch.Tensor, path: Path, dynamic: bool) -> None:
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: _batch_dim()},) if dynamic else None)
+    torch.export.save(program, str(path))
+
+
+EXPORTERS = {"onnx": export_onnx, "torchscript": export_torchscript, "pt2": export_pt2}
+
+
+# ---------------------------------------------------------------- loaders: path -> (x -> logits tensor)
+
+def load_onnx(path: Path) -> Callable:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+
+
+def load_torchscript(path: Path) -> Callable:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu")
+
+
+def load_pt2(path: Path) -> Callable:
+    return torch.export.load(str(path)).module()
+
+
+LOADERS = {"onnx": load_onnx, "torchscript": load_torchscript, "pt2": load_pt2}
+
+
+# ---------------------------------------------------------------- helpers
+
+def _require_onnx() -> None:
+    missing = [p for p in ONNX_PACKAGES if importlib.util.find_spec(p) is None]
+    if missing:
+        raise UserError(f"ONNX export needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                        f"not installed; run {ONNX_INSTALL}, or use --format pt2 or torchscript")
+
+
+def _resolve_out(run_dir: Path, fmt: str, out: str | Path | None) -> Path:
+    suffix = FORMATS[fmt]
+    if out is None:
+        return run_dir / "export" / f"model{suffix}"
+    out = Path(out).expanduser()
+    if out.is_dir():
+        return out / f"model{suffix}"
+    if out.suffix in FORMATS.values() and out.suffix != suffix:
+        raise UserError(f"--out {out} has the suffix of another format than {fmt} ({suffix}); "
+                        f"name it {out.with_suffix(suffix).name} or drop --format")
+    return out
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{e.__class__.__name__}: {text[0][:200]}" if text else e.__class__.__name__
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _sidecar(fmt, file_name, model_name, class_names, model, size, fixed_batch, check_batches, diff, tolerance,
+             run_dir, checkpoint) -> dict:
+    batch = fixed_batch if fixed_batch else "batch"
+    normalize = getattr(model, "normalize", None)
+    runtime = {"onnx": "onnxruntime", "torchscript": "torch.jit.load", "pt2": "torch.export.load"}[fmt]
+    return {
+        "format": fmt,
+        "file": file_name,
+        "model": model_name,
+        "classes": class_names,
+        "num_classes": len(class_names),
+        "image_size": size,
+        "input": {
+            "name": INPUT_NAME, "shape": [batch, 3, size, size], "dtype": "float32", "layout": "NCHW",
+            "color": "RGB", "range": [0.0, 1.0],
+            "batch": "dynamic (any size >= 1)" if fixed_batch is None else f"fixed at {fixed_batch}",
+        },
+        "output": {"name": OUTPUT_NAME, "shape": [batch, len(class_names)],
+                   "meaning": "logits, in the order of 'classes'; softmax gives probabilities"},
+        "normalization": "inside the model: feed [0, 1] RGB pixels, do not subtract a mean or divide by a std",
+        "normalization_in_model": {
+            "mean": [round(v, 6) for v in normalize.mean.flatten().tolist()] if normalize is not None else None,
+            "std": [round(v, 6) for v in normalize.std.flatten().tolist()] if normalize is not None else None,
+        },
+        "preprocessing": (f"decode as RGB, resize the shorter side to {int(round(size / 0.875))} px (antialiased), "
+                          f"centre-crop {size}x{size}, scale pixels to float32 in [0, 1]"),
+        "verification": {
+            "max_abs_diff": diff, "tolerance": tolerance, "batches": list(check_batches),
+            "input": "torch.rand (uniform [0, 1]) with fixed seeds", "reference": "the PyTorch model on the CPU",
+            "runtime": runtime,
+        },
+        "torch_version": torch.__version__,
+        "onnxruntime_version": _version("onnxruntime") if fmt == "onnx" else None,
+        "fgvc_version": _version("fgvc"),
+        "run_dir": str(Path(run_dir).resolve()),
+        "checkpoint": checkpoint,
+    }
