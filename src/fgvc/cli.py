@@ -201,7 +201,7 @@ def _load_train_config(config: str | None, overrides: list[str]):
 
 def cmd_train(args) -> int:
     from fgvc import runs
-    from fgvc.train import metrics_table, train
+    from fgvc.train import is_main_process, metrics_table, train
 
     if args.resume:
         from fgvc import config as config_mod
@@ -216,6 +216,8 @@ def cmd_train(args) -> int:
         config, overrides = _split_config_and_overrides(args.config, args.overrides)
         cfg = _load_train_config(config, overrides)
         run_dir = train(cfg, progress=not args.quiet)
+    if not is_main_process():  # train.devices > 1: the first process reports
+        return 0
     print(metrics_table(runs.read_metrics(run_dir)))
     print(run_dir)
     return 0

@@ -12,11 +12,29 @@ def test_attack_command_writes_table_plot_and_json(tiny_synthbirds_root, tiny_ru
     assert main(["train", *common, "adv.attack=fgsm", "adv.eps=0.03"]) == 0
     adv_dir = capsys.readouterr().out.strip().splitlines()[-1]
     assert main(["attack", run_dir, "--eps", "0,0.1", "--limit", "16", "--compare", adv_dir]) == 0
-    record = json.loads((tiny_run / "attack" / "fgsm.json").read_text())
+    record = json.loads((tiny_run / "attack" / "fgsm_n16.json").read_text())
     curves = list(record["accuracy"].values())
     assert len(curves) == 2 and record["total"] == 16
     for curve in curves:
         assert 0 <= curve["0.1"] <= curve["0"] <= 1  # an attack never raises accuracy above clean
-    assert (tiny_run / "attack" / "fgsm.png").stat().st_size > 1000
+    assert (tiny_run / "attack" / "fgsm_n16.png").stat().st_size > 1000
     assert main(["attack", run_dir, "--eps", "0,2"]) == 2
     assert "eps" in capsys.readouterr().err
+
+
+def test_a_second_sweep_extends_the_curve_instead_of_replacing_it(tiny_run, capsys):
+    run_dir = str(tiny_run)
+    assert main(["attack", run_dir, "--eps", "0,0.1", "--limit", "12"]) == 0
+    assert main(["attack", run_dir, "--eps", "0.05,0.1", "--limit", "12"]) == 0
+    record = json.loads((tiny_run / "attack" / "fgsm_n12.json").read_text())
+    (curve,) = record["accuracy"].values()
+    assert list(curve) == ["0", "0.05", "0.1"] and set(record["settings"]) == {"0", "0.05", "0.1"}
+    table = (tiny_run / "attack" / "fgsm_n12.md").read_text()
+    assert "| 0.05 |" in table and "| 0 |" in table
+    # another split or image count is another curve, in its own files
+    assert main(["attack", run_dir, "--eps", "0.2", "--limit", "12", "--split", "val"]) == 0
+    (val_curve,) = json.loads((tiny_run / "attack" / "fgsm_val_n12.json").read_text())["accuracy"].values()
+    assert list(val_curve) == ["0.2"]
+    (test_curve,) = json.loads((tiny_run / "attack" / "fgsm_n12.json").read_text())["accuracy"].values()
+    assert test_curve == curve
+    capsys.readouterr()

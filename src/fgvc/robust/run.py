@@ -1,13 +1,18 @@
 """`fgvc attack`: an eps sweep on a trained run, written into its run directory.
 
-Writes ``attack/<attack>.json`` (accuracy per eps), ``attack/<attack>.png`` (accuracy
-against eps, seed Fig. 9/11) and ``attack/<attack>_gallery.png`` (successful adversarial
-examples per eps, Fig. 10). With ``compare`` (another run, e.g. adversarially trained),
-both curves go on one plot and one table with the difference.
+Writes ``attack/<name>.json`` (accuracy per eps), ``attack/<name>.png`` (accuracy
+against eps, seed Fig. 9/11) and ``attack/<name>_gallery.png`` (successful adversarial
+examples per eps of the latest sweep, Fig. 10), where ``<name>`` is the attack, plus
+``_<split>`` off the test split and ``_n<limit>`` for a limited sweep. A later sweep of the
+same name adds its eps points to the curve (a repeated eps is replaced), so running
+``--eps 0.5`` after the seed list extends that curve instead of replacing it. With
+``compare`` (another run, e.g. adversarially trained), both curves go on one plot and one
+table with the difference.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -15,8 +20,9 @@ import torch
 from fgvc import runs
 from fgvc.data import build_dataset, resolve_num_workers
 from fgvc.data.transforms import eval_transform
+from fgvc.errors import UserError
 from fgvc.robust.plots import plot_accuracy_vs_eps, save_gallery
-from fgvc.robust.sweep import evaluate_attack, format_eps, markdown_table
+from fgvc.robust.sweep import evaluate_attack, format_eps, markdown_table, parse_eps
 
 
 def _sweep_run(run_dir: Path, attack: str, eps_list, split: str, limit: int | None, alpha, steps,
@@ -56,14 +62,38 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
             curves = {str(run_dir.resolve()): result["accuracy"]}
             label = str(compare.resolve())
         curves[label] = other["accuracy"]
+    name = attack + ("" if split == "test" else f"_{split}") + ("" if limit is None else f"_n{limit}")
+    settings = dict(result["settings"])
+    earlier = _earlier_sweep(out / f"{name}.json", attack, split, result["total"])
+    if earlier:
+        old_settings, old_curves = earlier
+        settings = {**old_settings, **settings}
+        curves = {run: {**old_curves.get(run, {}), **curve} for run, curve in curves.items()} | {
+            run: curve for run, curve in old_curves.items() if run not in curves}
+    curves = {run: dict(sorted(curve.items())) for run, curve in curves.items()}
     record = {"attack": attack, "split": split, "total": result["total"],
-              "settings": {format_eps(e): s for e, s in result["settings"].items()},
+              "settings": {format_eps(e): s for e, s in sorted(settings.items())},
               "accuracy": {run: {format_eps(e): a for e, a in curve.items()} for run, curve in curves.items()}}
-    runs.write_json_atomic(out / f"{attack}.json", record)
+    runs.write_json_atomic(out / f"{name}.json", record)
     table = markdown_table(curves)
-    runs.write_text_atomic(out / f"{attack}.md", f"# {attack} on the {split} split ({result['total']} images)\n\n" + table)
-    files = [out / f"{attack}.json", out / f"{attack}.md",
-             plot_accuracy_vs_eps(curves, out / f"{attack}.png", title=f"Accuracy under {attack.upper()}")]
+    runs.write_text_atomic(out / f"{name}.md", f"# {attack} on the {split} split ({result['total']} images)\n\n" + table)
+    files = [out / f"{name}.json", out / f"{name}.md",
+             plot_accuracy_vs_eps(curves, out / f"{name}.png", title=f"Accuracy under {attack.upper()}")]
     if any(result["examples"].values()):
-        files.append(save_gallery(result["examples"], class_names, out / f"{attack}_gallery.png"))
+        files.append(save_gallery(result["examples"], class_names, out / f"{name}_gallery.png"))
     return {"table": table, "files": [str(f) for f in files], "accuracy": result["accuracy"]}
+
+
+def _earlier_sweep(path: Path, attack: str, split: str, total: int) -> tuple[dict, dict] | None:
+    """(settings, curves) with float eps keys of an earlier sweep on the same images, else None."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if (record.get("attack"), record.get("split"), record.get("total")) != (attack, split, total):
+            return None
+        settings = {parse_eps(e)[0]: s for e, s in record["settings"].items()}
+        curves = {run: {parse_eps(e)[0]: float(a) for e, a in curve.items()} for run, curve in record["accuracy"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError, UserError):
+        return None  # unreadable or foreign: this sweep's file replaces it
+    return settings, curves
