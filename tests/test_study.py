@@ -20,6 +20,13 @@ def test_study_runs_rows_writes_table_and_skips_finished_rows(tiny_synthbirds_ro
     folder = run_study(str(path), [f"data.root={tiny_synthbirds_root}"], out=tmp_path / "out", progress=False)
     table = (folder / "table.md").read_text()
     assert "| plain |" in table and "| smoothed |" in table
+    assert "![accuracy per row](table.png)" in table and (folder / "table.png").stat().st_size > 2000
+    # the report embeds the study's plot with a link that works from where the report is written
+    from fgvc.report import write_report
+
+    report = write_report(tmp_path / "out", tmp_path / "elsewhere").read_text()
+    link = report.split("![accuracy per row](", 1)[1].split(")", 1)[0]
+    assert (tmp_path / "elsewhere" / link).resolve() == (folder / "table.png").resolve()
     first = (folder / "plain" / "metrics.json").stat().st_mtime_ns
     run_study(str(path), [f"data.root={tiny_synthbirds_root}"], out=tmp_path / "out", progress=False)
     assert (folder / "plain" / "metrics.json").stat().st_mtime_ns == first

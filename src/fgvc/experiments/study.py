@@ -104,7 +104,37 @@ def write_table(folder: Path, rows: list[str], columns: list[str], title: str) -
         lines.append("| " + " | ".join([row, *text]) + " |")
         csv_rows.append(dict(zip(header, [row, *values])))
     lines += ["", "Written by `fgvc study` from the run directories; device is where each row trained."]
+    acc_columns = [c for c in columns if c.endswith(("_acc", "_top5"))]
+    if csv_rows and acc_columns:
+        _plot_table(csv_rows, acc_columns, title, folder / "table.png")
+        lines += ["", "![accuracy per row](table.png)"]
     table = "\n".join(lines) + "\n"
     runs.write_text_atomic(folder / "table.md", table)
     runs.write_csv_atomic(folder / "table.csv", csv_rows, header)
     return table
+
+
+def _plot_table(rows: list[dict], columns: list[str], title: str, path: Path) -> None:
+    """Grouped horizontal bars, one group per row: the gap between train and test accuracy
+    (overfitting) and the differences between rows are easier to see than in the table."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 0.45 * len(rows) * max(1, len(columns) / 2) + 1.4))
+    ax = fig.add_subplot()
+    height = 0.8 / len(columns)
+    for j, column in enumerate(columns):
+        values = [r.get(column) if isinstance(r.get(column), (int, float)) else 0.0 for r in rows]
+        bars = ax.barh([i + j * height for i in range(len(rows))], values, height=height, label=column)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+    ax.set_yticks([i + height * (len(columns) - 1) / 2 for i in range(len(rows))], [r["row"] for r in rows])
+    ax.set(xlim=(0, 1.1), xlabel="accuracy", title=title[:90])
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    runs.write_bytes_atomic(path, buf.getvalue())

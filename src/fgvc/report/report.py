@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import os
 from pathlib import Path
 
 from fgvc import runs
@@ -130,7 +131,12 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
                 sections += [f"## Localisation: {e['name']}", "",
                              _table(["method", "energy in box", "box share", "pointing game", "images"], rows), ""]
     for table in sorted(root.rglob("table.md")):
-        sections += [f"## Study: {table.parent.name}", "", table.read_text(encoding="utf-8").split("\n", 2)[-1], ""]
+        text = table.read_text(encoding="utf-8").split("\n", 2)[-1]
+        # the study's own plot, linked relative to where the report is written
+        plot = table.with_name("table.png")
+        link = Path(os.path.relpath(plot, out)).as_posix() if plot.is_file() else None
+        text = text.replace("![accuracy per row](table.png)", f"![accuracy per row]({link})" if link else "")
+        sections += [f"## Study: {table.parent.name}", "", text, ""]
     images = _plots(train_runs, out)
     sections += [f"![{name}]({name})" for name in images]
     text = "\n".join(sections) + "\n"
