@@ -1,13 +1,18 @@
 """Shared fixtures: generated synthbirds datasets, made once per session."""
 
+import shutil
+from pathlib import Path
+
 import pytest
+
+from fgvc.data import synthetic
+
+DATA_SIZE = 48  # px of the small datasets the data and reliability tests read or break
 
 
 @pytest.fixture(scope="session")
 def synthbirds_root(tmp_path_factory):
     """8 classes x 80 images at 64 px, CUB layout (half train, half test): the demo's dataset."""
-    from fgvc.data import synthetic
-
     root = tmp_path_factory.mktemp("synthbirds")
     synthetic.generate(root, classes=8, per_class=80, size=64, seed=0)
     return root
@@ -16,8 +21,6 @@ def synthbirds_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_synthbirds_root(tmp_path_factory):
     """4 classes x 16 images at 32 px: for runs that only need to work, not to learn."""
-    from fgvc.data import synthetic
-
     root = tmp_path_factory.mktemp("tinybirds")
     synthetic.generate(root, classes=4, per_class=16, size=32, seed=1)
     return root
@@ -34,3 +37,28 @@ def tiny_run(tiny_synthbirds_root, tmp_path_factory):
                              "train.batch_size=16", "data.name=synthbirds", f"data.root={tiny_synthbirds_root}",
                              f"out={out}"])
     return train(cfg, progress=False)
+
+
+# Small datasets in the CUB and Stanford Dogs layouts; tests that break files take a *_copy.
+@pytest.fixture(scope="session")
+def cub_root(tmp_path_factory) -> Path:
+    """Read-only synthbirds in the CUB layout: 4 classes x 10 images, half of each class test."""
+    return synthetic.generate(tmp_path_factory.mktemp("synth") / "cub", classes=4, per_class=10, size=DATA_SIZE, seed=0)
+
+
+@pytest.fixture(scope="session")
+def dogs_root(tmp_path_factory) -> Path:
+    """Read-only synthbirds in the Stanford Dogs layout: 3 classes x 8 images."""
+    return synthetic.generate(tmp_path_factory.mktemp("synth") / "dogs", classes=3, per_class=8, size=DATA_SIZE,
+                              seed=0, layout="dogs")
+
+
+@pytest.fixture
+def cub_copy(cub_root, tmp_path) -> Path:
+    """A private copy of ``cub_root`` that a test may break."""
+    return Path(shutil.copytree(cub_root, tmp_path / "cub"))
+
+
+@pytest.fixture
+def dogs_copy(dogs_root, tmp_path) -> Path:
+    return Path(shutil.copytree(dogs_root, tmp_path / "dogs"))

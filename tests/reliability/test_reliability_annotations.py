@@ -14,32 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.io import loadmat, savemat
 
-from fgvc.data import cub, dogs, synthetic
+from fgvc.data import cub, dogs
 from fgvc.errors import UserError
 
 FUZZ = settings(max_examples=60, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-
-@pytest.fixture(scope="module")
-def cub_root(tmp_path_factory) -> Path:
-    return synthetic.generate(tmp_path_factory.mktemp("cub") / "c", classes=3, per_class=4, size=32, seed=0)
-
-
-@pytest.fixture(scope="module")
-def dogs_root(tmp_path_factory) -> Path:
-    return synthetic.generate(tmp_path_factory.mktemp("dogs") / "d", classes=3, per_class=4, size=32, seed=0,
-                              layout="dogs")
-
-
-@pytest.fixture
-def cub_copy(cub_root, tmp_path) -> Path:
-    return Path(shutil.copytree(cub_root, tmp_path / "cub"))
-
-
-@pytest.fixture
-def dogs_copy(dogs_root, tmp_path) -> Path:
-    return Path(shutil.copytree(dogs_root, tmp_path / "dogs"))
 
 
 def _set_line(path: Path, n: int, text: str) -> None:
