@@ -1,14 +1,16 @@
 import pytest
 
 from fgvc.errors import UserError
-from fgvc.experiments.study import read_study, row_config, run_study, study_names
+from fgvc.experiments.study import clip_row, read_study, row_config, run_study, study_names
 
 
 def test_every_shipped_study_validates_every_row():
     for name in study_names():
         _, study = read_study(name)
-        for row in study["rows"]:
-            row_config(study, row, ["data.root=somewhere"])
+        for row, spec in study["rows"].items():
+            cfg = row_config(study, row, ["data.root=somewhere"])
+            if isinstance(spec, dict):
+                clip_row(spec, row, cfg)
 
 
 def test_study_runs_rows_writes_table_and_skips_finished_rows(tiny_synthbirds_root, tmp_path, capsys):
@@ -39,3 +41,11 @@ def test_a_bad_row_is_refused_before_anything_trains(tmp_path):
     with pytest.raises(UserError, match="train.lr"):
         run_study(str(path), ["data.root=x"], out=tmp_path)
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_clip_row_takes_its_data_from_the_study_and_its_own_overrides():
+    _, study = read_study("table9_datasets")
+    for row, dataset in (("cub_clip_g14_zeroshot", "cub200"), ("dogs_clip_g14_zeroshot", "dogs")):
+        fn, kwargs = clip_row(study["rows"][row], row, row_config(study, row, ["data.root=somewhere"]))
+        assert fn.__name__ == "run_zeroshot" and kwargs["dataset_name"] == dataset
+        assert kwargs["root"] == "somewhere" and kwargs["model_name"] == "ViT-g-14"

@@ -11,12 +11,21 @@ A study file names a base recipe, shared overrides and one row per run:
       baseline: []
       geometric: [aug.geometric=true]
 
+A row may instead be a CLIP run (seed Table 8), a mapping with ``task`` (zeroshot,
+clip_probe, clip_finetune), ``model``, ``pretrained`` and any other argument of that
+function (``templates``, ``epochs``, ``lr``, ``batch_size`` ...); it uses the study's
+``data.name`` and ``data.root`` (``overrides: [data.name=dogs]`` changes them for the row):
+
+      vit_b16_zeroshot: {task: zeroshot, model: ViT-B-16, pretrained: openai}
+
 Runs land in ``<out>/<study>/<row>/``; a row whose ``metrics.json`` exists is skipped, so
-an interrupted study continues where it stopped. The table is written as Markdown and CSV.
+an interrupted study continues where it stopped. The table is written as Markdown and CSV,
+with a bar plot (table.png).
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 from fgvc import config as config_mod
@@ -40,10 +49,24 @@ def read_study(name_or_path: str) -> tuple[str, dict]:
     rows = study.get("rows")
     if not isinstance(rows, dict) or not rows:
         raise UserError(f"study {path} needs a 'rows' mapping of row name -> list of key=value overrides")
+    for row, spec in rows.items():
+        if spec is not None and not isinstance(spec, (list, dict)):
+            raise UserError(f"study {path}, row {row!r}: give a list of key=value overrides or a CLIP mapping "
+                            "with task and model")
     for key in study:
         if key not in ("title", "base", "overrides", "columns", "rows"):
             raise UserError(f"study {path} has unknown field {key!r}; use title, base, overrides, columns, rows")
     return path.stem, study
+
+
+def _clip_tasks() -> dict:
+    from fgvc.clip import run_finetune, run_linear_probe, run_zeroshot
+
+    return {"zeroshot": run_zeroshot, "clip_probe": run_linear_probe, "clip_finetune": run_finetune}
+
+
+# set by the study from its data config, never by a row
+_CLIP_FIXED = ("model_name", "pretrained", "dataset_name", "root", "out_dir", "val_fraction", "seed", "progress")
 
 
 def row_config(study: dict, row: str, extra: list[str]) -> config_mod.Config:
@@ -51,8 +74,37 @@ def row_config(study: dict, row: str, extra: list[str]) -> config_mod.Config:
     base_path = None
     if base:
         base_path = Path(base) if Path(base).is_file() else config_mod.shipped_config(base)
-    overrides = [*(study.get("overrides") or []), *(study["rows"][row] or []), *extra]
+    spec = study["rows"][row]
+    row_overrides = spec.get("overrides") or [] if isinstance(spec, dict) else spec or []
+    overrides = [*(study.get("overrides") or []), *row_overrides, *extra]
     return config_mod.load(base_path, [str(o) for o in overrides])
+
+
+def clip_row(spec: dict, row: str, cfg: config_mod.Config):
+    """(function, keyword arguments) of a CLIP row, checked against the function's signature."""
+    import torch
+
+    from fgvc.data import resolve_num_workers
+
+    spec = dict(spec)
+    tasks = _clip_tasks()
+    task = spec.pop("task", None)
+    spec.pop("overrides", None)  # data.* settings, already in cfg
+    if task not in tasks:
+        raise UserError(f"study row {row!r}: task must be one of {', '.join(tasks)} (or give a list of key=value "
+                        f"overrides for a training run), not {task!r}")
+    if "model" not in spec:
+        raise UserError(f"study row {row!r}: name the CLIP model, e.g. model: ViT-B-16")
+    fn = tasks[task]
+    allowed = [p for p in inspect.signature(fn).parameters if p not in _CLIP_FIXED]
+    kwargs = {"model_name": spec.pop("model"), "pretrained": spec.pop("pretrained", "openai")}
+    unknown = [k for k in spec if k not in allowed]
+    if unknown:
+        raise UserError(f"study row {row!r}: {task} has no argument {unknown[0]!r}; use {', '.join(allowed)}")
+    kwargs.update(spec, dataset_name=cfg.data.name, root=cfg.data.root, val_fraction=cfg.data.val_fraction,
+                  seed=cfg.train.seed)
+    kwargs.setdefault("num_workers", resolve_num_workers(cfg.data.num_workers, torch.cuda.is_available()))
+    return fn, kwargs
 
 
 def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None = None,
@@ -68,6 +120,8 @@ def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None =
             raise UserError(f"study {name} has no row {unknown[0]!r}; rows: {', '.join(rows)}")
         rows = [r for r in rows if r in only]
     configs = {row: row_config(study, row, list(extra)) for row in rows}  # validate every row before training
+    clip_rows = {row: clip_row(study["rows"][row], row, configs[row]) for row in rows
+                 if isinstance(study["rows"][row], dict)}
     folder = Path(out).expanduser() / name
     for i, row in enumerate(rows):
         run_dir = folder / row
@@ -75,8 +129,12 @@ def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None =
             print(f"[{i + 1}/{len(rows)}] {row}: finished earlier, skipped")
             continue
         print(f"[{i + 1}/{len(rows)}] {row}")
-        resume = (run_dir / "checkpoints" / "last_state.pt").is_file()
-        train(configs[row], run_dir=run_dir, resume=resume, progress=progress)
+        if row in clip_rows:
+            fn, kwargs = clip_rows[row]
+            fn(out_dir=run_dir, progress=progress, **kwargs)
+        else:
+            resume = (run_dir / "checkpoints" / "last_state.pt").is_file()
+            train(configs[row], run_dir=run_dir, resume=resume, progress=progress)
         _write(folder, study, name)  # after every row, so a stopped study still has its table so far
     _write(folder, study, name)
     return folder
@@ -99,8 +157,8 @@ def write_table(folder: Path, rows: list[str], columns: list[str], title: str) -
             continue
         keys = [*columns, "epochs_run", "seconds", "device"]
         values = [metrics.get(c) for c in keys]
-        text = [f"{v:.4f}" if isinstance(v, float) and c.endswith(("acc", "top5", "loss")) else str(v)
-                for c, v in zip(keys, values)]
+        text = [f"{v:.4f}" if isinstance(v, float) and c.endswith(("acc", "top5", "loss")) else
+                "" if v is None else str(v) for c, v in zip(keys, values)]
         lines.append("| " + " | ".join([row, *text]) + " |")
         csv_rows.append(dict(zip(header, [row, *values])))
     lines += ["", "Written by `fgvc study` from the run directories; device is where each row trained."]
