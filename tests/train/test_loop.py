@@ -55,6 +55,14 @@ def test_same_seed_gives_identical_metrics(tiny_synthbirds_root, tmp_path):
     assert _metrics(a) == _metrics(b)
 
 
+def test_loader_workers_do_not_change_the_result(tiny_synthbirds_root, tmp_path):
+    # augmentation is seeded per image (fgvc.data.seeding), so 2 persistent workers = none
+    extra = ["train.epochs=2", "aug.geometric=true", "aug.cutout=1"]
+    a = train(_cfg(tiny_synthbirds_root, tmp_path / "a", *extra), progress=False)
+    b = train(_cfg(tiny_synthbirds_root, tmp_path / "b", *extra, "data.num_workers=2"), progress=False)
+    assert _metrics(a) == _metrics(b)
+
+
 def test_resumed_run_ends_where_an_uninterrupted_one_does(tiny_synthbirds_root, tmp_path):
     extra = ["train.epochs=3", "aug.geometric=true", "model.dropout=0.2"]
     full = train(_cfg(tiny_synthbirds_root, tmp_path / "full", *extra), progress=False)

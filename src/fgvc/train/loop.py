@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning_fabric import Fabric
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 from tqdm import tqdm
 
 from fgvc import config as config_mod
@@ -24,6 +24,7 @@ from fgvc import runs
 from fgvc.data import build_dataset, resolve_num_workers
 from fgvc.data.base import check_classes_have_images, drop_unreadable
 from fgvc.data.generated import mix_generated
+from fgvc.data.seeding import EpochSampler, PerSampleSeeded
 from fgvc.data.transforms import decode_min_side, eval_transform, train_transform
 from fgvc.errors import UnreadableImage, UserError, message
 from fgvc.models import apply_trainable, count_parameters, create_model, train_mode
@@ -79,10 +80,11 @@ def build_model(cfg: config_mod.Config, num_classes: int):
     return model
 
 
-def _loader(dataset, batch_size, shuffle, num_workers, generator=None, drop_last=False, sampler=None):
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
-                      sampler=sampler, num_workers=num_workers, generator=generator, drop_last=drop_last,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
+def _loader(dataset, batch_size, sampler, num_workers, drop_last=False, persistent=True):
+    # Workers may persist across epochs: no randomness lives in them (see fgvc.data.seeding).
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      drop_last=drop_last, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=persistent and num_workers > 0)
 
 
 class ShardSampler(Sampler):
@@ -168,14 +170,16 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
     # Several devices (DDP): train.batch_size is per device; each process trains on its own
     # shuffled shard (reshuffled per epoch from the seed, so resume stays exact) and evaluates
     # an unpadded shard of val/test whose sums are added up across processes.
-    train_sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.train.seed) if world > 1 else None
+    train_sampler = EpochSampler(DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.train.seed)
+                                 if world > 1 else RandomSampler(train_ds, generator=generator))
     train_loader = fabric.setup_dataloaders(_loader(
-        train_ds, cfg.train.batch_size, True, workers, generator, sampler=train_sampler,
+        PerSampleSeeded(train_ds, cfg.train.seed), cfg.train.batch_size, train_sampler, workers,
         drop_last=mixing is not None and len(train_ds) > cfg.train.batch_size),  # timm Mixup needs even batches
         use_distributed_sampler=False)
     val_loader, test_loader = fabric.setup_dataloaders(
-        _loader(val_ds, cfg.train.batch_size * 2, False, workers, sampler=ShardSampler(len(val_ds), rank, world)),
-        _loader(test_ds, cfg.train.batch_size * 2, False, workers, sampler=ShardSampler(len(test_ds), rank, world)),
+        _loader(val_ds, cfg.train.batch_size * 2, ShardSampler(len(val_ds), rank, world), workers),
+        _loader(test_ds, cfg.train.batch_size * 2, ShardSampler(len(test_ds), rank, world), workers,
+                persistent=False),  # used once
         use_distributed_sampler=False)
 
     def sum_over_processes(t: torch.Tensor) -> torch.Tensor:
@@ -233,8 +237,7 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
         # (seed, epoch) alone, so a run resumed at an epoch boundary ends where an uninterrupted one does.
         seed_all(cfg.train.seed * 1000 + epoch + 1_000_003 * rank)  # each process its own augmentations
         generator.manual_seed(cfg.train.seed * 1000 + epoch)
-        if train_sampler is not None:
-            train_sampler.set_epoch(epoch)
+        train_sampler.use_epoch(epoch)
         train_mode(model)  # frozen BatchNorm stays in eval mode
         t0 = time.perf_counter()
         # sums stay on the device: reading them every step would stall a GPU
