@@ -4,6 +4,7 @@ GPUs take the same code path with NCCL; this is what CI can run.
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -30,9 +31,10 @@ def test_two_processes_train_one_run_with_exact_shared_metrics(tiny_synthbirds_r
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["devices"] == 2 and metrics["epochs_run"] == 2
 
-    # every training image was seen once per epoch across the two shards (no padding, no repeats)
+    # every training image was seen once per epoch across the two shards (DistributedSampler
+    # pads an odd count with one repeat so both processes take the same number of steps)
     seen = metrics["train_images_per_second"] * metrics["train_seconds"]
-    assert seen == pytest.approx(2 * metrics["train_images"], rel=0.02)
+    assert seen == pytest.approx(2 * 2 * math.ceil(metrics["train_images"] / 2), rel=0.01)
 
     # val/test accuracies summed over the shards equal a single-process evaluation of the same weights
     for split, key in (("val", "val_acc"), ("test", "test_acc")):

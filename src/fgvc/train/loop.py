@@ -167,6 +167,9 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
     workers = resolve_num_workers(d.num_workers, fabric.device.type == "cuda")
     generator = torch.Generator()
     rank, world = fabric.global_rank, fabric.world_size
+    if world > min(len(val_ds), len(test_ds)):
+        raise UserError(f"train.devices={world} is more than the {min(len(val_ds), len(test_ds))} images of the "
+                        "smallest evaluation split; every process needs at least one: use fewer devices")
     # Several devices (DDP): train.batch_size is per device; each process trains on its own
     # shuffled shard (reshuffled per epoch from the seed, so resume stays exact) and evaluates
     # an unpadded shard of val/test whose sums are added up across processes.
@@ -174,7 +177,7 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
                                  if world > 1 else RandomSampler(train_ds, generator=generator))
     train_loader = fabric.setup_dataloaders(_loader(
         PerSampleSeeded(train_ds, cfg.train.seed), cfg.train.batch_size, train_sampler, workers,
-        drop_last=mixing is not None and len(train_ds) > cfg.train.batch_size),  # timm Mixup needs even batches
+        drop_last=mixing is not None and len(train_sampler) > cfg.train.batch_size),  # timm Mixup needs even batches
         use_distributed_sampler=False)
     val_loader, test_loader = fabric.setup_dataloaders(
         _loader(val_ds, cfg.train.batch_size * 2, ShardSampler(len(val_ds), rank, world), workers),
@@ -184,6 +187,7 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
 
     def sum_over_processes(t: torch.Tensor) -> torch.Tensor:
         return fabric.all_reduce(t.to(fabric.device), reduce_op="sum").cpu() if world > 1 else t
+
     adv_loss = None
     if cfg.adv.attack != "none":
         from fgvc.robust.training import adversarial_loss as adv_loss
@@ -204,10 +208,9 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
             run_dir = fabric.broadcast(runs.new_run_dir(cfg.out, cfg.model.name, d.name) if rank == 0 else None)
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-    if fabric.is_global_zero:
-        runs.write_text_atomic(run_dir / "config.yaml", config_mod.dump(cfg))  # on resume: with its overrides
-        runs.write_json_atomic(run_dir / "classes.json", class_names)
-    fabric.barrier()
+    # config.yaml on resume: with its overrides
+    _first_process_writes(fabric, runs.write_text_atomic, run_dir / "config.yaml", config_mod.dump(cfg))
+    _first_process_writes(fabric, runs.write_json_atomic, run_dir / "classes.json", class_names)
     ckpt = run_dir / "checkpoints"
     history: list[dict] = []
     start_epoch, best_acc, best_epoch = 0, -1.0, -1
@@ -240,7 +243,7 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
         train_sampler.use_epoch(epoch)
         train_mode(model)  # frozen BatchNorm stays in eval mode
         t0 = time.perf_counter()
-        # sums stay on the device: reading them every step would stall a GPU
+        # sums stay on the device (no .item() per step); the finiteness check below is the one sync
         loss_sum = torch.zeros((), dtype=torch.float64, device=fabric.device)
         correct, seen = torch.zeros((), dtype=torch.int64, device=fabric.device), 0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
@@ -292,6 +295,8 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
         epoch_train_seconds = time.perf_counter() - t0
         train_seconds += epoch_train_seconds
         train_images += seen
+        # Through the DDP wrapper on purpose: its first forward after training broadcasts the
+        # BatchNorm statistics of process 0, whose weights become the checkpoint.
         val = evaluate(model, val_loader, autocast=fabric.autocast, reduce=sum_over_processes)
         if not math.isfinite(val["loss"]):  # diverged weights must never become a checkpoint
             raise UserError(f"the validation loss became {val['loss']} after epoch {epoch + 1}: the weights "
@@ -317,18 +322,11 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
         improved = val["acc"] > best_acc  # the same on every process: val sums are shared
         if improved:
             best_acc, best_epoch = val["acc"], epoch
-        if fabric.is_global_zero:
-            if improved:
-                runs.save_weights(raw_model.state_dict(), ckpt / "best.safetensors")
-            # last_state.pt commits the epoch: weights, optimizer and history in one atomic file
-            runs.save_state({"epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch, "history": history,
-                             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "train_seconds": train_seconds,
-                             "train_images": train_images}, ckpt / "last_state.pt")
-            runs.save_weights(raw_model.state_dict(), ckpt / "last.safetensors")
-            fields = [*runs.HISTORY_FIELDS, *(f"probe_{k}" for k in ("clean", "fgsm", "pgd") if adv_loss)]
-            runs.write_csv_atomic(run_dir / "history.csv", history, fields)
-        fabric.barrier()
+        state = {"epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch, "history": history,
+                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "train_seconds": train_seconds, "train_images": train_images}
+        fields = [*runs.HISTORY_FIELDS, *(f"probe_{k}" for k in ("clean", "fgsm", "pgd") if adv_loss)]
+        _first_process_writes(fabric, _commit_epoch, run_dir, state, improved, fields)
 
     # --- test once, on the best checkpoint ---
     raw_model.load_state_dict(runs.load_weights(ckpt / "best.safetensors"))
@@ -348,11 +346,38 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
     }
     if metrics["seconds"] is None:  # resumed: wall time of this process plus the earlier ones' training
         metrics["seconds"] = round(time.perf_counter() - t_start + train_seconds, 2)
+    _first_process_writes(fabric, _plot_curves, history, run_dir / "curves.png")
+    _first_process_writes(fabric, runs.write_json_atomic, run_dir / "metrics.json", metrics)
+    return run_dir  # metrics.json exists for every process by now
+
+
+def _commit_epoch(run_dir: Path, state: dict, improved: bool, history_fields: list[str]) -> None:
+    ckpt = run_dir / "checkpoints"
+    if improved:
+        runs.save_weights(state["model"], ckpt / "best.safetensors")
+    # last_state.pt commits the epoch: weights, optimizer and history in one atomic file
+    runs.save_state(state, ckpt / "last_state.pt")
+    runs.save_weights(state["model"], ckpt / "last.safetensors")
+    runs.write_csv_atomic(run_dir / "history.csv", state["history"], history_fields)
+
+
+def _first_process_writes(fabric: Fabric, write, *args) -> None:
+    """``write(*args)`` (a file of the run directory) on the first process only, then every process
+    learns whether it worked: if it failed, all stop together instead of the others waiting at the
+    next collective until the process group times out."""
+    error = None
     if fabric.is_global_zero:
-        runs.write_json_atomic(run_dir / "metrics.json", metrics)
-        _plot_curves(history, run_dir / "curves.png")
-    fabric.barrier()  # metrics.json exists for every process once train() returns
-    return run_dir
+        try:
+            write(*args)
+        except BaseException as e:  # re-raised below, after the others have been told
+            error = e
+    if fabric.world_size > 1:
+        failed = fabric.all_reduce(torch.tensor(float(error is not None), device=fabric.device), reduce_op="max")
+        if failed and error is None:
+            raise UserError("process 0 could not write the run directory (its message above says why); "
+                            "every process stopped")
+    if error is not None:
+        raise error
 
 
 def is_main_process() -> bool:
