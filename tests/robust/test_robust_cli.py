@@ -1,6 +1,7 @@
 """`fgvc attack` on a trained run, in-process."""
 
 import json
+import os
 
 from fgvc.cli import main
 
@@ -37,4 +38,10 @@ def test_a_second_sweep_extends_the_curve_instead_of_replacing_it(tiny_run, caps
     assert list(val_curve) == ["0.2"]
     (test_curve,) = json.loads((tiny_run / "attack" / "fgsm_n12.json").read_text())["accuracy"].values()
     assert test_curve == curve
+    # a retrained checkpoint is another model: its sweep replaces the old curve instead of joining it
+    best = tiny_run / "checkpoints" / "best.safetensors"
+    os.utime(best, ns=(best.stat().st_atime_ns, best.stat().st_mtime_ns + 10**9))
+    assert main(["attack", run_dir, "--eps", "0.2", "--limit", "12"]) == 0
+    (curve,) = json.loads((tiny_run / "attack" / "fgsm_n12.json").read_text())["accuracy"].values()
+    assert list(curve) == ["0.2"]
     capsys.readouterr()

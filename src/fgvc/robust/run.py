@@ -20,9 +20,8 @@ import torch
 from fgvc import runs
 from fgvc.data import build_dataset, resolve_num_workers
 from fgvc.data.transforms import eval_transform
-from fgvc.errors import UserError
 from fgvc.robust.plots import plot_accuracy_vs_eps, save_gallery
-from fgvc.robust.sweep import evaluate_attack, format_eps, markdown_table, parse_eps
+from fgvc.robust.sweep import evaluate_attack, format_eps, markdown_table
 
 
 def _sweep_run(run_dir: Path, attack: str, eps_list, split: str, limit: int | None, alpha, steps,
@@ -63,16 +62,20 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
             label = str(compare.resolve())
         curves[label] = other["accuracy"]
     name = attack + ("" if split == "test" else f"_{split}") + ("" if limit is None else f"_n{limit}")
+    # A later sweep extends an earlier one only if everything but eps is the same: the images,
+    # the step rule and the very checkpoints (a retrained run is another model).
+    key = {"attack": attack, "split": split, "total": result["total"], "alpha": alpha, "steps": steps,
+           "checkpoints": {label: _fingerprint(d) for label, d in zip(curves, [run_dir, compare] if compare else [run_dir])}}
     settings = dict(result["settings"])
-    earlier = _earlier_sweep(out / f"{name}.json", attack, split, result["total"])
+    earlier = _earlier_sweep(out / f"{name}.json", key)
     if earlier:
         old_settings, old_curves = earlier
         settings = {**old_settings, **settings}
-        curves = {run: {**old_curves.get(run, {}), **curve} for run, curve in curves.items()} | {
-            run: curve for run, curve in old_curves.items() if run not in curves}
+        curves = {run: {**old_curves.get(run, {}), **curve} for run, curve in curves.items()}
     curves = {run: dict(sorted(curve.items())) for run, curve in curves.items()}
-    record = {"attack": attack, "split": split, "total": result["total"],
-              "settings": {format_eps(e): s for e, s in sorted(settings.items())},
+    eps_values = sorted(settings)
+    record = {**key, "eps": {format_eps(e): e for e in eps_values},
+              "settings": {format_eps(e): settings[e] for e in eps_values},
               "accuracy": {run: {format_eps(e): a for e, a in curve.items()} for run, curve in curves.items()}}
     runs.write_json_atomic(out / f"{name}.json", record)
     table = markdown_table(curves)
@@ -84,16 +87,23 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
     return {"table": table, "files": [str(f) for f in files], "accuracy": result["accuracy"]}
 
 
-def _earlier_sweep(path: Path, attack: str, split: str, total: int) -> tuple[dict, dict] | None:
-    """(settings, curves) with float eps keys of an earlier sweep on the same images, else None."""
+def _fingerprint(run_dir: Path) -> str:
+    """Size and modification time of the attacked checkpoint: changes when the run is retrained."""
+    stat = (Path(run_dir) / "checkpoints" / "best.safetensors").stat()
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def _earlier_sweep(path: Path, key: dict) -> tuple[dict, dict] | None:
+    """(settings, curves), keyed by exact eps, of an earlier sweep with the same key, else None."""
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        if (record.get("attack"), record.get("split"), record.get("total")) != (attack, split, total):
+        if {k: record.get(k) for k in key} != key:
             return None
-        settings = {parse_eps(e)[0]: s for e, s in record["settings"].items()}
-        curves = {run: {parse_eps(e)[0]: float(a) for e, a in curve.items()} for run, curve in record["accuracy"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError, UserError):
-        return None  # unreadable or foreign: this sweep's file replaces it
+        eps = {label: float(value) for label, value in record["eps"].items()}
+        settings = {eps[label]: s for label, s in record["settings"].items()}
+        curves = {run: {eps[label]: float(a) for label, a in curve.items()} for run, curve in record["accuracy"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # unreadable, foreign or from an older fgvc: this sweep's file replaces it
     return settings, curves
