@@ -1,6 +1,8 @@
 """fgvc export: each format reloads in its own runtime and gives the PyTorch model's logits."""
 
+import hashlib
 import json
+import os
 import shutil
 
 import pytest
@@ -58,6 +60,10 @@ def test_exported_model_matches_pytorch_at_batch_1_and_3(tiny_run, tmp_path, fmt
     assert info["input"]["range"] == [0.0, 1.0] and info["input"]["shape"] == ["batch", 3, 32, 32]
     assert "inside the model" in info["normalization"]
     assert 0 <= info["verification"]["max_abs_diff"] <= 1e-3 and info["verification"]["batches"] == [1, 3]
+    # the sidecar pins the file it describes: a model renamed in without its sidecar is detectable
+    data = out.read_bytes()
+    assert info["sha256"] == hashlib.sha256(data).hexdigest() and info["size_bytes"] == len(data)
+    assert info["extra_files"] == {}
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +166,70 @@ def test_onnx_without_its_packages_says_how_to_install(tiny_run, tmp_path, monke
 def test_out_with_another_formats_suffix_is_refused(tiny_run, tmp_path):
     with pytest.raises(UserError, match="m.pt2"):
         export.export_model(tiny_run, "pt2", out=tmp_path / "m.onnx")
+
+
+@pytest.fixture
+def fake_pt2(monkeypatch):
+    """pt2 'export' in milliseconds: writes a stub file and reloads as the PyTorch model itself (wrapped by ``wrap``)."""
+    state = {"wrap": lambda model: model}
+
+    def write(model, example, path, dynamic):
+        state["model"] = model
+        path.write_bytes(b"stub pt2")
+
+    monkeypatch.setitem(export.EXPORTERS, "pt2", write)
+    monkeypatch.setitem(export.LOADERS, "pt2", lambda path: state["wrap"](state["model"]))
+    return state
+
+
+def test_a_reloaded_file_that_fails_at_one_batch_exits_2_with_one_line(tiny_run, tmp_path, fake_pt2, capsys):
+    out, sidecar = tmp_path / "model.pt2", tmp_path / "model.pt2.json"
+    out.write_bytes(b"previous model")
+    sidecar.write_text("previous sidecar")
+
+    def baked_batch(model):
+        def run(x):
+            if x.shape[0] != 1:
+                raise RuntimeError("shape '[1, 512]' is invalid for input of size 1536\n  (a long trace)")
+            return model(x)
+        return run
+
+    fake_pt2["wrap"] = baked_batch
+    assert main(["export", str(tiny_run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "pt2 export" in err and "batch of 3" in err and "is invalid for input of size 1536" in err
+    assert "--batch N" in err and "--format" in err and "nothing was written" in err
+    assert out.read_bytes() == b"previous model" and sidecar.read_text() == "previous sidecar"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt2", "model.pt2.json"]  # no temp folder left
+
+    # a fixed batch that fails too: another format is the fix
+    with pytest.raises(UserError, match=r"fails on a batch of 2 .*try --format onnx or torchscript;"):
+        export.export_model(tiny_run, "pt2", out=out, batch=2)
+    assert out.read_bytes() == b"previous model"
+
+
+def test_out_folder_gets_model_ext_inside(tiny_run, tmp_path, fake_pt2):
+    new = str(tmp_path / "deploy") + os.sep  # a trailing separator: a folder, created
+    assert main(["export", str(tiny_run), "--format", "pt2", "--out", new]) == 0
+    assert sorted(p.name for p in (tmp_path / "deploy").iterdir()) == ["model.pt2", "model.pt2.json"]
+    assert json.loads((tmp_path / "deploy" / "model.pt2.json").read_text())["file"] == "model.pt2"
+
+    (tmp_path / "existing").mkdir()  # an existing folder, with or without the separator
+    assert export.export_model(tiny_run, "pt2", out=tmp_path / "existing") == tmp_path / "existing" / "model.pt2"
+    assert (tmp_path / "existing" / "model.pt2.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["deploy", "birds.bin"])
+def test_out_that_is_neither_a_folder_nor_a_model_file_is_refused(tiny_run, tmp_path, fake_pt2, capsys, name):
+    assert main(["export", str(tiny_run), "--format", "pt2", "--out", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{name}{os.sep}" in err and f"{name}.pt2" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_with_a_separator_naming_a_file_is_refused(tiny_run, tmp_path, fake_pt2):
+    (tmp_path / "deploy").write_text("a file")
+    with pytest.raises(UserError, match="is a file"):
+        export.export_model(tiny_run, "pt2", out=str(tmp_path / "deploy") + os.sep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy"]

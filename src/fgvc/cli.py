@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("run_dir")
     exp.add_argument("--format", dest="fmt", choices=["onnx", "torchscript", "pt2"],
                      help="default: from --out's suffix (.onnx, .pt, .pt2), else onnx")
-    exp.add_argument("--out", help="output file (default: RUN_DIR/export/model.<ext>); <file>.json goes beside it")
+    exp.add_argument("--out", help="output file ending in .onnx/.pt/.pt2, or a folder (existing, or ending in /) "
+                     "that gets model.<ext> (default: RUN_DIR/export/model.<ext>); <file>.json goes beside it")
     exp.add_argument("--batch", default="dynamic", help="'dynamic' (any batch size, default) or a fixed size N")
     exp.add_argument("--tolerance", type=float, default=1e-3,
                      help="largest abs logit difference to the PyTorch model accepted (default: 1e-3)")

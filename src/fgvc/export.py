@@ -5,7 +5,9 @@ NCHW at the run's ``data.image_size``, mean/std normalisation inside, logits out
 writing, the artefact is loaded back with its own runtime (onnxruntime, ``torch.jit.load``,
 ``torch.export.load``) and run on fixed random batches; its logits must match the PyTorch
 model's within ``tolerance``. A sidecar ``<file>.json`` says everything a deployment needs
-without fgvc: classes, input size and range, preprocessing, the difference measured.
+without fgvc: classes, input size and range, preprocessing, the difference measured, and the
+file's sha256 and size (the two files are renamed one after the other, so a crash in between
+would leave a new model beside an old sidecar: the hash tells).
 
 Everything is written into a temp folder beside the output and renamed into place only after
 the check passes, so a failed export leaves an existing file (and its sidecar) as it was.
@@ -13,6 +15,7 @@ the check passes, so a failed export leaves an existing file (and its sidecar) a
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -71,7 +74,9 @@ def export_model(run_dir: str | Path, fmt: str | None = None, out: str | Path | 
                  checkpoint: str = "best") -> Path:
     """Write the run's model as ``fmt`` (default: from ``out``'s suffix, else onnx), verified; return its path.
 
-    ``out`` defaults to ``RUN_DIR/export/model.<ext>``; ``batch`` is 'dynamic' or a fixed size;
+    ``out`` defaults to ``RUN_DIR/export/model.<ext>``; a folder (an existing one, or a path ending in
+    a separator) gets ``model.<ext>`` inside; a file must end in a format's suffix (.onnx/.pt/.pt2).
+    ``batch`` is 'dynamic' or a fixed size;
     ``tolerance`` bounds the max abs logit difference to the PyTorch model on [0, 1] inputs.
     """
     fmt = fmt or default_format(out)
@@ -83,13 +88,15 @@ def export_model(run_dir: str | Path, fmt: str | None = None, out: str | Path | 
     if fmt == "onnx":
         _require_onnx()
     run_dir = runs.check_run_dir(run_dir)
+    out = _resolve_out(run_dir, fmt, out)
     model, class_names = runs.load(run_dir, checkpoint=checkpoint)
     cfg = runs.load_config(run_dir)
     size = cfg.data.image_size
-    out = _resolve_out(run_dir, fmt, out)
 
     example = torch.rand(fixed_batch or EXAMPLE_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
     check_batches = (fixed_batch,) if fixed_batch else (1, 3)
+    unchanged = f"nothing was written (the previous {out.name}, if any, is unchanged)"
+    fix = f"try --format {' or '.join(f for f in FORMATS if f != fmt)}{'' if fixed_batch else ' or a fixed --batch N'}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -105,21 +112,22 @@ def export_model(run_dir: str | Path, fmt: str | None = None, out: str | Path | 
             raise
         except OSError as e:
             raise UserError(f"cannot write {out} ({e.strerror or e.__class__.__name__}); free disk space or "
-                            f"fix the folder's permissions (the previous {out.name}, if any, is unchanged)") from None
+                            f"fix the folder's permissions; {unchanged}") from None
         except Exception as e:
-            other = [f for f in FORMATS if f != fmt]
-            raise UserError(f"exporting {cfg.model.name} to {fmt} failed ({_one_line(e)}); try --format "
-                            f"{' or '.join(other)}{'' if fixed_batch else ' or a fixed --batch N'} "
-                            f"(the previous {out.name}, if any, is unchanged)") from e
-        diff = verify(model, run, size, len(class_names), check_batches, tolerance, f"{fmt} export of {run_dir}")
+            raise UserError(f"exporting {cfg.model.name} to {fmt} failed ({_one_line(e)}); {fix}; {unchanged}") from e
+        diff = verify(model, run, size, len(class_names), check_batches, tolerance, f"{fmt} export of {run_dir}",
+                      fix=f"{fix}; {unchanged}")
+        extra = sorted(p.name for p in tmp.iterdir() if p.name != out.name)  # ONNX external weights, if any
         info = _sidecar(fmt, out.name, cfg.model.name, class_names, model, size, fixed_batch, check_batches,
-                        diff, tolerance, run_dir, checkpoint)
-        (tmp / sidecar_path(out).name).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        # extra files (ONNX external weights) first, then the artefact, then the sidecar that describes it
-        names = sorted(p.name for p in tmp.iterdir())
-        order = [n for n in names if n not in (out.name, sidecar_path(out).name)] + [out.name, sidecar_path(out).name]
-        for name in order:
-            os.replace(tmp / name, out.parent / name)
+                        diff, tolerance, run_dir, checkpoint, files={n: _file_info(tmp / n) for n in [out.name, *extra]})
+        try:
+            (tmp / sidecar_path(out).name).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+            # extra files first, then the artefact, then the sidecar that describes it (with their sha256)
+            for name in [*extra, out.name, sidecar_path(out).name]:
+                os.replace(tmp / name, out.parent / name)
+        except OSError as e:
+            raise UserError(f"cannot write {out} ({e.strerror or e.__class__.__name__}); free disk space or "
+                            f"fix the folder's permissions") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -127,20 +135,28 @@ def export_model(run_dir: str | Path, fmt: str | None = None, out: str | Path | 
 
 @torch.no_grad()
 def verify(model: nn.Module, run: Callable, size: int, num_classes: int, batches, tolerance: float,
-           what: str = "export") -> float:
-    """Max abs logit difference between ``run`` and ``model`` over fixed random [0, 1] batches; UserError above ``tolerance``."""
+           what: str = "export", fix: str = "export with a fixed --batch N or another --format") -> float:
+    """Max abs logit difference between ``run`` and ``model`` over fixed random [0, 1] batches.
+
+    UserError (one line, ending in ``fix``) when ``run`` raises, gives the wrong shape, or differs by more
+    than ``tolerance``.
+    """
     worst = 0.0
     for b in batches:
         x = torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(1000 + b))
         expected = model(x)
-        got = run(x)
-        if tuple(got.shape) != (b, num_classes):
-            raise UserError(f"the {what} gives logits of shape {tuple(got.shape)} for a batch of {b}, "
-                            f"expected {(b, num_classes)}; export with a fixed --batch {b} or another --format")
+        try:
+            got = run(x)
+            shape = tuple(got.shape)
+        except Exception as e:  # e.g. a trace that baked in the batch size, an onnxruntime shape error
+            raise UserError(f"the {what} fails on a batch of {b} ({_one_line(e)}); {fix}") from e
+        if shape != (b, num_classes):
+            raise UserError(f"the {what} gives logits of shape {shape} for a batch of {b}, "
+                            f"expected {(b, num_classes)}; {fix}")
         worst = max(worst, (got.float() - expected).abs().max().item())
     if not worst <= tolerance:  # also catches NaN
         raise UserError(f"the {what} differs from the PyTorch model by up to {worst:.3g} in the logits "
-                        f"(tolerance {tolerance:g}); nothing was written, try another --format")
+                        f"(tolerance {tolerance:g}); {fix}")
     return worst
 
 
@@ -209,16 +225,32 @@ def _require_onnx() -> None:
 
 
 def _resolve_out(run_dir: Path, fmt: str, out: str | Path | None) -> Path:
+    """The file to write: a folder (existing, or written with a trailing separator) gets model.<ext>;
+    a file must end in ``fmt``'s suffix, so neither a typo nor a suffix-less name writes a surprise file."""
     suffix = FORMATS[fmt]
     if out is None:
         return run_dir / "export" / f"model{suffix}"
+    as_folder = str(out).endswith(tuple(s for s in (os.sep, os.altsep) if s))
     out = Path(out).expanduser()
-    if out.is_dir():
+    if as_folder or out.is_dir():
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out}{os.sep} names a folder but {out} is a file; pass another --out")
         return out / f"model{suffix}"
     if out.suffix in FORMATS.values() and out.suffix != suffix:
         raise UserError(f"--out {out} has the suffix of another format than {fmt} ({suffix}); "
                         f"name it {out.with_suffix(suffix).name} or drop --format")
+    if out.suffix != suffix:
+        raise UserError(f"--out {out} is neither a folder nor a {suffix} file; pass {out}{os.sep} to write "
+                        f"{Path(out.name) / ('model' + suffix)} in a folder, or {out.name}{suffix} for a file")
     return out
+
+
+def _file_info(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return {"sha256": digest.hexdigest(), "size_bytes": path.stat().st_size}
 
 
 def _one_line(e: BaseException) -> str:
@@ -234,13 +266,15 @@ def _version(package: str) -> str | None:
 
 
 def _sidecar(fmt, file_name, model_name, class_names, model, size, fixed_batch, check_batches, diff, tolerance,
-             run_dir, checkpoint) -> dict:
+             run_dir, checkpoint, files) -> dict:
     batch = fixed_batch if fixed_batch else "batch"
     normalize = getattr(model, "normalize", None)
     runtime = {"onnx": "onnxruntime", "torchscript": "torch.jit.load", "pt2": "torch.export.load"}[fmt]
     return {
         "format": fmt,
         "file": file_name,
+        **files[file_name],
+        "extra_files": {name: v for name, v in files.items() if name != file_name},
         "model": model_name,
         "classes": class_names,
         "num_classes": len(class_names),
