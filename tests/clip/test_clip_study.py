@@ -35,6 +35,8 @@ def test_zeroshot_and_training_rows_share_one_table(tmp_path, tiny_model_name, t
     ("{task: zeroshot}", "name the CLIP model"),
     ("{task: zeroshot, model: M, epochs: 3}", "no argument 'epochs'"),
     ("7", "list of key=value overrides or a CLIP mapping"),
+    ("{task: clip_finetune, model: M, epochs: ten}", "epochs must be a int"),
+    ("{task: zeroshot, model: M, overrides: [train.epochs=2]}", "only data.\\* overrides"),
 ])
 def test_a_bad_clip_row_is_refused_before_anything_runs(tmp_path, row, message):
     path = _study(tmp_path, f"  ok: []\n  bad: {row}\n")

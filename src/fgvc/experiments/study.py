@@ -75,7 +75,7 @@ def row_config(study: dict, row: str, extra: list[str]) -> config_mod.Config:
     if base:
         base_path = Path(base) if Path(base).is_file() else config_mod.shipped_config(base)
     spec = study["rows"][row]
-    row_overrides = spec.get("overrides") or [] if isinstance(spec, dict) else spec or []
+    row_overrides = (spec.get("overrides") or []) if isinstance(spec, dict) else (spec or [])
     overrides = [*(study.get("overrides") or []), *row_overrides, *extra]
     return config_mod.load(base_path, [str(o) for o in overrides])
 
@@ -89,7 +89,10 @@ def clip_row(spec: dict, row: str, cfg: config_mod.Config):
     spec = dict(spec)
     tasks = _clip_tasks()
     task = spec.pop("task", None)
-    spec.pop("overrides", None)  # data.* settings, already in cfg
+    not_data = [o for o in spec.pop("overrides", None) or [] if not str(o).startswith("data.")]
+    if not_data:
+        raise UserError(f"study row {row!r}: a CLIP row takes only data.* overrides, not {not_data[0]!r}; "
+                        "give the CLIP function's own arguments (epochs, lr, batch_size ...) as row keys")
     if task not in tasks:
         raise UserError(f"study row {row!r}: task must be one of {', '.join(tasks)} (or give a list of key=value "
                         f"overrides for a training run), not {task!r}")
@@ -101,6 +104,11 @@ def clip_row(spec: dict, row: str, cfg: config_mod.Config):
     unknown = [k for k in spec if k not in allowed]
     if unknown:
         raise UserError(f"study row {row!r}: {task} has no argument {unknown[0]!r}; use {', '.join(allowed)}")
+    defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()}
+    for k, v in spec.items():  # checked before any row runs, not halfway through the study
+        want = type(defaults[k])
+        if want in (int, float, str, bool) and not (isinstance(v, want) or (want is float and isinstance(v, int))):
+            raise UserError(f"study row {row!r}: {k} must be a {want.__name__}, not {v!r}")
     kwargs.update(spec, dataset_name=cfg.data.name, root=cfg.data.root, val_fraction=cfg.data.val_fraction,
                   seed=cfg.train.seed)
     kwargs.setdefault("num_workers", resolve_num_workers(cfg.data.num_workers, torch.cuda.is_available()))
