@@ -13,6 +13,10 @@ class UnreadableImage(UserError):
     """An image file that cannot be read or decoded (training can leave these out: data.skip_bad_images)."""
 
 
+class ImageTooLarge(UnreadableImage):
+    """An image over PIL's decompression-bomb pixel limit (``PIL.Image.MAX_IMAGE_PIXELS``); refused undecoded."""
+
+
 # A DataLoader worker re-raises an error as type(e)("Caught ... Original Traceback ...\npkg.Type: message")
 _WORKER_WRAPPED = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
 _LAST_LINE = re.compile(r"^[\w.]+: (.*)$")

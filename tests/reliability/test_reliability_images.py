@@ -17,7 +17,7 @@ from reliability_helpers import FAST, one_line_error
 from fgvc.cli import main
 from fgvc.data import cub
 from fgvc.data.base import read_rgb
-from fgvc.errors import UnreadableImage
+from fgvc.errors import ImageTooLarge, UnreadableImage
 
 
 def _close(rgb, expected, tol=12):
@@ -134,7 +134,7 @@ def test_image_over_the_pixel_warning_limit_is_refused_without_a_warning(tmp_pat
     Image.new("RGB", (40, 40)).save(tmp_path / "big.png")  # 1600 pixels
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        with pytest.raises(UnreadableImage, match=r"big\.png has more pixels than .* \(1000 pixels\)"):
+        with pytest.raises(ImageTooLarge, match=r"big\.png has more pixels than .* \(1000 pixels\)"):
             read_rgb(tmp_path / "big.png")
     assert not [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)]
 
@@ -147,7 +147,7 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
         raise AssertionError("decoded a decompression bomb")
 
     monkeypatch.setattr(Image.Image, "load", no_decode)
-    with pytest.raises(UnreadableImage, match="decompression-bomb"):
+    with pytest.raises(ImageTooLarge, match="decompression-bomb"):  # an UnreadableImage to every caller
         read_rgb(path)
 
 

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from fgvc.errors import UnreadableImage, UserError
+from fgvc.errors import ImageTooLarge, UnreadableImage, UserError
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -30,6 +30,8 @@ class Sample:
 
 def read_rgb(path: Path, min_side: int | None = None) -> Image.Image:
     """Decode an image file to RGB with EXIF orientation applied, or raise UnreadableImage naming it.
+
+    An image over PIL's decompression-bomb limit raises the subclass ImageTooLarge, undecoded.
 
     With ``min_side``, a JPEG is decoded at the smallest of its 1/2, 1/4, 1/8 DCT scales
     whose sides stay >= min_side (PIL's draft mode): a 500 px photo headed for 224 px
@@ -47,8 +49,8 @@ def read_rgb(path: Path, min_side: int | None = None) -> Image.Image:
     except FileNotFoundError:
         raise UnreadableImage(f"image {path} does not exist; check the dataset root") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise UnreadableImage(f"image {path} has more pixels than PIL's decompression-bomb limit "
-                              f"({Image.MAX_IMAGE_PIXELS} pixels); shrink it or remove it") from None
+        raise ImageTooLarge(f"image {path} has more pixels than PIL's decompression-bomb limit "
+                            f"({Image.MAX_IMAGE_PIXELS} pixels); shrink it or remove it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UnreadableImage(f"image {path} cannot be decoded ({e.__class__.__name__}); "
                               "remove or replace it") from None
