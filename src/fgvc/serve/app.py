@@ -54,6 +54,10 @@ class BadRequest(Exception):
         self.status = status
 
 
+# the one page of the demo: plain HTML + script, no external resources (works offline)
+PAGE = (Path(__file__).with_name("page.html")).read_text(encoding="utf-8")
+
+
 def too_large(size: int, limit: int) -> str:
     """The 413 sentence for an upload over the limit (the page's script words it the same way)."""
     return f"the upload has {size} bytes, more than the limit of {limit} bytes; send a smaller image"
@@ -342,76 +346,3 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860) -> Non
         print("stopped", flush=True)
     finally:
         server.server_close()
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>fgvc demo</title>
-<style>
- body{font:15px/1.45 system-ui,sans-serif;max-width:760px;margin:2em auto;padding:0 1em;color:#222}
- h1{font-size:1.3em;margin:0} #info{color:#666;margin:.2em 0 1.2em}
- #drop{border:2px dashed #aaa;border-radius:10px;padding:1.6em;text-align:center;cursor:pointer;background:#fafafa}
- #drop.over{border-color:#2a7;background:#efe}
- #out{display:none;margin-top:1.4em} .imgs{display:flex;gap:1em;flex-wrap:wrap}
- figure{margin:0} figcaption{font-size:.85em;color:#666;text-align:center}
- .imgs img{width:224px;height:224px;image-rendering:pixelated;border-radius:6px;background:#eee}
- .row{display:flex;align-items:center;gap:.6em;margin:.35em 0}
- .name{width:38%;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
- .bar{flex:1;background:#eee;border-radius:4px;height:14px}
- .bar div{background:#2a7;height:100%;border-radius:4px} .row:first-child .bar div{background:#186}
- .p{width:4em;text-align:right;font-variant-numeric:tabular-nums} #err{color:#b22}
-</style></head><body>
-<h1>fgvc demo</h1><div id="info">loading run...</div>
-<form id="form" action="/predict" method="post" enctype="multipart/form-data">
- <label id="drop">Drop an image here, or click to choose one
-  <input id="file" type="file" name="image" accept="image/*" hidden></label>
-</form>
-<p id="err"></p>
-<div id="out"><h2 id="title"></h2><div id="top"></div><div class="imgs">
- <figure><img id="input" alt="input"><figcaption>what the model sees</figcaption></figure>
- <figure><img id="cam" alt="heatmap"><figcaption id="camcap">Grad-CAM of the top class</figcaption></figure>
-</div></div>
-<script>
-const $ = id => document.getElementById(id);
-let maxBytes = null;  // the server's upload limit: a bigger file is refused here, before it is sent
-fetch("/info").then(r => r.json()).then(i => {
-  maxBytes = i.max_bytes;
-  $("info").textContent = `${i.run} - ${i.model} - ${i.classes.length} classes, ${i.image_size} px` +
-    (i.test_acc == null ? "" : ` - test accuracy ${(100 * i.test_acc).toFixed(1)}%`);
-});
-async function send(file) {
-  if (!file) return;
-  if (maxBytes != null && file.size > maxBytes) {
-    $("err").textContent = `the upload has ${file.size} bytes, more than the limit of ${maxBytes} bytes; send a smaller image`;
-    return;
-  }
-  $("err").textContent = ""; $("info").style.opacity = .5;
-  const form = new FormData(); form.append("image", file);
-  try {
-    const r = await fetch("/predict", {method: "POST", body: form});
-    const d = await r.json();
-    if (!r.ok) throw new Error(d.error || r.statusText);
-    $("title").textContent = d.top[0].class;
-    $("top").replaceChildren(...d.top.map(t => {
-      const row = document.createElement("div"); row.className = "row";
-      row.innerHTML = '<span class="name"></span><span class="bar"><div></div></span><span class="p"></span>';
-      row.children[0].textContent = row.children[0].title = t.class;
-      row.children[1].firstChild.style.width = (100 * t.prob).toFixed(1) + "%";
-      row.children[2].textContent = (100 * t.prob).toFixed(1) + "%";
-      return row;
-    }));
-    $("input").src = "data:image/png;base64," + d.input_png_base64;
-    if (d.cam_png_base64) $("cam").src = "data:image/png;base64," + d.cam_png_base64;
-    else $("cam").removeAttribute("src");
-    $("camcap").textContent = d.cam_note || "Grad-CAM of the top class";
-    $("out").style.display = "block";
-  } catch (e) { $("err").textContent = e.message; } finally { $("info").style.opacity = 1; }
-}
-$("file").onchange = e => send(e.target.files[0]);
-const drop = $("drop");
-drop.ondragover = e => { e.preventDefault(); drop.classList.add("over"); };
-drop.ondragleave = () => drop.classList.remove("over");
-drop.ondrop = e => { e.preventDefault(); drop.classList.remove("over"); send(e.dataTransfer.files[0]); };
-$("form").onsubmit = e => { e.preventDefault(); send($("file").files[0]); };
-</script></body></html>
-"""
