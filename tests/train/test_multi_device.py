@@ -42,3 +42,27 @@ def test_two_processes_train_one_run_with_exact_shared_metrics(tiny_synthbirds_r
         single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert single["n"] == metrics[f"{split}_images"]
         assert single["acc"] == pytest.approx(metrics[key], abs=1e-9), split
+
+
+def test_a_nan_loss_on_one_process_stops_both_with_one_sentence(tiny_synthbirds_root, tmp_path):
+    # only the second process sees a NaN loss; without the shared check the first would wait
+    # for it at the next gradient all-reduce until the process group timed out
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(
+        "import os, sys\n"
+        "import fgvc.train.loop as loop\n"
+        "from fgvc.cli import main\n"
+        "real = loop.soft_cross_entropy\n"
+        "def loss(*args):\n"
+        "    out = real(*args)\n"
+        "    return out * float('nan') if os.environ.get('LOCAL_RANK') == '1' else out\n"
+        "loop.soft_cross_entropy = loss\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    cmd = [sys.executable, str(script), "train", "--quiet", "model.name=resnet18", "data.image_size=32",
+           "train.batch_size=8", "train.epochs=2", "data.num_workers=0", "train.accelerator=cpu", "train.devices=2",
+           "data.name=synthbirds", f"data.root={tiny_synthbirds_root}", f"out={tmp_path / 'runs'}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "loss became nan at epoch 1 step 1" in done.stderr
+    assert "loss became nan or inf on another process at epoch 1 step 1" in done.stderr

@@ -276,7 +276,9 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
             if world > 1:  # all processes stop together, or the others would wait forever
                 finite = fabric.all_reduce(finite, reduce_op="min")
             if not finite:
-                raise UserError(f"the training loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
+                own = loss.item()
+                what = own if not math.isfinite(own) else "nan or inf on another process"
+                raise UserError(f"the training loss became {what} at epoch {epoch + 1} step {step + 1}; "
                                 f"lower train.lr (now {cfg.train.lr}); {_kept(history, ckpt)}")
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)
