@@ -405,6 +405,7 @@ def cmd_demo(args) -> int:
     report = write_report(out / "runs")
     print(f"run directory: {run_dir}  (explain/, attack/ inside)")
     print(f"report: {report} and {report.with_suffix('.html')}")
+    print(f"next: `fgvc serve {run_dir}` (web demo), `fgvc export {run_dir}` (ONNX), `fgvc predict {run_dir} IMAGE`")
     return 0
 
 
