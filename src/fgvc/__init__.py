@@ -13,7 +13,7 @@ from fgvc.runs import load
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("clip", "data", "explain", "gan", "models", "robust", "train")
+_SUBPACKAGES = ("clip", "data", "experiments", "explain", "export", "gan", "models", "report", "robust", "serve", "train")
 
 
 def __getattr__(name):
