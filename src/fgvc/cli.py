@@ -230,21 +230,34 @@ def cmd_eval(args) -> int:
     from fgvc import runs
     from fgvc.data import build_dataset, resolve_num_workers
     from fgvc.data.transforms import eval_transform
+    from fgvc.metrics import class_report, confusion_matrix, plot_confusion
     from fgvc.train import evaluate
 
-    model, _ = runs.load(args.run_dir)
+    model, class_names = runs.load(args.run_dir)
     cfg = runs.load_config(args.run_dir)
     ds = build_dataset(cfg.data.name, cfg.data.root, args.split, eval_transform(cfg.data.image_size),
                        cfg.data.val_fraction, cfg.train.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=resolve_num_workers(cfg.data.num_workers, torch.cuda.is_available()))
-    result = evaluate(model.to(device), loader, device=device, progress=True, desc=args.split)
-    runs.write_json_atomic(Path(args.run_dir) / f"eval_{args.split}.json", result)
+    result = evaluate(model.to(device), loader, device=device, progress=True, desc=args.split, predictions=True)
+    conf = confusion_matrix(result.pop("labels"), result.pop("predicted"), len(class_names))
+    report = class_report(conf, class_names)
+    del report["confusions"]  # the top 20 are enough in the JSON; the plot shows them all
+    result.update(report)
+    run_dir = Path(args.run_dir)
+    runs.write_json_atomic(run_dir / f"eval_{args.split}.json", result)
+    plot = plot_confusion(conf, class_names, run_dir / f"confusion_{args.split}.png",
+                          title=f"{run_dir.resolve().name}: {args.split} split")
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"{args.split}: acc {result['acc']:.4f}  top-5 {result['top5']:.4f}  "
-              f"loss {result['loss']:.4f}  ({result['n']} images)")
+        return 0
+    print(f"{args.split}: acc {result['acc']:.4f}  top-5 {result['top5']:.4f}  mean per-class acc "
+          f"{result['mean_class_acc']:.4f}  loss {result['loss']:.4f}  ({result['n']} images)")
+    if report["top_confusions"]:
+        print("most confused (true -> predicted: images, share of the true class):")
+        for c in report["top_confusions"][:5]:
+            print(f"  {c['true']} -> {c['predicted']}: {c['count']}, {c['rate']:.2f}")
+    print(f"wrote {run_dir / f'eval_{args.split}.json'} and {plot}")
     return 0
 
 

@@ -21,6 +21,7 @@ from fgvc.clip.prompts import (
     resolve_templates,
 )
 from fgvc.errors import UserError
+from fgvc.metrics import class_report, confusion_matrix
 
 
 @torch.no_grad()
@@ -95,32 +96,14 @@ def evaluate(image_emb: torch.Tensor, labels: torch.Tensor, weights: torch.Tenso
         raise ValueError(f"label {int(labels.max())} out of range for {num_classes} classes")
     topk = (emb @ w.T).topk(min(5, num_classes), dim=1).indices
     pred = topk[:, 0]
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    conf.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
-    support = conf.sum(1)
-    correct = conf.diag()
-    per_class = {
-        name: (float(correct[c] / support[c]) if support[c] else None) for c, name in enumerate(class_names)
-    }
-    seen = support > 0
-    off = conf.clone().fill_diagonal_(0)
-    pairs = [(int(off[t, p]), t, p) for t, p in off.nonzero().tolist()]
-    pairs.sort(key=lambda e: (-e[0], e[1], e[2]))
-    confusions = [
-        {"true": class_names[t], "predicted": class_names[p], "count": n, "rate": n / int(support[t])}
-        for n, t, p in pairs
-    ]
+    report = class_report(confusion_matrix(labels, pred, num_classes), class_names, top_pairs)
     n = max(len(labels), 1)
     return {
         "top1": float((pred == labels).sum()) / n,
         "top5": float((topk == labels[:, None]).any(1).sum()) / n,
-        "mean_class_acc": float((correct[seen].float() / support[seen]).mean()) if seen.any() else 0.0,
         "n_images": len(labels),
         "n_classes": num_classes,
-        "per_class_acc": per_class,
-        "per_class_n": {name: int(support[c]) for c, name in enumerate(class_names)},
-        "top_confusions": confusions[:top_pairs],
-        "confusions": confusions,
+        **report,
     }
 
 
