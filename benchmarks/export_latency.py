@@ -56,8 +56,7 @@ def main():
                 path = Path(tmp) / f"model.{fmt}"
                 EXPORTERS[fmt](model, example, path, True)
                 runners[fmt] = LOADERS[fmt](path)
-                with torch.no_grad():
-                    diffs[fmt] = verify(model, runners[fmt], args.size, 200, batches, 1e-3)
+                diffs[fmt] = verify(model, runners[fmt], args.size, 200, batches, 1e-3)
             for batch in batches:
                 x = torch.rand(batch, 3, args.size, args.size)
                 ms = {fmt: median_ms(run, x, args.runs) for fmt, run in runners.items()}

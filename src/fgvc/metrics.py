@@ -5,7 +5,6 @@ Shared by `fgvc eval` (trained runs) and CLIP zero-shot. Accuracies are fraction
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import torch
@@ -46,7 +45,6 @@ def class_report(conf: torch.Tensor, class_names: list[str], top_pairs: int = 20
 def plot_confusion(conf: torch.Tensor, class_names: list[str], path: Path, title: str = "") -> Path:
     """Row-normalised confusion matrix (share of each true class's images per predicted class);
     with many classes the tick labels are dropped and the diagonal tells the story."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     rates = conf.float() / conf.sum(1, keepdim=True).clamp(min=1)
@@ -61,8 +59,4 @@ def plot_confusion(conf: torch.Tensor, class_names: list[str], path: Path, title
         labels = [name[:28] for name in class_names]
         ax.set_xticks(range(n), labels, rotation=90, fontsize=6)
         ax.set_yticks(range(n), labels, fontsize=6)
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    runs.write_bytes_atomic(path, buf.getvalue())
-    return path
+    return runs.save_figure(fig, path, dpi=110)

@@ -80,6 +80,15 @@ def remove_partial_writes(folder: Path) -> list[Path]:
     return stale
 
 
+def save_figure(fig, path: Path, dpi: int = 100, tight: bool = True) -> Path:
+    """A matplotlib figure as a PNG, written atomically (a bare ``Figure`` renders with Agg: no
+    pyplot state, no display)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
+    write_bytes_atomic(Path(path), buf.getvalue())
+    return Path(path)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 

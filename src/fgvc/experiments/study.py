@@ -99,12 +99,12 @@ def clip_row(spec: dict, row: str, cfg: config_mod.Config):
     if "model" not in spec:
         raise UserError(f"study row {row!r}: name the CLIP model, e.g. model: ViT-B-16")
     fn = tasks[task]
-    allowed = [p for p in inspect.signature(fn).parameters if p not in _CLIP_FIXED]
+    defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()}
+    allowed = [p for p in defaults if p not in _CLIP_FIXED]
     kwargs = {"model_name": spec.pop("model"), "pretrained": spec.pop("pretrained", "openai")}
     unknown = [k for k in spec if k not in allowed]
     if unknown:
         raise UserError(f"study row {row!r}: {task} has no argument {unknown[0]!r}; use {', '.join(allowed)}")
-    defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()}
     for k, v in spec.items():  # checked before any row runs, not halfway through the study
         want = type(defaults[k])
         if want in (int, float, str, bool) and not (isinstance(v, want) or (want is float and isinstance(v, int))):
@@ -183,9 +183,6 @@ def write_table(folder: Path, rows: list[str], columns: list[str], title: str) -
 def _plot_table(rows: list[dict], columns: list[str], title: str, path: Path) -> None:
     """Grouped horizontal bars, one group per row: the gap between train and test accuracy
     (overfitting) and the differences between rows are easier to see than in the table."""
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7.5, 0.45 * len(rows) * max(1, len(columns) / 2) + 1.4))
@@ -200,7 +197,4 @@ def _plot_table(rows: list[dict], columns: list[str], title: str, path: Path) ->
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    runs.write_bytes_atomic(path, buf.getvalue())
+    runs.save_figure(fig, path)

@@ -7,7 +7,6 @@ needed) and written atomically.
 
 from __future__ import annotations
 
-import io
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fgvc.runs import write_bytes_atomic
+from fgvc.runs import save_figure
 
 TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
 
@@ -66,14 +64,6 @@ def _draw_row(axes, image, maps: Mapping[str, object], true_name, pred_name, alp
         ax.set_axis_off()
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    write_bytes_atomic(Path(path), buf.getvalue())
-    return Path(path)
-
-
 def save_panel(image, maps: Mapping[str, object], true_name: str | None, pred_name: str | None,
                path: str | Path, alpha: float = 0.5) -> Path:
     """One PNG: the image (titled with true and predicted class) then each method's overlay, side by side."""
@@ -81,7 +71,7 @@ def save_panel(image, maps: Mapping[str, object], true_name: str | None, pred_na
     fig = Figure(figsize=(2.4 * cols, 3.0), layout="constrained")  # room for wrapped titles
     axes = fig.subplots(1, cols, squeeze=False)[0]
     _draw_row(axes, image, maps, true_name, pred_name, alpha)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_grid(images: Sequence, maps: Mapping[str, Sequence], true_names: Sequence[str | None],
@@ -95,4 +85,4 @@ def save_grid(images: Sequence, maps: Mapping[str, Sequence], true_names: Sequen
     for i in range(n):
         row_maps = {method: m[i] for method, m in maps.items()}
         _draw_row(axes[i], images[i], row_maps, true_names[i], pred_names[i], alpha)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,4 +1,4 @@
-"""GAN run-directory files: atomic writes and checkpoints that load without pickle.
+"""GAN run-directory files: checkpoints that load without pickle (atomic writes come from fgvc.runs).
 
 A checkpoint is a folder ``checkpoints/iter_XXXXXX/`` holding ``G.safetensors``,
 ``G_ema.safetensors``, ``D.safetensors`` and ``state.pt`` (optimizer and RNG state, plain
@@ -9,45 +9,21 @@ never leaves a half-written checkpoint behind the pointer.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fgvc.errors import UserError
+from fgvc.runs import write_text_atomic
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 KEEP_CHECKPOINTS = 2  # default: the newest two survive, so a damaged newest one still leaves a fallback
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file in the same folder, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def make_temp_dir(parent: Path, prefix: str) -> Path:
@@ -84,7 +60,7 @@ def save_checkpoint(run_dir: Path, iteration: int, modules: dict[str, nn.Module]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    atomic_write_text(ckpt_root / "latest", final.name + "\n")
+    write_text_atomic(ckpt_root / "latest", final.name + "\n")
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

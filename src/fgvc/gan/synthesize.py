@@ -18,13 +18,13 @@ from torchvision.utils import make_grid
 
 from fgvc.errors import UserError
 from fgvc.gan.checkpoint import (
-    atomic_write_bytes,
     latest_checkpoint,
     list_checkpoints,
     load_weights,
     make_temp_dir,
 )
 from fgvc.gan.networks import Generator
+from fgvc.runs import write_bytes_atomic
 
 META_FILE = "meta.json"  # class names and architecture of a GAN run
 
@@ -107,7 +107,7 @@ def save_sample_grid(generator: Generator, class_ids: Sequence[int], z: Tensor, 
     images = generator(z.repeat(len(class_ids), 1).to(device), labels.to(device)).cpu()
     generator.train(was_training)
     grid = make_grid((images + 1) / 2, nrow=n, padding=2, pad_value=1.0)
-    atomic_write_bytes(path, png_bytes(grid))
+    write_bytes_atomic(path, png_bytes(grid))
     return path
 
 
@@ -129,7 +129,7 @@ def save_real_vs_generated(generator: Generator, real_images: Tensor, real_label
     left = make_grid(torch.cat(reals), nrow=n, padding=2, pad_value=1.0)
     right = make_grid(fakes, nrow=n, padding=2, pad_value=1.0)
     gap = torch.ones(3, left.shape[1], max(4, size // 2))
-    atomic_write_bytes(Path(path), png_bytes(torch.cat([left, gap, right], dim=2)))
+    write_bytes_atomic(Path(path), png_bytes(torch.cat([left, gap, right], dim=2)))
     return Path(path)
 
 

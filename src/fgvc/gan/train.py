@@ -23,9 +23,6 @@ from torch.utils.data import Dataset
 from fgvc.errors import UserError
 from fgvc.gan.batches import RealBatches, load_into_memory
 from fgvc.gan.checkpoint import (
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
     latest_checkpoint,
     load_state,
     load_weights,
@@ -34,6 +31,7 @@ from fgvc.gan.checkpoint import (
 from fgvc.gan.config import GanConfig, dump_gan_config, validate_gan_config
 from fgvc.gan.networks import Discriminator, Generator, count_parameters
 from fgvc.gan.synthesize import META_FILE, read_meta, save_sample_grid
+from fgvc.runs import save_figure, write_json_atomic, write_text_atomic
 
 GRID_COLUMNS = 8  # fixed noise vectors per class row in the sample grids
 FINAL_WINDOW = 100  # iterations averaged for the final losses in metrics.json
@@ -139,13 +137,11 @@ def _write_losses(run_dir: Path, history: list[tuple[int, float, float]]) -> Non
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["iteration", "d_loss", "g_loss"])
     writer.writerows((i, f"{d:.6f}", f"{g:.6f}") for i, d, g in history)
-    atomic_write_text(run_dir / "losses.csv", buf.getvalue())
+    write_text_atomic(run_dir / "losses.csv", buf.getvalue())
     # Figure without pyplot: no global backend state is touched inside a library
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 3.5))
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     its = [h[0] for h in history]
     ax.plot(its, [h[1] for h in history], label="discriminator (hinge)", lw=0.8)
@@ -154,9 +150,7 @@ def _write_losses(run_dir: Path, history: list[tuple[int, float, float]]) -> Non
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    atomic_write_bytes(run_dir / "losses.png", png.getvalue())
+    save_figure(fig, run_dir / "losses.png", tight=False)
 
 
 def _check_resume(run_dir: Path, meta: dict) -> None:
@@ -194,8 +188,8 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
         _check_resume(run_dir, meta)
     else:
         run_dir = _new_run_dir(config)
-        atomic_write_json(run_dir / META_FILE, meta)
-    atomic_write_text(run_dir / "config.yaml", dump_gan_config(config))
+        write_json_atomic(run_dir / META_FILE, meta)
+    write_text_atomic(run_dir / "config.yaml", dump_gan_config(config))
 
     torch.manual_seed(config.seed)  # weights and spectral-norm start vectors
     G = Generator(n_classes, size, config.ch, config.z_dim).to(device)
@@ -230,7 +224,7 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
 
     def write_metrics(done: int) -> None:
         tail = history[-FINAL_WINDOW:]
-        atomic_write_json(run_dir / "metrics.json", {
+        write_json_atomic(run_dir / "metrics.json", {
             "iterations": done, "seconds": round(seconds, 3),
             "iterations_per_second": round(done / seconds, 4) if seconds > 0 else None,
             "final_d_loss": sum(h[1] for h in tail) / len(tail) if tail else None,

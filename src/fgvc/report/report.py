@@ -64,7 +64,6 @@ def _history(run_dir: Path) -> list[dict]:
 
 
 def _plots(train_runs: list[dict], out: Path) -> list[str]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     images = []
@@ -79,8 +78,7 @@ def _plots(train_runs: list[dict], out: Path) -> list[str]:
         ax.grid(alpha=0.3)
         if len(ax.lines) <= 12:
             ax.legend(fontsize=7)
-        FigureCanvasAgg(fig)
-        fig.savefig(out / "report_val_acc.png", dpi=110, bbox_inches="tight")
+        runs.save_figure(fig, out / "report_val_acc.png", dpi=110)
         images.append("report_val_acc.png")
     scored = [r for r in train_runs if isinstance(r["metrics"].get("test_acc"), float)]
     if scored:
@@ -89,8 +87,7 @@ def _plots(train_runs: list[dict], out: Path) -> list[str]:
         ax.barh([r["name"][-40:] for r in scored], [r["metrics"]["test_acc"] for r in scored])
         ax.set(xlabel="test accuracy", xlim=(0, 1), title="Test accuracy (best checkpoint)")
         ax.invert_yaxis()
-        FigureCanvasAgg(fig)
-        fig.savefig(out / "report_test_acc.png", dpi=110, bbox_inches="tight")
+        runs.save_figure(fig, out / "report_test_acc.png", dpi=110)
         images.append("report_test_acc.png")
     return images
 

@@ -5,20 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
 from fgvc.robust.sweep import format_eps
-
-
-def _save(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a bare Figure with an Agg canvas: no pyplot global state, no display needed
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    return path
+from fgvc.runs import save_figure
 
 
 def plot_accuracy_vs_eps(results: Mapping[str, Mapping[float, float]], path: str | Path,
@@ -33,7 +24,7 @@ def plot_accuracy_vs_eps(results: Mapping[str, Mapping[float, float]], path: str
     ax.grid(alpha=0.3)
     if results:
         ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=120)
 
 
 def _hwc(image: Tensor):
@@ -77,4 +68,4 @@ def save_gallery(examples: Mapping[float, Sequence[Mapping]], class_names: Seque
     if not columns:
         axes[0, 0].text(0.5, 0.5, "no eps > 0", ha="center", va="center", transform=axes[0, 0].transAxes)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=120)

@@ -20,7 +20,8 @@ def evaluate(model, loader, autocast=None, device=None, progress: bool = False, 
     """
     was_training = model.training
     model.eval()
-    total, loss_sum, correct, correct5 = 0, 0.0, 0, 0
+    # sums stay on the device (one sync at the end, not three per batch); float64 keeps counts exact
+    sums = None  # loss, top-1 correct, top-5 correct, images
     labels, predicted = [], []
     ctx = autocast if autocast is not None else _null
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
@@ -30,20 +31,19 @@ def evaluate(model, loader, autocast=None, device=None, progress: bool = False, 
         with ctx():
             logits = model(x)
         logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        k = min(5, logits.shape[1])
-        topk = logits.topk(k, dim=1).indices
-        correct += (topk[:, 0] == y).sum().item()
-        correct5 += (topk == y[:, None]).any(dim=1).sum().item()
+        topk = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        batch_sums = torch.stack([F.cross_entropy(logits, y, reduction="sum"), (topk[:, 0] == y).sum(),
+                                  (topk == y[:, None]).any(dim=1).sum(), torch.tensor(y.shape[0], device=y.device)])
+        sums = batch_sums.double() if sums is None else sums + batch_sums.double()
         if predictions:
             labels.append(y.cpu())
             predicted.append(topk[:, 0].cpu())
-        total += y.shape[0]
     model.train(was_training)
+    sums = torch.zeros(4, dtype=torch.float64) if sums is None else sums.cpu()
     if reduce is not None:
-        sums = reduce(torch.tensor([loss_sum, correct, correct5, total], dtype=torch.float64))
-        loss_sum, correct, correct5, total = sums.tolist()
-        total = int(total)
+        sums = reduce(sums)
+    loss_sum, correct, correct5, total = sums.tolist()
+    total = int(total)
     if total == 0:
         result = {"loss": float("nan"), "acc": float("nan"), "top5": float("nan"), "n": 0}
     else:

@@ -7,7 +7,6 @@ the loop, the tricks and the adversarial step stay visible here.
 
 from __future__ import annotations
 
-import io
 import math
 import random
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning_fabric import Fabric
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from fgvc import config as config_mod
@@ -85,20 +84,6 @@ def _loader(dataset, batch_size, sampler, num_workers, drop_last=False, persiste
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       drop_last=drop_last, pin_memory=torch.cuda.is_available(),
                       persistent_workers=persistent and num_workers > 0)
-
-
-class ShardSampler(Sampler):
-    """Every ``world``-th index from ``rank``: the shards cover the dataset exactly once, with no
-    padding (DistributedSampler repeats images to even out shards, which would bias val/test)."""
-
-    def __init__(self, n: int, rank: int, world: int):
-        self.indices = list(range(rank, n, world))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
 
 
 def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: bool = False,
@@ -179,9 +164,11 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
         PerSampleSeeded(train_ds, cfg.train.seed), cfg.train.batch_size, train_sampler, workers,
         drop_last=mixing is not None and len(train_sampler) > cfg.train.batch_size),  # timm Mixup needs even batches
         use_distributed_sampler=False)
+    # every world-th image from rank: the shards cover val/test exactly once, without the
+    # padding DistributedSampler adds to even them out (repeated images would bias the scores)
     val_loader, test_loader = fabric.setup_dataloaders(
-        _loader(val_ds, cfg.train.batch_size * 2, ShardSampler(len(val_ds), rank, world), workers),
-        _loader(test_ds, cfg.train.batch_size * 2, ShardSampler(len(test_ds), rank, world), workers,
+        _loader(val_ds, cfg.train.batch_size * 2, range(rank, len(val_ds), world), workers),
+        _loader(test_ds, cfg.train.batch_size * 2, range(rank, len(test_ds), world), workers,
                 persistent=False),  # used once
         use_distributed_sampler=False)
 
@@ -290,9 +277,8 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
             seen += y.shape[0]
             if progress and fabric.is_global_zero and step % 10 == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
-        loss_sum, correct, seen = sum_over_processes(
-            torch.stack([loss_sum.double().cpu(), correct.double().cpu(), torch.tensor(seen, dtype=torch.float64)])
-        ).tolist()
+        loss_sum, correct, seen = sum_over_processes(torch.stack(
+            [loss_sum, correct.double(), torch.tensor(seen, dtype=torch.float64, device=fabric.device)])).tolist()
         seen = int(seen)
         epoch_train_seconds = time.perf_counter() - t0
         train_seconds += epoch_train_seconds
@@ -397,13 +383,11 @@ def _kept(history: list[dict], ckpt: Path) -> str:
 
 def _plot_curves(history: list[dict], path: Path) -> None:
     """Loss and accuracy per epoch, train vs val."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a library must not switch the user's backend
 
     epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax1.plot(epochs, [h["val_loss"] for h in history], label="val")
     ax1.set(xlabel="epoch", ylabel="loss", title="loss")
@@ -414,10 +398,7 @@ def _plot_curves(history: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    runs.write_bytes_atomic(path, buf.getvalue())
+    runs.save_figure(fig, path, tight=False)
 
 
 def metrics_table(metrics: dict) -> str:
