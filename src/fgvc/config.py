@@ -40,6 +40,9 @@ class ModelConfig:
     dropout: float = 0.0
     trainable: str = "all"  # fc | layer4+fc | ... | all (ResNets); head | head+blocks:N | all (ViTs)
     init_from: str = ""  # a run directory whose backbone initialises this model (head replaced)
+    weights: str = ""  # a local weights file: .safetensors, .pth/.pt/.bin or a TensorFlow Lite .tflite
+    weights_sha256: str = ""  # filled in when model.weights is loaded; when given, the file must match it
+    batchnorm: str = "auto"  # auto | train | frozen | reestimate (see fgvc.models.batchnorm)
 
 
 @dataclass
@@ -96,6 +99,8 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
                           "one of real, real+generated, generated"),
     "data.generated_ratio": (lambda v: v >= 0, "0 or more generated images per real one"),
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "a probability in [0, 1)"),
+    "model.batchnorm": (lambda v: v in ("auto", "train", "frozen", "reestimate"),
+                        "one of auto, train, frozen, reestimate"),
     "train.epochs": (lambda v: v >= 1, "1 or more"),
     "train.batch_size": (lambda v: v >= 1, "1 or more"),
     "train.lr": (lambda v: v > 0, "a positive number"),
@@ -237,6 +242,25 @@ def validate(cfg: Config) -> Config:
         if not ok(flat[key]):
             raise UserError(f"config key {key!r} must be {expected}, got {_show(flat[key])}")
     return cfg
+
+
+def check_training(cfg: Config) -> None:
+    """Cross-key checks of a training config, run before anything is written."""
+    mixing = [k for k in ("aug.mixup_alpha", "aug.cutmix_alpha") if get(cfg, k) > 0]
+    if mixing and cfg.train.batch_size % 2:
+        # timm's Mixup/CutMix pairs each image with its mirror in the batch, so batches must be even
+        even = cfg.train.batch_size + 1
+        raise UserError(f"{mixing[0]}={get(cfg, mixing[0])} needs an even train.batch_size (Mixup and CutMix pair "
+                        f"the images of a batch), got train.batch_size={cfg.train.batch_size}; set "
+                        f"train.batch_size={even} or {mixing[0]}=0")
+
+
+def get(cfg: Config, key: str) -> Any:
+    """The value of a dotted key, e.g. ``get(cfg, "train.lr")``."""
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def apply(cfg: Config, values: dict[str, Any]) -> Config:

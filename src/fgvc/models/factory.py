@@ -71,8 +71,17 @@ class Classifier(nn.Module):
         return self.net.get_submodule(self.feature_path) if self.feature_path else None
 
 
+# Ports of TensorFlow models: a timm architecture built with TensorFlow's 'SAME' padding
+# (asymmetric for stride 2), which weights trained in TensorFlow need to compute what they did
+# there (fgvc.models.tflite imports them). name -> (timm name, timm keyword arguments)
+TF_PORTS = {
+    "tf_mobilenetv2_100": ("mobilenetv2_100", {"pad_type": "same"}),
+    "tf_mobilenetv2_140": ("mobilenetv2_140", {"pad_type": "same"}),
+}
+
+
 def model_names() -> list[str]:
-    return list(TORCHVISION_MODELS)
+    return [*TORCHVISION_MODELS, *TF_PORTS]
 
 
 def create_model(name: str, num_classes: int, pretrained: bool = False, dropout: float = 0.0,
@@ -82,6 +91,13 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, dropout:
         raise UserError(f"a model needs at least one class, got {num_classes}")
     if name in TORCHVISION_MODELS:
         return _torchvision_model(name, num_classes, pretrained, dropout, image_size)
+    if name in TF_PORTS:
+        if pretrained:
+            raise UserError(f"{name} has no downloadable weights; give a TensorFlow Lite file with "
+                            "model.weights=PATH.tflite and model.pretrained=false")
+        timm_name, extra = TF_PORTS[name]
+        net = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, drop_rate=dropout, **extra)
+        return Classifier(net, name, "timm", _find_linear_head(net), net.feature_info[-1]["module"])
     if name in timm.list_models() or (pretrained and name in timm.list_models(pretrained=True)):
         return _timm_model(name, num_classes, pretrained, dropout, image_size)
     if "." in name and name.split(".")[0] in timm.list_models():  # timm name with a pretrained tag

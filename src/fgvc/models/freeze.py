@@ -19,7 +19,8 @@ RESNET_CHOICES = ("fc", "layer4+fc", "layer3+layer4+fc", "layer2+layer3+layer4+f
 
 
 def apply_trainable(model, spec: str) -> None:
-    """Set requires_grad by ``spec``: ResNets ``fc``..``all``; ViTs ``head``, ``head+blocks:N``, ``all``."""
+    """Set requires_grad by ``spec``: ResNets ``fc``..``all``; ViTs and timm CNNs with stages in
+    ``.blocks`` (MobileNetV2: 7 stages) ``head``, ``head+blocks:N`` (the last N), ``all``."""
     spec = spec.strip()
     for p in model.parameters():
         p.requires_grad = spec == "all"
@@ -36,22 +37,31 @@ def apply_trainable(model, spec: str) -> None:
         return
     match = re.fullmatch(r"head(?:\+blocks:(\d+))?", spec)
     if not match:
-        choices = "head, head+blocks:N, all" if model.family == "vit" else "head, all"
+        choices = "head, head+blocks:N, all" if model.family == "vit" or hasattr(model.net, "blocks") else "head, all"
         raise UserError(f"model.trainable={spec!r} is not valid for {model.name}; use one of {choices}")
     _set(model.head, True)
     if model.family == "timm":
         _set(model.net.get_classifier(), True)
     if match.group(1) is not None:
-        if model.family != "vit":
-            raise UserError(f"model.trainable={spec!r} needs a ViT; {model.name} supports head or all")
+        if model.family != "vit" and not isinstance(getattr(model.net, "blocks", None), nn.Sequential):
+            raise UserError(f"model.trainable={spec!r} needs a ViT or a timm model with stages in .blocks "
+                            f"(MobileNet, EfficientNet); {model.name} supports head or all")
         n = int(match.group(1))
-        blocks = vit_blocks(model)
+        blocks = vit_blocks(model) if model.family == "vit" else list(model.net.blocks)
         if not 0 <= n <= len(blocks):
             raise UserError(f"model.trainable={spec!r}: {model.name} has {len(blocks)} blocks")
         for block in blocks[len(blocks) - n:]:
             _set(block, True)
-        if n > 0:
-            _set(vit_final_norm(model), True)  # the norm after the last block feeds the head
+        if n > 0:  # what lies between the last block and the head feeds the head
+            for module in (vit_final_norm(model),) if model.family == "vit" else after_blocks(model):
+                _set(module, True)
+
+
+def after_blocks(model) -> list[nn.Module]:
+    """Children of a timm CNN between its ``blocks`` and its classifier (MobileNetV2: conv_head, bn2)."""
+    children = list(model.net.named_children())
+    names = [name for name, _ in children]
+    return [m for name, m in children[names.index("blocks") + 1:] if m is not model.net.get_classifier()]
 
 
 def vit_blocks(model) -> list[nn.Module]:
@@ -74,11 +84,12 @@ def _set(module: nn.Module, flag: bool) -> None:
 
 
 def train_mode(model: nn.Module) -> nn.Module:
-    """model.train(), except BatchNorm layers whose parameters are all frozen stay in eval mode."""
+    """model.train(), except BatchNorm layers whose parameters are all frozen, or that
+    ``model.batchnorm=frozen`` froze (fgvc.models.batchnorm), stay in eval mode."""
     model.train()
     for m in model.modules():
         if isinstance(m, _BatchNorm):
             params = list(m.parameters())
-            if params and not any(p.requires_grad for p in params):
+            if getattr(m, "fgvc_frozen", False) or (params and not any(p.requires_grad for p in params)):
                 m.eval()
     return model
