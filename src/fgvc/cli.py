@@ -235,11 +235,23 @@ def cmd_eval(args) -> int:
 
     model, class_names = runs.load(args.run_dir)
     cfg = runs.load_config(args.run_dir)
+    # scored as training scored val/test: the same pipeline (its reduced JPEG decode included),
+    # batches and, on the same kind of device, the precision the run recorded
     ds = build_dataset(cfg.data.name, cfg.data.root, args.split, eval_transform(cfg.data.image_size),
                        cfg.data.val_fraction, cfg.train.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=resolve_num_workers(cfg.data.num_workers, torch.cuda.is_available()))
-    result = evaluate(model.to(device), loader, device=device, progress=True, desc=args.split, predictions=True)
+    ran = runs.read_metrics(args.run_dir)
+    same_device = str(ran.get("device", "")).split(":")[0] == device
+    precision = ran["precision"] if same_device and ran.get("precision") in ("bf16-mixed", "16-mixed") else "32-true"
+    # Fabric, as in training: mixed precision also casts the inputs, not only the forward pass
+    from lightning_fabric import Fabric
+
+    fabric = Fabric(accelerator=device, devices=1, precision=precision)
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size * 2,
+                                         num_workers=resolve_num_workers(cfg.data.num_workers, torch.cuda.is_available()))
+    result = evaluate(fabric.setup_module(model), loader, autocast=fabric.autocast, device=fabric.device,
+                      progress=True, desc=args.split, predictions=True)
+    result["precision"] = precision
     conf = confusion_matrix(result.pop("labels"), result.pop("predicted"), len(class_names))
     report = class_report(conf, class_names)
     del report["confusions"]  # the top 20 are enough in the JSON; the plot shows them all

@@ -5,9 +5,11 @@ NCHW at the run's ``data.image_size``, mean/std normalisation inside, logits out
 writing, the artefact is loaded back with its own runtime (onnxruntime, ``torch.jit.load``,
 ``torch.export.load``) and run on fixed random batches; its logits must match the PyTorch
 model's within ``tolerance``. A sidecar ``<file>.json`` says everything a deployment needs
-without fgvc: classes, input size and range, preprocessing, the difference measured, and the
-file's sha256 and size (the two files are renamed one after the other, so a crash in between
-would leave a new model beside an old sidecar: the hash tells).
+without fgvc: classes, input size and range, preprocessing (``transforms.eval_preprocessing``:
+the decode, EXIF turn, transparency on white, resize and crop that `fgvc predict` and eval
+use), the difference measured, and the file's sha256 and size (the two files are renamed
+one after the other, so a crash in between would leave a new model beside an old sidecar:
+the hash tells).
 
 Everything is written into a temp folder beside the output and renamed into place only after
 the check passes, so a failed export leaves an existing file (and its sidecar) as it was.
@@ -30,6 +32,7 @@ import torch
 from torch import nn
 
 from fgvc import runs
+from fgvc.data.transforms import eval_preprocessing
 from fgvc.errors import UserError
 
 # format -> file suffix; onnx first: the one runtime-neutral format, and the default
@@ -291,8 +294,7 @@ def _sidecar(fmt, file_name, model_name, class_names, model, size, fixed_batch, 
             "mean": [round(v, 6) for v in normalize.mean.flatten().tolist()] if normalize is not None else None,
             "std": [round(v, 6) for v in normalize.std.flatten().tolist()] if normalize is not None else None,
         },
-        "preprocessing": (f"decode as RGB, resize the shorter side to {int(round(size / 0.875))} px (antialiased), "
-                          f"centre-crop {size}x{size}, scale pixels to float32 in [0, 1]"),
+        "preprocessing": eval_preprocessing(size),  # the one description every fgvc path follows
         "verification": {
             "max_abs_diff": diff, "tolerance": tolerance, "batches": list(check_batches),
             "input": "torch.rand (uniform [0, 1]) with fixed seeds", "reference": "the PyTorch model on the CPU",

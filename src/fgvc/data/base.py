@@ -8,6 +8,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -28,7 +29,7 @@ class Sample:
     image_id: int | None = None  # the dataset's own id (CUB's 1-based image id), when it has one
 
 
-def read_rgb(path: Path, min_side: int | None = None) -> Image.Image:
+def read_rgb(path: Path | BinaryIO, min_side: int | None = None) -> Image.Image:
     """Decode an image file to RGB with EXIF orientation applied, or raise UnreadableImage naming it.
 
     An image over PIL's decompression-bomb limit raises the subclass ImageTooLarge, undecoded.
@@ -57,7 +58,8 @@ def read_rgb(path: Path, min_side: int | None = None) -> Image.Image:
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+    # RGBA/LA/PA, or a palette, grey or RGB PNG whose tRNS chunk marks a transparent colour
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode in ("P", "L", "RGB") and "transparency" in im.info):
         # composite on white so transparent areas do not turn black
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -86,7 +88,8 @@ class FineGrainedDataset(Dataset):
         self.split = split
         self.root = root  # the folder the loader read (e.g. .../CUB_200_2011)
         self.return_boxes = False
-        self.decode_min_side: int | None = None  # see read_rgb; set by the training loop from the transform
+        # see read_rgb; None: the transform's own (fgvc's pipelines carry it), so every path decodes alike
+        self.decode_min_side: int | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -102,7 +105,10 @@ class FineGrainedDataset(Dataset):
     def __getitem__(self, index: int):
         sample = self.samples[index]
         # boxes are in source pixels, so images with boxes are decoded at full size
-        image = read_rgb(sample.path, None if self.return_boxes else self.decode_min_side)
+        min_side = self.decode_min_side
+        if min_side is None:
+            min_side = getattr(self.transform, "decode_min_side", None)
+        image = read_rgb(sample.path, None if self.return_boxes else min_side)
         if not self.return_boxes:
             return (self.transform(image) if self.transform else image), sample.label
         if sample.box is None:

@@ -1,23 +1,82 @@
-"""Image pipelines: PIL -> float tensor in [0, 1]. Normalisation lives inside the model."""
+"""Image pipelines: PIL -> float tensor in [0, 1]. Normalisation lives inside the model.
+
+The evaluation preprocessing is described once, here, and every path that scores images
+uses it: training's val/test scoring, `fgvc eval`, `fgvc predict`, `fgvc serve`, the export
+sidecar (``eval_preprocessing``) and the plain-PyTorch snippet in docs/export.md:
+
+1. decode (``data.base.read_rgb``): a JPEG at the smallest DCT scale whose sides stay
+   >= ``decode_min_side(size)`` (PIL's draft mode), EXIF orientation applied
+   (``ImageOps.exif_transpose``), transparency composited on white, RGB;
+2. resize the shorter side to ``resize_side(size)`` = round(size / 0.875), bilinear, antialiased,
+   on the uint8 image;
+3. centre-crop ``size`` x ``size``; scale to float32 in [0, 1].
+
+A pipeline built here carries its ``decode_min_side``, so a dataset given it decodes the same
+way without being told (``FineGrainedDataset`` reads the attribute).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torchvision.transforms import v2
 
+EVAL_CROP_RATIO = 0.875  # shorter side resized to size / 0.875, then the centre size x size crop
 
-def eval_transform(size: int) -> v2.Compose:
+
+def resize_side(size: int) -> int:
+    """The shorter side the eval pipeline resizes to before its centre crop."""
+    return int(round(size / EVAL_CROP_RATIO))
+
+
+class Pipeline(v2.Compose):
+    """A ``v2.Compose`` that also says the smallest side its JPEGs may be decoded at (``read_rgb``'s min_side)."""
+
+    def __init__(self, transforms, decode_min_side: int | None):
+        super().__init__(transforms)
+        self.decode_min_side = decode_min_side
+
+
+def eval_transform(size: int) -> Pipeline:
     """Resize the short side to size/0.875 and centre-crop ``size`` (the usual ImageNet protocol)."""
-    return v2.Compose([
+    return Pipeline([
         v2.ToImage(),
-        v2.Resize(int(round(size / 0.875)), antialias=True),
+        v2.Resize(resize_side(size), antialias=True),
         v2.CenterCrop(size),
         v2.ToDtype(torch.float32, scale=True),
-    ])
+    ], decode_min_side(size))
+
+
+def load_eval_image(source: str | Path | BinaryIO, size: int) -> torch.Tensor:
+    """One image file (or file object) as the model's (1, 3, size, size) input, exactly as evaluation sees it."""
+    from fgvc.data.base import read_rgb  # base imports PIL readers; transforms stays light to import
+
+    return eval_transform(size)(read_rgb(source, decode_min_side(size))).unsqueeze(0)
+
+
+def eval_preprocessing(size: int) -> dict:
+    """The evaluation preprocessing as data, for deployments without fgvc (the export sidecar)."""
+    return {
+        "steps": (f"decode (a JPEG at the smallest of PIL's draft scales 1/2, 1/4, 1/8 whose sides stay >= "
+                  f"{decode_min_side(size)} px), apply the EXIF orientation (PIL ImageOps.exif_transpose), "
+                  f"composite transparency on white, convert to RGB; resize the shorter side to "
+                  f"{resize_side(size)} px (bilinear, antialiased, on uint8 pixels); centre-crop {size}x{size}; "
+                  "scale to float32 in [0, 1]"),
+        "jpeg_decode_min_side": decode_min_side(size),
+        "exif_orientation": True,
+        "transparency": "composited on white",
+        "color": "RGB",
+        "resize_shorter_side": resize_side(size),
+        "interpolation": "bilinear, antialiased",
+        "center_crop": size,
+        "scale": "uint8 / 255 -> float32 in [0, 1]",
+    }
 
 
 def train_transform(size: int, geometric: bool = False, rotation: float = 15.0,
-                    cutout: int = 0, cutout_size: float = 0.25) -> v2.Compose:
+                    cutout: int = 0, cutout_size: float = 0.25) -> Pipeline:
     """The eval pipeline, or with ``geometric`` random-resized-crop + flip + rotation; Cutout last."""
     if geometric:
         steps = [
@@ -27,11 +86,11 @@ def train_transform(size: int, geometric: bool = False, rotation: float = 15.0,
             v2.RandomRotation(rotation),
         ]
     else:
-        steps = [v2.ToImage(), v2.Resize(int(round(size / 0.875)), antialias=True), v2.CenterCrop(size)]
+        steps = [v2.ToImage(), v2.Resize(resize_side(size), antialias=True), v2.CenterCrop(size)]
     steps.append(v2.ToDtype(torch.float32, scale=True))
     if cutout > 0:
         steps.append(Cutout(cutout, max(1, int(round(cutout_size * size)))))
-    return v2.Compose(steps)
+    return Pipeline(steps, decode_min_side(size, geometric))
 
 
 class Cutout(torch.nn.Module):
@@ -64,4 +123,4 @@ def decode_min_side(size: int, geometric: bool = False) -> int:
     0.35 of the area at aspect ratios down to 3/4, i.e. a side of about 0.51 of the
     image, so the image must be about size/0.51 to feed it without upsampling.
     """
-    return int(round(size / 0.875)) if not geometric else int(round(size / 0.51))
+    return resize_side(size) if not geometric else int(round(size / 0.51))

@@ -70,7 +70,8 @@ class Predictor:
         self.run_dir = runs.check_run_dir(run_dir)
         self.model, self.class_names = runs.load(self.run_dir)
         self.image_size = runs.load_config(self.run_dir).data.image_size
-        self.transform = eval_transform(self.image_size)  # the same pipeline as `fgvc predict`
+        # the one evaluation pipeline (fgvc.data.transforms), as `fgvc predict`, eval and training's scores use
+        self.transform = eval_transform(self.image_size)
         self.metrics = runs.read_metrics(self.run_dir)
         self.lock = threading.Lock()  # one forward + Grad-CAM at a time: its hooks live on the shared model
         self.decode_slots = threading.BoundedSemaphore(decode_slots)  # bounds the memory of decoded uploads
@@ -111,7 +112,8 @@ class Predictor:
         """The model's (1, 3, H, W) input; the full-size decoded image lives only inside a decode slot."""
         with self.decode_slots:
             try:
-                image = read_rgb(io.BytesIO(data))  # same decoding as predict.py: EXIF turn, alpha on white
+                # decoded as every path decodes: reduced JPEG scale, EXIF turn, transparency on white
+                image = read_rgb(io.BytesIO(data), self.transform.decode_min_side)
             except ImageTooLarge:
                 raise BadRequest(413, f"the image has more than {Image.MAX_IMAGE_PIXELS} pixels; "
                                       "send a smaller one") from None

@@ -1,0 +1,149 @@
+"""Issue 13, items 6-10 and 13: caches keyed by their inputs, one preprocessing on every path,
+annotations read whole, no silent prompt truncation, file-system walks that count each image once."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fgvc import runs
+from fgvc.cli import main
+from fgvc.data import synthetic
+from fgvc.data.base import FineGrainedDataset, Sample
+from fgvc.data.transforms import eval_preprocessing, eval_transform, load_eval_image
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+FAST = ["model.name=test_resnet", "data.image_size=32", "train.batch_size=8", "train.epochs=1", "train.patience=0",
+        "data.num_workers=0", "train.accelerator=cpu", "data.name=synthbirds"]
+
+
+@pytest.fixture(scope="module")
+def big_images_run(tmp_path_factory):
+    """A 1-epoch run at 32 px on 96 px JPEGs, so the reduced-scale decode (48 px, not 96) matters.
+
+    Precision is left at auto, as a user runs it: bf16-mixed on a CPU with bf16 instructions.
+    """
+    from fgvc import config
+    from fgvc.train import train
+
+    root = synthetic.generate(tmp_path_factory.mktemp("big") / "birds", classes=4, per_class=8, size=96, seed=3)
+    cfg = config.load(None, [*FAST, f"data.root={root}", f"out={tmp_path_factory.mktemp('runs')}"])
+    return train(cfg, progress=False)
+
+
+# ---------------------------------------------------------------- 13: eval scores a split as training did
+
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_eval_gives_the_numbers_training_recorded(big_images_run, split, capsys):
+    recorded = runs.read_metrics(big_images_run)
+    assert main(["eval", str(big_images_run), "--split", split, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n"] == recorded[f"{split}_images"]
+    assert result["acc"] == recorded[f"{split}_acc"]
+    assert result["loss"] == pytest.approx(recorded[f"{split}_loss"], abs=1e-6)
+
+
+def test_an_eval_pipeline_carries_its_reduced_decode(tmp_path):
+    path = tmp_path / "big.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 160, 3), dtype=np.uint8)).save(path)
+    transform = eval_transform(32)
+    ds = FineGrainedDataset([Sample(path, 0)], ["a"], transform)
+    # the dataset, predict's loader and a full decode: the first two agree, the third is another image
+    assert torch.equal(ds[0][0], load_eval_image(path, 32)[0])
+    from fgvc.data.base import read_rgb
+    assert not torch.equal(ds[0][0], transform(read_rgb(path)))
+
+
+# ---------------------------------------------------------------- 7: predict, eval, serve, export agree
+
+def _exif_jpeg(path: Path, seed: int) -> Path:
+    """A 240x144 JPEG with asymmetric content and EXIF Orientation=6 (shown turned 90 degrees clockwise).
+
+    At 32 px the pipeline decodes it at half scale (72 >= 37 px), so the reduced decode matters too.
+    """
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (144, 240, 3), dtype=np.uint8)
+    pixels[:40] = (250, 20, 20)  # a red band along the stored top edge: upright, it is the right edge
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(path, "JPEG", quality=95, exif=exif.tobytes())
+    return path
+
+
+def _rgba_png(path: Path) -> Path:
+    pixels = np.zeros((80, 64, 4), dtype=np.uint8)
+    pixels[..., 1] = 200
+    pixels[20:60, 10:50, 3] = 255  # an opaque green square, transparent (black underneath) elsewhere
+    Image.fromarray(pixels, "RGBA").save(path)
+    return path
+
+
+def _docs_block(after: str) -> str:
+    text = (DOCS / "export.md").read_text(encoding="utf-8")
+    return re.search(r"```python\n(.*?)```", text[text.index(after):], re.S).group(1)
+
+
+def test_every_path_feeds_the_model_the_same_input(big_images_run, tmp_path, monkeypatch):
+    from fgvc.export import export_model, sidecar_path
+    from fgvc.predict import predict_files
+    from fgvc.serve.app import Predictor
+
+    size = runs.load_config(big_images_run).data.image_size
+    images = [_exif_jpeg(tmp_path / f"phone{i}.jpg", i) for i in range(3)] + [_rgba_png(tmp_path / "cutout.png")]
+    model, class_names = runs.load(big_images_run)
+
+    # what training's val/test scoring and `fgvc eval` feed the model: the dataset path
+    ds = FineGrainedDataset([Sample(p, 0) for p in images], class_names, eval_transform(size))
+    reference = torch.stack([ds[i][0] for i in range(len(images))])
+    upright = reference[0]
+    assert upright[1, :, -2:].max() < 0.2 < upright[1, :2, :].mean()  # EXIF applied: the red band is on the right
+    assert reference[3][:, 0, 0].tolist() == [1.0, 1.0, 1.0]  # transparency on white, not black
+
+    predictor = Predictor(big_images_run)
+    for i, p in enumerate(images):
+        assert torch.equal(load_eval_image(p, size)[0], reference[i])  # `fgvc predict`
+        assert torch.equal(predictor._input(p.read_bytes())[0], reference[i])  # `fgvc serve`
+
+    out = export_model(big_images_run, "pt2", out=tmp_path / "export" / "model.pt2")
+    sidecar = json.loads(sidecar_path(out).read_text())
+    assert sidecar["preprocessing"] == eval_preprocessing(size)
+    assert sidecar["preprocessing"]["exif_orientation"] is True
+
+    # docs/export.md's plain-PyTorch snippet, run as written beside the exported files
+    monkeypatch.chdir(out.parent)
+    (out.parent / "bird.jpg").write_bytes(images[0].read_bytes())
+    snippet: dict = {}
+    exec(_docs_block("Plain PyTorch"), snippet)  # noqa: S102 -- the documented code itself is under test
+    for i, p in enumerate(images):
+        assert torch.equal(snippet["preprocess"](str(p))[0], reference[i]), p.name
+
+    # the probabilities `fgvc predict` prints, the PyTorch model's and the exported model's on the reference
+    predicted = predict_files(big_images_run, images, topk=len(class_names))
+    with torch.no_grad():
+        expected = model(reference).softmax(1)
+        exported = snippet["model"](torch.stack([snippet["preprocess"](str(p))[0] for p in images])).softmax(1)
+    assert torch.allclose(exported, expected, atol=1e-5)
+    for row, probs in zip(predicted, expected):
+        for top in row["top"]:
+            assert top["prob"] == pytest.approx(float(probs[top["index"]]), abs=1e-6)  # printed to 6 places
+
+
+def test_a_png_with_a_transparent_colour_is_composited_on_white(tmp_path):
+    from fgvc.data.base import read_rgb
+
+    pixels = np.zeros((8, 8, 3), dtype=np.uint8)
+    pixels[:4] = (10, 120, 30)
+    for mode in ("RGB", "L"):
+        path = tmp_path / f"{mode}.png"
+        image = Image.fromarray(pixels if mode == "RGB" else pixels[..., 1])
+        image.save(path, transparency=(0, 0, 0) if mode == "RGB" else 0)
+        decoded = np.asarray(read_rgb(path))
+        assert decoded[7, 0].tolist() == [255, 255, 255], mode  # the transparent colour, on white
+        assert decoded[0, 0].tolist() != [255, 255, 255], mode  # opaque pixels kept
