@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import re
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fgvc.clip import outputs
-from fgvc.clip.models import ClipImageEncoder, autocast, image_size, load_clip, resolve_device
+from fgvc.clip.models import ClipImageEncoder, autocast, image_size, load_clip, preprocess_cfg, resolve_device
 from fgvc.clip.prompts import (
     class_prompts,
     load_descriptions,
@@ -47,14 +51,19 @@ def zeroshot_weights(clip_model, tokenizer, class_names: list[str], templates: l
     return F.normalize(torch.stack([e.mean(0) for e in embeddings]), dim=-1)
 
 
-def load_cached_embeddings(cache_path: str | Path | None, num_images: int):
-    """``(embeddings, labels)`` from a cache file holding exactly ``num_images`` rows, else None."""
+def load_cached_embeddings(cache_path: str | Path | None, num_images: int, key: str | None = None):
+    """``(embeddings, labels)`` from a cache file holding exactly ``num_images`` rows and written for
+    ``key`` (see ``cache_key``), else None."""
     if not cache_path or not Path(cache_path).is_file():
         return None
     try:
+        with safe_open(str(cache_path), framework="pt") as f:
+            written_for = (f.metadata() or {}).get("key")
         tensors = outputs.load_tensors(cache_path)
     except Exception:  # noqa: BLE001 -- a truncated or foreign file is a cache miss, re-encoded below
         return None
+    if key is not None and written_for != key:
+        return None  # an image, the model or the preprocessing changed since the cache was written
     if tensors.get("labels") is None or len(tensors["labels"]) != num_images:
         return None  # the dataset changed since the cache was written
     return tensors["embeddings"], tensors["labels"]
@@ -62,9 +71,15 @@ def load_cached_embeddings(cache_path: str | Path | None, num_images: int):
 
 @torch.no_grad()
 def encode_images(clip_model, loader: DataLoader, device: str | torch.device = "cpu",
-                  cache_path: str | Path | None = None, progress: bool = True):
-    """``(embeddings (N, D) float32 unit norm, labels (N,))`` for images in [0, 1]; reuses ``cache_path``."""
-    cached = load_cached_embeddings(cache_path, len(loader.dataset))
+                  cache_path: str | Path | None = None, progress: bool = True, key: str | None = None):
+    """``(embeddings (N, D) float32 unit norm, labels (N,))`` for images in [0, 1]; reuses ``cache_path``.
+
+    The cache answers only when it was written for ``key`` (default: ``cache_key`` of the
+    loader's dataset and the model's preprocessing; the caller's path names the model).
+    """
+    if cache_path and key is None:
+        key = cache_key(loader.dataset, clip_model)
+    cached = load_cached_embeddings(cache_path, len(loader.dataset), key)
     if cached is not None:
         return cached
     device = torch.device(device)
@@ -77,7 +92,8 @@ def encode_images(clip_model, loader: DataLoader, device: str | torch.device = "
         labels.append(torch.as_tensor(y).long().cpu())
     embeddings, labels = torch.cat(embeddings), torch.cat(labels)
     if cache_path:
-        outputs.save_tensors(cache_path, {"embeddings": embeddings, "labels": labels})
+        outputs.save_tensors(cache_path, {"embeddings": embeddings, "labels": labels},
+                             metadata={"key": key} if key else None)
     return embeddings, labels
 
 
@@ -112,24 +128,59 @@ def dataset_fingerprint(dataset) -> str:
     h = hashlib.sha1()
     samples = getattr(dataset, "samples", None)
     if samples:
-        for s in samples:
-            path, label = (s.path, s.label) if hasattr(s, "path") else (s[0], s[1])
+        for path, label in _paths_and_labels(samples):
             h.update(f"{path}\t{label}\n".encode())
     else:
         h.update(f"{len(dataset)}\t{getattr(dataset, 'class_names', '')}".encode())
     return h.hexdigest()[:12]
 
 
-def embedding_cache_path(cache_dir: str | Path, model_name: str, pretrained: str | None, dataset_name: str,
-                         split: str, size: int, fingerprint: str) -> Path:
-    """One file per (model, pretrained, dataset, split, image size, dataset contents)."""
+def _paths_and_labels(samples):
+    for s in samples:
+        yield (s.path, s.label) if hasattr(s, "path") else (s[0], s[1])
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # object addresses in a repr differ between processes
+
+
+def cache_key(dataset, clip_model, model_name: str | None = None, pretrained: str | None = None) -> str:
+    """A hash of everything cached embeddings depend on: each image file's path, label, size and
+    modification times (a file rewritten in place changes them), the model and its weights file,
+    the dataset's transform and decode size, and the model's normalisation."""
+    h = hashlib.sha256()
+    h.update(json.dumps({
+        "model": model_name, "pretrained": _weights_tag(pretrained),
+        "transform": _ADDRESS.sub("", repr(getattr(dataset, "transform", None))),
+        "decode_min_side": getattr(dataset, "decode_min_side", None),
+        "preprocess": preprocess_cfg(clip_model),
+        "n": len(dataset), "classes": list(getattr(dataset, "class_names", []) or []),
+    }, sort_keys=True, default=str).encode())
+    for path, label in _paths_and_labels(getattr(dataset, "samples", None) or []):
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+        except (OSError, TypeError, ValueError):
+            stamp = "-"  # an in-memory sample (no file): its path and label are all there is
+        h.update(f"{path}\t{label}\t{stamp}\n".encode())
+    return h.hexdigest()
+
+
+def _weights_tag(pretrained: str | None) -> str:
+    """A pretrained tag, or for a weights file its resolved path, size and modification time."""
     tag = str(pretrained)
     p = Path(tag).expanduser()
     if p.is_file():  # a weights file may be overwritten in place: key on its size and time too
         stat = p.stat()
         tag = f"{p.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    name = "__".join([outputs.slug(model_name), outputs.slug(tag), outputs.slug(dataset_name), split,
-                      f"{size}px", fingerprint])
+    return tag
+
+
+def embedding_cache_path(cache_dir: str | Path, model_name: str, pretrained: str | None, dataset_name: str,
+                         split: str, size: int, fingerprint: str) -> Path:
+    """One file per (model, pretrained, dataset, split, image size, image list); the file also records
+    its ``cache_key``, so rewritten images, weights or preprocessing are re-encoded into it."""
+    name = "__".join([outputs.slug(model_name), outputs.slug(_weights_tag(pretrained)), outputs.slug(dataset_name),
+                      split, f"{size}px", fingerprint])
     return Path(cache_dir).expanduser() / "clip-embeddings" / f"{name}.safetensors"
 
 
@@ -144,17 +195,18 @@ def encode_split(clip_model, preprocess, model_name: str, pretrained: str | None
     if len(dataset) == 0:
         raise UserError(f"the {split} split of {dataset_name} under {root} has no images; check the dataset root"
                         + (" and val_fraction" if split == "val" else ""))
-    cache_path = None
+    cache_path = key = None
     if use_cache:
         cache_path = embedding_cache_path(cache_dir or outputs.default_cache_dir(), model_name, pretrained,
                                           dataset_name, split, image_size(clip_model), dataset_fingerprint(dataset))
-    cached = load_cached_embeddings(cache_path, len(dataset))
+        key = cache_key(dataset, clip_model, model_name, pretrained)
+    cached = load_cached_embeddings(cache_path, len(dataset), key)
     if cached is not None:
         return *cached, dataset, 0.0
     t0 = time.perf_counter()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
-    emb, labels = encode_images(clip_model, loader, device, cache_path=cache_path, progress=progress)
+    emb, labels = encode_images(clip_model, loader, device, cache_path=cache_path, progress=progress, key=key)
     return emb, labels, dataset, time.perf_counter() - t0
 
 
@@ -169,7 +221,8 @@ def run_zeroshot(model_name: str, pretrained: str | None, dataset_name: str, roo
     ``templates``: a set name from ``TEMPLATES`` (``+`` joins sets), a text file, or one
     template with ``{}``. ``descriptions``: optional JSON ``{class: [sentences]}``. Image
     embeddings are cached under ``cache_dir`` (default ``~/.cache/fgvc``) so other prompts
-    reuse them. ``weights_cache_dir`` overrides open_clip's weights cache. Returns the metrics.
+    reuse them; the cache answers only while every image file (size, modification times), the
+    model, its weights and the preprocessing are those it was written for (``cache_key``). ``weights_cache_dir`` overrides open_clip's weights cache. Returns the metrics.
     """
     start = time.perf_counter()
     template_list = resolve_templates(templates)  # fail on a bad template before loading anything heavy
