@@ -80,3 +80,52 @@ def test_encode_images_checks_its_cache_against_the_loaders_images(tmp_path, tin
 
     other = FineGrainedDataset(ds.samples, ds.class_names, v2.Compose([v2.ToImage(), v2.Resize(24)]))
     assert cache_key(other, tiny_clip) != cache_key(ds, tiny_clip) == cache_key(ds, tiny_clip)
+
+
+# ---------------------------------------------------------------- 9: prompts past the 77-token context
+
+LONG = "a small bird with " + ", ".join(["a pale grey breast and dark streaked wings"] * 12)
+
+
+def test_a_description_that_pushes_the_class_name_past_the_context_is_refused(tiny_clip, tokenizer):
+    from fgvc.clip.prompts import token_count
+    from fgvc.clip.zeroshot import zeroshot_weights
+    from fgvc.errors import UserError
+
+    description = LONG + ", known as the {}"
+    n = token_count(tokenizer, description.replace("{}", "Laysan Albatross"))
+    assert n > 77
+    with pytest.raises(UserError) as e:
+        zeroshot_weights(tiny_clip, tokenizer, ["Laysan Albatross", "Sooty Albatross"], ["a photo of a {}."],
+                         [[description], []])
+    text = str(e.value)
+    assert "'Laysan Albatross'" in text and f"{n} tokens" in text and "77" in text and "\n" not in text
+
+
+def test_a_long_prompt_that_keeps_the_class_name_is_used_with_a_warning(tiny_clip, tokenizer):
+    from fgvc.clip.prompts import PromptTruncated, token_count
+    from fgvc.clip.zeroshot import zeroshot_weights
+
+    description = "the {}: " + LONG
+    n = token_count(tokenizer, description.replace("{}", "Sooty Albatross"))
+    with pytest.warns(PromptTruncated, match=rf"'Sooty Albatross' from description 1 has {n} tokens"):
+        weights = zeroshot_weights(tiny_clip, tokenizer, ["Laysan Albatross", "Sooty Albatross"],
+                                   ["a photo of a {}."], [[], [description]])
+    assert weights.shape == (2, 32)
+
+
+def test_a_class_name_longer_than_the_context_is_refused(tiny_clip, tokenizer):
+    from fgvc.clip.zeroshot import zeroshot_weights
+    from fgvc.errors import UserError
+
+    name = " ".join(["Greater"] * 90) + " Albatross"
+    with pytest.raises(UserError, match="from template 'a photo of a {}.' has"):
+        zeroshot_weights(tiny_clip, tokenizer, ["Sooty Albatross", name], ["a photo of a {}."])
+
+
+def test_short_prompts_pass_without_a_warning(tiny_clip, tokenizer, recwarn):
+    from fgvc.clip.prompts import TEMPLATES, PromptTruncated
+    from fgvc.clip.zeroshot import zeroshot_weights
+
+    zeroshot_weights(tiny_clip, tokenizer, ["Black-footed Albatross", "Laysan Albatross"], TEMPLATES["imagenet80"])
+    assert not [w for w in recwarn if issubclass(w.category, PromptTruncated)]

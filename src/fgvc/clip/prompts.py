@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 from open_clip import OPENAI_IMAGENET_TEMPLATES
@@ -167,3 +168,54 @@ def class_prompts(name: str, templates: list[str], descriptions: list[str] | Non
     for d in descriptions or []:
         prompts.append(d.replace("{}", name))
     return prompts
+
+
+class PromptTruncated(UserWarning):
+    """A prompt longer than the text encoder's context: CLIP reads only its first tokens."""
+
+
+def token_count(tokenizer, text: str) -> int | None:
+    """Tokens ``text`` takes, start and end tokens included; None for a tokenizer that cannot tell."""
+    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):  # open_clip's SimpleTokenizer
+        return len(tokenizer.encode(text)) + 2
+    hf = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a Hugging Face one
+    if callable(hf):
+        return len(hf(text)["input_ids"])
+    return None
+
+
+def check_prompt_lengths(tokenizer, class_names: list[str], templates: list[str],
+                         descriptions: list[list[str]] | None = None) -> None:
+    """Refuse prompts whose class name falls beyond the tokenizer's context; warn once for others that are cut.
+
+    open_clip's tokenizers cut every prompt to ``context_length`` tokens (77 for CLIP)
+    without a word, so a long description ending in "... known as the {}" would never
+    show the class name to the text encoder.
+    """
+    context = getattr(tokenizer, "context_length", None) or 77
+    if token_count(tokenizer, "a") is None:
+        return
+    cut, name_lost = [], []
+    for c, name in enumerate(class_names):
+        pieces = [(f"template {t!r}", t.format(name), t.split("{}")[0].replace("{{", "{") + name) for t in templates]
+        pieces += [(f"description {i + 1}", d.replace("{}", name), d.split("{}")[0] + name if "{}" in d else None)
+                   for i, d in enumerate((descriptions[c] if descriptions else None) or [])]
+        for where, prompt, through_name in pieces:
+            n = token_count(tokenizer, prompt)
+            if n <= context:
+                continue
+            cut.append((name, where, n))
+            if through_name is not None and token_count(tokenizer, through_name) > context:
+                name_lost.append((name, where, n))
+    if name_lost:
+        name, where, n = name_lost[0]
+        more = f" (and {len(name_lost) - 1} more prompts)" if len(name_lost) > 1 else ""
+        raise UserError(f"the prompt for class {name!r} from {where} has {n} tokens, more than the text "
+                        f"encoder's {context}, and the class name comes after token {context}, so it would be "
+                        f"cut off unseen{more}; shorten the text before {{}} or move {{}} nearer the start")
+    if cut:
+        name, where, n = cut[0]
+        more = f" (and {len(cut) - 1} more prompts)" if len(cut) > 1 else ""
+        warnings.warn(f"the prompt for class {name!r} from {where} has {n} tokens; the text encoder reads only "
+                      f"the first {context}, so its end is cut off{more}; shorten it to keep all of it",
+                      PromptTruncated, stacklevel=3)

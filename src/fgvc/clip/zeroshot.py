@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from fgvc.clip import outputs
 from fgvc.clip.models import ClipImageEncoder, autocast, image_size, load_clip, preprocess_cfg, resolve_device
 from fgvc.clip.prompts import (
+    check_prompt_lengths,
     class_prompts,
     load_descriptions,
     match_descriptions,
@@ -38,6 +39,7 @@ def zeroshot_weights(clip_model, tokenizer, class_names: list[str], templates: l
     """
     if not isinstance(templates, list):
         templates = resolve_templates(templates)
+    check_prompt_lengths(tokenizer, class_names, templates, descriptions)  # the tokenizer cuts without a word
     per_class = [class_prompts(name, templates, descriptions[c] if descriptions else None)
                  for c, name in enumerate(class_names)]
     flat = [p for prompts in per_class for p in prompts]
