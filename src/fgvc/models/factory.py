@@ -8,6 +8,7 @@ pixel units and a checkpoint carries its own preprocessing.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 from pathlib import Path
 
@@ -146,28 +147,103 @@ def _torchvision_model(name, num_classes, pretrained, dropout, image_size) -> Cl
     return Classifier(net, name, "resnet", "fc.1", "layer4")
 
 
-def _timm_model(name, num_classes, pretrained, dropout, image_size) -> Classifier:
-    kwargs = {"num_classes": num_classes, "drop_rate": dropout}
-    probe = timm.create_model(name.split(".")[0], pretrained=False, num_classes=0)
+def _timm_model(name, num_classes, pretrained, dropout, image_size, **overrides) -> Classifier:
+    """A timm model built for ``image_size``; ``overrides`` are extra constructor arguments (tiny test configs)."""
+    arch = name.split(".")[0]
+    kwargs = {"num_classes": num_classes, "drop_rate": dropout, **overrides}
+    probe = _timm_probe(name, arch, kwargs)
+    if _takes_img_size(type(probe)):
+        # fixed-size families (ViT, DeiT, BEiT, EVA, swin, swinv2, MaxViT, CoaT, ...) size their
+        # position tables and windows by it; timm resamples pretrained tables to it when loading
+        kwargs["img_size"] = image_size
+        probe = _timm_probe(name, arch, kwargs)
     is_vit = isinstance(probe, timm.models.vision_transformer.VisionTransformer)
-    if is_vit:
-        kwargs["img_size"] = image_size  # timm resamples the position embeddings when loading weights
+    head_path = _find_linear_head(probe)  # refused here, before any weights are fetched or allocated
+    meta_error = _forward_error(probe, image_size)
+    if pretrained:
+        from fgvc.models.hub import timm_weights_file
+
+        weights = timm_weights_file(name)
+        if weights:  # a local file: timm reads it without touching the network
+            kwargs["pretrained_cfg_overlay"] = {"file": weights}
     try:
         net = timm.create_model(name, pretrained=pretrained, **kwargs)
-    except (OSError, RuntimeError) as e:
+    except OSError as e:  # only a URL download is left to timm (torch's hub cache)
         if not pretrained:
             raise
-        raise UserError(f"pretrained weights for timm model {name!r} are not cached and cannot be "
-                        f"downloaded ({e.__class__.__name__}); put them in the Hugging Face cache "
-                        f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) or use model.pretrained=false") from None
+        raise UserError(f"pretrained weights for timm model {name!r} could not be downloaded ({e.__class__.__name__}); "
+                        f"put them in {Path(torch.hub.get_dir()) / 'checkpoints'} or use model.pretrained=false") from None
+    except RuntimeError as e:  # a state dict that does not fit, e.g. tables timm cannot resample to this size
+        if not pretrained:
+            raise
+        detail = " ".join(str(e).split())[:160]
+        raise UserError(f"pretrained weights for timm model {name!r} do not fit the model built for "
+                        f"{image_size}x{image_size} images ({detail}); set data.image_size={_made_for(name)} "
+                        "or use model.pretrained=false") from None
+    if meta_error is not None:
+        # the shape-only run may fail for reasons of its own (an operator without a meta kernel):
+        # the model's verdict is a real forward pass of one blank image
+        real_error = _forward_error(net, image_size)
+        if real_error is not None:
+            raise _size_error(name, image_size, real_error)
     cfg = net.pretrained_cfg or {}
     mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
-    head_path = _find_linear_head(net)
     if is_vit:
         return Classifier(net, name, "vit", head_path, None, mean, std)
     family = "resnet" if isinstance(net, timm.models.resnet.ResNet) else "timm"
     feature_path = net.feature_info[-1]["module"] if getattr(net, "feature_info", None) else None
     return Classifier(net, name, family, head_path, feature_path, mean, std)
+
+
+def _timm_probe(name, arch, kwargs):
+    """The architecture on the meta device: shapes only, no memory, no weights."""
+    try:
+        with torch.device("meta"):
+            return timm.create_model(arch, pretrained=False, **kwargs)
+    except (AssertionError, ValueError, ZeroDivisionError, IndexError) as e:  # a size the constructor rejects
+        raise _size_error(name, kwargs.get("img_size"), e) from None
+
+
+def _takes_img_size(cls) -> bool:
+    """Whether a timm model class's constructor (or a base class it passes **kwargs on to) takes img_size."""
+    for c in cls.__mro__:
+        if "__init__" not in vars(c):
+            continue
+        params = inspect.signature(c.__init__).parameters
+        if "img_size" in params:
+            return True
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return False
+    return False
+
+
+def _forward_error(net: nn.Module, image_size: int) -> Exception | None:
+    """The error one blank image of the configured size raises in ``net`` (eval mode, flags restored), or None."""
+    device = next(iter(net.parameters()), torch.empty(0)).device
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, 3, image_size, image_size, device=device))
+    except Exception as e:  # noqa: BLE001 -- returned to the caller, who decides
+        return e
+    finally:
+        for m, training in modes:
+            m.training = training
+    return None
+
+
+def _made_for(name: str) -> int:
+    """The image size a timm model's default configuration names (224 when it names none)."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    return int(cfg.input_size[-1]) if cfg and cfg.input_size else 224
+
+
+def _size_error(name: str, image_size, e: Exception) -> UserError:
+    made_for = _made_for(name)
+    detail = " ".join(str(e).split())[:160] or e.__class__.__name__
+    return UserError(f"timm model {name!r} cannot take {image_size}x{image_size} images ({detail}); set "
+                     f"data.image_size={made_for} (the size it was made for) or another size its architecture allows")
 
 
 def _find_linear_head(net: nn.Module) -> str:
