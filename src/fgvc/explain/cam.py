@@ -55,7 +55,8 @@ def cam(model: nn.Module, x: Tensor, target: Target = None, relu: bool = False) 
             handle.remove()
         if len(acts) != 1 or not isinstance(acts[0], Tensor) or acts[0].dim() != 4:
             raise UserError(_no_cam(model, "its feature module does not give one (B, C, h, w) map per forward pass"))
-        a = acts[0].float()
+        # swin-like stages are (B, h, w, C): read as (B, C, h, w) they would give h channels
+        a = _to_grid(model, acts[0], x.shape[-2:], getattr(model, "feature_path", "feature module"), features).float()
         if a.shape[1] != head.in_features:
             raise UserError(_no_cam(model, f"its last feature map has {a.shape[1]} channels but the final "
                                            f"linear layer takes {head.in_features}"))
@@ -114,8 +115,16 @@ def gradcam(model: nn.Module, x: Tensor, target: Target = None, layer: str | nn.
         (grad,) = torch.autograd.grad(score, acts[0], allow_unused=True)
         a = acts[0].detach()
         grad = torch.zeros_like(a) if grad is None else grad
-        a, grad = _to_grid(model, a, x.shape[-2:], name), _to_grid(model, grad, x.shape[-2:], name)
-        a, grad = a.float(), grad.float()
+        a, grid_grad = _to_grid(model, a, x.shape[-2:], name, module), _to_grid(model, grad, x.shape[-2:], name, module)
+        if grad.dim() == 3 and grad.any() and not grid_grad.any():
+            # a token-pooled transformer's last block output reaches the head only through the
+            # class token: every map would be zero, which says nothing about where the model looks
+            blocks = getattr(getattr(model, "net", model), "blocks", None)
+            last = len(blocks) - 1 if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks) else None
+            hint = f" (layer='blocks.{last}.norm1')" if last is not None and hasattr(blocks[last], "norm1") else ""
+            raise UserError(f"layer {name!r} reaches the prediction only through the class token, so its patch "
+                            f"tokens get no gradient; pick the last block's first norm{hint}, as fgvc does for a ViT")
+        a, grad = a.float(), grid_grad.float()
         if method == "gradcam":
             weights = grad.mean(dim=(2, 3))
         else:
@@ -258,27 +267,91 @@ def _layer_examples(net: nn.Module, n: int = 6) -> list[str]:
     return names[-n:]
 
 
-def _to_grid(model: nn.Module, t: Tensor, size, name: str) -> Tensor:
-    """(B, C, h, w) as is; ViT tokens (B, N, D) -> (B, D, gh, gw) without the prefix tokens."""
+def _to_grid(model: nn.Module, t: Tensor, size, name: str, module: nn.Module | None = None) -> Tensor:
+    """A layer's output as a (B, C, h, w) map of the input grid.
+
+    (B, C, h, w) stays; (B, h, w, C) (swin, swinv2, MambaOut, Sequencer stages, channels-last
+    MLPs inside ConvNeXt blocks) is permuted; transformer tokens (B, N, D) are reshaped to
+    the patch grid without their prefix (class, register) tokens.
+    """
     if t.dim() == 4:
-        return t
+        return t if _channels_first(model, module, t, size, name) else t.permute(0, 3, 1, 2)
     if t.dim() != 3:
-        raise UserError(f"layer {name!r} gives a {t.dim()}-d output; Grad-CAM needs (B, C, h, w) maps or "
-                        "(B, tokens, dim) transformer tokens")
+        raise UserError(f"layer {name!r} gives a {t.dim()}-d output; Grad-CAM needs (B, C, h, w) or (B, h, w, C) "
+                        "maps or (B, tokens, dim) transformer tokens")
     net = getattr(model, "net", model)
+    _check_hiera_layer(net, module, name)
     n = t.shape[1]
     patch = getattr(getattr(net, "patch_embed", None), "patch_size", None) or getattr(net, "patch_size", None)
     if patch is not None:
         ph, pw = (patch, patch) if isinstance(patch, int) else patch
         gh, gw = size[0] // ph, size[1] // pw
-    else:  # unknown patch size: assume a square grid after the prefix tokens
-        side = math.isqrt(n - getattr(net, "num_prefix_tokens", 1))
-        gh = gw = side
+    else:  # no patch size (Hiera's last stage, for one): the grid of the input's shape the tokens fill
+        grid = _token_grid(n, size, getattr(net, "num_prefix_tokens", None))
+        if grid is None:
+            raise UserError(f"layer {name!r} has {n} tokens, which form no grid of the {size[0]}x{size[1]} input; "
+                            "pick a layer with (B, C, h, w) maps")
+        gh, gw = grid
     prefix = n - gh * gw
     if prefix < 0:
         raise UserError(f"layer {name!r} has {n} tokens, fewer than the {gh}x{gw} patch grid; pick a block's norm layer")
     # prefix tokens (class, registers) come first in timm and torchvision ViTs
     return t[:, prefix:].reshape(t.shape[0], gh, gw, t.shape[2]).permute(0, 3, 1, 2)
+
+
+def _channels_first(model: nn.Module, module: nn.Module | None, t: Tensor, size, name: str) -> bool:
+    """Whether a 4-d output is (B, C, h, w) rather than (B, h, w, C).
+
+    The shape decides when only one reading is a grid of the input; a square map with as
+    many channels as rows is settled by the layer's type, then by the network's declared
+    output format (timm's ``output_fmt``), then by PyTorch's convention, channels first.
+    """
+    first, last = _is_grid(t.shape[2], t.shape[3], size), _is_grid(t.shape[1], t.shape[2], size)
+    if first != last:
+        return first
+    if not first:
+        raise UserError(f"layer {name!r} gives a map of shape {tuple(t.shape)}, which is no grid of the "
+                        f"{size[0]}x{size[1]} input with channels first or last; pick another layer")
+    if isinstance(module, (nn.Conv2d, nn.modules.batchnorm._BatchNorm)):
+        return True
+    if isinstance(module, nn.Linear):
+        return False
+    return str(getattr(getattr(model, "net", model), "output_fmt", "NCHW")) != "NHWC"
+
+
+def _is_grid(h: int, w: int, size) -> bool:
+    """Whether an h x w map is the grid of an image of ``size`` at one stride s (each side within a cell of size / s)."""
+    height, width = int(size[0]), int(size[1])
+    if not (1 <= h <= height and 1 <= w <= width):
+        return False
+    # |height / s - h| <= 1 and |width / s - w| <= 1: the two ranges of s must overlap
+    lo = max(height / (h + 1), width / (w + 1))
+    hi = min(height / (h - 1) if h > 1 else math.inf, width / (w - 1) if w > 1 else math.inf)
+    return lo <= hi
+
+
+def _token_grid(n: int, size, num_prefix: int | None) -> tuple[int, int] | None:
+    """(gh, gw) with gh * gw = n - prefix, in the input's aspect, for the model's prefix count (or 0, 1)."""
+    for prefix in dict.fromkeys(p for p in (num_prefix, 0, 1) if p is not None):
+        cells = n - prefix
+        if cells < 1:
+            continue
+        gh = max(1, round(math.sqrt(cells * size[0] / size[1])))
+        if cells % gh == 0 and _is_grid(gh, cells // gh, size):
+            return gh, cells // gh
+    return None
+
+
+def _check_hiera_layer(net: nn.Module, module: nn.Module | None, name: str) -> None:
+    """Hiera keeps its tokens in mask-unit order until its last stage; only there are they a raster grid."""
+    stage_ends = getattr(net, "stage_ends", None)
+    blocks = getattr(net, "blocks", None)
+    if module is None or stage_ends is None or blocks is None or type(net).__name__ != "Hiera":
+        return
+    first_raster = stage_ends[-2] + 1 if len(stage_ends) > 1 else 0
+    if any(module is m for i, b in enumerate(blocks) if i < first_raster for m in b.modules()):
+        raise UserError(f"layer {name!r} of Hiera holds its tokens in mask-unit order, not as an image grid; "
+                        f"pick a layer of its last stage (blocks.{first_raster} or later)")
 
 
 def _gradcampp_weights(a: Tensor, grad: Tensor) -> Tensor:
