@@ -147,3 +147,52 @@ def test_a_png_with_a_transparent_colour_is_composited_on_white(tmp_path):
         decoded = np.asarray(read_rgb(path))
         assert decoded[7, 0].tolist() == [255, 255, 255], mode  # the transparent colour, on white
         assert decoded[0, 0].tolist() != [255, 255, 255], mode  # opaque pixels kept
+
+
+# ---------------------------------------------------------------- 8: every instance of a VOC annotation
+
+def _two_dogs(first=(2, 3, 20, 20), second=(26, 24, 46, 44)) -> str:
+    objects = "".join(f"<object><name>dog</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
+                      f"<ymax>{y1}</ymax></bndbox></object>" for x0, y0, x1, y1 in (first, second))
+    return f"<annotation><size><width>48</width><height>48</height></size>{objects}</annotation>"
+
+
+def test_a_voc_annotation_with_two_dogs_keeps_both_boxes(dogs_copy):
+    from fgvc.data import dogs
+
+    first = dogs.load(dogs_copy, "test").samples[0]
+    (dogs_copy / "Annotation" / first.path.relative_to(dogs_copy / "Images").with_suffix("")).write_text(_two_dogs())
+    ds = dogs.load(dogs_copy, "test", eval_transform(48))
+    s = ds.samples[0]
+    assert s.boxes == [(2.0, 3.0, 18.0, 17.0), (26.0, 24.0, 20.0, 20.0)]
+    assert all(len(t.boxes) == 1 for t in ds.samples[1:])
+    ds.return_boxes = True
+    _, _, boxes = ds[0]  # both moved through resize + centre crop, in the image's pixels
+    scale, offset = round(48 / 0.875) / 48, (round(48 / 0.875) - 48) / 2
+    expected = torch.tensor([[2, 3, 20, 20], [26, 24, 46, 44]]) * scale - round(offset)
+    assert boxes.shape == (2, 4) and torch.allclose(boxes, expected.clamp(0, 48), atol=1e-3)
+    _, _, single = ds[1]  # one box: padded with a row of NaN, so a batch has one shape
+    assert single.shape == (2, 4) and torch.isnan(single[1]).all() and not torch.isnan(single[0]).any()
+
+
+def test_a_map_on_the_second_dog_is_a_hit(monkeypatch):
+    from fgvc.explain import localization
+    from fgvc.explain.localization import box_area_share, energy_in_box, evaluate_localization, pointing_game
+
+    boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0], [20.0, 20.0, 30.0, 30.0]])
+    heatmap = torch.zeros(32, 32)
+    heatmap[24:27, 24:27] = 1.0  # all the evidence on the second dog
+    assert not pointing_game(heatmap, boxes[0]) and energy_in_box(heatmap, boxes[0]) == 0.0
+    assert pointing_game(heatmap, boxes) and energy_in_box(heatmap, boxes) == pytest.approx(1.0)
+    assert box_area_share(boxes, 32, 32) == pytest.approx((64 + 100) / 1024)
+    overlapping = torch.tensor([[0.0, 0.0, 8.0, 8.0], [4.0, 4.0, 12.0, 12.0], [float("nan")] * 4])
+    assert box_area_share(overlapping, 32, 32) == pytest.approx((64 + 64 - 16) / 1024)  # the union, once
+    assert energy_in_box(torch.ones(32, 32), overlapping) == pytest.approx((64 + 64 - 16) / 1024)
+
+    # the whole scoring over a loader of (image, label, (K, 4) boxes), as `fgvc explain` feeds it
+    monkeypatch.setattr(localization, "explain",
+                        lambda model, images, method, labels: heatmap.expand(len(images), 32, 32))
+    batch = (torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long),
+             torch.stack([boxes, torch.tensor([[20.0, 20.0, 30.0, 30.0], [float("nan")] * 4])]))
+    result = evaluate_localization(torch.nn.Identity(), [batch], methods=["cam"], progress=False)["cam"]
+    assert result["n"] == 2 and result["pointing_game"] == 1.0 and result["energy_in_box"] == pytest.approx(1.0)

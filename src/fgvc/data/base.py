@@ -27,6 +27,12 @@ class Sample:
     label: int  # 0-based class index
     box: tuple[float, float, float, float] | None = None  # x, y, width, height in source-image pixels
     image_id: int | None = None  # the dataset's own id (CUB's 1-based image id), when it has one
+    more_boxes: tuple[tuple[float, float, float, float], ...] = ()  # further instances (a VOC file's other objects)
+
+    @property
+    def boxes(self) -> list[tuple[float, float, float, float]]:
+        """Every instance's box (x, y, width, height), ``box`` first; empty when the sample has none."""
+        return [] if self.box is None else [self.box, *self.more_boxes]
 
 
 def read_rgb(path: Path | BinaryIO, min_side: int | None = None) -> Image.Image:
@@ -76,7 +82,9 @@ class FineGrainedDataset(Dataset):
     ``__getitem__`` returns ``(image, label)`` where image is ``transform(PIL RGB)``;
     with ``return_boxes=True`` it returns ``(image, label, box)``, the box an
     ``(4,)`` XYXY tensor moved through the same (torchvision v2) transform, or
-    ``nan`` values when the sample has no box.
+    ``nan`` values when the sample has no box. When some sample has several instances
+    (``Sample.more_boxes``), every item's boxes are ``(K, 4)``, K the most any sample has,
+    rows of ``nan`` padding the samples with fewer.
     """
 
     def __init__(self, samples: list[Sample], class_names: list[str], transform=None, name: str = "",
@@ -111,16 +119,23 @@ class FineGrainedDataset(Dataset):
         image = read_rgb(sample.path, None if self.return_boxes else min_side)
         if not self.return_boxes:
             return (self.transform(image) if self.transform else image), sample.label
+        k = self._max_instances()
+        out = torch.full((k, 4), float("nan"))
         if sample.box is None:
-            out = self.transform(image) if self.transform else image
-            return out, sample.label, torch.full((4,), float("nan"))
-        x, y, w, h = sample.box
-        box = tv_tensors.BoundingBoxes(
-            [[x, y, x + w, y + h]], format="XYXY", canvas_size=(image.height, image.width)
-        )
-        if self.transform:
-            image, box = self.transform(image, box)
-        return image, sample.label, torch.as_tensor(box, dtype=torch.float32).reshape(4)
+            image = self.transform(image) if self.transform else image
+        else:
+            boxes = tv_tensors.BoundingBoxes([[x, y, x + w, y + h] for x, y, w, h in sample.boxes], format="XYXY",
+                                             canvas_size=(image.height, image.width))
+            if self.transform:
+                image, boxes = self.transform(image, boxes)
+            out[:len(sample.boxes)] = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        return image, sample.label, (out[0] if k == 1 else out)
+
+    def _max_instances(self) -> int:
+        # one shape for every item, so a DataLoader can batch them; (4,) as before when no sample has two
+        if getattr(self, "_instances", None) is None or self._instances[0] is not self.samples:
+            self._instances = (self.samples, max([len(s.boxes) for s in self.samples] + [1]))
+        return self._instances[1]
 
 
 def find_unreadable(samples: list[Sample]) -> list[tuple[Sample, str]]:

@@ -2,8 +2,9 @@
 
 ``lists/train_list.mat`` and ``lists/test_list.mat`` (keys ``file_list``,
 ``annotation_list``, ``labels`` 1-based) name the images under ``Images/``; boxes come
-from the PASCAL-VOC style XML files under ``Annotation/`` when present (first object's
-``bndbox``; a missing file gives box None). Class names are the image folder names
+from the PASCAL-VOC style XML files under ``Annotation/`` when present (every object's
+``bndbox``: the first is ``Sample.box``, the others ``Sample.more_boxes``, so an image of
+two dogs keeps both; a missing file gives box None). Class names are the image folder names
 (``n02085620-Chihuahua``); ``readable_name`` turns one into ``Chihuahua``. Validation is
 carved from the official train list, stratified and seeded; test is the official test list.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -118,20 +120,28 @@ def _show(value) -> str:
 
 def read_box(path: Path) -> tuple[float, float, float, float] | None:
     """(x, y, w, h) in px of the first object's bndbox in a VOC XML file; None when the file is absent."""
+    boxes = read_boxes(path)
+    return boxes[0] if boxes else None
+
+
+def read_boxes(path: Path) -> list[tuple[float, float, float, float]]:
+    """(x, y, w, h) in px of every object's bndbox in a VOC XML file, in file order; [] when the file is absent."""
     if not path.is_file():
-        return None
+        return []
     try:
-        bb = ET.parse(path).getroot().find("object/bndbox")
-        if bb is None:
-            return None
-        x0, y0, x1, y1 = (float(bb.findtext(k, "nan")) for k in ("xmin", "ymin", "xmax", "ymax"))
+        found = ET.parse(path).getroot().findall("object/bndbox")
+        corners = [tuple(float(bb.findtext(k, "nan")) for k in ("xmin", "ymin", "xmax", "ymax")) for bb in found]
     except (ET.ParseError, ValueError) as e:
         raise UserError(f"annotation {path} is not valid VOC XML ({e}); expected "
                         "<object><bndbox><xmin>...</xmin>...</bndbox></object>") from None
-    if not (math.inf > x1 > x0 >= 0 and math.inf > y1 > y0 >= 0):  # also false for nan
-        raise UserError(f"annotation {path}: bndbox ({x0}, {y0}, {x1}, {y1}) is not a box with "
-                        "0 <= xmin < xmax and 0 <= ymin < ymax")
-    return x0, y0, x1 - x0, y1 - y0
+    boxes = []
+    for i, (x0, y0, x1, y1) in enumerate(corners):
+        if not (math.inf > x1 > x0 >= 0 and math.inf > y1 > y0 >= 0):  # also false for nan
+            which = f"object {i + 1}'s " if len(corners) > 1 else ""
+            raise UserError(f"annotation {path}: {which}bndbox ({x0}, {y0}, {x1}, {y1}) is not a box with "
+                            "0 <= xmin < xmax and 0 <= ymin < ymax")
+        boxes.append((x0, y0, x1 - x0, y1 - y0))
+    return boxes
 
 
 def _samples(base: Path, path: Path, rows, folder_of: dict[int, str]) -> list[Sample]:
@@ -145,8 +155,8 @@ def _samples(base: Path, path: Path, rows, folder_of: dict[int, str]) -> list[Sa
         if known != folder:
             raise UserError(f"{path}: entry {i + 1} puts label {lab} on folder {folder!r}, but label {lab} is "
                             f"also used for {known!r}; one label must mean one class folder")
-        box = read_box(annotations / a) if annotations.is_dir() else None
-        samples.append(Sample(base / "Images" / f, lab, box))
+        boxes = read_boxes(annotations / a) if annotations.is_dir() else []
+        samples.append(Sample(base / "Images" / f, lab, boxes[0] if boxes else None, more_boxes=tuple(boxes[1:])))
     return samples
 
 
@@ -169,8 +179,8 @@ def read_all(root: Path) -> tuple[list[Sample], list[Sample], list[str], Path]:
     if len(set(names)) != len(names):
         raise UserError(f"{p_train}: two labels share one class folder; one folder must mean one label")
     # labels in the lists are 1-based
-    train = [Sample(s.path, s.label - 1, s.box) for s in train]
-    test = [Sample(s.path, s.label - 1, s.box) for s in test]
+    train = [replace(s, label=s.label - 1) for s in train]
+    test = [replace(s, label=s.label - 1) for s in test]
     check_classes_have_images(train, names, p_train, "train")
     return train, test, names, base
 
@@ -192,4 +202,4 @@ def load(root, split: str, transform=None, *, val_fraction: float = 0.1, seed: i
     return FineGrainedDataset(samples, names, transform, name="dogs", split=split, root=base)
 
 
-__all__ = ["load", "read_all", "read_box", "read_list", "readable_name"]
+__all__ = ["load", "read_all", "read_box", "read_boxes", "read_list", "readable_name"]

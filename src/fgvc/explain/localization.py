@@ -2,6 +2,8 @@
 
 Boxes are XYXY in pixels of the image the map covers, pixel (i, j) spanning
 [j, j+1) x [i, i+1) (torchvision's convention: the whole image is (0, 0, W, H)).
+An image with several instances (two dogs) gives a (K, 4) box, rows of NaN ignored:
+the scores use the union of its boxes, so a hit on any instance counts.
 
 - energy in box: the share of the map's mass inside the box, in [0, 1]. Pixels cut by
   the box edge count by the fraction inside, so a uniform map scores exactly the box's
@@ -22,12 +24,30 @@ from torch import Tensor, nn
 from fgvc.explain.cam import explain
 
 
+def _union(box) -> list[tuple[float, float, float, float]]:
+    """Disjoint XYXY rectangles covering the union of a (4,) box or the non-NaN rows of a (K, 4) one."""
+    rows = [tuple(float(v) for v in r) for r in torch.as_tensor(box, dtype=torch.float64).reshape(-1, 4)]
+    rows = [r for r in rows if not any(math.isnan(v) for v in r)]
+    if len(rows) <= 1:
+        return rows
+    out = []
+    xs = sorted({v for x0, _, x1, _ in rows for v in (x0, x1)})
+    for xa, xb in zip(xs, xs[1:]):  # vertical slabs between box edges; in each, merge the y intervals
+        spans = sorted((y0, y1) for x0, y0, x1, y1 in rows if x0 <= xa and xb <= x1)
+        for y0, y1 in spans:
+            if out and out[-1][0] == xa and y0 <= out[-1][3]:
+                out[-1] = (xa, out[-1][1], xb, max(out[-1][3], y1))
+            else:
+                out.append((xa, y0, xb, y1))
+    return out
+
+
 def box_area_share(box: Sequence[float] | Tensor, height: int, width: int) -> float:
-    """Area of the box clipped to the image, as a fraction of the image area, in [0, 1]."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    w = max(0.0, min(x1, width) - max(x0, 0.0))
-    h = max(0.0, min(y1, height) - max(y0, 0.0))
-    return w * h / (height * width)
+    """Area of the box (or boxes' union) clipped to the image, as a fraction of the image area, in [0, 1]."""
+    area = 0.0
+    for x0, y0, x1, y1 in _union(box):
+        area += max(0.0, min(x1, width) - max(x0, 0.0)) * max(0.0, min(y1, height) - max(y0, 0.0))
+    return area / (height * width)
 
 
 def _coverage(lo: float, hi: float, n: int) -> Tensor:
@@ -41,11 +61,11 @@ def energy_in_box(heatmap: Tensor, box: Sequence[float] | Tensor) -> float:
     m = torch.as_tensor(heatmap).detach().to("cpu", torch.float64)
     if m.dim() != 2:
         raise ValueError(f"expected one (H, W) map, got shape {tuple(m.shape)}")
-    x0, y0, x1, y1 = (float(v) for v in box)
     total = m.sum().item()
     if total <= 0:
         return math.nan
-    weight = _coverage(y0, y1, m.shape[0])[:, None] * _coverage(x0, x1, m.shape[1])[None, :]
+    weight = sum(_coverage(y0, y1, m.shape[0])[:, None] * _coverage(x0, x1, m.shape[1])[None, :]
+                 for x0, y0, x1, y1 in _union(box))
     return float((m * weight).sum().item() / total)
 
 
@@ -62,9 +82,8 @@ def pointing_game(heatmap: Tensor, box: Sequence[float] | Tensor, tolerance_px: 
     # an upsampled coarse map has a plateau at its peak: point at the plateau's centre, not its corner
     ii, jj = torch.nonzero(m >= m.max() - 1e-6 * m.max(), as_tuple=True)
     cy, cx = ii.float().mean().item() + 0.5, jj.float().mean().item() + 0.5  # pixel centres
-    x0, y0, x1, y1 = (float(v) for v in box)
     t = float(tolerance_px)
-    return x0 - t <= cx <= x1 + t and y0 - t <= cy <= y1 + t
+    return any(x0 - t <= cx <= x1 + t and y0 - t <= cy <= y1 + t for x0, y0, x1, y1 in _union(box))
 
 
 def evaluate_localization(model: nn.Module, loader: Iterable, methods: Sequence[str] = ("cam", "gradcam"),
@@ -95,7 +114,8 @@ def evaluate_localization(model: nn.Module, loader: Iterable, methods: Sequence[
             if limit is not None and seen >= limit:
                 break
             images, labels, boxes = batch[0], batch[1], batch[2]
-            keep = ~torch.isnan(boxes).any(dim=1)
+            valid = ~torch.isnan(boxes).any(dim=-1)  # (B,) or, with several instances, (B, K)
+            keep = valid if valid.dim() == 1 else valid.any(dim=1)
             if limit is not None:
                 keep &= torch.cumsum(keep.long(), 0) <= limit - seen
             if not keep.any():
