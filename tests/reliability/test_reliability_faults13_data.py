@@ -4,6 +4,7 @@ annotations read whole, no silent prompt truncation, file-system walks that coun
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -196,3 +197,80 @@ def test_a_map_on_the_second_dog_is_a_hit(monkeypatch):
              torch.stack([boxes, torch.tensor([[20.0, 20.0, 30.0, 30.0], [float("nan")] * 4])]))
     result = evaluate_localization(torch.nn.Identity(), [batch], methods=["cam"], progress=False)["cam"]
     assert result["n"] == 2 and result["pointing_game"] == 1.0 and result["energy_in_box"] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- 10: symlinks in a folder dataset
+
+def _folder_dataset(root: Path, per_class: int = 3) -> Path:
+    for split in ("train", "test"):
+        for c, colour in (("a", 30), ("b", 220)):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(np.full((8, 8, 3), colour + i, dtype=np.uint8)).save(d / f"{c}{i}.png")
+    return root
+
+
+def test_a_symlink_loop_in_a_folder_dataset_is_one_sentence(tmp_path, capsys):
+    from reliability_helpers import one_line_error
+
+    root = _folder_dataset(tmp_path / "root")
+    os.symlink("..", root / "train" / "a" / "loop")  # train/a/loop -> train: a and b again, forever
+    assert main(["data", "info", "folder", "--root", str(root)]) == 2
+    line = one_line_error(capsys.readouterr())
+    assert str(root / "train" / "a" / "loop") in line and "loop" in line and "counted twice" in line
+
+
+def test_a_link_to_another_split_or_class_is_refused(tmp_path):
+    from fgvc.data import folder
+    from fgvc.errors import UserError
+
+    root = _folder_dataset(tmp_path / "root")
+    os.symlink(root / "train" / "b", root / "test" / "b" / "more")  # train images leaking into test
+    with pytest.raises(UserError, match=r"symbolic link .*more leads to .*train/b a second time"):
+        folder.load(root, "test")
+    (root / "test" / "b" / "more").unlink()
+    os.symlink(root / "train" / "a" / "a0.png", root / "train" / "b" / "a0.png")  # one image, two labels
+    with pytest.raises(UserError, match="counted twice"):
+        folder.load(root, "train")
+
+
+def test_class_folders_linked_from_elsewhere_are_read_once(tmp_path):
+    from fgvc.data import folder
+
+    root = _folder_dataset(tmp_path / "root")
+    elsewhere = tmp_path / "elsewhere"
+    (root / "train" / "b").rename(elsewhere)
+    os.symlink(elsewhere, root / "train" / "b")
+    train, val = folder.load(root, "train", val_fraction=0.34), folder.load(root, "val", val_fraction=0.34)
+    assert len(train) + len(val) == 6 and {s.path.name for s in train.samples + val.samples} == {
+        "a0.png", "a1.png", "a2.png", "b0.png", "b1.png", "b2.png"}
+
+
+def test_an_image_listed_twice_in_cub_images_txt_is_refused(cub_copy):
+    from fgvc.data import cub
+    from fgvc.errors import UserError
+
+    images = cub_copy / "CUB_200_2011" / "images.txt"
+    lines = images.read_text().splitlines()
+    last_id = lines[-1].split()[0]
+    lines[-1] = f"{last_id} {lines[0].split()[1]}"  # the last id names the first image's file
+    images.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=rf"images.txt line {len(lines)}: image .* is already listed on line 1"):
+        cub.load(cub_copy, "train")
+
+
+def test_an_image_in_both_stanford_dogs_lists_is_refused(dogs_copy):
+    from scipy.io import loadmat, savemat
+
+    from fgvc.data import dogs
+    from fgvc.errors import UserError
+
+    train, test = dogs_copy / "lists" / "train_list.mat", dogs_copy / "lists" / "test_list.mat"
+    t, e = loadmat(str(train)), loadmat(str(test))
+    e["file_list"][0, 0] = t["file_list"][0, 0]  # a train image also listed for test
+    e["annotation_list"][0, 0] = t["annotation_list"][0, 0]
+    e["labels"][0, 0] = t["labels"][0, 0]
+    savemat(str(test), {k: v for k, v in e.items() if not k.startswith("__")})
+    with pytest.raises(UserError, match=r"is listed twice \(in train_list.mat and test_list.mat\)"):
+        dogs.load(dogs_copy, "test")

@@ -145,6 +145,12 @@ def read_all(root: Path) -> tuple[list[Sample], list[Sample], list[str], Path]:
              if p_box.is_file() else None)
     for other, path in ((labels, p_lab), (is_train, p_split)) + (((boxes, p_box),) if boxes else ()):
         _same_ids(images, other, p_img, path)
+    first_line: dict[str, int] = {}
+    for i in sorted(images[0]):  # one file under two ids would be counted twice (perhaps in train and test)
+        n = first_line.setdefault(images[0][i], images[1][i])
+        if n != images[1][i]:
+            raise UserError(f"{p_img} line {images[1][i]}: image {images[0][i]!r} is already listed on line {n}; "
+                            "list each image once")
     class_ids = sorted(classes[0])
     if not class_ids:
         raise UserError(f"{p_cls} lists no classes; expected lines '<class_id> <NNN.Class_name>'")

@@ -170,6 +170,12 @@ def read_all(root: Path) -> tuple[list[Sample], list[Sample], list[str], Path]:
     folder_of: dict[int, str] = {}
     train = _samples(base, p_train, read_list(p_train), folder_of)
     test = _samples(base, p_test, read_list(p_test), folder_of)
+    listed: dict[Path, str] = {}
+    for s, where in [(s, p_train.name) for s in train] + [(s, p_test.name) for s in test]:
+        if s.path in listed:  # one file listed twice would be counted twice, or leak from train into test
+            raise UserError(f"image {s.path} is listed twice (in {listed[s.path]} and {where}); "
+                            "list each image once")
+        listed[s.path] = where
     n = max(folder_of)
     gaps = [k for k in range(1, n + 1) if k not in folder_of]
     if gaps:

@@ -3,7 +3,10 @@ optionally ``root/val/<class>/*`` (when absent, val is carved from train, strati
 
 Classes are the sorted union of the class folder names of all splits, so a label means the
 same class in every split. Files are found recursively; files whose extension is not an
-image extension (``base.IMAGE_EXTENSIONS``) and hidden files are ignored.
+image extension (``base.IMAGE_EXTENSIONS``) and hidden files are ignored. Symbolic links are
+followed (a class folder may live elsewhere), but a link that reaches a folder or image read
+already (a loop such as ``ln -s .. loop``, or a second path to another class's images) is
+refused, so no image is counted twice or under two labels.
 """
 
 from __future__ import annotations
@@ -26,14 +29,60 @@ from fgvc.errors import UserError
 LAYOUT = "root/train/<class>/<image>, root/test/<class>/<image> and optionally root/val/<class>/<image>"
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Image files under ``folder``, recursively, sorted; hidden files and folders skipped."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [Path(dirpath) / f for f in sorted(filenames)
-                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+def image_files(folder: Path, seen: dict | None = None) -> list[Path]:
+    """Image files under ``folder``, recursively, sorted; hidden files and folders skipped.
+
+    Symlinks are followed, but every folder and image is read once: one reached again through a
+    link (a loop, or another path to images already found) is refused with a UserError. Pass
+    one ``seen`` dict to several calls to check across them (all class folders of a dataset).
+    """
+    seen = {} if seen is None else seen  # (st_dev, st_ino) -> (first path found at, the link it came through)
+    out: list[Path] = []
+
+    def visit(path: Path, link: Path | None) -> None:
+        try:
+            st = path.stat()
+        except OSError:
+            return  # a broken link or a vanished file: listed, and read_rgb names it when it is loaded
+        key = (st.st_dev, st.st_ino)
+        first = seen.get(key)
+        if first is None or st.st_ino == 0:  # some file systems report no inode numbers
+            seen[key] = (path, link)
+            return
+        if link is None and first[1] is None:
+            return  # two plain names of one file (a hard link) are what the tree shows: kept
+        via = link if link is not None else first[1]
+        raise UserError(f"the symbolic link {via} leads to {first[0] if link is not None else path} a second "
+                        f"time{_loop_hint(via)}, so its images would be counted twice; remove the link or "
+                        "replace it with a copy of the files")
+
+    def walk(d: Path, link: Path | None) -> None:
+        visit(d, link)
+        try:
+            with os.scandir(d) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError as e:
+            raise UserError(f"folder {d} cannot be read ({e.strerror or e.__class__.__name__}); fix its "
+                            "permissions or remove it") from None
+        dirs = []
+        for e in entries:
+            via = link or (Path(e.path) if e.is_symlink() else None)
+            if e.is_dir():
+                dirs.append((Path(e.path), via))
+            elif e.name.lower().endswith(IMAGE_EXTENSIONS):
+                visit(Path(e.path), via)
+                out.append(Path(e.path))
+        for sub, via in dirs:
+            walk(sub, via)
+
+    folder = Path(folder)
+    walk(folder, folder if folder.is_symlink() else None)
     return out
+
+
+def _loop_hint(link: Path) -> str:
+    return " (a loop: it points to a folder that contains it)" if link.parent.resolve().is_relative_to(
+        link.resolve()) else ""
 
 
 def class_dirs(split_dir: Path) -> dict[str, Path]:
@@ -72,10 +121,11 @@ def load(root, split: str, transform=None, *, val_fraction: float = 0.1, seed: i
         raise UserError(f"{root / 'train'} has no class folders; expected {LAYOUT}")
     index = {n: i for i, n in enumerate(names)}
     files = {}
+    seen: dict = {}  # shared by every class folder of every split: an image found twice is refused
     for s, classes in dirs.items():
         files[s] = []
         for name, folder in classes.items():
-            found = image_files(folder)
+            found = image_files(folder, seen)
             if not found:
                 raise UserError(f"class folder {folder} holds no images (extensions "
                                 f"{', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
