@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import pickle
+import urllib.parse
 from pathlib import Path
 
 import open_clip
@@ -21,6 +22,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
 from fgvc.errors import UserError
+from fgvc.models.hub import hf_endpoint, reachable
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 URL_CACHE = "~/.cache/clip"  # where open_clip's download_pretrained_from_url puts OpenAI .pt files
@@ -74,11 +76,15 @@ def cached_weights(model_name: str, pretrained: str, cache_dir: str | Path | Non
 
 
 def _expected_locations(model_name: str, pretrained: str, cache_dir: str | Path | None) -> str:
+    from fgvc.models.hub import hf_repo_folder
+
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     places = []
     if cfg.get("hf_hub"):
-        repo_id, _ = os.path.split(cfg["hf_hub"])
-        places.append(f"the Hugging Face cache {hf_cache_dir(cache_dir)} (repo {repo_id})")
+        repo_id, filename = os.path.split(cfg["hf_hub"])
+        names = " or ".join(_hf_weight_names(filename or HF_WEIGHTS_NAME))
+        places.append(f"the Hugging Face cache {hf_cache_dir(cache_dir)} (repo {repo_id}, file {names}, "
+                      f"in {hf_repo_folder(repo_id, hf_cache_dir(cache_dir))})")
     if cfg.get("url"):
         places.append(str(Path(cache_dir or URL_CACHE).expanduser() / os.path.basename(cfg["url"])))
     return " and ".join(places)
@@ -107,6 +113,8 @@ def _resolve_hf_hub(model_name: str, cache_dir, download: bool) -> str:
     weights = any(_hf_cached(repo_id, n, cache_dir) for n in _hf_weight_names(HF_WEIGHTS_NAME))
     if config and weights:
         return "local-dir:" + os.path.dirname(config)
+    if download and not reachable(hf_endpoint()):  # fail now, not after the hub's retries
+        download = False
     if not download:
         raise UserError(
             f"CLIP model {model_name!r} is not cached in the Hugging Face cache {hf_cache_dir(cache_dir)} "
@@ -190,6 +198,12 @@ def _tag_weights(model_name: str, tag: str, tag_cfg: dict, cache_dir, download: 
         return hit
     if not download:
         raise _missing_weights(model_name, tag, cache_dir, "offline")
+    # open_clip takes the hub when a tag has a repository there, else the URL; without a
+    # network its hub client retries for about 45 s per file, so look at the host first
+    source = hf_endpoint() if tag_cfg.get("hf_hub") else tag_cfg.get("url", "")
+    if source and not reachable(source):
+        host = urllib.parse.urlsplit(source).hostname
+        raise _missing_weights(model_name, tag, cache_dir, f"download failed: {host} cannot be reached")
     try:
         target = open_clip.download_pretrained(tag_cfg, cache_dir=str(cache_dir) if cache_dir else None)
     except Exception as e:  # noqa: BLE001 -- any network or hub failure means the same thing to the user

@@ -118,6 +118,11 @@ def _torchvision_state_dict(weights) -> dict:
         except Exception as e:  # a truncated or foreign file: say which and how to fix
             raise UserError(f"pretrained weights {cached} cannot be read ({e.__class__.__name__}); "
                             f"delete it and download {weights.url} again") from None
+    from fgvc.models.hub import reachable
+
+    if not reachable(weights.url):  # urllib has no timeout of its own: a dead network could hang here
+        raise UserError(f"pretrained weights {filename} are not cached and {weights.url.split('/')[2]} cannot be "
+                        f"reached; download {weights.url} and put it in {cached.parent}")
     try:
         return weights.get_state_dict(progress=True)
     except OSError as e:

@@ -134,14 +134,14 @@ def timm_weights_file(name: str) -> str | None:
 
 def _hf_download(name: str, repo_id: str, names: list[str], revision: str | None, endpoint: str, where: str) -> str:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     for candidate in names:
         try:
             return hf_hub_download(repo_id, candidate, revision=revision, endpoint=endpoint)
-        except EntryNotFoundError:  # no .safetensors twin in this repository: the next name
-            continue
         except Exception as e:  # noqa: BLE001 -- any hub or network failure means the same to the user
+            if isinstance(e, EntryNotFoundError) and not isinstance(e, LocalEntryNotFoundError):
+                continue  # the server has no such file (no .safetensors twin, say): the next name
             raise UserError(f"pretrained weights for timm model {name!r} could not be downloaded "
                             f"({e.__class__.__name__}): {where}, or use model.pretrained=false") from None
     raise UserError(f"pretrained weights for timm model {name!r} are missing from {endpoint}/{repo_id} "
