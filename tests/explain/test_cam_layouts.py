@@ -157,3 +157,20 @@ def test_a_map_of_neither_layout_is_refused():
     model = Classifier(net, "odd", "timm", "4", "2")
     with pytest.raises(UserError, match=r"layer '2' gives a map of shape \(1, 4, 8, 32\).*pick another layer"):
         gradcam(model, torch.rand(1, 3, 64, 64))
+
+
+def test_hiera_last_stage_matches_pytorch_grad_cam_and_unrolled_stages_are_refused():
+    torch.manual_seed(0)
+    model = _timm_model("hiera_tiny_224", 4, False, 0.0, 224, embed_dim=16, num_heads=1, stages=(1, 1, 1, 1)).eval()
+    nn.init.normal_(model.net.head.fc.weight)  # timm starts the head at zero: every map would be zero
+    assert model.feature_path == "blocks.3"  # (B, 7 * 7, 128) tokens, raster order in the last stage only
+
+    def tokens(t):
+        return t.reshape(t.shape[0], 7, 7, t.shape[2]).permute(0, 3, 1, 2)
+
+    x = torch.rand(1, 3, 224, 224)
+    ours = gradcam(model, x, 1)
+    assert ours.amax() == 1
+    assert torch.allclose(ours, reference(model, "net.blocks.3", x, [1], "gradcam", tokens), atol=1e-4)
+    with pytest.raises(UserError, match=r"mask-unit order.*blocks\.3 or later"):
+        gradcam(model, x, 1, layer="blocks.1")

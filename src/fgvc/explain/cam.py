@@ -348,10 +348,14 @@ def _check_hiera_layer(net: nn.Module, module: nn.Module | None, name: str) -> N
     blocks = getattr(net, "blocks", None)
     if module is None or stage_ends is None or blocks is None or type(net).__name__ != "Hiera":
         return
-    first_raster = stage_ends[-2] + 1 if len(stage_ends) > 1 else 0
+    # the unroll is undone one pooling at a time: only when every stage but the first pools
+    # (timm's default q_pool) is the last stage back in raster order
+    all_pooled = getattr(net, "q_pool", None) == len(stage_ends) - 1
+    first_raster = (stage_ends[-2] + 1 if len(stage_ends) > 1 else 0) if all_pooled else len(blocks)
     if any(module is m for i, b in enumerate(blocks) if i < first_raster for m in b.modules()):
-        raise UserError(f"layer {name!r} of Hiera holds its tokens in mask-unit order, not as an image grid; "
-                        f"pick a layer of its last stage (blocks.{first_raster} or later)")
+        where = f"pick a layer of its last stage (blocks.{first_raster} or later)" if all_pooled else \
+            "with fewer pooling stages than stages (q_pool) no block is; use a CNN or a ViT for maps"
+        raise UserError(f"layer {name!r} of Hiera holds its tokens in mask-unit order, not as an image grid; {where}")
 
 
 def _gradcampp_weights(a: Tensor, grad: Tensor) -> Tensor:
