@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 @torch.no_grad()
 def evaluate(model, loader, autocast=None, device=None, progress: bool = False, desc: str = "eval",
-             reduce=None, predictions: bool = False) -> dict:
+             reduce=None, predictions: bool = False, batches=None) -> dict:
     """{'loss', 'acc', 'top5', 'n'} over the loader; accuracies are fractions in [0, 1].
 
     ``predictions`` adds 'labels' and 'predicted' (CPU tensors, in loader order) for
@@ -17,6 +17,7 @@ def evaluate(model, loader, autocast=None, device=None, progress: bool = False, 
 
     ``reduce`` sums a tensor over processes (multi-device training): each process evaluates
     its own shard and the sums, not the per-shard means, are combined, so the result is exact.
+    ``batches`` wraps the batch iterator (multi-device training keeps the processes in step with it).
     """
     was_training = model.training
     model.eval()
@@ -24,7 +25,8 @@ def evaluate(model, loader, autocast=None, device=None, progress: bool = False, 
     sums = None  # loss, top-1 correct, top-5 correct, images
     labels, predicted = [], []
     ctx = autocast if autocast is not None else _null
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    for batch in (batches(bar) if batches is not None else bar):
         x, y = batch[0], batch[1]
         if device is not None:
             x, y = x.to(device), y.to(device)

@@ -7,15 +7,18 @@ the loop, the tricks and the adversarial step stay visible here.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 from lightning_fabric import Fabric
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 from tqdm import tqdm
 
 from fgvc import config as config_mod
@@ -25,6 +28,7 @@ from fgvc.data.base import check_classes_have_images, drop_unreadable
 from fgvc.data.generated import mix_generated
 from fgvc.data.seeding import EpochSampler, PerSampleSeeded
 from fgvc.data.transforms import decode_min_side, eval_transform, train_transform
+from fgvc import errors
 from fgvc.errors import UnreadableImage, UserError, message
 from fgvc.models import apply_trainable, count_parameters, create_model, train_mode
 from fgvc.train.evaluate import evaluate
@@ -33,16 +37,57 @@ from fgvc.train.mixing import build_mixing, soft_cross_entropy, soft_targets
 RESUME_KEYS = ("epoch", "best_acc", "best_epoch", "history", "optimizer", "scheduler", "train_seconds",
                "train_images")
 
+# Keys `fgvc train --resume RUN key=value` may change once an epoch has finished: each takes effect
+# from the next epoch on (the optimizer keys are set in the loaded optimizer and schedule), and the
+# change is recorded (metrics.json "resumes", a comment atop config.yaml). Every other key shapes what
+# the finished epochs were (model, data, splits, augmentation, seed) and is refused.
+RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.batch_size", "train.lr", "train.weight_decay",
+                  "train.milestones", "train.gamma", "train.precision", "train.devices", "train.accelerator",
+                  "data.num_workers", "data.skip_bad_images")
+_OPTIMIZER_KEYS = ("train.lr", "train.weight_decay", "train.milestones", "train.gamma")
+_TRAINING_ONLY_KEYS = (*_OPTIMIZER_KEYS, "train.batch_size")  # the others also reach the final test
+
 
 def resolve_precision(precision: str, accelerator: str) -> str:
-    """'auto' -> bf16-mixed on CUDA with bf16, and on CPUs with bf16 instructions (measured faster
-    there, see benchmarks/results/loop_overhead.md); 32-true otherwise."""
+    """The precision that runs. 'auto' -> bf16-mixed on CUDA with bf16, and on CPUs with bf16
+    instructions (measured faster there, see benchmarks/results/loop_overhead.md); 32-true otherwise.
+    16-mixed on a CPU runs as bf16-mixed (CPU autocast has no fp16; Lightning switches it too), so
+    metrics.json records bf16-mixed."""
     if precision != "auto":
-        return {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}.get(precision, precision)
+        precision = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}.get(precision, precision)
+        return "bf16-mixed" if precision == "16-mixed" and _runs_on_cpu(accelerator) else precision
     use_cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
     if use_cuda:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed" if _cpu_has_bf16() else "32-true"
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def _runs_on_cpu(accelerator: str) -> bool:
+    """Whether Lightning's accelerator choice lands on the CPU (auto prefers CUDA, then MPS)."""
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available() and not _mps_available())
+
+
+def check_accelerator(accelerator: str, devices: int) -> None:
+    """A requested device that is not there: one sentence (Lightning raises a traceback)."""
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if accelerator == "cuda" or (accelerator in ("gpu", "auto") and cuda):
+        if not cuda:
+            raise UserError(f"train.accelerator={accelerator} but this machine has no usable CUDA GPU; "
+                            "use train.accelerator=cpu (or auto)")
+        if devices > cuda:
+            raise UserError(f"train.devices={devices} but this machine has {cuda} CUDA GPU{'s' * (cuda > 1)}; "
+                            f"set train.devices={cuda} or fewer")
+    elif accelerator in ("mps", "gpu"):
+        if not _mps_available():
+            raise UserError(f"train.accelerator={accelerator} but this machine has no usable GPU (neither CUDA "
+                            "nor Apple MPS); use train.accelerator=cpu (or auto)")
+        if devices > 1:
+            raise UserError(f"train.devices={devices} with train.accelerator={accelerator}: Apple MPS is one "
+                            "device; set train.devices=1")
 
 
 def _cpu_has_bf16() -> bool:
@@ -86,6 +131,83 @@ def _loader(dataset, batch_size, sampler, num_workers, drop_last=False, persiste
                       persistent_workers=persistent and num_workers > 0)
 
 
+class TrainBatches(Sampler):
+    """Batches of ``sampler`` (a sampler of one process's shard) as DataLoader's batch_sampler, with a
+    last batch that every step can train on: trimmed to an even size when Mixup/CutMix pair its
+    images (``even``), and dropped when it would hold fewer than ``least`` images (a batch of one
+    image has no batch statistics for a training BatchNorm). Shards have equal lengths, so every
+    process takes the same number of steps."""
+
+    def __init__(self, sampler: Sampler, batch_size: int, even: bool = False, least: int = 1):
+        self.sampler, self.batch_size, self.even, self.least = sampler, batch_size, even, least
+
+    def _last(self, size: int) -> int:
+        size -= size % 2 if self.even else 0
+        return size if size >= self.least else 0
+
+    def __iter__(self):
+        batch = []
+        for key in self.sampler:
+            batch.append(key)
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        size = self._last(len(batch))
+        if size:
+            yield batch[:size]
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.sampler), self.batch_size)
+        return full + bool(self._last(rest))
+
+
+def _batchnorm_trains(model: torch.nn.Module) -> bool:
+    """Whether a BatchNorm layer normalises with batch statistics in training (not frozen by
+    model.batchnorm or model.trainable): such a layer cannot train on a batch of one image."""
+    train_mode(model)
+    trains = any(isinstance(m, _BatchNorm) and m.training for m in model.modules())
+    model.eval()
+    return trains
+
+
+def _all_or_none(fabric: Fabric, batches):
+    """``batches``, in step with the other processes: when one process meets a UserError (an unreadable
+    image in its shard), every process raises that sentence instead of the others dying in a
+    collective (a gloo/NCCL traceback). Shards of different lengths (val/test) keep syncing until all
+    are done. One process: the batches as they are."""
+    if fabric.world_size == 1:
+        yield from batches
+        return
+    it, done = iter(batches), False
+    while True:
+        item, error = None, None
+        if not done:
+            try:
+                item = next(it)
+            except StopIteration:
+                done = True
+            except UserError as e:
+                error = e
+        flags = fabric.all_reduce(torch.tensor([float(error is not None), float(not done)], device=fabric.device),
+                                  reduce_op="sum")
+        failed, busy = (float(v) for v in flags)
+        if failed:
+            _raise_first_error(error)
+        if not busy:
+            return
+        if not done:
+            yield item
+
+
+def _raise_first_error(error: BaseException | None) -> None:
+    """Every process raises the error of the lowest-ranked process that had one."""
+    sent = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(sent, (type(error).__name__, message(error)) if error is not None else None)
+    kind, text = next(s for s in sent if s is not None)
+    kinds = {c.__name__: c for c in (UserError, errors.UnreadableImage, errors.ImageTooLarge)}
+    raise kinds.get(kind, UserError)(text) from None
+
+
 def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: bool = False,
           progress: bool = True) -> Path:
     """Train a classifier as ``cfg`` says; returns the run directory it wrote."""
@@ -103,11 +225,36 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
                               "every unreadable file, and data.skip_bad_images=true trains without them") from None
 
 
+def resume_changes(cfg: config_mod.Config, run_dir: str | Path) -> dict[str, list]:
+    """{key: [value in the run's config.yaml, value now]} for the keys ``cfg`` changes on resume. Once an
+    epoch has finished, a key outside RESUMABLE_KEYS is refused: it could not take effect, and
+    config.yaml would claim a value the finished epochs never ran with."""
+    run_dir = runs.check_run_dir(run_dir)
+    if not (run_dir / "checkpoints" / "last_state.pt").is_file():
+        return {}  # no finished epoch: the run starts over, every setting takes effect
+    before = runs.load_config(run_dir)
+    changed = {k: [config_mod.get(before, k), config_mod.get(cfg, k)] for k in config_mod.all_keys()
+               if config_mod.get(before, k) != config_mod.get(cfg, k)}
+    refused = [k for k in changed if k not in RESUMABLE_KEYS]
+    if refused:
+        what = ", ".join(f"{k}={changed[k][1]} (the run has {k}={changed[k][0]})" for k in refused)
+        raise UserError(f"--resume cannot change {what}: the epochs {run_dir} has finished ran with the run's "
+                        f"value; drop the override, or start a new run with it (on resume only "
+                        f"{', '.join(RESUMABLE_KEYS)} can change)")
+    return changed
+
+
 def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progress: bool) -> Path:
     t_start = time.perf_counter()
+    config_mod.check_training(cfg)
+    changes = resume_changes(cfg, run_dir) if resume else {}
+    check_accelerator(cfg.train.accelerator, cfg.train.devices)
     precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
     fabric = Fabric(accelerator=cfg.train.accelerator, devices=cfg.train.devices, precision=precision)
     fabric.launch()
+    if precision == "bf16-mixed" and cfg.train.precision in ("16", "16-mixed"):
+        fabric.print(f"train.precision={cfg.train.precision} runs as bf16-mixed on a CPU (CPU autocast has no fp16); "
+                     "metrics.json records bf16-mixed")
     seed_all(cfg.train.seed)
 
     # --- data: train/val/test; model selection only ever looks at val ---
@@ -140,6 +287,10 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
 
     # --- model, optimizer, schedule ---
     model = build_model(cfg, num_classes)
+    bn_trains = _batchnorm_trains(model)
+    if bn_trains and cfg.train.batch_size == 1:
+        raise UserError(f"train.batch_size=1 cannot train {cfg.model.name}: its BatchNorm layers need at least 2 "
+                        "images per batch; set train.batch_size=2 or more (or model.batchnorm=frozen)")
     counts = count_parameters(model)
     params = [p for p in model.parameters() if p.requires_grad]  # frozen weights never reach AdamW
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -160,9 +311,16 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
     # an unpadded shard of val/test whose sums are added up across processes.
     train_sampler = EpochSampler(DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.train.seed)
                                  if world > 1 else RandomSampler(train_ds, generator=generator))
-    train_loader = fabric.setup_dataloaders(_loader(
-        PerSampleSeeded(train_ds, cfg.train.seed), cfg.train.batch_size, train_sampler, workers,
-        drop_last=mixing is not None and len(train_sampler) > cfg.train.batch_size),  # timm Mixup needs even batches
+    # timm's Mixup needs even batches; a training BatchNorm needs two images (decided per shard)
+    train_batches = TrainBatches(train_sampler, cfg.train.batch_size, even=mixing is not None,
+                                 least=2 if bn_trains or mixing is not None else 1)
+    if len(train_batches) == 0:
+        raise UserError(f"the train split of {d.name} in {d.root} has {len(train_sampler)} image per process, "
+                        "and a training batch needs 2 (BatchNorm or Mixup/CutMix); add images or use fewer "
+                        "train.devices")
+    train_loader = fabric.setup_dataloaders(
+        DataLoader(PerSampleSeeded(train_ds, cfg.train.seed), batch_sampler=train_batches, num_workers=workers,
+                   pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0),
         use_distributed_sampler=False)
     # every world-th image from rank: the shards cover val/test exactly once, without the
     # padding DistributedSampler adds to even them out (repeated images would bias the scores)
@@ -174,6 +332,9 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
 
     def sum_over_processes(t: torch.Tensor) -> torch.Tensor:
         return fabric.all_reduce(t.to(fabric.device), reduce_op="sum").cpu() if world > 1 else t
+
+    def together(batches):  # an unreadable image in one process's shard stops every process with its sentence
+        return _all_or_none(fabric, batches)
 
     adv_loss = None
     if cfg.adv.attack != "none":
@@ -195,11 +356,9 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
             run_dir = fabric.broadcast(runs.new_run_dir(cfg.out, cfg.model.name, d.name) if rank == 0 else None)
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-    # config.yaml on resume: with its overrides
-    _first_process_writes(fabric, runs.write_text_atomic, run_dir / "config.yaml", config_mod.dump(cfg))
-    _first_process_writes(fabric, runs.write_json_atomic, run_dir / "classes.json", class_names)
     ckpt = run_dir / "checkpoints"
     history: list[dict] = []
+    resumes: list[dict] = []  # settings changed on resume: {"epoch": first epoch run with them, "changed": ...}
     start_epoch, best_acc, best_epoch = 0, -1.0, -1
     train_seconds, train_images = 0.0, 0
     if resume and (ckpt / "last_state.pt").is_file():
@@ -218,10 +377,23 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
         start_epoch, best_acc, best_epoch = state["epoch"] + 1, state["best_acc"], state["best_epoch"]
         probes = [{k[len("probe_"):]: v for k, v in h.items() if k.startswith("probe_")} for h in state["history"]]
         history, train_seconds, train_images = state["history"], state["train_seconds"], state["train_images"]
+        resumes = list(state.get("resumes", []))
+        if changes:
+            training_only = [k for k in changes if k in _TRAINING_ONLY_KEYS]
+            if training_only and _stops_before(start_epoch, best_epoch, cfg.train):
+                raise UserError(f"{run_dir} has finished training ({start_epoch} epochs), so "
+                                f"{', '.join(f'{k}={changes[k][1]}' for k in training_only)} would not take "
+                                f"effect; add train.epochs={start_epoch + 1} or more to train on with it")
+            if any(k in changes for k in _OPTIMIZER_KEYS):
+                _set_optimizer(optimizer, scheduler, cfg.train)
+            resumes.append({"epoch": start_epoch + 1, "changed": changes})
+    # config.yaml on resume: with its overrides, and a comment naming each change and its first epoch
+    _first_process_writes(fabric, runs.write_text_atomic, run_dir / "config.yaml", _config_text(cfg, resumes))
+    _first_process_writes(fabric, runs.write_json_atomic, run_dir / "classes.json", class_names)
     fabric.print(f"run directory: {run_dir}")
 
     for epoch in range(start_epoch, cfg.train.epochs):
-        if best_epoch >= 0 and cfg.train.patience and epoch - best_epoch > cfg.train.patience:
+        if _stops_before(epoch, best_epoch, cfg.train):
             break  # early stopping: val accuracy has not improved for `patience` epochs
         # Seeding per epoch makes an epoch's shuffling, augmentation and dropout a function of
         # (seed, epoch) alone, so a run resumed at an epoch boundary ends where an uninterrupted one does.
@@ -235,7 +407,7 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
         correct, seen = torch.zeros((), dtype=torch.int64, device=fabric.device), 0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
                    disable=not progress or not fabric.is_global_zero)
-        for step, (x, y) in enumerate(bar):
+        for step, (x, y) in enumerate(together(bar)):
             if mixing is not None:
                 x, target = mixing(x, y)  # label smoothing is folded into the soft targets
             else:
@@ -285,13 +457,14 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
         train_images += seen
         # Through the DDP wrapper on purpose: its first forward after training broadcasts the
         # BatchNorm statistics of process 0, whose weights become the checkpoint.
-        val = evaluate(model, val_loader, autocast=fabric.autocast, reduce=sum_over_processes)
+        val = evaluate(model, val_loader, autocast=fabric.autocast, reduce=sum_over_processes, batches=together)
         if not math.isfinite(val["loss"]):  # diverged weights must never become a checkpoint
             raise UserError(f"the validation loss became {val['loss']} after epoch {epoch + 1}: the weights "
                             f"diverged; lower train.lr (now {cfg.train.lr}); {_kept(history, ckpt)}")
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained at: read before the schedule steps
         scheduler.step()
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-               "val_loss": val["loss"], "val_acc": val["acc"], "lr": optimizer.param_groups[0]["lr"],
+               "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr,
                "seconds": round(time.perf_counter() - t0, 3)}
         if adv_loss is not None:
             # PGD vs FGSM accuracy on one validation batch makes catastrophic overfitting visible
@@ -312,14 +485,15 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
             best_acc, best_epoch = val["acc"], epoch
         state = {"epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch, "history": history,
                  "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "train_seconds": train_seconds, "train_images": train_images}
+                 "scheduler": scheduler.state_dict(), "train_seconds": train_seconds, "train_images": train_images,
+                 "resumes": resumes}
         fields = [*runs.HISTORY_FIELDS, *(f"probe_{k}" for k in ("clean", "fgsm", "pgd") if adv_loss)]
         _first_process_writes(fabric, _commit_epoch, run_dir, state, improved, fields)
 
     # --- test once, on the best checkpoint ---
     raw_model.load_state_dict(runs.load_weights(ckpt / "best.safetensors"))
     test = evaluate(model, test_loader, autocast=fabric.autocast, progress=progress and fabric.is_global_zero,
-                    desc="test", reduce=sum_over_processes)
+                    desc="test", reduce=sum_over_processes, batches=together)
     best = history[best_epoch] if 0 <= best_epoch < len(history) else history[-1]
     metrics = {
         "train_acc": best["train_acc"], "val_acc": best["val_acc"], "test_acc": test["acc"],
@@ -330,13 +504,39 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
         "train_images_per_second": round(train_images / train_seconds, 2) if train_seconds else 0.0,
         **counts, "precision": precision, "device": str(fabric.device),
         "devices": world, "num_classes": num_classes, "train_images": len(train_ds), "val_images": len(val_ds),
-        "test_images": len(test_ds), "skipped_images": skipped,
+        "test_images": len(test_ds), "skipped_images": skipped, "resumes": resumes,
     }
     if metrics["seconds"] is None:  # resumed: wall time of this process plus the earlier ones' training
         metrics["seconds"] = round(time.perf_counter() - t_start + train_seconds, 2)
     _first_process_writes(fabric, _plot_curves, history, run_dir / "curves.png")
     _first_process_writes(fabric, runs.write_json_atomic, run_dir / "metrics.json", metrics)
     return run_dir  # metrics.json exists for every process by now
+
+
+def _stops_before(epoch: int, best_epoch: int, t: config_mod.TrainConfig) -> bool:
+    """Whether training ends before ``epoch`` (0-based): all epochs done, or early stopping (val accuracy
+    has not improved for ``patience`` epochs)."""
+    return epoch >= t.epochs or (best_epoch >= 0 and t.patience > 0 and epoch - best_epoch > t.patience)
+
+
+def _set_optimizer(optimizer, scheduler, t: config_mod.TrainConfig) -> None:
+    """Resume with new optimizer settings: the loaded AdamW and MultiStepLR states carry the old ones.
+    The rate becomes what the new schedule gives at this epoch."""
+    scheduler.milestones, scheduler.gamma = Counter(t.milestones), t.gamma
+    scheduler.base_lrs = [t.lr] * len(optimizer.param_groups)
+    lr = t.lr * t.gamma ** bisect.bisect_right(sorted(t.milestones), scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        group.update(lr=lr, initial_lr=t.lr, weight_decay=t.weight_decay)
+    scheduler._last_lr = [lr] * len(optimizer.param_groups)  # what get_last_lr() reports
+
+
+def _config_text(cfg: config_mod.Config, resumes: list[dict]) -> str:
+    """config.yaml: the settings, after a comment per resume that changed some, so that the file never
+    claims a value for epochs that ran with another."""
+    lines = [f"# from epoch {r['epoch']} on (fgvc train --resume): "
+             + ", ".join(f"{k}={new} (earlier epochs: {old})" for k, (old, new) in r["changed"].items()) + "\n"
+             for r in resumes]
+    return "".join(lines) + config_mod.dump(cfg)
 
 
 def _commit_epoch(run_dir: Path, state: dict, improved: bool, history_fields: list[str]) -> None:
