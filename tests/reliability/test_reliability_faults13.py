@@ -4,7 +4,6 @@ and records that must say what ran."""
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 import subprocess

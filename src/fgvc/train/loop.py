@@ -22,13 +22,12 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Samp
 from tqdm import tqdm
 
 from fgvc import config as config_mod
-from fgvc import runs
+from fgvc import errors, runs
 from fgvc.data import build_dataset, resolve_num_workers
 from fgvc.data.base import check_classes_have_images, drop_unreadable
 from fgvc.data.generated import mix_generated
 from fgvc.data.seeding import EpochSampler, PerSampleSeeded
 from fgvc.data.transforms import decode_min_side, eval_transform, train_transform
-from fgvc import errors
 from fgvc.errors import UnreadableImage, UserError, message
 from fgvc.models import apply_trainable, count_parameters, create_model, train_mode
 from fgvc.train.evaluate import evaluate
