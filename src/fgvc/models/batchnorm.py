@@ -33,11 +33,12 @@ def resolve_mode(mode: str, folded: bool) -> str:
     return mode
 
 
-def prepare_batchnorm(model: nn.Module, cfg, make_dataset, progress: bool = True) -> str:
+def prepare_batchnorm(model: nn.Module, cfg, make_dataset, measure: bool = True, progress: bool = True) -> str:
     """Apply ``cfg.model.batchnorm`` to ``model`` before training; returns the mode that ran.
 
     ``make_dataset()`` gives the training images with the eval transform (used by ``reestimate``
-    only). Models without BatchNorm are left alone and report ``none``.
+    only, and only when ``measure``: a resumed run loads its statistics from its checkpoint).
+    Models without BatchNorm are left alone and report ``none``.
     """
     if not any(isinstance(m, _BatchNorm) for m in model.modules()):
         return "none"
@@ -46,7 +47,7 @@ def prepare_batchnorm(model: nn.Module, cfg, make_dataset, progress: bool = True
         for m in model.modules():
             if isinstance(m, _BatchNorm):
                 m.fgvc_frozen = True  # fgvc.models.freeze.train_mode keeps it in eval mode
-    elif mode == "reestimate":
+    elif mode == "reestimate" and measure:
         dataset = make_dataset()
         g = torch.Generator().manual_seed(cfg.train.seed)
         pick = torch.randperm(len(dataset), generator=g)[:REESTIMATE_IMAGES].tolist()

@@ -7,7 +7,7 @@ and depthwise ones as (1, H, W, C); PyTorch wants (O, I, H, W) and (C, 1, H, W).
 
 The graph's convolutions, in execution order, map one to one onto the ``nn.Conv2d`` modules
 of the matching timm model built with TensorFlow 'SAME' padding (``tf_mobilenetv2_100`` in
-fgvc.models.factory), and its final 1x1 convolution onto the linear head; every shape and
+fgvc.models.factory), and its final 1x1 convolution (or fully connected layer) onto the linear head; every shape and
 stride is checked. BatchNorm was folded into each convolution's bias: the BatchNorm after
 each convolution gets gamma 1, beta = bias, mean 0 and variance 1 - eps, so the eval-mode
 network computes exactly ``conv(x) + bias`` (fgvc.models.batchnorm re-estimates the
@@ -32,8 +32,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from fgvc.errors import UserError
 
-SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "AVERAGE_POOL_2D", "RESHAPE", "SOFTMAX",
-                 "QUANTIZE", "DEQUANTIZE")
+SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "AVERAGE_POOL_2D", "RESHAPE",
+                 "SOFTMAX", "QUANTIZE", "DEQUANTIZE")
 
 
 @dataclass
@@ -131,6 +131,12 @@ def _parse(path: Path) -> Graph:
             item.bias = tensor_values(ins[2]) if len(ins) > 2 and ins[2] >= 0 else torch.zeros(item.weight.shape[0])
             item.stride = (opt.StrideH(), opt.StrideW())
             item.padding = "SAME" if opt.Padding() == tflite.Padding.SAME else "VALID"
+            item.activation = _activation(tflite, opt.FusedActivationFunction())
+        elif kind == "FULLY_CONNECTED":  # a classifier stored as (O, I): kept as a 1x1 convolution
+            opt = tflite.FullyConnectedOptions()
+            opt.Init(options.Bytes, options.Pos)
+            item.weight = tensor_values(ins[1])[:, :, None, None]
+            item.bias = tensor_values(ins[2]) if len(ins) > 2 and ins[2] >= 0 else torch.zeros(item.weight.shape[0])
             item.activation = _activation(tflite, opt.FusedActivationFunction())
         elif kind == "AVERAGE_POOL_2D":
             opt = tflite.Pool2DOptions()
@@ -246,6 +252,10 @@ def reference_forward(path: str | Path, x: torch.Tensor, until: str = "logits") 
                 a = F.pad(a, same_padding(a.shape[-2], a.shape[-1], k, op.stride))
             groups = a.shape[1] if op.kind == "DEPTHWISE_CONV_2D" else 1
             out = F.conv2d(a, op.weight, op.bias, stride=op.stride, groups=groups)
+        elif op.kind == "FULLY_CONNECTED":
+            if op is last_conv and until == "features":
+                return a.flatten(1)
+            out = F.linear(a.flatten(1), op.weight.flatten(1), op.bias)
         elif op.kind == "ADD":
             out = a + values[op.inputs[1]]
         elif op.kind == "AVERAGE_POOL_2D":

@@ -30,6 +30,8 @@ from fgvc.data.seeding import EpochSampler, PerSampleSeeded
 from fgvc.data.transforms import decode_min_side, eval_transform, train_transform
 from fgvc.errors import UnreadableImage, UserError, message
 from fgvc.models import apply_trainable, count_parameters, create_model, train_mode
+from fgvc.models.batchnorm import prepare_batchnorm
+from fgvc.models.weights import pretraining_source
 from fgvc.train.evaluate import evaluate
 from fgvc.train.mixing import build_mixing, soft_cross_entropy, soft_targets
 
@@ -107,6 +109,11 @@ def build_model(cfg: config_mod.Config, num_classes: int):
     """Backbone with a fresh head, optionally initialised from an earlier run, then frozen by spec."""
     model = create_model(cfg.model.name, num_classes, pretrained=cfg.model.pretrained,
                          dropout=cfg.model.dropout, image_size=cfg.data.image_size)
+    if cfg.model.weights:  # a local file (fgvc.models.weights): its origin goes into config.yaml and metrics.json
+        from fgvc.models.weights import load_weights_file
+
+        origin = load_weights_file(model, cfg.model.weights, expected_sha256=cfg.model.weights_sha256)
+        cfg.model.weights_sha256 = origin["sha256"]
     if cfg.model.init_from:
         source_cfg = runs.load_config(cfg.model.init_from)
         if source_cfg.model.name != cfg.model.name:
@@ -286,6 +293,12 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
 
     # --- model, optimizer, schedule ---
     model = build_model(cfg, num_classes)
+    # BatchNorm folded into the convolutions (TensorFlow Lite weights) has placeholder statistics:
+    # re-estimate them on training images, or keep BatchNorm frozen (fgvc.models.batchnorm); a resumed
+    # run's statistics come with its checkpoint
+    bn_mode = prepare_batchnorm(model, cfg, lambda: build_dataset(
+        d.name, d.root, "train", eval_transform(d.image_size), d.val_fraction, cfg.train.seed),
+        measure=not resume, progress=progress and fabric.is_global_zero)
     bn_trains = _batchnorm_trains(model)
     if bn_trains and cfg.train.batch_size == 1:
         raise UserError(f"train.batch_size=1 cannot train {cfg.model.name}: its BatchNorm layers need at least 2 "
@@ -501,7 +514,8 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
         "seconds": round(time.perf_counter() - t_start, 2) if not resume else None,
         "train_seconds": round(train_seconds, 2),
         "train_images_per_second": round(train_images / train_seconds, 2) if train_seconds else 0.0,
-        **counts, "precision": precision, "device": str(fabric.device),
+        **counts, "pretrained": pretraining_source(cfg), "batchnorm": bn_mode, "precision": precision,
+        "device": str(fabric.device),
         "devices": world, "num_classes": num_classes, "train_images": len(train_ds), "val_images": len(val_ds),
         "test_images": len(test_ds), "skipped_images": skipped, "resumes": resumes,
     }
