@@ -120,6 +120,26 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--epochs", type=int, default=3)
     ft.add_argument("--lr", type=float, default=1e-5)
 
+    weights = sub.add_parser("weights", help="pretrained weights from local files: import TensorFlow Lite, "
+                             "label-matching zero-shot")
+    wsub = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    wimp = wsub.add_parser("import", help="a .tflite file -> .safetensors + .json (then model.weights=FILE)")
+    wimp.add_argument("file", help="TensorFlow Lite file (MobileNetV2 family)")
+    wimp.add_argument("--out", required=True, help="folder for <name>.safetensors and <name>.json")
+    wimp.add_argument("--model", default="tf_mobilenetv2_100", help="fgvc model name (default: tf_mobilenetv2_100)")
+    wimp.add_argument("--labels", help="text file of the model's labels, one per line, kept in the .json")
+    wzs = wsub.add_parser("zeroshot", help="score a classifier's own head on the classes whose name is one of "
+                          "its labels (no training)")
+    wzs.add_argument("file", help="weights file with its head (.tflite, or .safetensors / .pth with --model)")
+    wzs.add_argument("--labels", required=True, help="text file of the model's labels, one per line")
+    wzs.add_argument("--data", required=True, help="dataset name (cub200, dogs, folder, ...)")
+    wzs.add_argument("--root", required=True, help="dataset folder")
+    wzs.add_argument("--split", default="test", choices=["train", "val", "test"], help="split (default: test)")
+    wzs.add_argument("--model", default="tf_mobilenetv2_100", help="fgvc model name (default: tf_mobilenetv2_100)")
+    wzs.add_argument("--image-size", type=int, default=224, help="input size in pixels (default: 224)")
+    wzs.add_argument("--out", help="output folder (default: runs/labelmatch-<data>-<file>)")
+    wzs.add_argument("--quiet", action="store_true", help="no progress bar")
+
     gan = sub.add_parser("gan", help="class-conditional GAN (projection discriminator): train and sample")
     gsub = gan.add_subparsers(dest="gan_command", required=True, metavar="ACTION")
     gtrain = gsub.add_parser("train", help="train a cGAN; prints the run directory")
@@ -333,6 +353,28 @@ def cmd_zeroshot(args) -> int:
     return 0
 
 
+def cmd_weights(args) -> int:
+    if args.weights_command == "import":
+        from fgvc.models.tflite import import_tflite
+
+        if not str(args.file).endswith(".tflite"):
+            raise UserError(f"fgvc weights import reads TensorFlow Lite files (.tflite), got {args.file}; "
+                            ".safetensors and .pth files need no import: pass them as model.weights=FILE")
+        path = import_tflite(args.file, args.out, model_name=args.model, labels=args.labels)
+        print(f"wrote {path} and {path.with_suffix('.json')}; train with model.name={args.model} model.weights={path}")
+        return 0
+    from fgvc.models.labelmatch import run_label_match
+
+    out = args.out or f"runs/labelmatch-{args.data}-{Path(args.file).stem}"
+    m = run_label_match(args.file, args.labels, args.data, args.root, out, model_name=args.model, split=args.split,
+                        image_size=args.image_size, progress=not args.quiet)
+    print(f"{m['matched_classes']} of {m['dataset_classes']} classes matched a label; on their {m['images']} "
+          f"{args.split} images: top-1 {m['acc_all_labels']:.4f} among all {Path(args.labels).name} labels, "
+          f"{m['acc_matched_labels']:.4f} among the matched ones")
+    print(out)
+    return 0
+
+
 def cmd_gan(args) -> int:
     from fgvc.gan import load_gan_config, sample_dataset, train_gan
 
@@ -436,7 +478,7 @@ def cmd_demo(args) -> int:
 
 HANDLERS = {
     "data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "explain": cmd_explain,
-    "attack": cmd_attack, "zeroshot": cmd_zeroshot, "clip": cmd_clip, "gan": cmd_gan, "study": cmd_study,
+    "attack": cmd_attack, "zeroshot": cmd_zeroshot, "clip": cmd_clip, "weights": cmd_weights, "gan": cmd_gan, "study": cmd_study,
     "report": cmd_report, "demo": cmd_demo, "serve": cmd_serve,
     "export": cmd_export,
 }

@@ -58,6 +58,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | 32-true | bf16-mixed | 16-mixed
     devices: int = 1
     accelerator: str = "auto"  # auto | cpu | cuda
+    channels_last: bool = False  # CNN weights in channels-last memory order (faster for some models: benchmarks/)
 
 
 @dataclass

@@ -17,8 +17,7 @@ from safetensors.torch import save_file
 
 from fgvc.clip.models import load_clip
 from fgvc.errors import UserError
-from fgvc.models import create_model
-from fgvc.models import hub
+from fgvc.models import create_model, hub
 from fgvc.models.factory import TORCHVISION_MODELS
 
 REPO = "timm/test_vit.r160_in1k"  # test_vit's pretrained_cfg: weights on the hub, model.safetensors first

@@ -44,7 +44,7 @@ RESUME_KEYS = ("epoch", "best_acc", "best_epoch", "history", "optimizer", "sched
 # the finished epochs were (model, data, splits, augmentation, seed) and is refused.
 RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.batch_size", "train.lr", "train.weight_decay",
                   "train.milestones", "train.gamma", "train.precision", "train.devices", "train.accelerator",
-                  "data.num_workers", "data.skip_bad_images")
+                  "train.channels_last", "data.num_workers", "data.skip_bad_images")
 _OPTIMIZER_KEYS = ("train.lr", "train.weight_decay", "train.milestones", "train.gamma")
 _TRAINING_ONLY_KEYS = (*_OPTIMIZER_KEYS, "train.batch_size")  # the others also reach the final test
 
@@ -303,6 +303,8 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
     if bn_trains and cfg.train.batch_size == 1:
         raise UserError(f"train.batch_size=1 cannot train {cfg.model.name}: its BatchNorm layers need at least 2 "
                         "images per batch; set train.batch_size=2 or more (or model.batchnorm=frozen)")
+    if cfg.train.channels_last:  # convolutions follow their weights' memory order (oneDNN and cuDNN)
+        model = model.to(memory_format=torch.channels_last)
     counts = count_parameters(model)
     params = [p for p in model.parameters() if p.requires_grad]  # frozen weights never reach AdamW
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
