@@ -9,7 +9,9 @@ STAMP := $(VENV)/.fgvc-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	@echo "installing fgvc and its dependencies (PyTorch among them): several minutes on a first install"
+	$(PY) -m pip install --progress-bar on -e '.[dev]'
+	@echo "installed; run fgvc as $(VENV)/bin/fgvc, or 'source $(VENV)/bin/activate' and then fgvc"
 	touch $(STAMP)
 
 demo: $(STAMP)
