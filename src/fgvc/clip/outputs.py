@@ -28,6 +28,14 @@ def _atomic(path: Path, write) -> None:
 
 
 def write_json(path: str | Path, data: dict) -> None:
+    """``data`` as JSON, atomically. A CLIP run's ``metrics.json`` (a dict with ``task``) gets its
+    ``protocol`` block (``fgvc.protocol.clip_protocol``) added to ``data`` itself first, so the metrics the
+    run returns carry it too."""
+    if Path(path).name == "metrics.json" and isinstance(data, dict) and "task" in data and "protocol" not in data:
+        from fgvc.protocol import clip_protocol
+
+        data["protocol"] = clip_protocol(data)
+
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)

@@ -155,21 +155,25 @@ def _write(folder: Path, study: dict, name: str) -> None:
 
 
 def write_table(folder: Path, rows: list[str], columns: list[str], title: str) -> str:
-    """Markdown + CSV of the finished rows' metrics, read from their run directories only."""
-    header = ["row", *columns, "epochs_run", "seconds", "device"]
+    """Markdown + CSV of the finished rows' metrics, read from their run directories only. Protocol fields
+    (metrics.json ``protocol``, see fgvc.protocol) that differ between the rows get a ``protocol.*`` column."""
+    from fgvc.protocol import differing_fields, flatten
+
+    finished = {row: m for row in rows if (m := runs.read_metrics(folder / row))}
+    differ = differing_fields([m.get("protocol") for m in finished.values()])
+    header = ["row", *columns, "epochs_run", "seconds", "device", *(f"protocol.{k}" for k in differ)]
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     csv_rows = []
-    for row in rows:
-        metrics = runs.read_metrics(folder / row)
-        if not metrics:
-            continue
+    for row, metrics in finished.items():
         keys = [*columns, "epochs_run", "seconds", "device"]
-        values = [metrics.get(c) for c in keys]
+        protocol = flatten(metrics.get("protocol"))
+        values = [metrics.get(c) for c in keys] + [protocol.get(k) for k in differ]
         text = [f"{v:.4f}" if isinstance(v, float) and c.endswith(("acc", "top5", "loss")) else
-                "" if v is None else str(v) for c, v in zip(keys, values)]
+                "" if v is None else str(v) for c, v in zip(keys + differ, values)]
         lines.append("| " + " | ".join([row, *text]) + " |")
         csv_rows.append(dict(zip(header, [row, *values])))
-    lines += ["", "Written by `fgvc study` from the run directories; device is where each row trained."]
+    lines += ["", "Written by `fgvc study` from the run directories; device is where each row trained"
+              + ("; protocol.* columns are the protocol fields that differ between rows." if differ else ".")]
     acc_columns = [c for c in columns if c.endswith(("_acc", "_top5"))]
     if csv_rows and acc_columns:
         _plot_table(csv_rows, acc_columns, title, folder / "table.png")

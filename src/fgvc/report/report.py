@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fgvc import runs
 from fgvc.errors import UserError
+from fgvc.protocol import differing_fields, flatten
 
 COLUMNS = ("train_acc", "val_acc", "test_acc", "test_top5", "best_epoch", "epochs_run", "seconds",
            "train_images_per_second", "params_trainable")
@@ -105,16 +106,26 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     train_runs = [e for e in entries if e["kind"] == "train"]
     sections = [f"# fgvc report: {root.name}", "", f"{len(entries)} run(s) found below `{root.name}`.", ""]
     if train_runs:
+        differ = differing_fields([e["metrics"].get("protocol") for e in train_runs])
         rows = [[e["name"], e.get("model", ""), e.get("data", ""), _fmt(e.get("size")),
-                 *(_fmt(e["metrics"].get(c)) for c in COLUMNS), _fmt(e["metrics"].get("device"))] for e in train_runs]
-        sections += ["## Training runs", "", _table(["run", "model", "data", "px", *COLUMNS, "device"], rows), ""]
+                 *(_fmt(e["metrics"].get(c)) for c in COLUMNS), _fmt(e["metrics"].get("device")),
+                 *(_fmt(flatten(e["metrics"].get("protocol")).get(k)) for k in differ)] for e in train_runs]
+        header = ["run", "model", "data", "px", *COLUMNS, "device", *(f"protocol.{k}" for k in differ)]
+        sections += ["## Training runs", "", _table(header, rows), ""]
+        if differ:
+            sections += ["protocol.* columns: the protocol fields (metrics.json `protocol`) that differ between "
+                         "these runs.", ""]
     others = [e for e in entries if e["kind"] != "train"]
     if others:
+        differ = differing_fields([e["metrics"].get("protocol") for e in others])
         rows = []
         for e in others:
             accs = {k: v for k, v in e["metrics"].items() if k.endswith(("_acc", "_top5")) and isinstance(v, float)}
-            rows.append([e["name"], e["kind"], ", ".join(f"{k} {v:.4f}" for k, v in accs.items())])
-        sections += ["## Zero-shot, probes and other runs", "", _table(["run", "task", "accuracy"], rows), ""]
+            protocol = flatten(e["metrics"].get("protocol"))
+            rows.append([e["name"], e["kind"], ", ".join(f"{k} {v:.4f}" for k, v in accs.items()),
+                         ", ".join(f"{k}={_fmt(protocol.get(k))}" for k in differ)])
+        sections += ["## Zero-shot, probes and other runs", "",
+                     _table(["run", "task", "accuracy", "protocol differences"], rows), ""]
     for e in entries:
         for attack in sorted((e["dir"] / "attack").glob("*.md")):
             sections += [f"## Attack: {e['name']}", "", attack.read_text(encoding="utf-8").split("\n", 2)[-1], ""]

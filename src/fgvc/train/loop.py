@@ -521,6 +521,10 @@ def _train(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, pro
         "devices": world, "num_classes": num_classes, "train_images": len(train_ds), "val_images": len(val_ds),
         "test_images": len(test_ds), "skipped_images": skipped, "resumes": resumes,
     }
+    from fgvc.protocol import training_protocol  # the choices behind these numbers (docs/evaluation.md)
+
+    metrics["protocol"] = training_protocol(cfg, train_ds, val_ds, test_ds, precision=precision,
+                                            device=metrics["device"], pretrained=metrics["pretrained"])
     if metrics["seconds"] is None:  # resumed: wall time of this process plus the earlier ones' training
         metrics["seconds"] = round(time.perf_counter() - t_start + train_seconds, 2)
     _first_process_writes(fabric, _plot_curves, history, run_dir / "curves.png")
