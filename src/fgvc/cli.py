@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+")
     pr.add_argument("--topk", type=int, default=5)
     pr.add_argument("--json", action="store_true")
+    ev.add_argument("--tta", choices=["flip", "five-crop", "ten-crop"],
+                    help="also score with test-time augmentation, reported beside the plain numbers (default: none)")
+    ev.add_argument("--unknown", metavar="DIR",
+                    help="folder of images of classes the model never saw: open-set AUROC, FPR at 95%% TPR")
 
     ex = sub.add_parser("explain", help="CAM / Grad-CAM / Grad-CAM++ overlays and localisation scores")
     ex.add_argument("run_dir")
@@ -245,51 +249,17 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
+    from fgvc.evaluation import eval_run, summary
 
-    from fgvc import runs
-    from fgvc.data import build_dataset, resolve_num_workers
-    from fgvc.data.transforms import eval_transform
-    from fgvc.metrics import class_report, confusion_matrix, plot_confusion
-    from fgvc.train import evaluate
-
-    model, class_names = runs.load(args.run_dir)
-    cfg = runs.load_config(args.run_dir)
     # scored as training scored val/test: the same pipeline (its reduced JPEG decode included),
-    # batches and, on the same kind of device, the precision the run recorded
-    ds = build_dataset(cfg.data.name, cfg.data.root, args.split, eval_transform(cfg.data.image_size),
-                       cfg.data.val_fraction, cfg.train.seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    ran = runs.read_metrics(args.run_dir)
-    same_device = str(ran.get("device", "")).split(":")[0] == device
-    precision = ran["precision"] if same_device and ran.get("precision") in ("bf16-mixed", "16-mixed") else "32-true"
-    # Fabric, as in training: mixed precision also casts the inputs, not only the forward pass
-    from lightning_fabric import Fabric
-
-    fabric = Fabric(accelerator=device, devices=1, precision=precision)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size * 2,
-                                         num_workers=resolve_num_workers(cfg.data.num_workers, torch.cuda.is_available()))
-    result = evaluate(fabric.setup_module(model), loader, autocast=fabric.autocast, device=fabric.device,
-                      progress=True, desc=args.split, predictions=True)
-    result["precision"] = precision
-    conf = confusion_matrix(result.pop("labels"), result.pop("predicted"), len(class_names))
-    report = class_report(conf, class_names)
-    del report["confusions"]  # the top 20 are enough in the JSON; the plot shows them all
-    result.update(report)
-    run_dir = Path(args.run_dir)
-    runs.write_json_atomic(run_dir / f"eval_{args.split}.json", result)
-    plot = plot_confusion(conf, class_names, run_dir / f"confusion_{args.split}.png",
-                          title=f"{run_dir.resolve().name}: {args.split} split")
+    # batches and, on the same kind of device, the precision the run recorded; + calibration, TTA, open set
+    result = eval_run(args.run_dir, args.split, tta=args.tta, unknown=args.unknown, progress=not args.json)
+    files = result.pop("files")
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{args.split}: acc {result['acc']:.4f}  top-5 {result['top5']:.4f}  mean per-class acc "
-          f"{result['mean_class_acc']:.4f}  loss {result['loss']:.4f}  ({result['n']} images)")
-    if report["top_confusions"]:
-        print("most confused (true -> predicted: images, share of the true class):")
-        for c in report["top_confusions"][:5]:
-            print(f"  {c['true']} -> {c['predicted']}: {c['count']}, {c['rate']:.2f}")
-    print(f"wrote {run_dir / f'eval_{args.split}.json'} and {plot}")
+    print(summary(result, args.split))
+    print(f"wrote {' and '.join(files.values())}")
     return 0
 
 

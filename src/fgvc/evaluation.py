@@ -1,0 +1,151 @@
+"""`fgvc eval RUN_DIR`: score a run's best checkpoint on a split, with calibration, TTA and open-set scores.
+
+Writes into the run directory (atomically): ``eval_<split>.json`` (accuracy, top-5, loss,
+per-class report, ``calibration``, ``protocol``, and when asked ``tta`` and ``openset``),
+``confusion_<split>.png``, ``reliability.png`` and, with ``unknown``, ``openset_<split>.png``.
+The plain numbers are always the single centre-crop ones; TTA numbers sit beside them.
+See docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fgvc import calibration, runs
+
+
+def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, unknown: str | Path | None = None,
+             progress: bool = True) -> dict:
+    """Evaluate ``run_dir`` on ``split`` as training scored it (same pipeline, batches and, on the same kind
+    of device, precision) and return the result written to ``eval_<split>.json``; accuracies are
+    fractions in [0, 1].
+
+    - ``calibration``: ECE (equal-width and equal-mass bins), NLL, Brier on val and test, before and
+      after temperature scaling fitted on val only (``fgvc.calibration``); reliability diagram of test.
+    - ``tta`` ("flip", "five-crop", "ten-crop"): the TTA accuracy under result["tta"], beside the plain one.
+    - ``unknown``: a folder of images of classes the model never saw: open-set scores vs the split's
+      images (``fgvc.openset``).
+
+    Bad input (not a run directory, unknown TTA mode, a folder without images) raises UserError before
+    anything is scored."""
+    from lightning_fabric import Fabric
+
+    from fgvc.data import build_dataset, resolve_num_workers
+    from fgvc.data.base import FineGrainedDataset
+    from fgvc.data.transforms import eval_transform
+    from fgvc.metrics import class_report, confusion_matrix, plot_confusion
+    from fgvc.protocol import eval_crop
+    from fgvc.train import evaluate
+
+    run_dir = runs.check_run_dir(run_dir)
+    if tta is not None:
+        from fgvc.tta import check_mode
+
+        check_mode(tta)
+    unknown_set = None
+    if unknown is not None:
+        from fgvc.openset import unknown_samples
+
+        unknown_set = unknown_samples(unknown)
+    model, class_names = runs.load(run_dir)
+    cfg = runs.load_config(run_dir)
+    d = cfg.data
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ran = runs.read_metrics(run_dir)
+    same_device = str(ran.get("device", "")).split(":")[0] == device
+    precision = ran["precision"] if same_device and ran.get("precision") in ("bf16-mixed", "16-mixed") else "32-true"
+    # Fabric, as in training: mixed precision also casts the inputs, not only the forward pass
+    fabric = Fabric(accelerator=device, devices=1, precision=precision)
+    workers = resolve_num_workers(d.num_workers, torch.cuda.is_available())
+    wrapped = fabric.setup_module(model)
+
+    def score(dataset, net=wrapped, desc=split) -> dict:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size * 2, num_workers=workers)
+        return evaluate(net, loader, autocast=fabric.autocast, device=fabric.device, progress=progress,
+                        desc=desc, predictions=True, logits=True)
+
+    def split_set(name: str, transform=None):
+        return build_dataset(d.name, d.root, name, transform or eval_transform(d.image_size), d.val_fraction,
+                             cfg.train.seed)
+
+    main_set = split_set(split)
+    main = score(main_set)
+    result = {k: main[k] for k in ("loss", "acc", "top5", "n")}
+    result["precision"] = precision
+    conf = confusion_matrix(main["labels"], main["predicted"], len(class_names))
+    report = class_report(conf, class_names)
+    del report["confusions"]  # the top 20 are enough in the JSON; the plot shows them all
+    result.update(report)
+    protocol = {**(ran.get("protocol") or {}), **eval_crop(main_set.transform), "tta": "none",
+                "precision": precision, "device": str(fabric.device), "split": split}
+    result["protocol"] = protocol
+
+    # calibration: temperature fitted on val only, applied to test
+    scored = {split: main}
+    for name in ("val", "test"):
+        if name not in scored:
+            scored[name] = score(split_set(name), desc=name)
+    cal = calibration.calibrate(scored["val"]["logits"], scored["val"]["labels"], scored["test"]["logits"],
+                                scored["test"]["labels"])
+    result["calibration"] = cal
+    files = {"json": run_dir / f"eval_{split}.json", "confusion": run_dir / f"confusion_{split}.png",
+             "reliability": run_dir / "reliability.png"}
+
+    if tta is not None:
+        from fgvc.tta import TTA_MODES, TTAModel, tta_transform
+
+        tta_set = split_set(split, tta_transform(d.image_size, tta))
+        views = score(tta_set, fabric.setup_module(TTAModel(model, tta)), desc=f"{split} {tta}")
+        result["tta"] = {"mode": tta, "views": TTA_MODES[tta], "aggregation": "mean of softmax probabilities",
+                         **{k: views[k] for k in ("acc", "top5", "loss", "n")},
+                         "gain": views["acc"] - main["acc"],
+                         "protocol": {**protocol, "tta": tta}}
+
+    if unknown_set is not None:
+        from fgvc.openset import openset_report, plot_coverage
+
+        ood = score(FineGrainedDataset(unknown_set, ["unknown"], eval_transform(d.image_size), name="unknown",
+                                       split="unknown", root=Path(unknown)), desc="unknown")
+        result["openset"] = {"unknown_dir": str(unknown), "known_split": split,
+                             **openset_report(main["logits"], main["labels"], ood["logits"])}
+        files["openset"] = plot_coverage(main["logits"], main["labels"], run_dir / f"openset_{split}.png",
+                                         {k: v["auroc"] for k, v in result["openset"]["scores"].items()},
+                                         title=f"{run_dir.resolve().name}: {split} vs {Path(unknown).name}")
+
+    # figures first, the JSON last: its presence means the evaluation finished
+    plot_confusion(conf, class_names, files["confusion"], title=f"{run_dir.resolve().name}: {split} split")
+    calibration.plot_reliability(scored["test"]["logits"], scored["test"]["labels"], cal["temperature"],
+                                 files["reliability"], n_bins=cal["n_bins"],
+                                 title=f"{run_dir.resolve().name}: test, temperature fitted on val")
+    runs.write_json_atomic(files["json"], result)
+    result["files"] = {k: str(v) for k, v in files.items()}
+    return result
+
+
+def summary(result: dict, split: str) -> str:
+    """The lines `fgvc eval` prints."""
+    lines = [f"{split}: acc {result['acc']:.4f}  top-5 {result['top5']:.4f}  mean per-class acc "
+             f"{result['mean_class_acc']:.4f}  loss {result['loss']:.4f}  ({result['n']} images)"]
+    if "tta" in result:
+        t = result["tta"]
+        lines.append(f"{split} with TTA {t['mode']} ({t['views']} views): acc {t['acc']:.4f}  top-5 {t['top5']:.4f}  "
+                     f"(gain {t['gain']:+.4f}; the plain number above stays the headline)")
+    cal = result["calibration"]
+    b, a = cal["test"]["before"], cal["test"]["after"]
+    lines.append(f"calibration (test): ECE {b['ece']:.4f} -> {a['ece']:.4f}  equal-mass ECE {b['ece_mass']:.4f} -> "
+                 f"{a['ece_mass']:.4f}  NLL {b['nll']:.4f} -> {a['nll']:.4f}  Brier {b['brier']:.4f} -> "
+                 f"{a['brier']:.4f}  (temperature {cal['temperature']:.3f}, fitted on val)")
+    if "openset" in result:
+        o = result["openset"]
+        scores = "  ".join(f"{k} AUROC {v['auroc']:.4f} FPR@95%TPR {v['fpr_at_95_tpr']:.4f}"
+                           for k, v in o["scores"].items())
+        lines.append(f"unknown images ({o['unknown_images']} vs {o['known_images']} known): {scores}")
+    if result["top_confusions"]:
+        lines.append("most confused (true -> predicted: images, share of the true class):")
+        lines += [f"  {c['true']} -> {c['predicted']}: {c['count']}, {c['rate']:.2f}" for c in result["top_confusions"][:5]]
+    return "\n".join(lines)
+
+
+__all__ = ["eval_run", "summary"]

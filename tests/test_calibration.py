@@ -1,0 +1,109 @@
+"""Calibration (issue 14, item 4): ECE (equal width, equal mass), NLL, Brier, temperature scaling."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fgvc.calibration import (
+    bin_stats,
+    brier_score,
+    calibrate,
+    expected_calibration_error,
+    fit_temperature,
+    plot_reliability,
+    scores,
+)
+
+
+def _calibrated(n=200_000, classes=10, seed=0):
+    """Top-label probability p ~ U(0.1, 1) on a random class, the rest spread evenly; the label is that
+    class with probability p (else another one): calibrated by construction."""
+    g = torch.Generator().manual_seed(seed)
+    p = 0.1 + 0.9 * torch.rand(n, generator=g, dtype=torch.float64)
+    top = torch.randint(classes, (n,), generator=g)
+    probs = ((1 - p) / (classes - 1))[:, None].expand(n, classes).clone()
+    probs[torch.arange(n), top] = p
+    hit = torch.rand(n, generator=g, dtype=torch.float64) < p
+    other = (top + torch.randint(1, classes, (n,), generator=g)) % classes
+    return probs, torch.where(hit, top, other)
+
+
+@pytest.mark.parametrize("binning", ["width", "mass"])
+def test_a_calibrated_predictor_has_ece_near_zero(binning):
+    probs, labels = _calibrated()
+    assert expected_calibration_error(probs, labels, 15, binning) < 0.005
+
+
+def test_a_known_miscalibration_equals_the_closed_form():
+    # half the images: confidence 0.95, accuracy 0.5; the other half: confidence 0.55, accuracy 1.0
+    # ECE = 0.5 * |0.5 - 0.95| + 0.5 * |1.0 - 0.55| = 0.45, with equal-width (15) or equal-mass (2) bins
+    n = 1000
+    probs = torch.zeros(2 * n, 2, dtype=torch.float64)
+    probs[:n] = torch.tensor([0.95, 0.05], dtype=torch.float64)
+    probs[n:] = torch.tensor([0.55, 0.45], dtype=torch.float64)
+    labels = torch.zeros(2 * n, dtype=torch.long)
+    labels[: n // 2] = 1  # half of the confident images are wrong
+    assert expected_calibration_error(probs, labels, 15, "width") == pytest.approx(0.45, abs=1e-4)  # torchmetrics sums in float32
+    assert expected_calibration_error(probs, labels, 2, "mass") == pytest.approx(0.45, abs=1e-9)
+    # one constant confidence 0.8 with accuracy 0.25: |0.25 - 0.8| whatever the binning
+    probs = torch.tensor([[0.8, 0.2]] * 8, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1, 1, 0, 1, 1, 1])
+    for binning, bins in (("width", 10), ("mass", 1), ("mass", 4)):
+        assert expected_calibration_error(probs, labels, bins, binning) == pytest.approx(0.55, abs=1e-6)
+
+
+def test_hand_written_equal_width_bins_agree_with_torchmetrics():
+    # the reliability diagram's bins (ours) and the reported ECE (torchmetrics) must tell one story
+    g = torch.Generator().manual_seed(1)
+    logits = 3 * torch.randn(5000, 7, generator=g, dtype=torch.float64)
+    labels = torch.randint(7, (5000,), generator=g)
+    probs = logits.softmax(1)
+    conf, pred = probs.max(1)
+    bins = bin_stats(conf, pred == labels, 15, "width")
+    ours = sum(b["n"] / 5000 * abs(b["accuracy"] - b["confidence"]) for b in bins)
+    assert ours == pytest.approx(expected_calibration_error(probs, labels, 15, "width"), abs=1e-6)
+    assert sum(b["n"] for b in bin_stats(conf, pred == labels, 15, "mass")) == 5000
+
+
+def test_brier_and_nll_closed_forms():
+    assert brier_score(torch.tensor([[1.0, 0.0]]), torch.tensor([0])) == 0
+    assert brier_score(torch.tensor([[0.5, 0.5]]), torch.tensor([1])) == pytest.approx(0.5)
+    assert brier_score(torch.tensor([[0.0, 1.0]]), torch.tensor([0])) == pytest.approx(2.0)
+    s = scores(torch.zeros(4, 4), torch.tensor([0, 1, 2, 3]))
+    assert s["nll"] == pytest.approx(math.log(4)) and s["brier"] == pytest.approx(0.75)
+
+
+def _overconfident(n, seed, sharpen=4.0):
+    """Labels drawn from softmax(z) (calibrated logits z); the model reports sharpen * z."""
+    g = torch.Generator().manual_seed(seed)
+    z = 1.5 * torch.randn(n, 5, generator=g, dtype=torch.float64)
+    labels = torch.multinomial(z.softmax(1), 1, generator=g).flatten()
+    return sharpen * z, labels
+
+
+def test_temperature_scaling_fitted_on_val_lowers_test_nll_of_an_overconfident_model():
+    val_logits, val_labels = _overconfident(4000, 0)
+    test_logits, test_labels = _overconfident(4000, 1)
+    t = fit_temperature(val_logits, val_labels)
+    assert t == pytest.approx(4.0, rel=0.15)  # recovers the sharpening
+    result = calibrate(val_logits, val_labels, test_logits, test_labels)
+    before, after = result["test"]["before"], result["test"]["after"]
+    assert result["temperature"] == t and result["fitted_on"] == "val"
+    assert after["nll"] < before["nll"] - 0.1 and after["ece"] < before["ece"] and after["brier"] < before["brier"]
+    assert after["acc"] == before["acc"]  # one temperature never changes the argmax
+    assert after["nll"] == pytest.approx(float(F.cross_entropy(test_logits / t, test_labels)))
+
+
+def test_temperature_is_fitted_on_the_val_logits_given():
+    # val says "sharpened 4x", test is calibrated: a temperature fitted on test would be ~1
+    val_logits, val_labels = _overconfident(3000, 2)
+    test_logits, test_labels = _overconfident(3000, 3, sharpen=1.0)
+    assert calibrate(val_logits, val_labels, test_logits, test_labels)["temperature"] > 3
+
+
+def test_reliability_diagram_is_a_png(tmp_path):
+    logits, labels = _overconfident(500, 4)
+    path = plot_reliability(logits, labels, 4.0, tmp_path / "r.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
