@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a run's best checkpoint on a split")
     ev.add_argument("run_dir")
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--tta", choices=["flip", "five-crop", "ten-crop"],
+                    help="also score with test-time augmentation, reported beside the plain numbers (default: none)")
+    ev.add_argument("--unknown", metavar="DIR",
+                    help="folder of images of classes the model never saw: open-set AUROC, FPR at 95%% TPR")
     ev.add_argument("--json", action="store_true")
 
     pr = sub.add_parser("predict", help="top-k classes for image files")
@@ -63,10 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+")
     pr.add_argument("--topk", type=int, default=5)
     pr.add_argument("--json", action="store_true")
-    ev.add_argument("--tta", choices=["flip", "five-crop", "ten-crop"],
-                    help="also score with test-time augmentation, reported beside the plain numbers (default: none)")
-    ev.add_argument("--unknown", metavar="DIR",
-                    help="folder of images of classes the model never saw: open-set AUROC, FPR at 95%% TPR")
 
     ex = sub.add_parser("explain", help="CAM / Grad-CAM / Grad-CAM++ overlays and localisation scores")
     ex.add_argument("run_dir")

@@ -22,7 +22,8 @@ def eval_crop(pipeline) -> dict:
     read from its own ``Resize`` and ``CenterCrop`` steps: the crop ratio is crop side / resized shorter
     side (0.875 for fgvc's pipeline, ``fgvc.data.transforms.EVAL_CROP_RATIO``). A step that is missing
     gives None for its fields (a pipeline that does not resize has crop ratio None)."""
-    from torchvision.transforms import v2  # here: report and study tables import this module without torch work
+    # imported here: report and study tables import this module without torch work
+    from torchvision.transforms import v2
 
     resize = crop = None
     for step in getattr(pipeline, "transforms", []):
