@@ -164,3 +164,15 @@ def test_eval_unknown_bad_folder_is_one_sentence(tiny_run, tmp_path, capsys, mak
     assert main(["eval", str(tiny_run), "--unknown", str(folder)]) == 2
     err = capsys.readouterr().err
     assert words in err and "--unknown" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_lists_eval_results_with_tta_beside_the_plain_accuracy(tiny_run, capsys):
+    from fgvc.report import write_report
+
+    result = _eval(capsys, tiny_run, "--tta", "flip")
+    text = write_report(tiny_run.parent, tiny_run.parent / "report").read_text()
+    assert "## Evaluations (fgvc eval)" in text
+    row = next(line for line in text.splitlines() if line.startswith(f"| {tiny_run.name} | test |"))
+    cal = result["calibration"]["test"]
+    assert f"| {result['acc']:.4f} | {result['tta']['acc']:.4f} (flip) |" in row
+    assert f"{cal['before']['nll']:.4f} -> {cal['after']['nll']:.4f}" in row

@@ -113,7 +113,7 @@ def plot_coverage(known_logits: torch.Tensor, known_labels: torch.Tensor, path: 
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="coverage (share of known test images kept, highest score first)",
            ylabel="accuracy of the kept images", title=title or "accuracy / coverage")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
     return runs.save_figure(fig, path, dpi=110)
 
 

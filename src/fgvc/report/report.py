@@ -126,6 +126,14 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
                          ", ".join(f"{k}={_fmt(protocol.get(k))}" for k in differ)])
         sections += ["## Zero-shot, probes and other runs", "",
                      _table(["run", "task", "accuracy", "protocol differences"], rows), ""]
+    evals = _eval_rows(entries)
+    if evals:
+        sections += ["## Evaluations (fgvc eval)", "",
+                     _table(["run", "split", "acc", "TTA acc (mode)", "test ECE before -> after",
+                             "test NLL before -> after", "T (fitted on val)", "unknown AUROC msp / energy / max logit"],
+                            evals), "",
+                     "The plain accuracy is the single centre crop; TTA accuracy is reported beside it with its mode.",
+                     ""]
     for e in entries:
         for attack in sorted((e["dir"] / "attack").glob("*.md")):
             sections += [f"## Attack: {e['name']}", "", attack.read_text(encoding="utf-8").split("\n", 2)[-1], ""]
@@ -151,6 +159,37 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     runs.write_text_atomic(out / "report.md", text)
     runs.write_text_atomic(out / "report.html", _html(text, root.name))
     return out / "report.md"
+
+
+def _num(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else ""
+
+
+def _eval_rows(entries: list[dict]) -> list[list[str]]:
+    """One row per eval_<split>.json that `fgvc eval` wrote: accuracy, TTA beside it, calibration, open set."""
+    rows = []
+    for e in entries:
+        for path in sorted(e["dir"].glob("eval_*.json")):
+            try:
+                ev = json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+                continue
+            if not isinstance(ev, dict) or "acc" not in ev:
+                continue
+            tta = ev.get("tta") or {}
+            cal = (ev.get("calibration") or {}).get("test") or {}
+            before, after = cal.get("before") or {}, cal.get("after") or {}
+            scores = (ev.get("openset") or {}).get("scores") or {}
+            rows.append([
+                e["name"], path.stem[len("eval_"):], _fmt(ev.get("acc")),
+                f"{_fmt(tta.get('acc'))} ({tta.get('mode')})" if tta else "",
+                f"{_fmt(before.get('ece'))} -> {_fmt(after.get('ece'))}" if cal else "",
+                f"{_num(before.get('nll'))} -> {_num(after.get('nll'))}" if cal else "",  # nats: may pass 1
+                f"{(ev.get('calibration') or {}).get('temperature', 0):.3f}" if cal else "",
+                " / ".join(_fmt((scores.get(k) or {}).get("auroc")) for k in ("msp", "energy", "max_logit"))
+                if scores else "",
+            ])
+    return rows
 
 
 def _html(markdown: str, title: str) -> str:
