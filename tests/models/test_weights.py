@@ -122,7 +122,7 @@ def test_missing_file_unknown_suffix_and_changed_file(tmp_path):
         load_weights_file(_resnet(5), "$FGVC_NOT_SET_ANYWHERE/w.safetensors")
 
 
-def test_training_from_a_file_records_its_origin(tmp_path, synthbirds_root):
+def test_training_from_a_file_records_its_origin(tmp_path, tiny_synthbirds_root):
     from fgvc import config as config_mod
     from fgvc import runs
     from fgvc.train import train
@@ -131,7 +131,7 @@ def test_training_from_a_file_records_its_origin(tmp_path, synthbirds_root):
     path = tmp_path / "resnet18-imagenet.safetensors"
     save_file(_torchvision_keys(src), str(path))
     cfg = config_mod.load(None, ["model.name=resnet18", f"model.weights={path}", "data.name=synthbirds",
-                                 f"data.root={synthbirds_root}", "data.image_size=32", "train.epochs=1",
+                                 f"data.root={tiny_synthbirds_root}", "data.image_size=32", "train.epochs=1",
                                  "train.batch_size=8", "data.num_workers=0", "train.precision=32-true",
                                  "model.trainable=fc", f"out={tmp_path / 'runs'}"])
     run = train(cfg, progress=False)

@@ -373,3 +373,24 @@ def test_adv_loss_weight_weighs_the_clean_loss(pgd_run):
     coef = torch.linalg.lstsq(a.double(), gap.double()[:, None]).solution.flatten()
     assert 1 / float(coef[0]) == pytest.approx(0.3, abs=1e-3)
     assert -1 / float(coef[1]) == pytest.approx(0.7, abs=1e-3)
+
+
+def test_train_channels_last_reaches_the_convolution_weights(make_cfg, tmp_path, monkeypatch):
+    from torch import nn
+
+    from fgvc.models.factory import Classifier
+
+    seen = []
+    real = Classifier.forward
+
+    def forward(self, x, *args, **kwargs):
+        w = next(m.weight for m in self.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
+        seen.append(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous())
+        return real(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(Classifier, "forward", forward)
+    run_and_spy(make_cfg("train.channels_last=true"), tmp_path / "cl", stop_after_first_step=True)
+    assert seen and all(seen)
+    seen.clear()
+    run_and_spy(make_cfg(), tmp_path / "plain", stop_after_first_step=True)
+    assert seen and not any(seen)
