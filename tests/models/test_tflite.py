@@ -217,3 +217,24 @@ def test_a_short_fine_tune_from_imagenet_beats_the_same_run_from_scratch(tmp_pat
 
     pretrained, scratch = top1(f"model.weights={IMAGENET}"), top1()
     assert pretrained > scratch + 0.3, (pretrained, scratch)
+
+
+def test_cam_on_a_mobilenet_weighs_the_pooled_map_by_the_head():
+    from fgvc.explain import cam
+
+    torch.manual_seed(0)
+    model = create_model("tf_mobilenetv2_100", 5).eval()
+    x = torch.rand(2, 3, 64, 64)
+    maps = cam(model, x)
+    # closed form: CAM_k = sum_c w_kc A_c on the map that is pooled into the head (bn2, 1280 channels)
+    feats = {}
+    handle = model.net.bn2.register_forward_hook(lambda m, i, o: feats.setdefault("a", o))
+    with torch.no_grad():
+        k = model(x).argmax(1)
+    handle.remove()
+    a = feats["a"]
+    assert a.shape[1] == model.head.in_features
+    raw = torch.einsum("bc,bchw->bhw", model.head.weight[k], a)
+    raw = F.interpolate(raw[:, None], size=64, mode="bilinear", align_corners=False)[:, 0]
+    lo, hi = raw.amin((1, 2), keepdim=True), raw.amax((1, 2), keepdim=True)
+    assert torch.allclose(maps, (raw - lo) / (hi - lo), atol=1e-4)

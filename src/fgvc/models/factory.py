@@ -98,7 +98,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, dropout:
                             "model.weights=PATH.tflite and model.pretrained=false")
         timm_name, extra = TF_PORTS[name]
         net = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, drop_rate=dropout, **extra)
-        return Classifier(net, name, "timm", _find_linear_head(net), net.feature_info[-1]["module"])
+        return Classifier(net, name, "timm", _find_linear_head(net), _last_feature_map(net))
     if name in timm.list_models() or (pretrained and name in timm.list_models(pretrained=True)):
         return _timm_model(name, num_classes, pretrained, dropout, image_size)
     if "." in name and name.split(".")[0] in timm.list_models():  # timm name with a pretrained tag
@@ -196,8 +196,7 @@ def _timm_model(name, num_classes, pretrained, dropout, image_size, **overrides)
     if is_vit:
         return Classifier(net, name, "vit", head_path, None, mean, std)
     family = "resnet" if isinstance(net, timm.models.resnet.ResNet) else "timm"
-    feature_path = net.feature_info[-1]["module"] if getattr(net, "feature_info", None) else None
-    return Classifier(net, name, family, head_path, feature_path, mean, std)
+    return Classifier(net, name, family, head_path, _last_feature_map(net), mean, std)
 
 
 def _timm_probe(name, arch, kwargs):
@@ -249,6 +248,15 @@ def _size_error(name: str, image_size, e: Exception) -> UserError:
     detail = " ".join(str(e).split())[:160] or e.__class__.__name__
     return UserError(f"timm model {name!r} cannot take {image_size}x{image_size} images ({detail}); set "
                      f"data.image_size={made_for} (the size it was made for) or another size its architecture allows")
+
+
+def _last_feature_map(net: nn.Module) -> str | None:
+    """The module whose output is pooled into the head's input (CAM needs exactly that map).
+    timm's feature_info names the last stage; EfficientNet-family models (MobileNetV2 too) add a
+    1x1 head convolution and BatchNorm after it, so their map is ``bn2``'s (1280 channels)."""
+    if isinstance(net, timm.models.efficientnet.EfficientNet):
+        return "bn2"
+    return net.feature_info[-1]["module"] if getattr(net, "feature_info", None) else None
 
 
 def _find_linear_head(net: nn.Module) -> str:

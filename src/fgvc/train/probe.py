@@ -1,0 +1,71 @@
+"""Linear probe on any backbone: frozen features, L2-regularised logistic regression.
+
+The features are what the classifier's head sees (the input of its final linear layer, caught
+with a forward hook), of the train / val / test images under the eval transform. The probe is
+fgvc.clip.probe's: full-batch L-BFGS, weight decay swept on val, test scored once. It is the
+reference a fine-tune should beat (a fine-tune below its own probe points to a BatchNorm or
+learning-rate problem), and a study row (``{task: probe}``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from fgvc import config as config_mod
+from fgvc import runs
+from fgvc.clip.probe import fit_linear_probe, probe_accuracy
+from fgvc.data import build_dataset
+from fgvc.data.transforms import eval_transform
+from fgvc.models.weights import pretraining_source
+
+
+@torch.no_grad()
+def head_inputs(model, loader, device="cpu", progress: bool = False, desc: str = "features"):
+    """(features (N, D) float32, labels (N,)) for every batch of ``loader``: the input of ``model.head``."""
+    feats, labels = [], []
+    handle = model.head.register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach().float().cpu()))
+    try:
+        model.eval().to(device)
+        for x, y, *_ in tqdm(loader, desc=desc, leave=False, disable=not progress):
+            model(x.to(device))
+            labels.append(y)
+    finally:
+        handle.remove()
+    return torch.cat(feats), torch.cat(labels)
+
+
+def run_probe(cfg: config_mod.Config, out: str | Path, batch_size: int = 64, progress: bool = True) -> dict:
+    """Fit and score a linear probe on the frozen backbone ``cfg`` describes (model.name, model.weights
+    or model.pretrained, data.*); writes ``out/metrics.json`` (task ``linear_probe``) and returns it."""
+    from fgvc.train.loop import build_model  # the same weights loading as training
+
+    t0 = time.perf_counter()
+    d = cfg.data
+    splits = {s: build_dataset(d.name, d.root, s, eval_transform(d.image_size), d.val_fraction, cfg.train.seed)
+              for s in ("train", "val", "test")}
+    class_names = splits["train"].class_names
+    model = build_model(cfg, len(class_names))
+    device = "cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu"
+    data = {s: head_inputs(model, DataLoader(ds, batch_size=batch_size, num_workers=0), device, progress, s)
+            for s, ds in splits.items()}
+    probe = fit_linear_probe(*data["train"], *data["val"], len(class_names), device=device)
+    test = probe_accuracy(probe, *data["test"])
+    metrics = {"task": "linear_probe", "model": cfg.model.name, "pretrained": pretraining_source(cfg),
+               "train_acc": probe_accuracy(probe, *data["train"])["acc"], "val_acc": probe["val_acc"],
+               "test_acc": test["acc"], "test_top5": test.get("top5"), "weight_decay": probe["weight_decay"],
+               "feature_dim": int(data["train"][0].shape[1]), "image_size": d.image_size,
+               "train_images": len(splits["train"]), "val_images": len(splits["val"]),
+               "test_images": len(splits["test"]), "seconds": round(time.perf_counter() - t0, 2), "device": device}
+    out = Path(out)
+    runs.write_text_atomic(out / "config.yaml", config_mod.dump(cfg))
+    runs.write_json_atomic(out / "classes.json", class_names)
+    runs.write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+__all__ = ["head_inputs", "run_probe"]
