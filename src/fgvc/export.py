@@ -1,4 +1,5 @@
-"""Export a run's model to ONNX, TorchScript or torch.export (.pt2), verified against PyTorch.
+"""Export a run's model to ONNX, TorchScript or torch.export (.pt2), verified against PyTorch
+(``--format hf``: a Hugging Face / timm model folder, see ``fgvc.export_hf``).
 
 The exported model is the run's ``Classifier`` as it is: float32 RGB images in [0, 1],
 NCHW at the run's ``data.image_size``, mean/std normalisation inside, logits out. After
@@ -37,6 +38,9 @@ from fgvc.errors import UserError
 
 # format -> file suffix; onnx first: the one runtime-neutral format, and the default
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
+# folder formats (fgvc.export_hf): a Hugging Face / timm model folder, written by its own exporter
+FOLDER_FORMATS = ("hf",)
+ALL_FORMATS = (*FORMATS, *FOLDER_FORMATS)
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 ONNX_INSTALL = "pip install 'fgvc[export]'  (or: pip install onnx onnxscript onnxruntime)"
 DEFAULT_TOLERANCE = 1e-3  # max abs logit difference; float32 rounding is ~1e-6, a real bug is ~1
@@ -83,8 +87,14 @@ def export_model(run_dir: str | Path, fmt: str | None = None, out: str | Path | 
     ``tolerance`` bounds the max abs logit difference to the PyTorch model on [0, 1] inputs.
     """
     fmt = fmt or default_format(out)
-    if fmt not in FORMATS:
-        raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt not in ALL_FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(ALL_FORMATS)}")
+    if fmt == "hf":  # a folder for timm / the Hugging Face hub, checked by timm loading it back
+        from fgvc.export_hf import export_hf
+
+        if str(batch).strip().lower() != "dynamic":
+            raise UserError("--batch does not apply to --format hf (the folder holds weights, any batch works)")
+        return export_hf(run_dir, out, tolerance=tolerance, checkpoint=checkpoint)
     fixed_batch = parse_batch(batch)
     if not tolerance > 0:
         raise UserError(f"--tolerance must be a positive number, got {tolerance}")

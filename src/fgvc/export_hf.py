@@ -1,0 +1,402 @@
+"""``fgvc export RUN --format hf``: a Hugging Face / timm model folder that loads without fgvc.
+
+The folder holds ``config.json`` (timm's hub schema: ``architecture``, ``num_classes``,
+``label_names``, ``model_args``, ``pretrained_cfg`` with input size, mean/std, crop ratio and
+interpolation), ``model.safetensors`` with timm's key names, and a ``README.md`` model card.
+fgvc's ``Classifier`` wraps the network as ``.net`` behind a ``.normalize`` layer; the folder
+holds the bare timm network, so the mean/std move into ``config.json`` and the user
+normalises (as with any timm model). fgvc's models built from torchvision names are written
+as their timm twins: timm's ResNet / ResNeXt keys are torchvision's (only fgvc's head
+``fc.1`` becomes ``fc``), and torchvision's ViT-B/16 and ViT-L/16 are renamed to timm's
+``vit_base_patch16_224`` / ``vit_large_patch16_224`` (same layers, same order).
+
+The staged folder is loaded back by timm itself (``timm.create_model("local-dir:...")``) and
+its logits on fixed random normalised batches must equal fgvc's within ``tolerance`` before
+the folder is renamed into place; a failure leaves an existing folder as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fgvc import runs
+from fgvc.data.transforms import eval_preprocessing, resize_side
+from fgvc.errors import UserError
+
+FILES = ("config.json", "model.safetensors", "README.md")
+CHECK_BATCHES = (1, 3)
+# fgvc's torchvision names -> timm architecture with the same layers (keys renamed by _vit_keys for ViTs)
+TORCHVISION_TWINS = {
+    "resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50", "resnet101": "resnet101",
+    "resnet152": "resnet152", "resnext101_32x8d": "resnext101_32x8d",
+    "vit_b_16": "vit_base_patch16_224", "vit_l_16": "vit_large_patch16_224",
+}
+# source-checkpoint facts timm's pretrained_cfg carries that do not describe the fine-tuned weights
+_NOT_OURS = ("tag", "hf_hub_id", "hf_hub_filename", "url", "file", "source", "license", "origin_url", "paper_ids",
+             "paper_name", "notes", "label_offset", "label_names", "label_descriptions", "test_input_size",
+             "test_crop_pct", "test_pool_size", "pool_size", "state_dict", "custom_load")
+
+
+def twin(model: nn.Module, image_size: int) -> tuple[str, dict, dict]:
+    """``(timm architecture, model_args, state_dict with timm's keys)`` of an fgvc Classifier."""
+    from fgvc.models.factory import TF_PORTS, TORCHVISION_MODELS, _takes_img_size
+
+    name, num_classes = model.name, model.head.out_features
+    state = {k: v.detach().clone().contiguous() for k, v in model.net.state_dict().items()}
+    if name in TORCHVISION_MODELS:
+        arch = TORCHVISION_TWINS.get(name)
+        if arch is None:
+            raise UserError(f"{name} has no timm architecture with the same layers; export it with "
+                            "--format pt2 or onnx instead")
+        if name.startswith("vit"):
+            return arch, {"num_classes": num_classes, "img_size": image_size}, _vit_keys(state)
+        state = {("fc." + k[len("fc.1."):] if k.startswith("fc.1.") else k): v for k, v in state.items()}
+        return arch, {"num_classes": num_classes}, state
+    if name in TF_PORTS:
+        arch, extra = TF_PORTS[name]
+        return arch, {"num_classes": num_classes, **extra}, state
+    args = {"num_classes": num_classes}
+    if _takes_img_size(type(model.net)):  # as fgvc built it (fgvc.models.factory._timm_model)
+        args["img_size"] = image_size
+    return name.split(".")[0], args, state
+
+
+def _vit_keys(state: dict) -> dict:
+    """torchvision VisionTransformer keys (fgvc head ``heads.1``) -> timm VisionTransformer keys."""
+    fixed = {"conv_proj.weight": "patch_embed.proj.weight", "conv_proj.bias": "patch_embed.proj.bias",
+             "class_token": "cls_token", "encoder.pos_embedding": "pos_embed", "encoder.ln.weight": "norm.weight",
+             "encoder.ln.bias": "norm.bias", "heads.1.weight": "head.weight", "heads.1.bias": "head.bias"}
+    inner = {"ln_1": "norm1", "ln_2": "norm2", "self_attention.in_proj_weight": "attn.qkv.weight",
+             "self_attention.in_proj_bias": "attn.qkv.bias", "self_attention.out_proj": "attn.proj",
+             "mlp.0": "mlp.fc1", "mlp.3": "mlp.fc2"}
+    out = {}
+    for key, value in state.items():
+        if key in fixed:
+            out[fixed[key]] = value
+            continue
+        m = re.fullmatch(r"encoder\.layers\.encoder_layer_(\d+)\.(.+)", key)
+        if not m:
+            raise UserError(f"torchvision ViT tensor {key!r} has no timm name; export with --format pt2 instead")
+        block, rest = m.groups()
+        for src, dst in inner.items():
+            if rest == src or rest.startswith(src + "."):
+                out[f"blocks.{block}.{dst}{rest[len(src):]}"] = value
+                break
+        else:
+            raise UserError(f"torchvision ViT tensor {key!r} has no timm name; export with --format pt2 instead")
+    return out
+
+
+def crop_pct(size: int) -> float:
+    """The crop ratio whose ``floor(size / crop_pct)`` (timm's eval resize) is fgvc's resize side."""
+    side = resize_side(size)
+    pct = size / side
+    while math.floor(size / pct) != side:  # float rounding just below the integer
+        pct = math.nextafter(pct, 0.0)
+    return pct
+
+
+def build_config(arch: str, model_args: dict, net: nn.Module, classes: list[str], mean, std, size: int,
+                 fgvc_info: dict) -> dict:
+    """config.json in timm's hub schema (what ``timm.models.push_to_hf_hub`` writes), plus an ``fgvc`` block."""
+    source_cfg = dict(getattr(net, "pretrained_cfg", None) or {})
+    pretrained_cfg = {k: v for k, v in source_cfg.items() if k not in _NOT_OURS and v is not None}
+    pretrained_cfg.update({
+        "input_size": [3, size, size], "interpolation": "bilinear", "crop_pct": crop_pct(size),
+        "crop_mode": "center", "mean": list(mean), "std": list(std), "num_classes": len(classes),
+        "custom_load": False,
+    })
+    config = {"architecture": arch, "num_classes": len(classes)}
+    if getattr(net, "num_features", None):
+        config["num_features"] = int(net.num_features)
+    if isinstance(getattr(net, "global_pool", None), str):
+        config["global_pool"] = net.global_pool
+    config.update({"label_names": list(classes), "model_args": model_args, "pretrained_cfg": pretrained_cfg,
+                   "fgvc": fgvc_info})
+    return config
+
+
+def export_hf(run_dir: str | Path, out: str | Path | None = None, tolerance: float = 1e-3,
+              checkpoint: str = "best") -> Path:
+    """Write ``out`` (default ``RUN_DIR/export/hf``), checked by loading it back with timm; return the folder."""
+    import timm
+    from safetensors.torch import save as save_safetensors
+
+    if not tolerance > 0:
+        raise UserError(f"--tolerance must be a positive number, got {tolerance}")
+    run_dir = runs.check_run_dir(run_dir)
+    out = Path(out).expanduser() if out is not None else run_dir / "export" / "hf"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; --format hf writes a folder, pass a folder name")
+    if out.is_dir() and any(out.iterdir()) and not _is_hf_export(out):
+        raise UserError(f"--out {out} is a folder with other files in it; pass a new or empty folder "
+                        "(an earlier hf export there is replaced)")
+    model, classes = runs.load(run_dir, checkpoint=checkpoint)
+    cfg = runs.load_config(run_dir)
+    metrics = runs.read_metrics(run_dir)
+    size = cfg.data.image_size
+    arch, model_args, state = twin(model, size)
+    mean = [round(v, 6) for v in model.normalize.mean.flatten().tolist()]
+    std = [round(v, 6) for v in model.normalize.std.flatten().tolist()]
+    unchanged = f"nothing was written (the previous {out.name}, if any, is unchanged)"
+
+    # the twin first: a key or shape timm does not expect is a clear refusal, before anything is written
+    try:
+        net = timm.create_model(arch, pretrained=False, **model_args)
+        net.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise UserError(f"{cfg.model.name}'s weights do not fit timm's {arch} ({_one_line(e)}); "
+                        f"export with --format pt2 or onnx instead; {unchanged}") from None
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise UserError(f"cannot write into {out.parent} ({e.strerror or e.__class__.__name__}); "
+                        "fix the folder's permissions or pass another --out") from None
+    old = None
+    try:
+        try:
+            (tmp / "model.safetensors").write_bytes(save_safetensors(state, metadata={"format": "pt"}))
+            # the run folder's name only: the folder is made to be shared, a path of this machine is not
+            info = {"model": cfg.model.name, "run": run_dir.resolve().name, "checkpoint": checkpoint,
+                    "preprocessing": eval_preprocessing(size), "torch_version": torch.__version__,
+                    "timm_version": timm.__version__}
+            config = build_config(arch, model_args, net, classes, mean, std, size, info)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"cannot write {out} ({e.strerror or e.__class__.__name__}); free disk space or "
+                            f"fix the folder's permissions; {unchanged}") from None
+        diff = _check(model, tmp, size, len(classes), tolerance, f"hf export of {run_dir}", unchanged)
+        config["fgvc"]["verification"] = {
+            "max_abs_diff": diff, "tolerance": tolerance, "batches": list(CHECK_BATCHES),
+            "how": "timm.create_model('local-dir:FOLDER', pretrained=True) on (x - mean) / std vs the fgvc "
+                   "model on x, x = torch.rand with fixed seeds"}
+        try:
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            (tmp / "README.md").write_text(model_card(cfg, metrics, config, run_dir), encoding="utf-8")
+            if out.is_dir():  # the previous export (or an empty folder) steps aside, then the new one moves in
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+                os.replace(out, old / "x")
+            os.replace(tmp, out)
+        except OSError as e:
+            if old is not None and (old / "x").exists() and not out.exists():
+                os.replace(old / "x", out)
+            raise UserError(f"cannot write {out} ({e.strerror or e.__class__.__name__}); free disk space or "
+                            f"fix the folder's permissions") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def _is_hf_export(folder: Path) -> bool:
+    try:
+        return "fgvc" in json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+@torch.no_grad()
+def _check(model: nn.Module, folder: Path, size: int, num_classes: int, tolerance: float, what: str,
+           unchanged: str) -> float:
+    """Max abs logit difference between timm loading ``folder`` and the fgvc model."""
+    import timm
+
+    fix = f"export with --format pt2 or onnx instead; {unchanged}"
+    try:
+        loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    except Exception as e:
+        raise UserError(f"timm cannot load the {what} ({_one_line(e)}); {fix}") from e
+    worst = 0.0
+    for b in CHECK_BATCHES:
+        x = torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(2000 + b))
+        expected = model(x)
+        got = loaded(model.normalize(x))
+        if tuple(got.shape) != (b, num_classes):
+            raise UserError(f"timm's model from the {what} gives logits of shape {tuple(got.shape)}, "
+                            f"expected {(b, num_classes)}; {fix}")
+        worst = max(worst, (got - expected).abs().max().item())
+    if not worst <= tolerance:
+        raise UserError(f"timm's model from the {what} differs from fgvc's by up to {worst:.3g} in the logits "
+                        f"(tolerance {tolerance:g}); {fix}")
+    return worst
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{e.__class__.__name__}: {text[0][:200]}" if text else e.__class__.__name__
+
+
+# ---------------------------------------------------------------- the model card
+
+_RECIPE_KEYS = ("model.name", "model.pretrained", "model.dropout", "model.trainable", "model.batchnorm",
+                "data.name", "data.image_size", "data.val_fraction", "data.train_source", "train.epochs",
+                "train.batch_size", "train.lr", "train.weight_decay", "train.milestones", "train.gamma",
+                "train.patience", "train.seed", "train.precision", "train.devices", "aug.geometric",
+                "aug.rotation", "aug.cutout", "aug.mixup_alpha", "aug.cutmix_alpha", "aug.label_smoothing",
+                "adv.attack", "adv.eps", "adv.loss_weight")
+_METRIC_KEYS = ("train_acc", "val_acc", "test_acc", "test_top5", "train_loss", "val_loss", "test_loss",
+                "best_epoch", "epochs_run", "seconds", "train_images", "val_images", "test_images",
+                "params_total", "precision", "device", "devices", "batchnorm")
+
+
+def _fmt(v, exact: bool = False) -> str:
+    if isinstance(v, float) and exact:  # a recipe value as given (lr 5e-05, not 0.0001)
+        return f"{v:g}"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.1f}"
+    return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+
+
+def _pretraining(src) -> str:
+    if not isinstance(src, dict) or not src:
+        return "not recorded (run trained before fgvc recorded it)"
+    kind = src.get("source")
+    if kind == "file":
+        return f"a local weights file `{src.get('file')}` (sha256 `{src.get('sha256') or 'not recorded'}`)"
+    if kind == "run":
+        return f"the backbone of another fgvc run (`{Path(str(src.get('run'))).name}`)"
+    if kind in ("torchvision", "timm"):
+        return f"{kind}'s ImageNet weights for `{src.get('name')}`"
+    if kind == "scratch":
+        return "none: trained from random initialisation"
+    return json.dumps(src)
+
+
+def model_card(cfg, metrics: dict, config: dict, run_dir: Path) -> str:
+    from fgvc import config as config_mod
+
+    arch, args, pcfg = config["architecture"], config["model_args"], config["pretrained_cfg"]
+    classes, size = config["label_names"], pcfg["input_size"][-1]
+    name = cfg.model.name
+    check = config["fgvc"]["verification"]
+    prep = config["fgvc"]["preprocessing"]
+    recipe = "\n".join(f"| `{k}` | {_fmt(config_mod.get(cfg, k), exact=True)} |" for k in _RECIPE_KEYS)
+    scores = "\n".join(f"| {k} | {_fmt(metrics[k])} |" for k in _METRIC_KEYS if metrics.get(k) is not None)
+    shown = ", ".join(f"`{c}`" for c in classes[:20]) + (f" ... ({len(classes)} in all)" if len(classes) > 20 else "")
+    kwargs = "".join(f", {k}={v!r}" for k, v in args.items() if k != "num_classes")
+    twin_note = (f"fgvc's `{name}` is torchvision's architecture; it is stored here as timm's `{arch}`, whose "
+                 "layers are the same (tensor names mapped, logits checked equal)." if name != arch and
+                 not name.startswith(arch) else f"timm architecture `{arch}`.")
+    torchvision = ""
+    if name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext101_32x8d"):
+        torchvision = f"""
+Without timm, torchvision's `{name}` takes the same file (timm's ResNet names are torchvision's):
+
+```python
+import torchvision
+from safetensors.torch import load_file
+model = torchvision.models.{name}(num_classes={len(classes)})
+model.load_state_dict(load_file("model.safetensors")); model.eval()
+```
+"""
+    return f"""---
+library_name: timm
+pipeline_tag: image-classification
+tags: [image-classification, timm, fgvc, fine-grained]
+---
+
+# {arch} fine-tuned on {cfg.data.name} ({len(classes)} classes)
+
+Exported by `fgvc export --format hf` from fgvc run `{run_dir.name}` (checkpoint `{config['fgvc']['checkpoint']}`).
+Model: {twin_note}
+
+## Data
+
+Dataset `{cfg.data.name}`: {len(classes)} classes ({shown}); {metrics.get('train_images', '?')} training,
+{metrics.get('val_images', '?')} validation (a stratified {cfg.data.val_fraction:g} of train, seeded) and
+{metrics.get('test_images', '?')} test images. The test split is never used to pick a checkpoint: the
+best epoch is chosen by validation accuracy.
+
+Pretraining (starting weights): {_pretraining(metrics.get('pretrained'))}.
+
+## Recipe (from the run's config.yaml)
+
+| key | value |
+| --- | --- |
+{recipe}
+
+## Metrics (from the run's metrics.json)
+
+| metric | value |
+| --- | --- |
+{scores or '| (no metrics.json: the run did not finish) | |'}
+
+Accuracies are fractions in [0, 1], top-1 unless named top5, measured with the protocol below.
+
+## Protocol: input and preprocessing
+
+RGB images, {size}x{size}, evaluated as fgvc evaluates: {prep['steps']}; then normalise with
+mean {pcfg['mean']} and std {pcfg['std']} (`pretrained_cfg` in config.json). The folder holds the bare
+network, so the normalisation is yours to apply (as for any timm model). timm's own eval
+transform (`timm.data.create_transform(**timm.data.resolve_data_config(model=model), is_training=False)`)
+resizes the shorter side to the same {prep['resize_shorter_side']} px and crops the same centre, with PIL's
+bilinear resize instead of torchvision's, so its pixels differ slightly; use the snippet below for fgvc's numbers.
+
+## Loading
+
+timm, offline, from this folder:
+
+```python
+import timm
+model = timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True).eval()
+```
+
+or with timm's architecture name and the weights file (give `num_classes` in the overlay too,
+or timm drops the classifier as one of another size):
+
+```python
+model = timm.create_model("{arch}", pretrained=True, num_classes={len(classes)}{kwargs},
+                          pretrained_cfg_overlay=dict(file="model.safetensors", num_classes={len(classes)})).eval()
+```
+
+Plain PyTorch (a `torch.nn.Module` built by timm with no weights, then `load_state_dict`),
+with fgvc's preprocessing, run in this folder:
+
+```python
+import json, timm, torch
+from PIL import Image, ImageOps
+from safetensors.torch import load_file
+from torchvision.transforms.v2.functional import center_crop, normalize, pil_to_tensor, resize, to_dtype
+
+config = json.load(open("config.json"))
+p, prep = config["pretrained_cfg"], config["fgvc"]["preprocessing"]
+model = timm.create_model(config["architecture"], pretrained=False, **config["model_args"])
+model.load_state_dict(load_file("model.safetensors")); model.eval()
+
+def decode(path):
+    im = Image.open(path)
+    if im.format == "JPEG":  # decode at a reduced DCT scale, as fgvc does
+        im.draft("RGB", (prep["jpeg_decode_min_side"],) * 2)
+    im = ImageOps.exif_transpose(im)  # the camera's orientation
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode in ("P", "L", "RGB") and "transparency" in im.info):
+        im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
+    return im.convert("RGB")
+
+def preprocess(path):
+    x = resize(pil_to_tensor(decode(path)), prep["resize_shorter_side"], antialias=True)
+    x = to_dtype(center_crop(x, prep["center_crop"]), torch.float32, scale=True)  # [0, 1]
+    return normalize(x, p["mean"], p["std"])[None]
+
+with torch.no_grad():
+    logits = model(preprocess("bird.jpg"))
+print(config["label_names"][logits.argmax(1).item()])
+```
+{torchvision}
+## Check
+
+Before this folder was written, timm loaded it (`local-dir:`) and its logits on fixed random
+inputs (batches {', '.join(map(str, check['batches']))}) differed from the fgvc model's by at most
+{check['max_abs_diff']:.2g} (tolerance {check['tolerance']:g}).
+"""
