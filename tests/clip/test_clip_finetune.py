@@ -112,3 +112,19 @@ def test_run_linear_probe_reports_probe_and_zero_shot_from_cached_features(tmp_p
     assert saved["test_acc"] > saved["zeroshot_test_acc"] and saved["test_acc"] >= 0.75
     assert len(list((tmp_path / "cache" / "clip-embeddings").iterdir())) == 3  # train, val, test
     assert (tmp_path / "run" / "checkpoints" / "linear_probe.safetensors").is_file()
+
+
+def test_history_lr_is_the_rate_of_the_epochs_last_step(tiny_clip, tokenizer, shapes):
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    transform = clip_transform(tiny_clip)
+    train = DataLoader(shapes(16, seed=1, transform=transform), batch_size=8)
+    used = []
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    try:
+        result = finetune_clip(tiny_clip, tokenizer, NAMES, ["a photo of a {}."], train, None, epochs=2, lr=1e-3,
+                               progress=False)
+    finally:
+        handle.remove()
+    steps = len(used) // 2
+    assert [r["lr"] for r in result.history] == [used[steps - 1], used[-1]]

@@ -33,3 +33,18 @@ def test_overrides_are_typed_and_a_yaml_dump_reads_back(tmp_path):
 def test_bad_keys_and_values_are_user_errors_naming_the_key(override, message):
     with pytest.raises(UserError, match=message):
         load_gan_config(overrides=[override])
+
+
+def test_resume_refuses_keys_that_cannot_take_effect_and_writes_nothing(tmp_path, capsys, tiny_synthbirds_root):
+    from fgvc.cli import main
+    from fgvc.gan.config import dump_gan_config, load_gan_config
+
+    run = tmp_path / "gan-run"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_gan_config(load_gan_config(None, ["lr=2e-4", f"data.root={tiny_synthbirds_root}"])))
+    before = (run / "config.yaml").read_text()
+    for key in ("lr=1e-3", "betas=[0.5,0.99]", "seed=3", "ch=32", "data.image_size=32"):
+        assert main(["gan", "train", "--resume", str(run), key]) == 2
+        err = capsys.readouterr().err
+        assert key.split("=")[0] in err and "cannot take effect on resume" in err
+    assert (run / "config.yaml").read_text() == before

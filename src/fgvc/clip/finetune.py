@@ -114,6 +114,7 @@ def finetune_clip(clip_model, tokenizer, class_names: list[str], templates: list
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            lr_used = opt.param_groups[0]["lr"]  # before the schedule moves on: the rate this step trained at
             sched.step()
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.detach().argmax(1) == y).sum())
@@ -121,7 +122,7 @@ def finetune_clip(clip_model, tokenizer, class_names: list[str], templates: list
         train_seconds += time.perf_counter() - t0
         seen += n
         row = {"epoch": epoch, "train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1),
-               "lr": opt.param_groups[0]["lr"]}
+               "lr": lr_used}  # the epoch's last step (the schedule steps per batch)
         if val_loader is not None:
             val = evaluate_classifier(model, val_loader, device)
             row.update(val_acc=val["acc"], val_loss=val["loss"])

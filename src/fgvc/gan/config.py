@@ -131,3 +131,21 @@ def load_gan_config(path: str | Path | None = None, overrides: list[str] | dict 
 
 def dump_gan_config(cfg: GanConfig) -> str:
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
+# Keys `fgvc gan train --resume RUN key=value` may change: each takes effect from the resumed
+# iteration on. The others are restored from the checkpoint (Adam's lr and betas, the noise
+# stream of the seed) or shape the networks and data, so a new value could not take effect.
+RESUMABLE_KEYS = ("iterations", "sample_every", "sample_classes", "checkpoint_every", "keep_checkpoints",
+                  "device", "data.num_workers")
+
+
+def check_resume_overrides(run_config: GanConfig, resumed: GanConfig) -> None:
+    """Refuse (UserError) a resume whose overrides change a key outside RESUMABLE_KEYS."""
+    old, new = _flatten(dataclasses.asdict(run_config)), _flatten(dataclasses.asdict(resumed))
+    changed = [k for k in new if new[k] != old.get(k) and k not in RESUMABLE_KEYS]
+    if changed:
+        k = changed[0]
+        raise UserError(f"{k}={new[k]!r} cannot take effect on resume (the run used {old.get(k)!r}; it is restored "
+                        f"from the checkpoint or shapes the networks and data); only {', '.join(RESUMABLE_KEYS)} "
+                        "can change; start a new run for another value")
