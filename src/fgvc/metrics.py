@@ -43,20 +43,56 @@ def class_report(conf: torch.Tensor, class_names: list[str], top_pairs: int = 20
 
 
 def plot_confusion(conf: torch.Tensor, class_names: list[str], path: Path, title: str = "") -> Path:
-    """Row-normalised confusion matrix (share of each true class's images per predicted class);
-    with many classes the tick labels are dropped and the diagonal tells the story."""
+    """Row-normalised confusion matrix (share of each true class's images per predicted class), drawn
+    by ``confusion_figure``."""
+    return runs.save_figure(confusion_figure(conf, class_names, title), path, dpi=110)
+
+
+def _class_ids(class_names: list[str]) -> list[int]:
+    """1-based class ids: the folder prefixes when every name has one (CUB's '001.Black_footed_Albatross'),
+    else position + 1."""
+    import re
+
+    prefixes = [re.match(r"^(\d+)[._-]", name) for name in class_names]
+    if class_names and all(prefixes):
+        return [int(m.group(1)) for m in prefixes]
+    return list(range(1, len(class_names) + 1))
+
+
+def confusion_figure(conf: torch.Tensor, class_names: list[str], title: str = ""):
+    """The confusion matrix as a matplotlib Figure. Up to 40 classes are labelled "id name" (names
+    shortened at a word boundary, never mid-word); with more, the ticks are 1-based class ids that
+    match the folder prefixes, and the diagonal tells the story."""
+    import textwrap
+
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    from fgvc.data.base import readable_name
 
     rates = conf.float() / conf.sum(1, keepdim=True).clamp(min=1)
     n = len(class_names)
-    side = min(12.0, 3.0 + 0.25 * n)
-    fig = Figure(figsize=(side + 1.2, side))
+    ids = _class_ids(class_names)
+    side = min(12.0, 3.5 + 0.25 * n)
+    fig = Figure(figsize=(side + 1.6, side + 0.4))
     ax = fig.add_subplot()
     image = ax.imshow(rates.numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's images")
+    accuracy = float(conf.diag().sum() / conf.sum().clamp(min=1))
+    heading = f"confusion matrix, {n} classes, accuracy {accuracy:.3f}"
+    ax.set_title(f"{title}\n{heading}" if title else heading, fontsize=10)
     if n <= 40:
-        labels = [name[:28] for name in class_names]
+        # few classes: whole names on up to three lines; more: one line, shortened at a word boundary
+        lines = 3 if n <= 12 else 1
+        labels = [textwrap.fill(textwrap.shorten(f"{i} {readable_name(name)}", 26 * lines, placeholder=" ..."), 26)
+                  for i, name in zip(ids, class_names)]
         ax.set_xticks(range(n), labels, rotation=90, fontsize=6)
         ax.set_yticks(range(n), labels, fontsize=6)
-    return runs.save_figure(fig, path, dpi=110)
+        ax.set(xlabel="predicted class", ylabel="true class")
+    else:
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(nbins=10, integer=True))
+            axis.set_major_formatter(FuncFormatter(lambda x, _pos: str(ids[int(x)]) if 0 <= int(x) < n else ""))
+        ax.set(xlabel="predicted class (id = folder prefix)", ylabel="true class (id = folder prefix)")
+    fig.tight_layout()
+    return fig

@@ -20,11 +20,19 @@ def example(true, pred):
     return {"original": image, "adversarial": image.clamp(0.1, 0.9), "true": true, "pred": pred}
 
 
+def fake_attack(x, y, eps):
+    return (x + eps).clamp(0, 1), (y + 1) % 3 if eps else y
+
+
 def test_gallery_has_a_column_per_eps_and_a_row_per_example(tmp_path):
+    # the images of the largest eps with examples, attacked at every eps: a column per eps, a row per image
     examples = {0.0: [], 0.05: [example(0, 1), example(1, 2)], 0.1: [example(2, 0)], 0.2: []}
     names = ["Black-footed Albatross", "Laysan Albatross", "Sooty Albatross"]
-    wide = mpimg.imread(save_gallery(examples, names, tmp_path / "gallery.png"))
-    narrow = mpimg.imread(save_gallery({0.05: examples[0.05]}, names, tmp_path / "narrow.png"))
-    short = mpimg.imread(save_gallery({0.05: examples[0.05]}, None, tmp_path / "short.png", rows=1))
-    assert wide.shape[1] > narrow.shape[1] * 2
+    wide = mpimg.imread(save_gallery(examples, names, tmp_path / "gallery.png", attack_fn=fake_attack))
+    narrow = mpimg.imread(save_gallery({0.05: examples[0.05]}, names, tmp_path / "narrow.png", attack_fn=fake_attack))
+    short = mpimg.imread(save_gallery({0.05: examples[0.05]}, None, tmp_path / "short.png", rows=1,
+                                      attack_fn=fake_attack))
+    alone = mpimg.imread(save_gallery(examples, names, tmp_path / "alone.png"))  # no attack_fn: the largest eps only
+    assert wide.shape[1] > narrow.shape[1] * 1.4  # clean | 0.05 | 0.1 | 0.2 | perturbation vs clean | 0.05 | perturbation
     assert short.shape[0] < narrow.shape[0]
+    assert alone.shape[1] < wide.shape[1]

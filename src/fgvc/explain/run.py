@@ -86,6 +86,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         x = torch.stack([transform(read_rgb(p)) for p in paths])
         labels: list[int | None] = [None] * len(paths)
         stems = [p.stem for p in paths]
+        boxes = [None] * len(paths)
     else:
         root = data_root if data_root is not None else cfg.data.root
         dataset = build_dataset(cfg.data.name, root, split, transform, cfg.data.val_fraction, cfg.train.seed)
@@ -93,11 +94,17 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
             raise UserError(f"split {split!r} of {cfg.data.name} under {root} has no images")
         n = min(limit, len(dataset))
         picks = sorted({int(i * len(dataset) / n) for i in range(n)})
+        dataset.return_boxes = bool(getattr(dataset, "has_boxes", False))  # boxes drawn on the panels
         items = [dataset[i] for i in picks]
-        x = torch.stack([im for im, _ in items])
-        labels = [int(y) for _, y in items]
+        dataset.return_boxes = False
+        x = torch.stack([item[0] for item in items])
+        labels = [int(item[1]) for item in items]
+        boxes = [item[2] if len(item) > 2 else None for item in items]
         stems = [Path(dataset.samples[i].path).stem for i in picks]
 
+    small = small_feature_map(model, x[:1].to(device), cfg.data.image_size)
+    if small:
+        say(f"warning: {small}")
     maps: dict[str, list[torch.Tensor]] = {m: [] for m in names}
     preds, probs = [], []
     for start in range(0, len(x), batch_size):
@@ -123,11 +130,14 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
     shown_true = [readable_name(n) if n is not None else None for n in true_names]
     shown_pred = [readable_name(n) for n in pred_names]
     panels = []
+    title = f"{run_dir.resolve().name}: where the model looks, maps of the predicted class"
     for i in range(len(x)):
         path = out / f"{i:03d}_{_safe(stems[i])}.png"
-        save_panel(x[i], {m: stacked[m][i] for m in names}, shown_true[i], shown_pred[i], path)
+        save_panel(x[i], {m: stacked[m][i] for m in names}, shown_true[i], shown_pred[i], path, box=boxes[i],
+                   title=title)
         panels.append(str(path))
-    grid = save_grid(list(x), stacked, shown_true, shown_pred, out / "grid.png")
+    grid = save_grid(list(x), stacked, shown_true, shown_pred, out / "grid.png", boxes=boxes,
+                     title=f"{title} ({split} split)" if dataset is not None else title)
     maps_path = None
     if save_maps:
         tensors = {f"maps.{m}": v.contiguous() for m, v in stacked.items()}
@@ -157,12 +167,49 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         say(f"localisation on {split} ({results[names[0]]['n']} images, true class explained):")
         say(table)
     return {
-        "out_dir": str(out), "methods": names, "notes": notes, "panels": panels, "grid": str(grid),
+        "out_dir": str(out), "methods": names, "notes": notes, "warnings": [small] if small else [], "panels": panels, "grid": str(grid),
         "maps": str(maps_path) if maps_path else None,
         "predictions": [{"image": s, "true": t, "pred": p, "prob": pr}
                         for s, t, p, pr in zip(stems, true_names, pred_names, probs)],
         "localization": results, "table": table,
     }
+
+
+USEFUL_SIDE = 7  # a last feature map of about 7x7 or more (ResNets at 224 px) gives maps worth reading
+
+
+def feature_map_side(model, x: torch.Tensor) -> tuple[int, int] | None:
+    """(h, w) of the last feature map (the layer CAM and Grad-CAM use) for input ``x``; None if unknown."""
+    from fgvc.explain.cam import _resolve_layer, _to_grid
+
+    try:
+        module, name = _resolve_layer(model, None)
+    except UserError:
+        return None
+    outputs = []
+    handle = module.register_forward_hook(lambda m, i, o: outputs.append(o))
+    try:
+        with torch.no_grad():
+            model(x)
+        t = outputs[0][0] if isinstance(outputs[0], (tuple, list)) else outputs[0]
+        grid = _to_grid(model, t, x.shape[-2:], name, module)
+    except (UserError, IndexError, RuntimeError, TypeError):
+        return None
+    finally:
+        handle.remove()
+    return int(grid.shape[-2]), int(grid.shape[-1])
+
+
+def small_feature_map(model, x: torch.Tensor, image_size: int) -> str | None:
+    """A sentence when the last feature map is smaller than about 7x7 (maps then are smooth blends of a
+    few cells, not localisations), naming the resolution that gives 7x7; else None."""
+    side = feature_map_side(model, x)
+    if side is None or min(side) >= USEFUL_SIDE:
+        return None
+    needed = math.ceil(image_size * USEFUL_SIDE / min(side) / 32) * 32
+    return (f"the last feature map is {side[0]}x{side[1]} at data.image_size={image_size}, so each map is a blend "
+            f"of {side[0] * side[1]} cells (a smooth gradient, localisation scores near chance); train at "
+            f"data.image_size={needed} or more for a {USEFUL_SIDE}x{USEFUL_SIDE} map worth reading")
 
 
 def _safe(stem: str) -> str:

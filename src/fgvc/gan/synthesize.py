@@ -97,8 +97,10 @@ def png_bytes(image: Tensor) -> bytes:
 
 
 @torch.no_grad()
-def save_sample_grid(generator: Generator, class_ids: Sequence[int], z: Tensor, path: Path) -> Path:
-    """One row per class id, one column per row of ``z`` (the same noise in every row), as PNG."""
+def save_sample_grid(generator: Generator, class_ids: Sequence[int], z: Tensor, path: Path,
+                     class_names: Sequence[str] | None = None, title: str = "") -> Path:
+    """One row per class id, one column per row of ``z`` (the same noise in every row), as PNG; with
+    ``class_names`` (names of all the generator's classes) each row is labelled with its class."""
     device = next(generator.parameters()).device
     was_training = generator.training
     generator.eval()
@@ -106,9 +108,44 @@ def save_sample_grid(generator: Generator, class_ids: Sequence[int], z: Tensor, 
     labels = torch.as_tensor(list(class_ids), dtype=torch.long).repeat_interleave(n)
     images = generator(z.repeat(len(class_ids), 1).to(device), labels.to(device)).cpu()
     generator.train(was_training)
-    grid = make_grid((images + 1) / 2, nrow=n, padding=2, pad_value=1.0)
-    write_bytes_atomic(path, png_bytes(grid))
-    return path
+    images = ((images + 1) / 2).clamp(0, 1)
+    if class_names is None:
+        write_bytes_atomic(path, png_bytes(make_grid(images, nrow=n, padding=2, pad_value=1.0)))
+        return path
+    from fgvc.runs import save_figure
+
+    rows = [class_names[int(c)] if 0 <= int(c) < len(class_names) else f"class {int(c)}" for c in class_ids]
+    return save_figure(sample_grid_figure(images, rows, n, title), Path(path), dpi=100)
+
+
+def sample_grid_figure(images: Tensor, row_labels: Sequence[str], n: int, title: str = ""):
+    """A matplotlib Figure of ``images`` ((rows * n, 3, S, S) in [0, 1], row-major) with each row
+    labelled by its class (readable names wrapped at word boundaries, never cut mid-word)."""
+    import textwrap
+
+    from matplotlib.figure import Figure
+
+    from fgvc.data.base import readable_name
+
+    grid = make_grid(images, nrow=n, padding=2, pad_value=1.0)
+    rows = len(row_labels)
+    size = images.shape[-1]
+    height, width = grid.shape[1], grid.shape[2]
+    scale = max(1.0, 48 / size)  # small samples drawn larger
+    fig = Figure(figsize=(width * scale / 100 + 2.2, height * scale / 100 + 0.7))
+    ax = fig.add_subplot()
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    centres = [2 + r * (size + 2) + size / 2 for r in range(rows)]
+    ax.set_yticks(centres, [textwrap.fill(readable_name(name), 22, break_long_words=False) for name in row_labels],
+                  fontsize=8)
+    ax.set_xticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.tick_params(length=0)
+    title = title or f"generated samples: a row per class, the same noise in each of the {n} columns"
+    ax.set_title(textwrap.fill(title, max(40, int(width * scale / 100 * 14))), fontsize=9)  # wrapped to the grid
+    fig.tight_layout()
+    return fig
 
 
 @torch.no_grad()

@@ -254,7 +254,9 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
         bar.set_postfix(d=f"{d_loss:.3f}", g=f"{g_loss:.3f}")
         last = done == config.iterations
         if last or (config.sample_every and done % config.sample_every == 0):
-            save_sample_grid(G_ema, grid_classes, fixed_z, run_dir / "samples" / f"iter_{done:06d}.png")
+            save_sample_grid(G_ema, grid_classes, fixed_z, run_dir / "samples" / f"iter_{done:06d}.png",
+                             class_names=class_names, title=f"{run_dir.name}: generated samples at iteration {done} "
+                             "(EMA generator; a row per class, the same noise in each column)")
         if last or done % config.checkpoint_every == 0:
             seconds, tick = seconds + time.perf_counter() - tick, time.perf_counter()
             save_checkpoint(run_dir, done, {"G": G, "G_ema": G_ema, "D": D}, {

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -32,40 +33,135 @@ def _hwc(image: Tensor):
     return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
 
 
-def _name(index: int, class_names: Sequence[str] | None, width: int = 22) -> str:
-    name = class_names[index] if class_names and 0 <= index < len(class_names) else str(index)
-    return name if len(name) <= width else name[: width - 1] + "…"
+def _name(index: int, class_names: Sequence[str] | None, width: int = 20) -> str:
+    """"id name": the 1-based class id (the folder prefix, e.g. CUB's 001) then the name, wrapped at word
+    boundaries (two lines at most, shortened at a word, never mid-word): similar names stay distinct."""
+    import re
+
+    from fgvc.data.base import readable_name
+
+    if not (class_names and 0 <= index < len(class_names)):
+        return f"class {index + 1}"
+    raw = class_names[index]
+    prefix = re.match(r"^(\d+)[._-]", raw)
+    name = f"{int(prefix.group(1)) if prefix else index + 1} {readable_name(raw)}"
+    lines = textwrap.wrap(name, width, break_long_words=False) or [name]
+    if len(lines) > 2:
+        lines = [lines[0], textwrap.shorten(" ".join(lines[1:]), width, placeholder="...")]
+    return "\n".join(lines)
 
 
-def save_gallery(examples: Mapping[float, Sequence[Mapping]], class_names: Sequence[str] | None,
-                 path: str | Path, rows: int = 5) -> Path:
-    """Grid of adversarial images: a column per eps > 0, a row per example, each titled "true" over "-> pred".
+AttackImages = Callable[[Tensor, Tensor, float], tuple[Tensor, Tensor]]
 
-    ``examples`` is ``evaluate_attack(...)["examples"]``; an eps without a
-    successful example keeps its column, marked "none".
-    """
-    columns = sorted(eps for eps in examples if eps > 0)
-    n_rows = max([1] + [min(rows, len(examples[eps])) for eps in columns])
-    fig = Figure(figsize=(1.8 * max(1, len(columns)), 1.9 * n_rows))
-    axes = fig.subplots(n_rows, max(1, len(columns)), squeeze=False)
+
+def attack_images(model, attack: str, settings: Mapping[float, Mapping], device="cpu", seed: int = 0) -> AttackImages:
+    """``f(x, y, eps) -> (x_adv, pred)`` for the gallery: the sweep's attack with its per-eps settings
+    (eps 0: the clean images and their predictions)."""
+    import torch
+
+    from fgvc.robust.attacks import fgsm, ifgsm, module_modes, pgd
+
+    def run(x: Tensor, y: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        x, y = x.to(device), y.to(device)
+        with module_modes(model.to(device), training=False):
+            if eps == 0:
+                x_adv = x
+            elif attack == "fgsm":
+                x_adv = fgsm(model, x, y, eps)
+            elif attack == "ifgsm":
+                x_adv = ifgsm(model, x, y, eps, **settings.get(eps, {}))
+            else:
+                generator = torch.Generator(device=x.device).manual_seed(seed)
+                x_adv = pgd(model, x, y, eps, **settings.get(eps, {}), generator=generator)
+            with torch.no_grad():
+                pred = model(x_adv).argmax(dim=1)
+        return x_adv.detach().cpu(), pred.cpu()
+
+    return run
+
+
+def gallery_rows(examples: Mapping[float, Sequence[Mapping]], attack_fn: AttackImages | None,
+                 rows: int = 5) -> tuple[list[float], list[dict]]:
+    """(eps columns, rows) of the gallery: the images fooled at the largest eps that has examples, each
+    attacked at every eps > 0 by ``attack_fn`` (the same images in every column). Without ``attack_fn``
+    only that largest eps is shown. A row: ``{"original", "true", "clean_pred", "adversarial": {eps: (image,
+    pred)}}``."""
+    import torch
+
+    with_examples = sorted(eps for eps, shown in examples.items() if eps > 0 and shown)
+    if not with_examples:
+        return [], []
+    top = with_examples[-1]
+    chosen = list(examples[top])[:rows]
+    columns = sorted(eps for eps in examples if eps > 0) if attack_fn else [top]
+    x = torch.stack([e["original"] for e in chosen])
+    y = torch.tensor([e["true"] for e in chosen])
+    if attack_fn:
+        _, clean_pred = attack_fn(x, y, 0.0)
+        attacked = {eps: attack_fn(x, y, eps) for eps in columns}
+        clean = clean_pred.tolist()
+    else:
+        attacked = {top: (torch.stack([e["adversarial"] for e in chosen]), torch.tensor([e["pred"] for e in chosen]))}
+        clean = y.tolist()  # stored examples were classified correctly before the attack
+    out = [{"original": x[i], "true": int(y[i]), "clean_pred": clean[i],
+            "adversarial": {eps: (attacked[eps][0][i], int(attacked[eps][1][i])) for eps in columns}}
+           for i in range(len(chosen))]
+    return columns, out
+
+
+def gallery_figure(columns: Sequence[float], rows: Sequence[Mapping], class_names: Sequence[str] | None,
+                   title: str = "") -> Figure:
+    """Rows of images: the clean image, the attacked image at each eps, and the perturbation at the
+    largest eps (scaled per channel so that mid-grey is 0 and 0 / 1 are -eps / +eps). Each cell names the
+    predicted class, green when right and red when the attack fooled the model."""
+    n_cols = 2 + len(columns) if columns else 1
+    n_rows = max(1, len(rows))
+    fig = Figure(figsize=(1.75 * n_cols, 1.85 * n_rows + 0.9), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-    for j, eps in enumerate(columns):
-        shown = list(examples[eps])[:rows]
-        if not shown:
-            axes[0, j].text(0.5, 0.5, "none", ha="center", va="center", transform=axes[0, j].transAxes)
-            axes[0, j].set_title(f"eps = {format_eps(eps)}", fontsize=7)
-        for i, example in enumerate(shown):
-            ax = axes[i, j]
-            ax.imshow(_hwc(example["adversarial"]), cmap="gray" if example["adversarial"].shape[0] == 1 else None,
-                      vmin=0, vmax=1, interpolation="nearest")
-            # two lines: "true -> pred" on one line overlaps the next column's title
-            label = f"{_name(example['true'], class_names)}\n-> {_name(example['pred'], class_names)}"
-            ax.set_title(f"eps = {format_eps(eps)}\n{label}" if i == 0 else label, fontsize=7)
-    if not columns:
-        axes[0, 0].text(0.5, 0.5, "no eps > 0", ha="center", va="center", transform=axes[0, 0].transAxes)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=120)
+    if not rows:
+        axes[0, 0].text(0.5, 0.5, "no successful attack to show", ha="center", va="center",
+                        transform=axes[0, 0].transAxes)
+        return fig
+
+    def show(ax, image, **kwargs):
+        gray = image.shape[0] == 1
+        ax.imshow(_hwc(image), cmap="gray" if gray else None, vmin=0, vmax=1, interpolation="nearest", **kwargs)
+
+    def pred_title(ax, header, pred, true):
+        ok = pred == true
+        ax.set_title(f"{header}{_name(pred, class_names)}", fontsize=7, color="tab:green" if ok else "firebrick")
+
+    top = columns[-1]
+    for i, row in enumerate(rows):
+        true = row["true"]
+        show(axes[i, 0], row["original"])
+        pred_title(axes[i, 0], "clean\n" if i == 0 else "", row["clean_pred"], true)
+        axes[i, 0].set_ylabel(f"true:\n{_name(true, class_names)}", fontsize=7)
+        for j, eps in enumerate(columns, start=1):
+            image, pred = row["adversarial"][eps]
+            show(axes[i, j], image)
+            pred_title(axes[i, j], f"eps = {format_eps(eps)}\n" if i == 0 else "", pred, true)
+        delta = (row["adversarial"][top][0].float() - row["original"].float()) / max(top, 1e-12)
+        show(axes[i, -1], delta * 0.5 + 0.5)  # per channel: mid-grey 0, 0 / 1 at -eps / +eps
+        if i == 0:
+            axes[i, -1].set_title(f"perturbation\nat eps = {format_eps(top)}", fontsize=7)
+    note = ("rows: the same images in every column; cell titles: predicted class (green right, red fooled); "
+            "last column: attacked - clean per channel, mid-grey = 0, dark / light = -eps / +eps")
+    width = max(40, int(1.75 * n_cols * 13))  # characters of 8 pt text across the figure: wrapped to fit
+    text = "\n".join(textwrap.fill(part, width) for part in ([title] if title else []) + [note])
+    fig.suptitle(text, fontsize=8)
+    return fig
+
+
+def save_gallery(examples: Mapping[float, Sequence[Mapping]], class_names: Sequence[str] | None,
+                 path: str | Path, rows: int = 5, attack_fn: AttackImages | None = None, title: str = "") -> Path:
+    """The gallery of ``gallery_rows`` / ``gallery_figure`` as a PNG.
+
+    ``examples`` is ``evaluate_attack(...)["examples"]``; ``attack_fn`` (see ``attack_images``)
+    attacks the chosen images at every eps so that each row is one image across eps.
+    """
+    columns, shown = gallery_rows(examples, attack_fn, rows)
+    return save_figure(gallery_figure(columns, shown, class_names, title), path, dpi=120)

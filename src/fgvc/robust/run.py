@@ -20,7 +20,7 @@ import torch
 from fgvc import runs
 from fgvc.data import build_dataset, resolve_num_workers
 from fgvc.data.transforms import eval_transform
-from fgvc.robust.plots import plot_accuracy_vs_eps, save_gallery
+from fgvc.robust.plots import attack_images, plot_accuracy_vs_eps, save_gallery
 from fgvc.robust.sweep import evaluate_attack, format_eps, markdown_table
 
 
@@ -83,7 +83,10 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
     files = [out / f"{name}.json", out / f"{name}.md",
              plot_accuracy_vs_eps(curves, out / f"{name}.png", title=f"Accuracy under {attack.upper()}")]
     if any(result["examples"].values()):
-        files.append(save_gallery(result["examples"], class_names, out / f"{name}_gallery.png"))
+        model, _ = runs.load(run_dir)  # the gallery attacks its images at every eps: one image per row
+        files.append(save_gallery(result["examples"], class_names, out / f"{name}_gallery.png",
+                                  attack_fn=attack_images(model, attack, result["settings"], device),
+                                  title=f"{run_dir.resolve().name}: {attack.upper()} on the {split} split"))
     return {"table": table, "files": [str(f) for f in files], "accuracy": result["accuracy"]}
 
 
