@@ -8,8 +8,8 @@ import pytest
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["weights", "--help"]])
 def test_help_does_not_import_torch(argv):
-    code = ("import sys\nfrom fgvc.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
-            "print('torch' in sys.modules, 'fgvc.runs' in sys.modules)" % argv)
+    code = (f"import sys\nfrom fgvc.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'fgvc.runs' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False False"
 

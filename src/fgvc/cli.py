@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import textwrap
 from pathlib import Path
 
 from fgvc.errors import UserError, message
@@ -46,9 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--check", action="store_true", help="decode every image and list the bad ones")
     info.add_argument("--json", action="store_true")
 
-    train = sub.add_parser("train", help="train a classifier; prints the run directory")
-    train.add_argument("config", nargs="?", help="YAML file or shipped config name (see fgvc/configs)")
-    train.add_argument("overrides", nargs="*", metavar="key=value")
+    train = sub.add_parser("train", help="train a classifier; prints the run directory",
+                           description="Train a classifier from a recipe (a shipped name or a YAML file) and/or "
+                                       "key=value overrides; prints the run directory.",
+                           epilog=_train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("config", nargs="?", help="YAML file or shipped recipe name (listed below)")
+    train.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config keys, e.g. train.lr=1e-3 (fgvc train --keys lists them all)")
+    train.add_argument("--keys", action="store_true", help="print every config key with its default and exit")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue an interrupted run (key=value overrides change its config.yaml)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -124,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--epochs", type=int, default=3)
     ft.add_argument("--lr", type=float, default=1e-5)
 
+    probe = sub.add_parser("probe", help="linear probe (logistic regression) on a frozen backbone's features",
+                           description="Fit an L2-regularised logistic regression on the frozen features of the "
+                                       "model a recipe and key=value overrides describe (model.weights, "
+                                       "model.pretrained), weight decay chosen on val; prints test top-1.")
+    probe.add_argument("config", nargs="?", help="YAML file or shipped recipe name")
+    probe.add_argument("overrides", nargs="*", metavar="key=value", help="config keys, e.g. model.weights=FILE")
+    probe.add_argument("--out", help="output folder (default: runs/probe-<data>-<model>)")
+    probe.add_argument("--quiet", action="store_true", help="no progress bars")
+
     weights = sub.add_parser("weights", help="pretrained weights from local files: import TensorFlow Lite, "
                              "label-matching zero-shot")
     wsub = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
@@ -165,6 +181,27 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--only", help="comma-separated row names to run")
     st.add_argument("--out", default="runs", help="parent folder of the study folder (default: runs)")
     st.add_argument("--quiet", action="store_true")
+    lg = st.add_argument_group("launcher", "one submitit job per unfinished row (pip install 'fgvc[cluster]'); "
+                               "SLURM options apply to --launcher slurm, see docs/scale.md")
+    lg.add_argument("--launcher", choices=["sequential", "local", "slurm"], default="sequential",
+                    help="sequential: rows one after another in this process; local: parallel processes on this "
+                    "machine; slurm: a SLURM job array (default: %(default)s)")
+    lg.add_argument("--detach", action="store_true",
+                    help="submit and return; the last job to finish writes table.md (default: wait)")
+    lg.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
+    lg.add_argument("--gpus-per-node", type=int, default=None,
+                    help="GPUs per job (default: each row's train.devices; one task per GPU)")
+    lg.add_argument("--cpus-per-task", type=int, default=8, help="CPUs per task (default: %(default)s)")
+    lg.add_argument("--mem-gb", type=int, default=None, help="memory per node in GB (default: the partition's)")
+    lg.add_argument("--time", dest="time_min", type=int, default=24 * 60,
+                    help="time limit per job in minutes, also for local processes (default: %(default)s)")
+    lg.add_argument("--array-parallelism", type=int, default=32,
+                    help="jobs running at once (SLURM array %%N; local: processes at once) (default: %(default)s)")
+    lg.add_argument("--account", help="SLURM account")
+    lg.add_argument("--qos", help="SLURM quality of service")
+    lg.add_argument("--constraint", help="SLURM node constraint, e.g. a100")
+    lg.add_argument("--setup", action="append", default=[], metavar="LINE",
+                    help="shell line run before each job, repeatable (e.g. 'source .venv/bin/activate')")
 
     rep = sub.add_parser("report", help="Markdown + HTML report (tables, plots) of every run below a folder")
     rep.add_argument("runs_dir")
@@ -172,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", help="write a run's model as ONNX / TorchScript / torch.export, checked against PyTorch")
     exp.add_argument("run_dir")
-    exp.add_argument("--format", dest="fmt", choices=["onnx", "torchscript", "pt2"],
-                     help="default: from --out's suffix (.onnx, .pt, .pt2), else onnx")
+    exp.add_argument("--format", dest="fmt", choices=["onnx", "torchscript", "pt2", "hf"],
+                     help="default: from --out's suffix (.onnx, .pt, .pt2), else onnx; hf: a Hugging Face / timm "
+                     "folder (config.json, model.safetensors, README.md; default RUN_DIR/export/hf)")
     exp.add_argument("--out", help="output file ending in .onnx/.pt/.pt2, or a folder (existing, or ending in /) "
                      "that gets model.<ext> (default: RUN_DIR/export/model.<ext>); <file>.json goes beside it")
     exp.add_argument("--batch", default="dynamic", help="'dynamic' (any batch size, default) or a fixed size N")
@@ -182,8 +220,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole tour on generated data, in minutes on a CPU")
     demo.add_argument("--out", default="fgvc-demo", help="folder for the demo's data and runs")
-    demo.add_argument("--epochs", type=int, help="override the demo's epoch count")
+    demo.add_argument("--epochs", type=int, help="override the demo's epoch count (default: 12)")
+    _show_defaults(p)
     return p
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option's help ends in "(default: X)" unless it already says its default (all subcommands)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                _show_defaults(sub)
+            continue
+        default = action.default
+        if (default is None or default is False or default in ([], "") or default == argparse.SUPPRESS
+                or action.nargs == 0
+                or "default" in (action.help or "") or action.help == argparse.SUPPRESS):
+            continue
+        shown = str(default).replace("%", "%%")
+        action.help = f"{action.help} (default: {shown})" if action.help else f"default: {shown}"
+
+
+def _shipped_recipes() -> list[tuple[str, str]]:
+    """(name, first description line) of each shipped recipe in fgvc/configs."""
+    base = Path(__file__).parent / "configs"
+    recipes = []
+    for path in sorted(base.glob("*.yaml")):
+        lines = [ln[1:].strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("#")]
+        text = " ".join(ln for ln in lines if "fgvc train" not in ln)  # the first line is the command
+        sentence = re.split(r"(?<=[.;])\s", text, maxsplit=1)[0]
+        recipes.append((path.stem, textwrap.shorten(sentence, 90, placeholder=" ...")))
+    return recipes
+
+
+def _train_epilog() -> str:
+    width = max((len(name) for name, _ in _shipped_recipes()), default=0)
+    lines = [f"  {name:<{width}}  {about}" for name, about in _shipped_recipes()]
+    return ("shipped recipes (fgvc train NAME key=value ...):\n" + "\n".join(lines) + "\n\n"
+            "config keys: `fgvc train --keys` prints every key with its default (README, \"Configuration\").\n"
+            "examples:\n"
+            "  fgvc train synthbirds_cpu data.root=data/synthbirds\n"
+            "  fgvc train model.name=resnet18 data.name=synthbirds data.root=data/synthbirds train.epochs=5\n")
+
+
+def _keys_text() -> str:
+    from fgvc import config as config_mod
+
+    defaults = config_mod.Config()
+    keys = config_mod.all_keys()
+    width = max(len(k) for k in keys)
+    return "\n".join(f"{k:<{width}}  {config_mod.get(defaults, k)!r}" for k in keys)
 
 
 def _split_config_and_overrides(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
@@ -228,6 +314,15 @@ def cmd_train(args) -> int:
     from fgvc import runs
     from fgvc.train import is_main_process, metrics_table, train
 
+    if args.keys:
+        print(_keys_text())
+        return 0
+    if not args.resume and not args.config and not args.overrides:
+        # the defaults alone are a 100-epoch ResNet-50 run: never start that by accident
+        raise UserError("fgvc train needs a recipe or key=value overrides, e.g. `fgvc train synthbirds_cpu "
+                        "data.root=data/synthbirds`; shipped recipes: "
+                        + ", ".join(name for name, _ in _shipped_recipes())
+                        + "; `fgvc train --help` explains them and `fgvc train --keys` lists every key")
     if args.resume:
         from fgvc import config as config_mod
 
@@ -323,6 +418,22 @@ def cmd_zeroshot(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    from fgvc.train.probe import run_probe
+
+    config, overrides = _split_config_and_overrides(args.config, args.overrides)
+    if not config and not overrides:
+        raise UserError("fgvc probe needs a recipe or key=value overrides, e.g. `fgvc probe model.name=resnet50 "
+                        "model.pretrained=true data.root=data`")
+    cfg = _load_train_config(config, overrides)
+    out = args.out or f"runs/probe-{cfg.data.name}-{cfg.model.name}"
+    m = run_probe(cfg, out, progress=not args.quiet)
+    print(f"linear probe on {m['feature_dim']}-d features of {cfg.model.name}: test top-1 {m['test_acc']:.4f} "
+          f"(val {m['val_acc']:.4f}, weight decay {m['weight_decay']:g}, {m['seconds']:.0f} s)")
+    print(out)
+    return 0
+
+
 def cmd_weights(args) -> int:
     if args.weights_command == "import":
         from fgvc.models.tflite import import_tflite
@@ -354,7 +465,15 @@ def cmd_gan(args) -> int:
         print(f"wrote {args.per_class} generated images per class to {out} (folder layout)")
         return 0
     if args.resume:
-        cfg = load_gan_config(Path(args.resume) / "config.yaml", args.overrides)
+        from fgvc.gan.config import check_resume_overrides
+
+        config, overrides = _split_config_and_overrides(args.config, args.overrides)
+        if config:  # argparse gives the first key=value to `config`: without this it was silently dropped
+            raise UserError(f"--resume continues with the run's own config.yaml; pass only key=value overrides, "
+                            f"not {config}")
+        run_config = Path(args.resume) / "config.yaml"
+        cfg = load_gan_config(run_config, overrides)
+        check_resume_overrides(load_gan_config(run_config), cfg)  # config.yaml never claims what did not run
         run_dir = train_gan(cfg, progress=not args.quiet, resume=args.resume)
     else:
         config, overrides = _split_config_and_overrides(args.config, args.overrides)
@@ -384,7 +503,19 @@ def cmd_study(args) -> int:
     from fgvc.experiments.study import run_study
 
     only = [r.strip() for r in args.only.split(",")] if args.only else None
-    folder = run_study(args.study, args.overrides, only=only, out=args.out, progress=not args.quiet)
+    options = None
+    if args.launcher != "sequential":
+        from fgvc.experiments.launch import LaunchOptions
+
+        options = LaunchOptions(partition=args.partition, gpus_per_node=args.gpus_per_node,
+                                cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, time_min=args.time_min,
+                                array_parallelism=args.array_parallelism, account=args.account, qos=args.qos,
+                                constraint=args.constraint, setup=args.setup)
+    folder = run_study(args.study, args.overrides, only=only, out=args.out, progress=not args.quiet,
+                       launcher=args.launcher, launch_options=options, detach=args.detach)
+    if args.detach and args.launcher != "sequential":
+        print(folder)
+        return 0
     print((folder / "table.md").read_text())
     print(folder)
     return 0
@@ -402,6 +533,12 @@ def cmd_export(args) -> int:
     from fgvc.export import export_model, sidecar_path
 
     path = export_model(args.run_dir, args.fmt, out=args.out, batch=args.batch, tolerance=args.tolerance)
+    if args.fmt == "hf":
+        check = json.loads((path / "config.json").read_text(encoding="utf-8"))["fgvc"]["verification"]
+        print(f"hf: timm loads the folder; max abs logit difference to fgvc {check['max_abs_diff']:.2g} "
+              f"(tolerance {check['tolerance']:g})")
+        print(f"wrote {path} (config.json, model.safetensors, README.md)")
+        return 0
     info = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
     check = info["verification"]
     print(f"{info['format']}: max abs logit difference to PyTorch {check['max_abs_diff']:.2g} at batch "
@@ -442,13 +579,33 @@ def cmd_demo(args) -> int:
     report = write_report(out / "runs")
     print(f"run directory: {run_dir}  (explain/, attack/ inside)")
     print(f"report: {report} and {report.with_suffix('.html')}")
-    print(f"next: `fgvc serve {run_dir}` (web demo), `fgvc export {run_dir}` (ONNX), `fgvc predict {run_dir} IMAGE`")
+    fgvc = _fgvc_command()
+    print(f"next: `{fgvc} serve {run_dir}` (web demo), `{fgvc} export {run_dir}` (ONNX), "
+          f"`{fgvc} predict {run_dir} IMAGE`")
     return 0
+
+
+def _fgvc_command() -> str:
+    """How to run fgvc from this shell: `fgvc` when it is on PATH, else the script beside this Python."""
+    import os
+    import shutil
+
+    if shutil.which("fgvc"):
+        return "fgvc"
+    script = Path(sys.executable).parent / "fgvc"  # the venv's bin/, e.g. .venv/bin/fgvc
+    if script.is_file():
+        try:
+            relative = os.path.relpath(script)
+            return relative if os.sep in relative else os.path.join(".", relative)
+        except ValueError:  # another drive (Windows)
+            return str(script)
+    return f"{Path(sys.executable).name} -m fgvc"
 
 
 HANDLERS = {
     "data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "explain": cmd_explain,
-    "attack": cmd_attack, "zeroshot": cmd_zeroshot, "clip": cmd_clip, "weights": cmd_weights, "gan": cmd_gan, "study": cmd_study,
+    "attack": cmd_attack, "zeroshot": cmd_zeroshot, "clip": cmd_clip, "weights": cmd_weights, "probe": cmd_probe,
+    "gan": cmd_gan, "study": cmd_study,
     "report": cmd_report, "demo": cmd_demo, "serve": cmd_serve,
     "export": cmd_export,
 }

@@ -18,6 +18,9 @@ function (``templates``, ``epochs``, ``lr``, ``batch_size`` ...); it uses the st
 
       vit_b16_zeroshot: {task: zeroshot, model: ViT-B-16, pretrained: openai}
 
+A row ``{task: probe, overrides: [...]}`` fits a linear probe on the frozen backbone of the
+study's config with the row's overrides (``fgvc probe``), the reference a fine-tune should beat.
+
 Runs land in ``<out>/<study>/<row>/``; a row whose ``metrics.json`` exists is skipped, so
 an interrupted study continues where it stopped. The table is written as Markdown and CSV,
 with a bar plot (table.png).
@@ -115,11 +118,41 @@ def clip_row(spec: dict, row: str, cfg: config_mod.Config):
     return fn, kwargs
 
 
-def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None = None,
-              out: str | Path = "runs", progress: bool = True) -> Path:
-    """Train every (selected) row not yet finished, then write table.md / table.csv; returns the study folder."""
+def _is_probe(spec: dict, row: str) -> bool:
+    """A row ``{task: probe, overrides: [...]}``: a linear probe on the frozen backbone the study's
+    config and the row's overrides describe (fgvc.train.probe), the reference a fine-tune should beat."""
+    if spec.get("task") != "probe":
+        return False
+    extra = [k for k in spec if k not in ("task", "overrides")]
+    if extra:
+        raise UserError(f"study row {row!r}: a probe row takes only task and overrides, not {extra[0]!r}")
+    return True
+
+
+def train_row(row: str, spec, cfg: config_mod.Config, run_dir: Path, progress: bool = True) -> None:
+    """One row's run into ``run_dir`` (a training run resumes from its last committed epoch).
+    The sequential study and every launcher's job (fgvc.experiments.launch.run_row) run rows here."""
     from fgvc.train import train
 
+    if isinstance(spec, dict) and _is_probe(spec, row):
+        from fgvc.train.probe import run_probe
+
+        run_probe(cfg, run_dir, progress=progress)
+    elif isinstance(spec, dict):
+        fn, kwargs = clip_row(spec, row, cfg)
+        fn(out_dir=run_dir, progress=progress, **kwargs)
+    else:
+        resume = (run_dir / "checkpoints" / "last_state.pt").is_file()
+        train(cfg, run_dir=run_dir, resume=resume, progress=progress)
+
+
+def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None = None,
+              out: str | Path = "runs", progress: bool = True, launcher: str = "sequential",
+              launch_options=None, detach: bool = False) -> Path:
+    """Train every (selected) row not yet finished, then write table.md / table.csv; returns the study folder.
+
+    ``launcher`` 'local' or 'slurm' submits one job per unfinished row (fgvc.experiments.launch)
+    instead of training them one after another here."""
     name, study = read_study(name_or_path)
     rows = list(study["rows"])
     if only:
@@ -128,21 +161,22 @@ def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None =
             raise UserError(f"study {name} has no row {unknown[0]!r}; rows: {', '.join(rows)}")
         rows = [r for r in rows if r in only]
     configs = {row: row_config(study, row, list(extra)) for row in rows}  # validate every row before training
-    clip_rows = {row: clip_row(study["rows"][row], row, configs[row]) for row in rows
-                 if isinstance(study["rows"][row], dict)}
+    for row in rows:  # CLIP rows checked here too, before anything trains or is submitted
+        if isinstance(study["rows"][row], dict) and not _is_probe(study["rows"][row], row):
+            clip_row(study["rows"][row], row, configs[row])
     folder = Path(out).expanduser() / name
+    if launcher != "sequential":
+        from fgvc.experiments.launch import launch_study
+
+        launch_study(name, study, rows, configs, folder.resolve(), launcher, launch_options, detach)
+        return folder
     for i, row in enumerate(rows):
         run_dir = folder / row
         if (run_dir / "metrics.json").is_file():
             print(f"[{i + 1}/{len(rows)}] {row}: finished earlier, skipped")
             continue
         print(f"[{i + 1}/{len(rows)}] {row}")
-        if row in clip_rows:
-            fn, kwargs = clip_rows[row]
-            fn(out_dir=run_dir, progress=progress, **kwargs)
-        else:
-            resume = (run_dir / "checkpoints" / "last_state.pt").is_file()
-            train(configs[row], run_dir=run_dir, resume=resume, progress=progress)
+        train_row(row, study["rows"][row], configs[row], run_dir, progress)
         _write(folder, study, name)  # after every row, so a stopped study still has its table so far
     _write(folder, study, name)
     return folder
@@ -151,7 +185,49 @@ def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None =
 def _write(folder: Path, study: dict, name: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_table(folder, list(study["rows"]), study.get("columns") or ["train_acc", "val_acc", "test_acc"],
-                study.get("title", name))
+                ran_title(study.get("title", name), _ran_configs(folder, list(study["rows"]))))
+
+
+# settings a study title may state; the title is corrected to what the rows' config.yaml say ran
+_TITLE_KEYS = {"data.image_size": "{} px", "train.epochs": "{} epochs", "model.name": "{}",
+               "train.batch_size": "batch {}", "data.name": "{}"}
+
+
+def _ran_configs(folder: Path, rows: list[str]) -> list[dict]:
+    """Flat {key: value} of each finished row's config.yaml (rows without one, such as CLIP rows, left out)."""
+    configs = []
+    for row in rows:
+        path = folder / row / "config.yaml"
+        if (folder / row / "metrics.json").is_file() and path.is_file():
+            try:
+                cfg = config_mod.load(path)
+            except UserError:
+                continue
+            configs.append({key: config_mod.get(cfg, key) for key in _TITLE_KEYS})
+    return configs
+
+
+def ran_title(title: str, configs: list[dict]) -> str:
+    """The study title with the settings that ran: "96 px" / "20 epochs" in the shipped title become the
+    values every finished row used ("varying px" when rows differ), and a "(as run: ...)" tail names
+    the image size and epochs when the title does not."""
+    import re
+
+    def common(key):
+        values = {c[key] for c in configs}
+        return values.pop() if len(values) == 1 else None
+
+    if not configs:
+        return title
+    said = []
+    for key, pattern in (("data.image_size", r"\b\d+ ?px\b"), ("train.epochs", r"\b\d+ epochs\b")):
+        value = common(key)
+        text = _TITLE_KEYS[key].format(value) if value is not None else _TITLE_KEYS[key].format("varying")
+        if re.search(pattern, title):
+            title = re.sub(pattern, text, title)
+        else:
+            said.append(text)
+    return f"{title} (as run: {', '.join(said)})" if said else title
 
 
 def write_table(folder: Path, rows: list[str], columns: list[str], title: str) -> str:
@@ -187,6 +263,8 @@ def write_table(folder: Path, rows: list[str], columns: list[str], title: str) -
 def _plot_table(rows: list[dict], columns: list[str], title: str, path: Path) -> None:
     """Grouped horizontal bars, one group per row: the gap between train and test accuracy
     (overfitting) and the differences between rows are easier to see than in the table."""
+    import textwrap
+
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7.5, 0.45 * len(rows) * max(1, len(columns) / 2) + 1.4))
@@ -197,7 +275,8 @@ def _plot_table(rows: list[dict], columns: list[str], title: str, path: Path) ->
         bars = ax.barh([i + j * height for i in range(len(rows))], values, height=height, label=column)
         ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
     ax.set_yticks([i + height * (len(columns) - 1) / 2 for i in range(len(rows))], [r["row"] for r in rows])
-    ax.set(xlim=(0, 1.1), xlabel="accuracy", title=title[:90])
+    ax.set(xlim=(0, 1.1), xlabel="accuracy")
+    ax.set_title(textwrap.fill(title, 80), fontsize=10)  # wrapped, not cut
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

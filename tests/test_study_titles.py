@@ -1,0 +1,41 @@
+"""Study tables and plots state the settings that ran (overrides), not the shipped ones (issue 15)."""
+
+
+def test_study_title_states_the_settings_that_ran():
+    from fgvc.experiments.study import ran_title
+
+    shipped = "birds50 - training tricks, resnet18 from scratch, 96 px, 20 epochs"
+    ran = [{"data.image_size": 64, "train.epochs": 2}, {"data.image_size": 64, "train.epochs": 2}]
+    title = ran_title(shipped, ran)
+    assert "64 px" in title and "2 epochs" in title and "96 px" not in title and "20 epochs" not in title
+    mixed = ran_title(shipped, [{"data.image_size": 64, "train.epochs": 2}, {"data.image_size": 96, "train.epochs": 2}])
+    assert "96 px" not in mixed and "varying px" in mixed
+    plain = ran_title("Table 1 - ResNet depth (CUB-200-2011, from scratch)", ran)
+    assert plain.endswith("(as run: 64 px, 2 epochs)")
+    assert ran_title(shipped, []) == shipped  # nothing ran yet
+
+
+def test_study_plot_title_is_wrapped_not_cut(tmp_path, monkeypatch):
+    from fgvc.experiments import study
+
+    figures = []
+    monkeypatch.setattr(study.runs, "save_figure", lambda fig, path, **kw: figures.append(fig))
+    title = "birds50 - training tricks, resnet18 from scratch, 64 px, 2 epochs, and a tail that runs past ninety chars"
+    study._plot_table([{"row": "a", "test_acc": 0.5}], ["test_acc"], title, tmp_path / "t.png")
+    assert figures[0].axes[0].get_title().replace("\n", " ") == title
+
+
+def test_study_table_title_reads_the_rows_config(tmp_path, monkeypatch):
+    from fgvc import config
+    from fgvc.experiments import study
+
+    row = tmp_path / "baseline"
+    row.mkdir()
+    cfg = config.load(None, ["data.image_size=64", "train.epochs=2"])
+    (row / "config.yaml").write_text(config.dump(cfg))
+    (row / "metrics.json").write_text("{}")
+    seen = {}
+    monkeypatch.setattr(study, "write_table", lambda folder, rows, columns, title: seen.setdefault("title", title))
+    study._write(tmp_path, {"rows": {"baseline": {}, "not_run": {}},
+                            "title": "birds50 - tricks, resnet18 from scratch, 96 px, 20 epochs"}, "s")
+    assert seen["title"] == "birds50 - tricks, resnet18 from scratch, 64 px, 2 epochs"
