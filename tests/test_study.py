@@ -9,7 +9,7 @@ def test_every_shipped_study_validates_every_row():
         _, study = read_study(name)
         for row, spec in study["rows"].items():
             cfg = row_config(study, row, ["data.root=somewhere"])
-            if isinstance(spec, dict):
+            if isinstance(spec, dict) and spec.get("task") != "probe":  # probe rows are training configs
                 clip_row(spec, row, cfg)
 
 

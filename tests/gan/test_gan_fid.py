@@ -81,10 +81,14 @@ def test_penultimate_features_are_the_input_of_the_last_linear_layer():
 
 
 def test_true_fid_without_its_packages_or_weights_is_a_user_error(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "torchmetrics", None)  # import fails as if not installed
+    # imports fail as if not installed (its submodules too: other tests may have imported them already)
+    names = ["torchmetrics", "torchmetrics.image", "torchmetrics.image.fid"]
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(UserError, match="torchmetrics"):
         inception_fid(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8))
-    monkeypatch.delitem(sys.modules, "torchmetrics")
+    for name in names:
+        monkeypatch.delitem(sys.modules, name)
     pytest.importorskip("torchmetrics.image.fid")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(UserError, match="Inception weights"):
