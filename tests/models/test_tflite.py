@@ -238,3 +238,28 @@ def test_cam_on_a_mobilenet_weighs_the_pooled_map_by_the_head():
     raw = F.interpolate(raw[:, None], size=64, mode="bilinear", align_corners=False)[:, 0]
     lo, hi = raw.amin((1, 2), keepdim=True), raw.amax((1, 2), keepdim=True)
     assert torch.allclose(maps, (raw - lo) / (hi - lo), atol=1e-4)
+
+
+@needs_weights
+def test_weights_import_writes_safetensors_that_fgvc_and_timm_load_alike(tmp_path, capsys):
+    from fgvc.cli import main
+
+    assert main(["weights", "import", str(IMAGENET), "--out", str(tmp_path),
+                 "--labels", str(WEIGHTS / "imagenet_labels.txt")]) == 0
+    out = tmp_path / "mobilenet_v2_1.0_224_quant.safetensors"
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["num_classes"] == 1001 and len(info["labels"]) == 1001 and info["timm_kwargs"] == {"pad_type": "same"}
+    assert info["max_abs_logit_difference_to_the_float_graph"] < 1e-3
+    x = _photos(2)
+    from_tflite, from_import = create_model("tf_mobilenetv2_100", 1001), create_model("tf_mobilenetv2_100", 1001)
+    load_weights_file(from_tflite, IMAGENET)
+    origin = load_weights_file(from_import, out)
+    assert origin["folded_batchnorm"]  # the metadata keeps the mark, so model.batchnorm=auto re-estimates
+    plain = timm.create_model("mobilenetv2_100", pad_type="same", num_classes=1001, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(out), num_classes=1001)).eval()
+    with torch.no_grad():
+        ref = from_tflite.eval()(x)
+        assert torch.allclose(from_import.eval()(x), ref, atol=1e-5)
+        assert torch.allclose(plain((x - info["mean"][0]) / info["std"][0]), ref, atol=1e-4)
+    assert main(["weights", "import", str(out), "--out", str(tmp_path)]) == 2  # not a .tflite: one sentence
+    assert "need no import" in capsys.readouterr().err
