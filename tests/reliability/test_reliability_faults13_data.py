@@ -274,3 +274,22 @@ def test_an_image_in_both_stanford_dogs_lists_is_refused(dogs_copy):
     savemat(str(test), {k: v for k, v in e.items() if not k.startswith("__")})
     with pytest.raises(UserError, match=r"is listed twice \(in train_list.mat and test_list.mat\)"):
         dogs.load(dogs_copy, "test")
+
+
+def test_explain_on_image_files_sees_what_predict_sees(big_images_run, tmp_path, monkeypatch):
+    from fgvc.explain.run import explain_run
+    from fgvc.models.factory import Classifier
+
+    size = runs.load_config(big_images_run).data.image_size
+    images = [_exif_jpeg(tmp_path / f"phone{i}.jpg", i) for i in range(2)] + [_rgba_png(tmp_path / "cutout.png")]
+    expected = torch.cat([load_eval_image(p, size) for p in images])  # `fgvc predict`'s input
+    seen = []
+    real = Classifier.forward
+
+    def forward(self, x, *args, **kwargs):
+        seen.append(x.detach().clone())
+        return real(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(Classifier, "forward", forward)
+    explain_run(big_images_run, images, methods="gradcam", out_dir=tmp_path / "explain", log=None)
+    assert any(x.shape == expected.shape and torch.equal(x, expected) for x in seen)

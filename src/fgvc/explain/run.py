@@ -57,9 +57,9 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
     computed, logged and written to ``localization.json``. ``data_root`` overrides the
     run's ``data.root`` (a run moved to another machine). Returns a summary dict.
     """
-    from fgvc.data import build_dataset, read_rgb  # only an explain run needs the datasets
+    from fgvc.data import build_dataset  # only an explain run needs the datasets
     from fgvc.data.base import readable_name
-    from fgvc.data.transforms import eval_transform
+    from fgvc.data.transforms import eval_transform, load_eval_image
 
     say = log or (lambda _msg: None)
     run_dir = runs.check_run_dir(run_dir)
@@ -83,7 +83,8 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
     dataset = None
     if images:
         paths = [Path(p).expanduser() for p in images]
-        x = torch.stack([transform(read_rgb(p)) for p in paths])
+        # the same decoding as predict and evaluation (fgvc.data.transforms.load_eval_image)
+        x = torch.cat([load_eval_image(p, cfg.data.image_size) for p in paths])
         labels: list[int | None] = [None] * len(paths)
         stems = [p.stem for p in paths]
         boxes = [None] * len(paths)
