@@ -51,3 +51,11 @@ def test_training_on_generated_only_tests_on_the_real_split(tiny_synthbirds_root
     assert metrics["train_images"] == 20
     real_test = build_dataset("synthbirds", tiny_synthbirds_root, "test")
     assert metrics["test_images"] == len(real_test)
+
+
+def test_a_link_from_one_generated_class_folder_into_another_is_refused(tiny_synthbirds_root, generated_root):
+    folders = sorted((generated_root / "train").iterdir())
+    (folders[0] / "more").symlink_to(folders[1], target_is_directory=True)  # class 1's images again, labelled 0
+    real = build_dataset("synthbirds", tiny_synthbirds_root, "train")
+    with pytest.raises(UserError, match="symbolic link"):
+        mix_generated(real, generated_root, "generated")

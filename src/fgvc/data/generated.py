@@ -33,12 +33,12 @@ def mix_generated(real: FineGrainedDataset, generated_root: str | Path, source: 
         raise UserError(f"{split_dir} does not exist; data.generated_root must be a folder written by "
                         "`fgvc gan sample RUN_DIR --per-class N --out DIR`")
     index = {name: i for i, name in enumerate(real.class_names)}
-    generated = []
+    generated, seen = [], {}  # one `seen` for all class folders: a link between two of them is refused
     for name, folder in class_dirs(split_dir).items():
         if name not in index:
             raise UserError(f"generated class folder {folder} matches no class of the real dataset; "
                             "sample from a GAN trained on the same dataset")
-        generated += [Sample(path, index[name]) for path in image_files(folder)]
+        generated += [Sample(path, index[name]) for path in image_files(folder, seen)]
     if not generated:
         raise UserError(f"{split_dir} holds no images")
     if source == "generated":
