@@ -623,11 +623,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return HANDLERS[args.command](args)
     except UserError as e:
-        print(f"fgvc: {message(e)}", file=sys.stderr)
+        # one write: the processes of a multi-device run share stderr, and print's separate newline
+        # write let two sentences run into one line
+        sys.stderr.write(f"fgvc: {message(e)}\n")
+        sys.stderr.flush()
+        _leave_process_group()
         return 2
     except KeyboardInterrupt:
         print("fgvc: interrupted", file=sys.stderr)
         return 130
+
+
+def _leave_process_group() -> None:
+    """A multi-device run stopped by a UserError: close the process group before the interpreter
+    exits, or gloo's threads are still alive at exit and abort the process (SIGABRT, not exit 2)."""
+    torch = sys.modules.get("torch")  # never import torch here: `fgvc --help` stays light
+    dist = getattr(torch, "distributed", None)
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def main_exit() -> None:
