@@ -110,12 +110,7 @@ def export_model(run_dir: str | Path, fmt: str | None = None, out: str | Path | 
     check_batches = (fixed_batch,) if fixed_batch else (1, 3)
     unchanged = f"nothing was written (the previous {out.name}, if any, is unchanged)"
     fix = f"try --format {' or '.join(f for f in FORMATS if f != fmt)}{'' if fixed_batch else ' or a fixed --batch N'}"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as e:
-        raise UserError(f"cannot write into {out.parent} ({e.strerror or e.__class__.__name__}); "
-                        "fix the folder's permissions or pass another --out") from None
+    tmp = staging_dir(out)
     try:
         staged = tmp / out.name
         try:
@@ -177,6 +172,16 @@ def verify(model: nn.Module, run: Callable, size: int, num_classes: int, batches
 
 def _batch_dim():
     return torch.export.Dim("batch", min=1)
+
+
+def staging_dir(out: Path) -> Path:
+    """A new hidden folder beside ``out`` to write into before the rename that publishes it."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise UserError(f"cannot write into {out.parent} ({e.strerror or e.__class__.__name__}); "
+                        "fix the folder's permissions or pass another --out") from None
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, dynamic: bool) -> None:

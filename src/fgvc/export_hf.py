@@ -157,12 +157,9 @@ def export_hf(run_dir: str | Path, out: str | Path | None = None, tolerance: flo
         raise UserError(f"{cfg.model.name}'s weights do not fit timm's {arch} ({_one_line(e)}); "
                         f"export with --format pt2 or onnx instead; {unchanged}") from None
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as e:
-        raise UserError(f"cannot write into {out.parent} ({e.strerror or e.__class__.__name__}); "
-                        "fix the folder's permissions or pass another --out") from None
+    from fgvc.export import staging_dir
+
+    tmp = staging_dir(out)
     old = None
     try:
         try:

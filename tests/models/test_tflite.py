@@ -178,6 +178,9 @@ def test_imported_model_normalisation_is_honoured_by_predict_explain_attack_and_
                                  "train.precision=32-true", "model.trainable=head", f"out={tmp_path / 'runs'}"])
     run = train(cfg, progress=False)
     model, _ = runs.load(run)
+    # model.batchnorm=auto re-estimated the folded placeholder statistics (variance 1 - eps) on the images
+    assert json.loads((run / "metrics.json").read_text())["batchnorm"] == "reestimate"
+    assert not torch.allclose(model.net.bn1.running_var, torch.full_like(model.net.bn1.running_var, 1 - 1e-5))
     # every consumer loads the run through runs.load: the file's normalisation travels in the checkpoint
     assert torch.allclose(model.normalize.mean, torch.full((1, 3, 1, 1), 128 / 255))
     x = torch.rand(2, 3, 32, 32)

@@ -139,6 +139,11 @@ def test_training_from_a_file_records_its_origin(tmp_path, tiny_synthbirds_root)
     assert metrics["pretrained"] == {"source": "file", "file": path.name, "sha256": sha256_file(path)}
     saved = runs.load_config(run)
     assert saved.model.weights_sha256 == sha256_file(path)
+    assert metrics["batchnorm"] == "train"  # plain BatchNorm for weights that are not folded
     # the frozen backbone is the file's, bit for bit
     model, _ = runs.load(run)
     assert torch.equal(model.net.conv1.weight, src.net.conv1.weight)
+    # a later run that names another sha256 is refused before it trains
+    cfg.model.weights_sha256 = "0" * 64
+    with pytest.raises(UserError, match="sha256"):
+        train(cfg, progress=False)

@@ -57,21 +57,20 @@ def label_match_accuracy(model, loader, mapping: dict[int, int], device="cpu") -
     problem of ``len(mapping)`` classes). ``loader`` yields (images in [0, 1], dataset labels, ...)."""
     if not mapping:
         raise UserError("no class of the dataset has a common name among the model's labels; check the labels file")
-    classes = torch.tensor(sorted(mapping))
-    outputs = torch.tensor([mapping[int(c)] for c in classes])
-    to_output = torch.full((int(classes.max()) + 1,), -1, dtype=torch.long)
-    to_output[classes] = outputs
+    outputs = torch.tensor(sorted(set(mapping.values())))  # the matched labels' output indices
     model.eval().to(device)
     n = all_hits = matched_hits = 0
     for x, y, *_ in loader:
-        keep = (y <= classes.max()) & (to_output[y.clamp(max=int(classes.max()))] >= 0)
+        to_output = torch.full((max(int(y.max()), max(mapping)) + 1,), -1)  # dataset class -> output, -1: none
+        to_output[list(mapping)] = torch.tensor(list(mapping.values()))
+        target = to_output[y]
+        keep = target >= 0
         if not keep.any():
             continue
         logits = model(x[keep].to(device)).float().cpu()
-        target = to_output[y[keep]]
+        target = target[keep]
         all_hits += int((logits.argmax(1) == target).sum())
-        among = logits[:, outputs].argmax(1)  # position in `outputs`
-        matched_hits += int((outputs[among] == target).sum())
+        matched_hits += int((outputs[logits[:, outputs].argmax(1)] == target).sum())
         n += int(keep.sum())
     return {"matched_classes": len(mapping), "images": n, "acc_all_labels": all_hits / max(n, 1),
             "acc_matched_labels": matched_hits / max(n, 1)}

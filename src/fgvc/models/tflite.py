@@ -20,6 +20,7 @@ padding arithmetic: an independent execution the port is checked against.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,22 +69,20 @@ class Graph:
         return [op for op in self.ops if op.weight is not None]
 
 
-_GRAPHS: dict[tuple[str, int, float], Graph] = {}
-
-
 def read_graph(path: str | Path) -> Graph:
-    """Parse and dequantise a .tflite file (cached per path, size and mtime).
+    """Parse and dequantise a .tflite file (cached per path, size and mtime: a changed file is read again).
 
     Errors (UserError): the file is not a TensorFlow Lite flatbuffer, or uses an operator
     outside ``SUPPORTED_OPS`` (the MobileNet family's).
     """
     path = Path(path).expanduser()
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime)
-    if key not in _GRAPHS:
-        _GRAPHS.clear()
-        _GRAPHS[key] = _parse(path)
-    return _GRAPHS[key]
+    return _parse_cached(str(path.resolve()), st.st_size, st.st_mtime)
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_cached(path: str, size: int, mtime: float) -> Graph:
+    return _parse(Path(path))
 
 
 def _parse(path: Path) -> Graph:

@@ -142,8 +142,8 @@ def _load_into(model, state: dict[str, torch.Tensor], path: Path) -> str:
     head_fits = all(k in state and state[k].shape == target[k].shape for k in head_keys)
     if not head_fits:  # other class count (or no head in the file): keep the fresh head
         state = {k: v for k, v in state.items() if k not in head_keys}
-    ignore = lambda k: k.endswith("num_batches_tracked") or (not head_fits and k in head_keys)  # noqa: E731
-    missing = [k for k in target if k not in state and not ignore(k)]
+    fresh = set() if head_fits else head_keys  # the new head's keys are not expected from the file
+    missing = [k for k in target if k not in state and k not in fresh and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in target]
     wrong = [k for k in state if k in target and state[k].shape != target[k].shape]
     if missing or unexpected or wrong:
