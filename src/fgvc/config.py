@@ -31,6 +31,10 @@ class DataConfig:
     generated_root: str = ""  # folder written by `fgvc gan sample`
     generated_ratio: float = 1.0  # generated images per real training image, for real+generated
     skip_bad_images: bool = False  # decode every image first and leave out unreadable ones (counted in metrics.json)
+    cache: str = "off"  # off | auto | on: decoded images in a memory-mapped file (fgvc.data.cache, docs/data.md)
+    cache_budget_gb: float = 4.0  # data.cache=auto caches the splits (train, val, test) that fit in this many GiB
+    cache_dir: str = ""  # "" is $XDG_CACHE_HOME/fgvc/images (~/.cache/fgvc/images)
+    augment_on: str = "host"  # host | device: random crop, flip, rotation, Cutout batched on the accelerator
 
 
 @dataclass
@@ -59,6 +63,7 @@ class TrainConfig:
     devices: int = 1
     accelerator: str = "auto"  # auto | cpu | cuda
     channels_last: bool = False  # CNN weights in channels-last memory order (faster for some models: benchmarks/)
+    loggers: str = ""  # experiment logs under <run>/logs/: csv,tensorboard,mlflow,wandb (fgvc.train.loggers); "" none
 
 
 @dataclass
@@ -99,6 +104,9 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.train_source": (lambda v: v in ("real", "real+generated", "generated"),
                           "one of real, real+generated, generated"),
     "data.generated_ratio": (lambda v: v >= 0, "0 or more generated images per real one"),
+    "data.cache": (lambda v: v in ("off", "auto", "on"), "one of off, auto, on"),
+    "data.cache_budget_gb": (lambda v: v >= 0, "0 or more GiB"),
+    "data.augment_on": (lambda v: v in ("host", "device"), "one of host, device"),
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "a probability in [0, 1)"),
     "model.batchnorm": (lambda v: v in ("auto", "train", "frozen", "reestimate"),
                         "one of auto, train, frozen, reestimate"),
@@ -242,11 +250,19 @@ def validate(cfg: Config) -> Config:
     for key, (ok, expected) in _CHECKS.items():
         if not ok(flat[key]):
             raise UserError(f"config key {key!r} must be {expected}, got {_show(flat[key])}")
+    if cfg.train.loggers:  # a did-you-mean sentence for a misspelt logger, before anything runs
+        from fgvc.train.loggers import parse_loggers
+
+        parse_loggers(cfg.train.loggers)
     return cfg
 
 
 def check_training(cfg: Config) -> None:
     """Cross-key checks of a training config, run before anything is written."""
+    if cfg.train.loggers:  # here, not in validate: a finished run's config.yaml loads without mlflow
+        from fgvc.train.loggers import require_installed
+
+        require_installed(cfg.train.loggers)
     mixing = [k for k in ("aug.mixup_alpha", "aug.cutmix_alpha") if get(cfg, k) > 0]
     if mixing and cfg.train.batch_size % 2:
         # timm's Mixup/CutMix pairs each image with its mirror in the batch, so batches must be even
