@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     clip_args(ft, 32)
     ft.add_argument("--epochs", type=int, default=3)
     ft.add_argument("--lr", type=float, default=1e-5)
+    ft.add_argument("--loggers", default="", metavar="NAMES",
+                    help="experiment logs under OUT/logs/: csv,tensorboard,mlflow,wandb (default: none)")
 
     probe = sub.add_parser("probe", help="linear probe (logistic regression) on a frozen backbone's features",
                            description="Fit an L2-regularised logistic regression on the frozen features of the "
@@ -493,7 +495,7 @@ def cmd_clip(args) -> int:
         metrics = run_linear_probe(args.model, args.pretrained, args.data, args.root, out, **common)
     else:
         metrics = run_finetune(args.model, args.pretrained, args.data, args.root, out, epochs=args.epochs,
-                               lr=args.lr, **common)
+                               lr=args.lr, loggers=args.loggers, **common)
     print(f"{args.clip_command}: test top-1 {metrics['test_acc']:.4f}")
     print(out)
     return 0

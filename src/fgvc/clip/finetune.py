@@ -73,12 +73,13 @@ def finetune_clip(clip_model, tokenizer, class_names: list[str], templates: list
                   train_loader: DataLoader, val_loader: DataLoader | None = None, *,
                   descriptions: list[list[str]] | None = None, epochs: int = 3, lr: float = 1e-5,
                   weight_decay: float = 0.1, warmup_fraction: float = 0.1, device: str | torch.device = "cpu",
-                  progress: bool = True) -> FinetuneResult:
+                  progress: bool = True, log=None) -> FinetuneResult:
     """Fine-tune CLIP's image tower and a head initialised from the zero-shot text weights (AdamW, cosine).
 
     ``class_names`` are prompt-ready names. The image tower of ``clip_model`` is trained
     in place. Keeps the epoch with the best validation accuracy (the last one without
-    ``val_loader``).
+    ``val_loader``). ``log``: an ``fgvc.train.loggers.ExperimentLog`` that receives each step's
+    loss and lr and each epoch's history row.
     """
     device = torch.device(device)
     clip_model.to(device)
@@ -101,7 +102,7 @@ def finetune_clip(clip_model, tokenizer, class_names: list[str], templates: list
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
 
     result = FinetuneResult(model, zeroshot_state, zeroshot_state)
-    best_val, seen, train_seconds = -1.0, 0, 0.0
+    best_val, seen, train_seconds, step = -1.0, 0, 0.0, 0
     for epoch in range(1, epochs + 1):
         model.train()
         t0, loss_sum, correct, n = time.perf_counter(), 0.0, 0, 0
@@ -116,6 +117,9 @@ def finetune_clip(clip_model, tokenizer, class_names: list[str], templates: list
             scaler.update()
             lr_used = opt.param_groups[0]["lr"]  # before the schedule moves on: the rate this step trained at
             sched.step()
+            step += 1
+            if log is not None:
+                log.log_step(step, loss.detach(), lr_used)
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.detach().argmax(1) == y).sum())
             n += len(y)
@@ -127,6 +131,8 @@ def finetune_clip(clip_model, tokenizer, class_names: list[str], templates: list
             val = evaluate_classifier(model, val_loader, device)
             row.update(val_acc=val["acc"], val_loss=val["loss"])
         result.history.append(row)
+        if log is not None:
+            log.log_epoch(epoch, row)
         score = row.get("val_acc", epoch)  # without validation the last epoch wins
         if score > best_val:
             best_val, result.best_epoch = score, epoch
@@ -160,16 +166,19 @@ def run_finetune(model_name: str, pretrained: str | None, dataset_name: str, roo
                  batch_size: int = 32, lr: float = 1e-5, weight_decay: float = 0.1, alphas=ALPHAS,
                  device: str = "auto", num_workers: int = 2, val_fraction: float = 0.1, seed: int = 0,
                  augment: bool = True, save_checkpoint: bool = True, weights_cache_dir: str | Path | None = None,
-                 download: bool = True, progress: bool = True) -> dict:
+                 download: bool = True, progress: bool = True, loggers: str = "") -> dict:
     """Fine-tune a CLIP image tower on a dataset; write metrics.json, history.csv, wise_ft.csv (and weights).
 
     ``test_acc`` is the fine-tuned model (alpha = 1); ``wise_ft`` holds validation and test
-    accuracy per alpha and ``wise_ft_alpha`` the alpha chosen on validation.
+    accuracy per alpha and ``wise_ft_alpha`` the alpha chosen on validation. ``loggers``:
+    experiment logs under ``out_dir/logs/`` (``"csv,tensorboard"``; see fgvc.train.loggers).
     """
     from fgvc.data import build_dataset
+    from fgvc.train.loggers import open_loggers, require_installed
 
     if epochs < 1:
         raise UserError(f"epochs={epochs} trains nothing; use at least 1 (zero-shot accuracy: fgvc zeroshot)")
+    require_installed(loggers, key="--loggers")
     start = time.perf_counter()
     torch.manual_seed(seed)
     template_list = resolve_templates(templates)
@@ -192,9 +201,14 @@ def run_finetune(model_name: str, pretrained: str | None, dataset_name: str, roo
 
     val_loader = loader(val_set, False) if len(val_set) else None
     test_loader = loader(test_set, False)
-    result = finetune_clip(clip_model, tokenizer, names, template_list, loader(train_set, True), val_loader,
-                           descriptions=per_class, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                           device=device, progress=progress)
+    with open_loggers(loggers, Path(out_dir).expanduser(), main=True, key="--loggers") as log:
+        log.log_hparams({"task": "clip_finetune", "model": model_name, "pretrained": str(pretrained),
+                         "data": dataset_name, "root": str(root), "templates": template_list, "epochs": epochs,
+                         "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
+                         "val_fraction": val_fraction, "augment": augment, "device": str(device)})
+        result = finetune_clip(clip_model, tokenizer, names, template_list, loader(train_set, True), val_loader,
+                               descriptions=per_class, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                               device=device, progress=progress, log=log)
     model = result.model
     curve_test = wise_ft_curve(model, result.zeroshot_state, result.finetuned_state, test_loader, alphas, device)
     curve_val = (wise_ft_curve(model, result.zeroshot_state, result.finetuned_state, val_loader, alphas, device)

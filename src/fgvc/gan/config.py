@@ -2,7 +2,7 @@
 
 Keys: ``data.name data.root data.image_size data.split data.val_fraction data.num_workers
 iterations batch_size n_dis lr betas decay_start ch z_dim ema_decay flip sample_every
-sample_classes checkpoint_every keep_checkpoints seed device out``.
+sample_classes checkpoint_every keep_checkpoints seed device out loggers``.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class GanConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     out: str = "runs"  # parent folder of run directories
+    loggers: str = ""  # experiment logs under <run>/logs/: csv,tensorboard,mlflow,wandb (fgvc.train.loggers); "" none
 
 
 _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
@@ -114,6 +115,10 @@ def validate_gan_config(cfg: GanConfig) -> GanConfig:
     for key, (ok, expected) in _CHECKS.items():
         if not ok(flat[key]):
             raise UserError(f"GAN config key {key!r} must be {expected}, got {flat[key]!r}")
+    if cfg.loggers:  # a did-you-mean sentence for a misspelt logger
+        from fgvc.train.loggers import parse_loggers
+
+        parse_loggers(cfg.loggers, key="loggers")
     return cfg
 
 
@@ -137,7 +142,7 @@ def dump_gan_config(cfg: GanConfig) -> str:
 # iteration on. The others are restored from the checkpoint (Adam's lr and betas, the noise
 # stream of the seed) or shape the networks and data, so a new value could not take effect.
 RESUMABLE_KEYS = ("iterations", "sample_every", "sample_classes", "checkpoint_every", "keep_checkpoints",
-                  "device", "data.num_workers")
+                  "device", "data.num_workers", "loggers")
 
 
 def check_resume_overrides(run_config: GanConfig, resumed: GanConfig) -> None:

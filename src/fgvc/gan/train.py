@@ -172,6 +172,10 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
     directory: training continues from its latest checkpoint up to ``config.iterations``.
     """
     validate_gan_config(config)
+    if config.loggers:  # before anything is written (imported here: fgvc.train loads the classifier stack)
+        from fgvc.train.loggers import require_installed
+
+        require_installed(config.loggers, key="loggers")
     device = _device(config.device)
     dataset = _build_dataset(config) if dataset is None else dataset
     size = config.data.image_size
@@ -237,6 +241,12 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
 
     from tqdm.auto import tqdm
 
+    from fgvc.train.loggers import open_loggers
+
+    # TensorBoard's HPARAMS tab shows the two losses beside the settings
+    log = open_loggers(config.loggers, run_dir, start_step=start, main=True, key="loggers",
+                       hparam_metrics=("step/d_loss", "step/g_loss"))
+    log.log_hparams(dataclasses.asdict(config))
     bar = tqdm(total=config.iterations, initial=start, disable=not progress, desc="gan", unit="it")
     for it in range(start, config.iterations):
         tick = time.perf_counter()
@@ -250,6 +260,7 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
         update_ema(G_ema, G, min(config.ema_decay, (1 + it) / (10 + it)))
         done = it + 1
         history.append((done, d_loss, g_loss))
+        log.log_step(done, {"d_loss": d_loss, "g_loss": g_loss}, opt_g.param_groups[0]["lr"])
         bar.update(1)
         bar.set_postfix(d=f"{d_loss:.3f}", g=f"{g_loss:.3f}")
         last = done == config.iterations
@@ -266,8 +277,10 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
             }, keep=config.keep_checkpoints)
             _write_losses(run_dir, history)
             write_metrics(done)
+            log.flush()  # the logs hold every iteration up to the checkpoint a resume starts from
         seconds += time.perf_counter() - tick  # wall time of updates, grids and checkpoints
     bar.close()
+    log.close()
     if start >= config.iterations:  # nothing left to train: still leave consistent summary files
         write_metrics(start)
     return run_dir
