@@ -1,0 +1,82 @@
+"""Augmentation on the accelerator (run here on the CPU): shapes, what each step does, seeding."""
+
+import pytest
+import torch
+from PIL import Image
+
+from fgvc.data import build_dataset
+from fgvc.data.cache import split_pipeline
+from fgvc.data.transforms import eval_transform
+from fgvc.train.device_aug import DeviceAugment, host_side, host_transform
+
+SIZE = 32
+
+
+def _halves(n=32, side=None):
+    """n copies of a square image, black on its left half and white on its right."""
+    side = side or host_side(SIZE, True)
+    x = torch.zeros(n, 3, side, side, dtype=torch.uint8)
+    x[..., side // 2:] = 255
+    return x
+
+
+def test_geometric_batches_are_cropped_flipped_and_in_range():
+    aug = DeviceAugment(SIZE, geometric=True, rotation=0.0)
+    out = aug(_halves(), epoch=0, step=0)
+    assert out.shape == (32, 3, SIZE, SIZE) and out.dtype == torch.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    left, right = out[..., : SIZE // 4].mean((1, 2, 3)), out[..., -SIZE // 4:].mean((1, 2, 3))
+    flipped = (left > right).sum().item()
+    assert 0 < flipped < 32  # a flip with p = 0.5: some images mirrored, not all
+    # random crops: the black/white edge lands at a different column in different images
+    edge = (out[:, 0, SIZE // 2] > 0.5).float().argmax(1)
+    assert len(set(edge.tolist())) > 3
+
+
+def test_without_geometric_it_is_the_plain_resize_and_crop_of_evaluation(cub_root):
+    ds = build_dataset("synthbirds", cub_root, "test", None, 0.1, 0)
+    images = [Image.open(s.path).convert("RGB") for s in ds.samples[:6]]
+    host = torch.stack([host_transform(SIZE)(im) for im in images])
+    assert host.dtype == torch.uint8 and host.shape == (6, 3, SIZE, SIZE)
+    expected = torch.stack([eval_transform(SIZE)(im) for im in images])
+    assert torch.equal(DeviceAugment(SIZE)(host, epoch=3, step=1), expected)
+    assert not torch.equal(DeviceAugment(SIZE, geometric=True)(torch.stack(
+        [host_transform(SIZE, True)(im) for im in images]), epoch=3, step=1), expected)
+
+
+def test_the_host_part_is_all_fixed_steps_so_the_cache_holds_it_whole():
+    for geometric in (False, True):
+        fixed, rest = split_pipeline(host_transform(SIZE, geometric))
+        assert rest == [] and len(fixed) == 3
+
+
+def test_cutout_zeroes_one_clipped_square_per_hole():
+    white = torch.full((16, 3, SIZE, SIZE), 255, dtype=torch.uint8)
+    out = DeviceAugment(SIZE, cutout=1, cutout_size=0.25)(white, epoch=0, step=0)
+    holes = out[:, 0] == 0
+    assert (holes == (out == 0).all(1)).all()  # every channel
+    for hole in holes:
+        rows, cols = hole.any(1).nonzero().flatten(), hole.any(0).nonzero().flatten()
+        assert 0 < len(rows) <= 8 and 0 < len(cols) <= 8
+        assert hole.sum() == len(rows) * len(cols)  # a rectangle: the square, clipped at the border
+    assert holes.sum() > 16 * 8 * 8 // 3  # most holes are whole squares
+
+
+def test_a_batch_depends_on_seed_epoch_step_and_rank_only():
+    x = _halves(8)
+    aug = DeviceAugment(SIZE, geometric=True, cutout=2, seed=5)
+    torch.manual_seed(0)
+    expected_stream = torch.rand(3)
+    torch.manual_seed(0)
+    first = aug(x, epoch=2, step=7)
+    assert torch.equal(torch.rand(3), expected_stream)  # the caller's random stream is untouched
+    assert torch.equal(DeviceAugment(SIZE, geometric=True, cutout=2, seed=5)(x, epoch=2, step=7), first)
+    for other in (aug(x, epoch=3, step=7), aug(x, epoch=2, step=8),
+                  DeviceAugment(SIZE, geometric=True, cutout=2, seed=6)(x, epoch=2, step=7),
+                  DeviceAugment(SIZE, geometric=True, cutout=2, seed=5, rank=1)(x, epoch=2, step=7)):
+        assert not torch.equal(other, first)
+
+
+def test_a_batch_the_host_did_not_prepare_is_refused():
+    with pytest.raises(ValueError, match="host_transform"):
+        DeviceAugment(SIZE, geometric=True)(torch.rand(2, 3, SIZE, SIZE), epoch=0, step=0)
