@@ -100,11 +100,11 @@ class ExperimentLog:
     """
 
     def __init__(self, loggers: Sequence[Any] = (), hparams_file: Path | None = None,
-                 hparam_metrics: Sequence[str] = ()):
+                 hparam_metrics: Sequence[str] = (), start_step: int = 0):
         self.loggers = list(loggers)
         self.hparams_file = hparams_file  # the CSV logger's hparams.yaml (Fabric's CSVLogger has none)
         self.hparam_metrics = tuple(hparam_metrics)
-        self.last_step = 0
+        self.last_step = start_step  # the last step logged: a loop without its own count logs last_step + 1
 
     def __bool__(self) -> bool:
         return bool(self.loggers)
@@ -203,7 +203,13 @@ def open_loggers(spec: str, run_dir: str | Path, *, start_step: int = 0, main: b
             loggers.append(_make_mlflow_logger(root / "mlflow", run_name))
         else:
             loggers.append(_make_wandb_logger(root / "wandb", run_name))
-    return ExperimentLog(loggers, hparams_file, hparam_metrics)
+    return ExperimentLog(loggers, hparams_file, hparam_metrics, start_step)
+
+
+def optimizer_steps(optimizer) -> int:
+    """Steps ``optimizer`` has taken, from its own state (Adam and AdamW keep a per-parameter ``step``,
+    saved and restored with it): 0 for a fresh one. A resumed run's logs continue from this count."""
+    return max((int(s["step"]) for s in optimizer.state.values() if "step" in s), default=0)
 
 
 def _csv_logger(root: Path, start_step: int):
@@ -367,4 +373,5 @@ def _make_wandb_logger(save_dir: Path, run_name: str):
     return _Wandb()
 
 
-__all__ = ["LOGGERS", "ExperimentLog", "flat_hparams", "open_loggers", "parse_loggers", "require_installed"]
+__all__ = ["LOGGERS", "ExperimentLog", "flat_hparams", "open_loggers", "optimizer_steps", "parse_loggers",
+           "require_installed"]
