@@ -73,6 +73,29 @@ def test_local_launcher_runs_rows_as_parallel_processes_with_the_sequential_tabl
     assert start["plain"] < end["smoothed"] and start["smoothed"] < end["plain"], (start, end)
 
 
+def test_local_launcher_runs_each_seed_as_a_cell_with_the_sequential_table(tiny_synthbirds_root, tmp_path,
+                                                                          one_thread, capsys):
+    path = _study(tmp_path, "  plain: []\n")
+    data = [f"data.root={tiny_synthbirds_root}"]
+    seq = run_study(str(path), data, out=tmp_path / "seq", progress=False, seeds="0,1")
+    par = run_study(str(path), data, out=tmp_path / "par", progress=False, launcher="local", seeds="0,1")
+    assert (par / "plain" / "seed0" / "metrics.json").is_file() and (par / "plain" / "seed1" / "metrics.json").is_file()
+    with open(seq / "table_seeds.csv") as f, open(par / "table_seeds.csv") as g:
+        a, b = list(csv.DictReader(f)), list(csv.DictReader(g))
+    assert len(a) == 2 and [(r["seed"], r["val_acc"], r["test_acc"]) for r in a] == \
+        [(r["seed"], r["val_acc"], r["test_acc"]) for r in b]
+    for key in ("val_acc_mean", "val_acc_std", "test_acc_mean", "test_acc_std", "epochs_run_mean", "n"):
+        assert _table(seq)["plain"][key] == _table(par)["plain"][key], key
+    assert json.loads((par / "plain" / "seed1" / "metrics.json").read_text())["protocol"]["study_seeds"] == [0, 1]
+    # a missing seed is resubmitted alone
+    (par / "plain" / "seed1" / "metrics.json").unlink()
+    capsys.readouterr()
+    run_study(str(path), data, out=tmp_path / "par", progress=False, launcher="local", seeds="0,1")
+    out = capsys.readouterr().out
+    assert "plain/seed0: finished earlier, skipped" in out and "plain/seed1: started" in out
+    assert _table(par)["plain"]["n"] == "2"
+
+
 def test_a_row_killed_midway_is_resubmitted_alone_and_resumes(tiny_synthbirds_root, tmp_path, capsys):
     path = _study(tmp_path, "  short: []\n  long: [train.epochs=4, train.patience=0]\n")
     extra = [f"data.root={tiny_synthbirds_root}"]

@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--only", help="comma-separated row names to run")
     st.add_argument("--out", default="runs", help="parent folder of the study folder (default: runs)")
     st.add_argument("--quiet", action="store_true")
+    st.add_argument("--seeds", help="run every row once per seed (train.seed=S, folder <row>/seed<S>), e.g. 0,1,2 "
+                    "or 0-4; the table gives mean ± std and each seed (default: the study file's seeds, else one run)")
     lg = st.add_argument_group("launcher", "one submitit job per unfinished row (pip install 'fgvc[cluster]'); "
                                "SLURM options apply to --launcher slurm, see docs/scale.md")
     lg.add_argument("--launcher", choices=["sequential", "local", "slurm"], default="sequential",
@@ -514,7 +516,7 @@ def cmd_study(args) -> int:
                                 array_parallelism=args.array_parallelism, account=args.account, qos=args.qos,
                                 constraint=args.constraint, setup=args.setup)
     folder = run_study(args.study, args.overrides, only=only, out=args.out, progress=not args.quiet,
-                       launcher=args.launcher, launch_options=options, detach=args.detach)
+                       launcher=args.launcher, launch_options=options, detach=args.detach, seeds=args.seeds)
     if args.detach and args.launcher != "sequential":
         print(folder)
         return 0

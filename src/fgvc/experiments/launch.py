@@ -15,6 +15,9 @@ committed) and then writes the study's table if every row of the launch has fini
 A row with ``train.devices=N`` asks for N GPUs and, on SLURM, N tasks per node: Lightning
 Fabric reads SLURM's ranks, one process per GPU (the same ``train.devices`` path as a run on
 one machine). Logs and submitit's pickles go to ``<out>/<study>/.submitit/``.
+
+In a seeded study (``--seeds``) a job is one (row, seed) cell, ``<row>/seed<S>``: the same
+skip, resume and table rules hold per cell, so a killed seed is resubmitted alone.
 """
 
 from __future__ import annotations
@@ -59,14 +62,15 @@ def submitit():
 
 # ---------------------------------------------------------------- the job
 
-def run_row(name: str, study: dict, row: str, cfg, folder: str, launch_rows: list[str]) -> str:
-    """One row in its own process (what every launcher submits); returns the run directory."""
+def run_row(name: str, study: dict, row: str, cfg, folder: str, launch_rows: list[str], cell: str | None = None) -> str:
+    """One row (or one (row, seed) ``cell``, its folder relative to the study's, e.g. ``row/seed1``) in its own
+    process (what every launcher submits); ``launch_rows`` are the cells of the launch. Returns the run directory."""
     from fgvc.experiments.study import _write, train_row
 
     folder_path = Path(folder)
-    run_dir = folder_path / row
+    run_dir = folder_path / (cell or row)
     if not (run_dir / "metrics.json").is_file():  # finished by an earlier job of a re-submitted array
-        train_row(row, study["rows"][row], cfg, run_dir, progress=False)
+        train_row(row, study["rows"][row], cfg, run_dir, progress=False, seeds=study.get("seeds"))
     if all((folder_path / r / "metrics.json").is_file() for r in launch_rows):
         _write(folder_path, study, name)  # the last row to finish writes the table (idempotent, atomic)
     return str(run_dir)
@@ -123,8 +127,11 @@ def _local_threads(parallel: int) -> int:
 # ---------------------------------------------------------------- launching
 
 def launch_study(name: str, study: dict, rows: list[str], configs: dict, folder: Path, launcher: str,
-                 options: LaunchOptions | None = None, detach: bool = False) -> dict:
-    """Submit the unfinished ``rows`` (one job each); wait unless ``detach``. Returns {row: job}."""
+                 options: LaunchOptions | None = None, detach: bool = False, rows_of: dict | None = None) -> dict:
+    """Submit the unfinished ``rows`` (one job each); wait unless ``detach``. Returns {row: job}.
+
+    In a seeded study ``rows`` are cells (``row/seed<S>``, keys of ``configs``) and ``rows_of`` maps each
+    cell to its study row; without ``rows_of`` every cell is a row."""
     options = options or LaunchOptions()
     if launcher not in ("local", "slurm"):
         raise UserError(f"--launcher must be one of {', '.join(LAUNCHERS)}, not {launcher!r}")
@@ -146,7 +153,9 @@ def launch_study(name: str, study: dict, rows: list[str], configs: dict, folder:
         return {}
     log_folder = folder / ".submitit"
     executor = make_executor(launcher, log_folder)
-    args = {r: (name, study, r, configs[r], str(folder), list(rows)) for r in todo}
+    rows_of = rows_of or {r: r for r in rows}
+    args = {r: (name, study, rows_of[r], configs[r], str(folder), list(rows), *([r] if rows_of[r] != r else []))
+            for r in todo}
     if launcher == "slurm":
         jobs = _submit_slurm(executor, name, options, resources, args)
     elif detach:  # all at once; GPUs handed out round-robin

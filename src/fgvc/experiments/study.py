@@ -24,6 +24,10 @@ study's config with the row's overrides (``fgvc probe``), the reference a fine-t
 Runs land in ``<out>/<study>/<row>/``; a row whose ``metrics.json`` exists is skipped, so
 an interrupted study continues where it stopped. The table is written as Markdown and CSV,
 with a bar plot (table.png).
+
+With seeds (``--seeds 0,1,2``, or ``seeds: [0, 1, 2]`` in the study file) each row runs once per
+seed with ``train.seed=S`` into ``<out>/<study>/<row>/seed<S>/``, each (row, seed) skipped when
+finished, and the table gives mean +- sample std over the seeds (fgvc.experiments.seeds).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pathlib import Path
 from fgvc import config as config_mod
 from fgvc import runs
 from fgvc.errors import UserError
+from fgvc.experiments.seeds import cell_dir, parse_seeds, record_seed, write_seed_table
 
 STUDY_DIR = Path(__file__).resolve().parent.parent / "configs" / "studies"
 
@@ -57,8 +62,11 @@ def read_study(name_or_path: str) -> tuple[str, dict]:
             raise UserError(f"study {path}, row {row!r}: give a list of key=value overrides or a CLIP mapping "
                             "with task and model")
     for key in study:
-        if key not in ("title", "base", "overrides", "columns", "rows"):
-            raise UserError(f"study {path} has unknown field {key!r}; use title, base, overrides, columns, rows")
+        if key not in ("title", "base", "overrides", "columns", "rows", "seeds"):
+            raise UserError(f"study {path} has unknown field {key!r}; use title, base, overrides, columns, rows, "
+                            "seeds")
+    if study.get("seeds") is not None:
+        study["seeds"] = parse_seeds(study["seeds"])
     return path.stem, study
 
 
@@ -129,9 +137,11 @@ def _is_probe(spec: dict, row: str) -> bool:
     return True
 
 
-def train_row(row: str, spec, cfg: config_mod.Config, run_dir: Path, progress: bool = True) -> None:
+def train_row(row: str, spec, cfg: config_mod.Config, run_dir: Path, progress: bool = True,
+              seeds: list[int] | None = None) -> None:
     """One row's run into ``run_dir`` (a training run resumes from its last committed epoch).
-    The sequential study and every launcher's job (fgvc.experiments.launch.run_row) run rows here."""
+    The sequential study and every launcher's job (fgvc.experiments.launch.run_row) run rows here.
+    With ``seeds`` (a seeded study) the run's metrics.json protocol records its seed and the study's seeds."""
     from fgvc.train import train
 
     if isinstance(spec, dict) and _is_probe(spec, row):
@@ -144,39 +154,53 @@ def train_row(row: str, spec, cfg: config_mod.Config, run_dir: Path, progress: b
     else:
         resume = (run_dir / "checkpoints" / "last_state.pt").is_file()
         train(cfg, run_dir=run_dir, resume=resume, progress=progress)
+    if seeds:
+        record_seed(run_dir, cfg.train.seed, seeds)
 
 
 def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None = None,
               out: str | Path = "runs", progress: bool = True, launcher: str = "sequential",
-              launch_options=None, detach: bool = False) -> Path:
+              launch_options=None, detach: bool = False, seeds: str | list[int] | None = None) -> Path:
     """Train every (selected) row not yet finished, then write table.md / table.csv; returns the study folder.
 
     ``launcher`` 'local' or 'slurm' submits one job per unfinished row (fgvc.experiments.launch)
-    instead of training them one after another here."""
+    instead of training them one after another here. ``seeds`` ("0,1,2" or a list; default: the study
+    file's ``seeds``, else none) runs each row once per seed (``train.seed=S``, folder ``<row>/seed<S>``)
+    and writes mean +- std; every (row, seed) is a cell of its own, skipped when finished."""
     name, study = read_study(name_or_path)
+    if seeds is not None:
+        study["seeds"] = parse_seeds(seeds)
+    seed_list = study.get("seeds") or [None]
     rows = list(study["rows"])
     if only:
         unknown = [r for r in only if r not in rows]
         if unknown:
             raise UserError(f"study {name} has no row {unknown[0]!r}; rows: {', '.join(rows)}")
         rows = [r for r in rows if r in only]
-    configs = {row: row_config(study, row, list(extra)) for row in rows}  # validate every row before training
-    for row in rows:  # CLIP rows checked here too, before anything trains or is submitted
+    # one cell per (row, seed); the seed goes last, over the study's and the command line's overrides
+    row_of, configs = {}, {}
+    for r in rows:  # validate every row before training
+        for seed in seed_list:
+            row_of[cell_dir(r, seed)] = r
+            seed_override = [] if seed is None else [f"train.seed={seed}"]
+            configs[cell_dir(r, seed)] = row_config(study, r, [*extra, *seed_override])
+    for cell, row in row_of.items():  # CLIP rows checked here too, before anything trains or is submitted
         if isinstance(study["rows"][row], dict) and not _is_probe(study["rows"][row], row):
-            clip_row(study["rows"][row], row, configs[row])
+            clip_row(study["rows"][row], row, configs[cell])
     folder = Path(out).expanduser() / name
     if launcher != "sequential":
         from fgvc.experiments.launch import launch_study
 
-        launch_study(name, study, rows, configs, folder.resolve(), launcher, launch_options, detach)
+        launch_study(name, study, list(row_of), configs, folder.resolve(), launcher, launch_options, detach,
+                     rows_of=row_of)
         return folder
-    for i, row in enumerate(rows):
-        run_dir = folder / row
+    for i, (cell, row) in enumerate(row_of.items()):
+        run_dir = folder / cell
         if (run_dir / "metrics.json").is_file():
-            print(f"[{i + 1}/{len(rows)}] {row}: finished earlier, skipped")
+            print(f"[{i + 1}/{len(row_of)}] {cell}: finished earlier, skipped")
             continue
-        print(f"[{i + 1}/{len(rows)}] {row}")
-        train_row(row, study["rows"][row], configs[row], run_dir, progress)
+        print(f"[{i + 1}/{len(row_of)}] {cell}")
+        train_row(row, study["rows"][row], configs[cell], run_dir, progress, study.get("seeds"))
         _write(folder, study, name)  # after every row, so a stopped study still has its table so far
     _write(folder, study, name)
     return folder
@@ -184,8 +208,14 @@ def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None =
 
 def _write(folder: Path, study: dict, name: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    write_table(folder, list(study["rows"]), study.get("columns") or ["train_acc", "val_acc", "test_acc"],
-                ran_title(study.get("title", name), _ran_configs(folder, list(study["rows"]))))
+    rows, seeds = list(study["rows"]), study.get("seeds")
+    columns = study.get("columns") or ["train_acc", "val_acc", "test_acc"]
+    cells = [cell_dir(r, s) for r in rows for s in (seeds or [None])]
+    title = ran_title(study.get("title", name), _ran_configs(folder, cells))
+    if seeds:
+        write_seed_table(folder, rows, seeds, columns, title)
+    else:
+        write_table(folder, rows, columns, title)
 
 
 # settings a study title may state; the title is corrected to what the rows' config.yaml say ran
