@@ -86,10 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-localization", action="store_true", help="skip the box-overlap scores")
     ex.add_argument("--device", default="cpu")
 
-    sv = sub.add_parser("serve", help="web demo of a run: pick an image, see the top-5 classes and Grad-CAM")
+    sv = sub.add_parser("serve", help="web demo of a run: top-5 classes, Grad-CAM and an FGSM slider "
+                        "(pip install 'fgvc[serve]')")
     sv.add_argument("run_dir")
-    sv.add_argument("--port", type=int, default=7860)
-    sv.add_argument("--host", default="127.0.0.1", help="0.0.0.0 listens on every interface (no auth!)")
+    sv.add_argument("--port", type=int, default=7860, help="port to listen on, 0 picks a free one (default: 7860)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default: 127.0.0.1, this machine only); 0.0.0.0 listens on every "
+                    "interface, with no authentication")
 
     at = sub.add_parser("attack", help="accuracy under FGSM / I-FGSM / PGD across eps, with plot and gallery")
     at.add_argument("run_dir")
@@ -388,6 +391,9 @@ def cmd_explain(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from fgvc.serve import check_installed
+
+    check_installed()  # the serve extra: one sentence with the pip command when it is missing
     from fgvc.serve import serve
 
     serve(args.run_dir, host=args.host, port=args.port)  # until Ctrl-C

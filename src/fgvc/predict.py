@@ -1,4 +1,4 @@
-"""Top-k predictions of a trained run for image files."""
+"""Top-k predictions of a trained run for image files; ``top_classes`` is shared with ``fgvc serve``."""
 
 from __future__ import annotations
 
@@ -10,18 +10,22 @@ from fgvc import runs
 from fgvc.data.transforms import load_eval_image
 
 
+def top_classes(logits: torch.Tensor, class_names: list[str], topk: int = 5) -> list[dict]:
+    """[{'class', 'index', 'prob'}, ...] of one image's (C,) logits: the k most probable classes
+    (k capped at C), probabilities (softmax, in [0, 1]) rounded to 6 decimals, best first."""
+    probs = logits.detach().float().softmax(dim=-1)
+    top = probs.topk(max(1, min(topk, len(class_names))))
+    return [{"class": class_names[i], "index": int(i), "prob": round(float(p), 6)}
+            for p, i in zip(top.values.tolist(), top.indices.tolist())]
+
+
 @torch.no_grad()
 def predict_files(run_dir: str | Path, images: list[str | Path], topk: int = 5) -> list[dict]:
     """[{'image', 'top': [{'class', 'index', 'prob'}, ...]}] with probabilities in [0, 1]."""
     model, class_names = runs.load(run_dir)
     size = runs.load_config(run_dir).data.image_size
-    k = max(1, min(topk, len(class_names)))
     results = []
     for image in images:
         x = load_eval_image(Path(image), size)  # decoded and cropped exactly as evaluation does
-        probs = model(x).softmax(dim=1)[0]
-        top = probs.topk(k)
-        results.append({"image": str(image), "top": [
-            {"class": class_names[i], "index": int(i), "prob": round(float(p), 6)}
-            for p, i in zip(top.values.tolist(), top.indices.tolist())]})
+        results.append({"image": str(image), "top": top_classes(model(x)[0], class_names, topk)})
     return results
