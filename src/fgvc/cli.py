@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
     ev.add_argument("--tta", choices=["flip", "five-crop", "ten-crop"],
                     help="also score with test-time augmentation, reported beside the plain numbers (default: none)")
-    ev.add_argument("--unknown", metavar="DIR",
-                    help="folder of images of classes the model never saw: open-set AUROC, FPR at 95%% TPR")
+    ev.add_argument("--unknown", metavar="DIR|heldout",
+                    help="folder of images of classes the model never saw, or 'heldout': the test images of the "
+                    "dataset's classes the run left out (data.classes); open-set AUROC, FPR at 95%% TPR")
     ev.add_argument("--json", action="store_true")
 
     pr = sub.add_parser("predict", help="top-k classes for image files")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import reprlib
 import types
 import typing
@@ -31,6 +32,7 @@ class DataConfig:
     generated_root: str = ""  # folder written by `fgvc gan sample`
     generated_ratio: float = 1.0  # generated images per real training image, for real+generated
     skip_bad_images: bool = False  # decode every image first and leave out unreadable ones (counted in metrics.json)
+    classes: str = ""  # "" all | first-half | second-half | 0-based indices/ranges "0-24,30" (fgvc.data.subset)
     cache: str = "off"  # off | auto | on: decoded images in a memory-mapped file (fgvc.data.cache, docs/data.md)
     cache_budget_gb: float = 4.0  # data.cache=auto caches the splits (train, val, test) that fit in this many GiB
     cache_dir: str = ""  # "" is $XDG_CACHE_HOME/fgvc/images (~/.cache/fgvc/images)
@@ -96,6 +98,9 @@ class Config:
     out: str = "runs"  # parent folder of run directories
 
 
+# data.classes as a list: 0-based indices and inclusive ranges, comma-separated (fgvc.data.subset)
+CLASS_LIST = re.compile(r"\s*\d+\s*(-\s*\d+\s*)?(,\s*\d+\s*(-\s*\d+\s*)?)*")
+
 # Range checks: key -> (predicate, what is expected). Checked after every load.
 _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.image_size": (lambda v: 8 <= v <= 4096, "an integer between 8 and 4096"),
@@ -104,6 +109,8 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.train_source": (lambda v: v in ("real", "real+generated", "generated"),
                           "one of real, real+generated, generated"),
     "data.generated_ratio": (lambda v: v >= 0, "0 or more generated images per real one"),
+    "data.classes": (lambda v: v.strip() in ("", "first-half", "second-half") or bool(CLASS_LIST.fullmatch(v)),
+                     "empty (all), first-half, second-half, or 0-based indices and ranges such as 0-24 or 0,3,7-9"),
     "data.cache": (lambda v: v in ("off", "auto", "on"), "one of off, auto, on"),
     "data.cache_budget_gb": (lambda v: v >= 0, "0 or more GiB"),
     "data.augment_on": (lambda v: v in ("host", "device"), "one of host, device"),

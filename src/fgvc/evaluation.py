@@ -25,7 +25,8 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
     - ``calibration``: ECE (equal-width and equal-mass bins), NLL, Brier on val and test, before and
       after temperature scaling fitted on val only (``fgvc.calibration``); reliability diagram of test.
     - ``tta`` ("flip", "five-crop", "ten-crop"): the TTA accuracy under result["tta"], beside the plain one.
-    - ``unknown``: a folder of images of classes the model never saw: open-set scores vs the split's
+    - ``unknown``: a folder of images of classes the model never saw, or ``"heldout"``: the test images of
+      the classes of the run's dataset that its ``data.classes`` left out; open-set scores vs the split's
       images (``fgvc.openset``).
 
     Bad input (not a run directory, unknown TTA mode, a folder without images) raises UserError before
@@ -44,14 +45,18 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
         from fgvc.tta import check_mode
 
         check_mode(tta)
-    unknown_set = None
-    if unknown is not None:
-        from fgvc.openset import unknown_samples
-
-        unknown_set = unknown_samples(unknown)
-    model, class_names = runs.load(run_dir)
     cfg = runs.load_config(run_dir)
     d = cfg.data
+    unknown_set = None
+    if unknown is not None:
+        from fgvc.openset import HELDOUT, heldout_dataset, unknown_samples
+
+        if str(unknown) == HELDOUT:  # checked before anything is scored: a run on every class has none held out
+            unknown_set = heldout_dataset(cfg, eval_transform(d.image_size))
+        else:
+            unknown_set = FineGrainedDataset(unknown_samples(unknown), ["unknown"], eval_transform(d.image_size),
+                                             name="unknown", split="unknown", root=Path(unknown))
+    model, class_names = runs.load(run_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ran = runs.read_metrics(run_dir)
     same_device = str(ran.get("device", "")).split(":")[0] == device
@@ -68,7 +73,7 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
 
     def split_set(name: str, transform=None):
         return build_dataset(d.name, d.root, name, transform or eval_transform(d.image_size), d.val_fraction,
-                             cfg.train.seed)
+                             cfg.train.seed, classes=d.classes)
 
     main_set = split_set(split)
     main = score(main_set)
@@ -106,9 +111,9 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
     if unknown_set is not None:
         from fgvc.openset import openset_report, plot_coverage
 
-        ood = score(FineGrainedDataset(unknown_set, ["unknown"], eval_transform(d.image_size), name="unknown",
-                                       split="unknown", root=Path(unknown)), desc="unknown")
-        result["openset"] = {"unknown_dir": str(unknown), "known_split": split,
+        ood = score(unknown_set, desc="unknown")
+        held = {"heldout_classes": unknown_set.class_names} if str(unknown) == HELDOUT else {}
+        result["openset"] = {"unknown_dir": str(unknown), "known_split": split, **held,
                              **openset_report(main["logits"], main["labels"], ood["logits"])}
         files["openset"] = plot_coverage(main["logits"], main["labels"], run_dir / f"openset_{split}.png",
                                          {k: v["auroc"] for k, v in result["openset"]["scores"].items()},

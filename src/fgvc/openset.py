@@ -1,4 +1,4 @@
-"""Unknown-species rejection (open set) for `fgvc eval RUN --unknown DIR`.
+"""Unknown-species rejection (open set) for `fgvc eval RUN --unknown DIR|heldout`.
 
 A closed-set classifier always names one of its classes; a user photographing a species it
 never saw needs a score that says "none of these". Each score is higher for images the
@@ -117,6 +117,21 @@ def plot_coverage(known_logits: torch.Tensor, known_labels: torch.Tensor, path: 
     return runs.save_figure(fig, path, dpi=110)
 
 
+HELDOUT = "heldout"  # --unknown heldout: the test images of the classes the run's data.classes left out
+
+
+def heldout_dataset(cfg, transform):
+    """The test split of ``cfg``'s dataset restricted to the classes ``cfg.data.classes`` left out
+    (fgvc.data.subset.heldout_classes), through ``transform``: the unknown images of a run trained on a
+    subset of its dataset's classes. UserError when the run trained on every class."""
+    from fgvc.data import build_dataset
+    from fgvc.data.subset import heldout_classes, select_classes
+
+    d = cfg.data
+    every = build_dataset(d.name, d.root, "test", transform, d.val_fraction, cfg.train.seed)
+    return select_classes(every, heldout_classes(d.classes, len(every.class_names)))
+
+
 def unknown_samples(folder: str | Path) -> list:
     """``Sample``s (label 0, unused) of every image file below ``folder``, recursively; a missing folder or one
     without images is a UserError."""
@@ -134,5 +149,5 @@ def unknown_samples(folder: str | Path) -> list:
     return [Sample(p, 0) for p in files]
 
 
-__all__ = ["SCORES", "auroc", "coverage_curve", "fpr_at_tpr", "ood_scores", "openset_report", "plot_coverage",
-           "unknown_samples"]
+__all__ = ["HELDOUT", "SCORES", "auroc", "coverage_curve", "fpr_at_tpr", "ood_scores", "openset_report", "plot_coverage",
+           "heldout_dataset", "unknown_samples"]

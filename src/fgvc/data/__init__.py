@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fgvc.data import cub, dogs, folder, synthetic
 from fgvc.data.base import FineGrainedDataset, Sample, read_rgb, readable_name
+from fgvc.data.subset import parse_classes, select_classes
 from fgvc.errors import UserError
 
 DATASETS = {
@@ -32,8 +33,10 @@ def resolve_num_workers(num_workers: int, cuda: bool) -> int:
 
 
 def build_dataset(name: str, root: str | Path, split: str, transform=None,
-                  val_fraction: float = 0.1, seed: int = 0) -> FineGrainedDataset:
-    """The ``split`` ('train', 'val' or 'test') of dataset ``name`` found under ``root``."""
+                  val_fraction: float = 0.1, seed: int = 0, classes: str | list[int] = "") -> FineGrainedDataset:
+    """The ``split`` ('train', 'val' or 'test') of dataset ``name`` found under ``root``; ``classes``
+    (``data.classes``: "" for all, first-half, second-half, "0-24", or a list of indices) keeps only
+    those classes, renumbered 0..k-1 (fgvc.data.subset); a bad or out-of-range list raises UserError."""
     try:
         load = DATASETS[name]
     except KeyError:
@@ -43,7 +46,17 @@ def build_dataset(name: str, root: str | Path, split: str, transform=None,
     root = Path(root).expanduser()
     if not root.exists():
         raise UserError(f"dataset root {root} does not exist; run `fgvc data prepare` or `fgvc data synth --root {root}`")
-    return load(root, split, transform, val_fraction=val_fraction, seed=seed)
+    dataset = load(root, split, transform, val_fraction=val_fraction, seed=seed)
+    if classes:
+        dataset = select_classes(dataset, parse_classes(classes, len(dataset.class_names)))
+    return dataset
 
 
-__all__ = ["DATASETS", "resolve_num_workers", "FineGrainedDataset", "Sample", "build_dataset", "read_rgb", "readable_name", "synthetic"]
+def config_split(cfg, split: str, transform=None) -> FineGrainedDataset:
+    """``build_dataset`` with every data key of ``cfg`` (a fgvc.config.Config): data.name, data.root,
+    data.val_fraction, data.classes and train.seed (the val draw): the ``split`` a run with ``cfg`` uses."""
+    d = cfg.data
+    return build_dataset(d.name, d.root, split, transform, d.val_fraction, cfg.train.seed, classes=d.classes)
+
+
+__all__ = ["DATASETS", "config_split", "resolve_num_workers", "FineGrainedDataset", "Sample", "build_dataset", "read_rgb", "readable_name", "synthetic"]

@@ -90,7 +90,8 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         boxes = [None] * len(paths)
     else:
         root = data_root if data_root is not None else cfg.data.root
-        dataset = build_dataset(cfg.data.name, root, split, transform, cfg.data.val_fraction, cfg.train.seed)
+        dataset = build_dataset(cfg.data.name, root, split, transform, cfg.data.val_fraction, cfg.train.seed,
+                                classes=cfg.data.classes)
         if len(dataset) == 0:
             raise UserError(f"split {split!r} of {cfg.data.name} under {root} has no images")
         n = min(limit, len(dataset))

@@ -29,7 +29,7 @@ def _sweep_run(run_dir: Path, attack: str, eps_list, split: str, limit: int | No
     model, class_names = runs.load(run_dir)
     cfg = runs.load_config(run_dir)
     dataset = build_dataset(cfg.data.name, cfg.data.root, split, eval_transform(cfg.data.image_size),
-                            cfg.data.val_fraction, cfg.train.seed)
+                            cfg.data.val_fraction, cfg.train.seed, classes=cfg.data.classes)
     if limit is not None and limit < len(dataset):
         # evenly spaced, so a limited attack still covers every class (splits are sorted by class)
         dataset = torch.utils.data.Subset(dataset, [i * len(dataset) // limit for i in range(limit)])

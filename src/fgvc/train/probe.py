@@ -46,8 +46,8 @@ def run_probe(cfg: config_mod.Config, out: str | Path, batch_size: int = 64, pro
 
     t0 = time.perf_counter()
     d = cfg.data
-    splits = {s: build_dataset(d.name, d.root, s, eval_transform(d.image_size), d.val_fraction, cfg.train.seed)
-              for s in ("train", "val", "test")}
+    splits = {s: build_dataset(d.name, d.root, s, eval_transform(d.image_size), d.val_fraction, cfg.train.seed,
+                               classes=d.classes) for s in ("train", "val", "test")}
     class_names = splits["train"].class_names
     model = build_model(cfg, len(class_names))
     device = "cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu"
