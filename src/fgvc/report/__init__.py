@@ -1,5 +1,6 @@
-"""Reports built from run directories only (never re-running a model)."""
+"""Reports built from run directories only (never re-running a model): ``fgvc report RUNS_DIR``."""
 
-from fgvc.report.report import collect_runs, write_report
+from fgvc.report.collect import collect_runs
+from fgvc.report.report import build_markdown, write_report
 
-__all__ = ["collect_runs", "write_report"]
+__all__ = ["build_markdown", "collect_runs", "write_report"]

@@ -1,0 +1,154 @@
+"""Finding the runs below a folder, finished or not, and what each one's files say.
+
+A run directory is a folder holding a ``metrics.json`` (finished), or a ``config.yaml``,
+``history.csv`` or GAN ``meta.json`` without one (unfinished: interrupted, failed, or still
+running). Nothing is re-run or loaded onto a device: only the files the other commands wrote
+are read, and a file that cannot be read is reported, never a reason to stop the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import yaml
+
+from fgvc.protocol import differing_fields, flatten
+
+# metrics.json "task" -> report section; a classifier run writes no task (its protocol says classifier)
+CLIP_TASKS = ("zeroshot", "clip_finetune", "clip_linear_probe", "label_match", "linear_probe")
+GAN_META = "meta.json"  # fgvc.gan.synthesize.META_FILE: class names and architecture of a GAN run
+_MARKERS = ("metrics.json", "config.yaml", "history.csv", GAN_META)
+
+
+def read_json(path: Path):
+    """Parsed JSON of a file, or None when it is missing, damaged or not UTF-8."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+
+
+def read_config(run_dir: Path) -> dict:
+    """The run's config.yaml as a plain mapping ({} when missing or unreadable): read as YAML, not through
+    fgvc.config, so classifier and GAN configs (and those of older fgvc versions) compare alike."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """history.csv rows with numbers as floats (epoch as int); [] when missing or unreadable."""
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return []
+    rows = []
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                rows.append({k: (int(float(v)) if k == "epoch" else float(v)) for k, v in row.items()
+                             if k and v not in (None, "")})
+    except (ValueError, OSError, UnicodeDecodeError):
+        return rows  # the epochs read before a damaged line
+    return [r for r in rows if "epoch" in r]
+
+
+def _kind(run_dir: Path, metrics: dict) -> str:
+    task = metrics.get("task")
+    if task == "gan" or (run_dir / GAN_META).is_file():
+        return "gan"
+    if task in CLIP_TASKS:
+        return "clip"
+    return "classifier" if task in (None, "train", "classifier") else "other"
+
+
+def _candidates(root: Path) -> list[Path]:
+    """Folders below root (root included) holding a run marker, outside hidden folders and checkpoints/."""
+    found = set()
+    for marker in _MARKERS:
+        for path in root.rglob(marker):
+            parts = path.relative_to(root).parts[:-1]
+            if any(p.startswith(".") or p == "checkpoints" for p in parts):
+                continue  # temp folders of atomic writes, checkpoint folders
+            found.add(path.parent)
+    return sorted(found)
+
+
+def _unfinished_note(run_dir: Path, kind: str, metrics: dict, config: dict, history: list[dict],
+                     damaged: bool) -> str | None:
+    """What is known about a run that did not finish; None when it finished."""
+    if kind == "gan":
+        planned = config.get("iterations")
+        done = metrics.get("iterations")
+        if metrics and not damaged and (not isinstance(planned, int) or not isinstance(done, int) or done >= planned):
+            return None
+        ckpt = (run_dir / "checkpoints" / "latest").is_file()
+        said = f"{done} of {planned} iterations" if isinstance(done, int) else f"no finished checkpoint of {planned} iterations"
+        return said + (f"; continue with fgvc gan train --resume {run_dir.name}" if ckpt else "")
+    if metrics and not damaged:
+        return None
+    planned = (config.get("train") or {}).get("epochs") if isinstance(config.get("train"), dict) else None
+    of = f" of {planned}" if planned else ""
+    what = "metrics.json is unreadable" if damaged else "no metrics.json"
+    if history:
+        last = history[-1]
+        val = f", val_acc {last['val_acc']:.4f}" if isinstance(last.get("val_acc"), float) else ""
+        what += f"; last finished epoch {last['epoch']}{of}{val}"
+    else:
+        what += f"; no epoch{of} finished"
+    if (run_dir / "checkpoints" / "last_state.pt").is_file():
+        what += f"; continue with fgvc train --resume {run_dir.name}"
+    return what
+
+
+def collect_runs(root: Path) -> list[dict]:
+    """Every run directory below ``root``: dicts with ``name`` (path relative to root), ``dir``, ``kind``
+    ('classifier', 'clip', 'gan' or 'other'), ``metrics`` ({} when missing), ``config`` (config.yaml as
+    a mapping), ``history`` (history.csv rows) and ``unfinished`` (None, or a sentence of what is
+    known). A folder whose only marker is a damaged metrics.json is not a run (a foreign file)."""
+    root = Path(root)
+    found = []
+    for run_dir in _candidates(root):
+        has_metrics = (run_dir / "metrics.json").is_file()
+        metrics = read_json(run_dir / "metrics.json") if has_metrics else {}
+        damaged = has_metrics and not isinstance(metrics, dict)
+        metrics = metrics if isinstance(metrics, dict) else {}
+        if damaged and not any((run_dir / m).is_file() for m in _MARKERS[1:]):
+            continue
+        config, history = read_config(run_dir), read_history(run_dir)
+        kind = _kind(run_dir, metrics)
+        found.append({"name": run_dir.relative_to(root).as_posix() if run_dir != root else run_dir.name,
+                      "dir": run_dir, "kind": kind, "metrics": metrics, "config": config, "history": history,
+                      "unfinished": _unfinished_note(run_dir, kind, metrics, config, history, damaged)})
+    return found
+
+
+def config_differences(entries: list[dict]) -> list[str]:
+    """Dotted config.yaml keys whose values are not the same in every entry (runs without a config.yaml
+    are left out of the comparison; a key missing in one run counts as differing)."""
+    return differing_fields([e["config"] for e in entries if e["config"]])
+
+
+def compact(value, width: int = 40) -> str:
+    """A config value in a few characters: lists as [a,b], long strings (paths) cut at the front with ..."""
+    if isinstance(value, list):
+        text = "[" + ",".join(compact(v, width) for v in value) + "]"
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif value is None or value == "":
+        text = "''" if value == "" else "-"
+    else:
+        text = str(value)
+    return text if len(text) <= width else "..." + text[-(width - 3):]
+
+
+def differing_values(entry: dict, keys: list[str]) -> str:
+    """``key=value, key=value`` of an entry for the given dotted keys ('' when there are none)."""
+    if not entry["config"]:
+        return "(no config.yaml)" if keys else ""
+    flat = flatten(entry["config"])
+    return ", ".join(f"{k}={compact(flat.get(k))}" for k in keys)
