@@ -47,6 +47,31 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--root", required=True)
     info.add_argument("--check", action="store_true", help="decode every image and list the bad ones")
     info.add_argument("--json", action="store_true")
+    audit = dsub.add_parser(
+        "audit", help="near-duplicates between train and test (and other folders), label-noise suspects",
+        description="Audit a dataset: near-duplicate images between train and test and against --against "
+                    "folders (perceptual hashes), and likely mislabelled training images (out-of-fold linear "
+                    "probes on frozen features, ranked by cleanlab). By default the duplicates audit runs, and "
+                    "the label audit too when --run or --model gives features. See docs/evaluation.md.")
+    audit.add_argument("name", help="dataset name (cub200, dogs, folder, synthbirds, ...)")
+    audit.add_argument("--root", required=True, help="dataset root")
+    audit.add_argument("--against", nargs="+", action="extend", default=[], metavar="DIR",
+                       help="folders of images to compare the dataset's train and test images with")
+    audit.add_argument("--what", help="comma list of duplicates, labels (default: duplicates, plus labels "
+                                      "when --run or --model is given)")
+    audit.add_argument("--out", help="output folder (default: audit/<name>)")
+    audit.add_argument("--threshold", type=int, default=20,
+                       help="a pair is at most this many bits apart, summed over the hashes")
+    audit.add_argument("--hashes", default="phash,dhash,whash", help="imagehash hashes, 64 bits each")
+    audit.add_argument("--run", metavar="RUN_DIR", help="a finished run: test accuracy with and without the "
+                                                       "duplicated test images, and its backbone's features")
+    audit.add_argument("--model", help="backbone for the label audit's features, e.g. tf_mobilenetv2_100")
+    audit.add_argument("--weights", help="local weights file for --model (.safetensors, .pth, .tflite)")
+    audit.add_argument("--image-size", type=int, default=224, help="input size for --model, in px")
+    audit.add_argument("--folds", type=int, default=5, help="folds of the out-of-fold probabilities")
+    audit.add_argument("--top", type=int, default=24, help="pairs / suspects shown in the galleries")
+    audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--quiet", action="store_true", help="no progress bars")
 
     train = sub.add_parser("train", help="train a classifier; prints the run directory",
                            description="Train a classifier from a recipe (a shipped name or a YAML file) and/or "
@@ -301,11 +326,36 @@ def cmd_data(args) -> int:
         path = download.prepare(args.name, args.root, url=args.url, md5=args.md5)
         print(f"{args.name} is ready in {path}")
         return 0
+    if args.data_command == "audit":
+        return _data_audit(args)
     from fgvc.data import info
 
     d = info.describe(args.name, args.root, check=args.check)
     print(json.dumps(d, indent=2, default=str) if args.json else info.format_info(d))
     return 1 if args.check and d.get("unreadable") else 0
+
+
+def _data_audit(args) -> int:
+    from fgvc.audit.run import run_audit
+
+    s = run_audit(args.name, args.root, args.out, args.what, args.against, args.threshold, args.hashes, args.run,
+                  args.model, args.weights, args.image_size, args.folds, args.top, args.seed,
+                  progress=not args.quiet)
+    if "duplicates" in s:
+        d = s["duplicates"]
+        print(f"duplicates: {d['pairs']} pair(s) ({d['train_test_pairs']} train-test, {d['against_pairs']} "
+              f"against other folders); {d['test_images_with_duplicate']} of {s['test_images']} test images "
+              f"have one (threshold {d['threshold']} of {d['bits']} bits)")
+        if "accuracy" in d:
+            a = d["accuracy"]
+            print(f"test accuracy {a['test_acc']:.4f} on {a['test_images']} images, {a['test_acc_without_duplicates']:.4f} "
+                  f"without the {a['duplicated_test_images']} duplicated ones")
+    if "labels" in s:
+        lab = s["labels"]
+        print(f"labels: {lab['suspects']} of {lab['images']} training images flagged by cleanlab "
+              f"(out-of-fold probe accuracy {lab['oof_acc']:.4f}, {lab['folds']} folds, {lab['features']})")
+    print(s["out"])
+    return 0
 
 
 def _load_train_config(config: str | None, overrides: list[str]):
