@@ -2,6 +2,7 @@
 
 import base64
 import re
+from pathlib import Path
 
 import pytest
 from report_helpers import ATTACK_IMAGES
@@ -123,3 +124,47 @@ def test_collect_runs_skips_a_damaged_file_that_is_not_a_run(tmp_path):
 def test_report_on_a_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="is not a folder"):
         write_report(tmp_path / "nope")
+
+
+def _history(epochs: int, first_loss: float = 90.0) -> list[dict]:
+    return [{"epoch": e, "val_loss": first_loss / e ** 3, "val_acc": 0.2 + 0.1 * e} for e in range(1, epochs + 1)]
+
+
+def test_comparison_curves_show_a_one_epoch_run_on_integer_epochs_and_a_log_loss_axis():
+    from fgvc.report.figures import accuracy_bars, curves_figure
+
+    entries = [{"name": "long", "history": _history(5), "unfinished": None},
+               {"name": "one-epoch", "history": _history(1), "unfinished": None}]
+    fig = curves_figure(entries)
+    loss, acc = fig.axes[:2]
+    one = [line for line in acc.lines if line.get_label() == "one-epoch"]
+    assert len(one) == 1 and len(one[0].get_xdata()) == 1 and one[0].get_marker() == "o"  # a visible dot
+    assert loss.get_yscale() == "log"  # an epoch-1 loss of 90 does not flatten the rest
+    fig.canvas.draw()
+    ticks = [t for t in acc.get_xticks() if acc.get_xlim()[0] <= t <= acc.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert "Validation loss and accuracy per epoch" in fig._suptitle.get_text()
+    assert accuracy_bars([{"name": "x", "metrics": {"test_acc": 0.5}}], Path("unused.png")) is None  # no 1-bar chart
+
+
+def _fake_row(folder: Path, row: str, dataset: str, test_acc: float) -> None:
+    from fgvc import runs
+
+    runs.write_json_atomic(folder / row / "metrics.json", {
+        "test_acc": test_acc, "epochs_run": 1, "seconds": 1.0, "device": "cpu",
+        "protocol": {"task": "classifier", "dataset": dataset}})
+
+
+def test_study_shows_paper_ours_and_difference_where_the_dataset_matches(tmp_path):
+    from fgvc.experiments.study import write_table
+
+    study = tmp_path / "runs" / "table4_tricks"  # the shipped study's folder name: the seed's Table 4
+    _fake_row(study, "baseline", "cub200", 0.7)
+    _fake_row(study, "label_smoothing", "synthbirds", 0.6)
+    write_table(study, ["baseline", "label_smoothing"], ["test_acc"], "Table 4 - training tricks")
+    md = write_report(tmp_path / "runs").read_text()
+    section = _section(md, "### Paper / ours / difference")
+    assert _table_row(section, "baseline") == ["baseline", "0.7485", "0.7000", "-0.0485"]
+    assert _table_row(section, "label_smoothing") == ["label_smoothing", "0.7685", "0.6000", "n/a"]
+    assert "seed Table 4" in section and "label_smoothing on synthbirds" in section
+    assert "## Study: Table 4 - training tricks" in md

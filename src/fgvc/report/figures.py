@@ -24,6 +24,12 @@ def _label(name: str, width: int = 48) -> str:
 def compare_curves(entries: list[dict], path: Path) -> Path | None:
     """Validation loss and accuracy per epoch of ``entries`` (collect_runs dicts with a history) in one
     PNG; None when no entry has a history."""
+    fig = curves_figure(entries)
+    return runs.save_figure(fig, path, dpi=100, tight=False) if fig is not None else None
+
+
+def curves_figure(entries: list[dict]):
+    """The matplotlib Figure of ``compare_curves`` (None when no entry has a history)."""
     import matplotlib
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -62,7 +68,7 @@ def compare_curves(entries: list[dict], path: Path) -> Path | None:
     handles, labels = ax_acc.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2 if len(labels) > 4 else 1, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06 + 0.035 * math.ceil(min(len(labels), MAX_LEGEND) / 2), 1, 0.95))
-    return runs.save_figure(fig, path, dpi=100, tight=False)
+    return fig
 
 
 def accuracy_bars(entries: list[dict], path: Path) -> Path | None:
