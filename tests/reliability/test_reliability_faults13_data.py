@@ -94,7 +94,7 @@ def _docs_block(after: str) -> str:
 def test_every_path_feeds_the_model_the_same_input(big_images_run, tmp_path, monkeypatch):
     from fgvc.export import export_model, sidecar_path
     from fgvc.predict import predict_files
-    from fgvc.serve.app import Predictor
+    from fgvc.serve import Predictor
 
     size = runs.load_config(big_images_run).data.image_size
     images = [_exif_jpeg(tmp_path / f"phone{i}.jpg", i) for i in range(3)] + [_rgba_png(tmp_path / "cutout.png")]
@@ -110,7 +110,7 @@ def test_every_path_feeds_the_model_the_same_input(big_images_run, tmp_path, mon
     predictor = Predictor(big_images_run)
     for i, p in enumerate(images):
         assert torch.equal(load_eval_image(p, size)[0], reference[i])  # `fgvc predict`
-        assert torch.equal(predictor._input(p.read_bytes())[0], reference[i])  # `fgvc serve`
+        assert torch.equal(predictor.input(p.read_bytes())[0], reference[i])  # `fgvc serve`
 
     out = export_model(big_images_run, "pt2", out=tmp_path / "export" / "model.pt2")
     sidecar = json.loads(sidecar_path(out).read_text())
