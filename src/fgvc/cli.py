@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("run_dir")
     sv.add_argument("--port", type=int, default=7860, help="port to listen on, 0 picks a free one (default: 7860)")
     sv.add_argument("--host", default="127.0.0.1",
-                    help="address to listen on (default: 127.0.0.1, this machine only); 0.0.0.0 listens on every "
-                    "interface, with no authentication")
+                    help="address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 listens on every "
+                    "interface, with no authentication (default: 127.0.0.1)")
 
     at = sub.add_parser("attack", help="accuracy under FGSM / I-FGSM / PGD across eps, with plot and gallery")
     at.add_argument("run_dir")
