@@ -193,6 +193,20 @@ def test_slurm_builds_the_executor_parameters_and_pickles_the_row_job(tiny_synth
     assert (folder / "a" / "metrics.json").is_file() and not (folder / "table.md").exists()
 
 
+def test_slurm_submits_one_array_task_per_row_and_seed(tiny_synthbirds_root, tmp_path, fake_slurm):
+    path = _study(tmp_path, "  a: []\n  b: [aug.label_smoothing=0.1]\n")
+    folder = run_study(str(path), [f"data.root={tiny_synthbirds_root}"], out=tmp_path / "out", launcher="slurm",
+                       detach=True, seeds="3,5")
+    logs = folder / ".submitit"
+    assert len(fake_slurm) == 1 and "#SBATCH --array=0-3%" in (logs / "4242_submission.sh").read_text()
+    cells = {}
+    for task in range(4):
+        name, study, row, cfg, out, launch_cells, cell = DelayedSubmission.load(logs / f"4242_{task}_submitted.pkl").args
+        assert launch_cells == ["a/seed3", "a/seed5", "b/seed3", "b/seed5"] and study["seeds"] == [3, 5]
+        cells[cell] = (row, cfg.train.seed)
+    assert cells == {"a/seed3": ("a", 3), "a/seed5": ("a", 5), "b/seed3": ("b", 3), "b/seed5": ("b", 5)}
+
+
 def test_bad_launcher_input_is_one_sentence(tiny_synthbirds_root, tmp_path, capsys, monkeypatch):
     path = _study(tmp_path, "  a: []\n  ddp: [train.devices=2]\n")
     root = f"data.root={tiny_synthbirds_root}"
