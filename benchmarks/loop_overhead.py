@@ -24,7 +24,7 @@ import torch
 from fgvc import config
 from fgvc.models import create_model
 from fgvc.train import train
-from fgvc.train.loop import resolve_precision
+from fgvc.train.devices import resolve_precision
 
 
 def bare_images_per_second(model_name, classes, size, batch, precision, device, steps, warmup=3):

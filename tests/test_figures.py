@@ -29,7 +29,7 @@ def _vlines(ax):
 # --- curves.png -------------------------------------------------------------------------------------
 
 def test_curves_log_loss_integer_epochs_title_best_epoch_and_lr_drop():
-    from fgvc.train.loop import _curves_figure
+    from fgvc.train.summary import curves_figure as _curves_figure
 
     fig = _draw(_curves_figure(_history(), "resnet18-synthbirds-run"))
     loss, acc = fig.axes[:2]
@@ -47,7 +47,7 @@ def test_curves_log_loss_integer_epochs_title_best_epoch_and_lr_drop():
 
 
 def test_curves_of_a_one_epoch_run_have_markers():
-    from fgvc.train.loop import _curves_figure
+    from fgvc.train.summary import curves_figure as _curves_figure
 
     fig = _draw(_curves_figure(_history(1), "one-epoch"))
     curves = [line for line in fig.axes[0].get_lines() if line.get_label() in ("train", "val")]
@@ -56,13 +56,13 @@ def test_curves_of_a_one_epoch_run_have_markers():
 
 
 def test_plot_curves_titles_the_png_with_its_run_directory(tmp_path, monkeypatch):
-    from fgvc.train import loop
+    from fgvc.train import summary
 
     seen = {}
-    monkeypatch.setattr(loop, "_curves_figure", lambda history, name: seen.setdefault("name", name) and None)
-    monkeypatch.setattr(loop.runs, "save_figure", lambda fig, path, **kw: path)
+    monkeypatch.setattr(summary, "curves_figure", lambda history, name: seen.setdefault("name", name) and None)
+    monkeypatch.setattr(summary.runs, "save_figure", lambda fig, path, **kw: path)
     (tmp_path / "my-run").mkdir()
-    loop._plot_curves(_history(), tmp_path / "my-run" / "curves.png")
+    summary.plot_curves(_history(), tmp_path / "my-run" / "curves.png")
     assert seen["name"] == "my-run"
 
 

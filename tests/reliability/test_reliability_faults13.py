@@ -18,7 +18,7 @@ from torch.utils.data import DistributedSampler, SequentialSampler
 from fgvc import config, runs
 from fgvc.cli import main
 from fgvc.data import build_dataset, synthetic
-from fgvc.train import loop
+from fgvc.train import devices, splits
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +92,13 @@ def test_mixup_trains_on_an_odd_split_smaller_than_a_batch(nine, tmp_path):
     (1, 4, False, 2, []),
 ])
 def test_train_batches_keep_only_batches_every_step_can_train_on(n, batch, even, least, sizes):
-    batches = loop.TrainBatches(SequentialSampler(range(n)), batch, even=even, least=least)
+    batches = splits.TrainBatches(SequentialSampler(range(n)), batch, even=even, least=least)
     assert [len(b) for b in batches] == sizes and len(batches) == len(sizes)
 
 
 def test_every_shard_drops_its_own_last_batch_of_one_and_takes_the_same_steps():
     # 9 images on 2 processes: shards of 5 (DistributedSampler pads one), batches of 4 leave 1 each
-    shards = [loop.TrainBatches(DistributedSampler(range(9), 2, rank, shuffle=True, seed=0), 4, least=2)
+    shards = [splits.TrainBatches(DistributedSampler(range(9), 2, rank, shuffle=True, seed=0), 4, least=2)
               for rank in (0, 1)]
     assert [[len(b) for b in s] for s in shards] == [[4], [4]]
     assert len(shards[0]) == len(shards[1]) == 1
@@ -178,7 +178,7 @@ def test_an_unreadable_image_in_one_shard_stops_every_process_with_the_sentence(
 # --- 12, 14: records that say what ran ---
 
 def test_16_bit_precision_on_a_cpu_records_the_bf16_that_ran(nine, tmp_path, capsys):
-    assert loop.resolve_precision("16", "cpu") == loop.resolve_precision("16-mixed", "cpu") == "bf16-mixed"
+    assert devices.resolve_precision("16", "cpu") == devices.resolve_precision("16-mixed", "cpu") == "bf16-mixed"
     assert _train(nine, tmp_path / "runs", "train.precision=16") == 0
     assert "runs as bf16-mixed" in capsys.readouterr().out
     metrics = runs.read_metrics(_only_run(tmp_path / "runs"))
@@ -187,15 +187,15 @@ def test_16_bit_precision_on_a_cpu_records_the_bf16_that_ran(nine, tmp_path, cap
 
 def test_16_bit_precision_on_auto_without_a_gpu_is_bf16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(loop, "_mps_available", lambda: False)
-    assert loop.resolve_precision("16-mixed", "auto") == "bf16-mixed"
-    assert loop.resolve_precision("32", "auto") == "32-true"
+    monkeypatch.setattr(devices, "mps_available", lambda: False)
+    assert devices.resolve_precision("16-mixed", "auto") == "bf16-mixed"
+    assert devices.resolve_precision("32", "auto") == "32-true"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 @pytest.mark.parametrize("accelerator", ["cuda", "gpu", "mps"])
 def test_a_missing_accelerator_is_one_sentence(nine, tmp_path, capsys, monkeypatch, accelerator):
-    monkeypatch.setattr(loop, "_mps_available", lambda: False)
+    monkeypatch.setattr(devices, "mps_available", lambda: False)
     assert _train(nine, tmp_path / "runs", f"train.accelerator={accelerator}") == 2
     line = one_line_error(capsys.readouterr())
     assert f"train.accelerator={accelerator}" in line and "train.accelerator=cpu" in line

@@ -15,7 +15,7 @@ from reliability_helpers import FAST, history_without_timing, metrics_without_ti
 from fgvc import config, runs
 from fgvc.cli import main
 from fgvc.errors import UserError
-from fgvc.train import loop, train
+from fgvc.train import train, tricks
 
 EPOCHS = 3
 
@@ -59,7 +59,7 @@ def _only_run(out: Path) -> Path:
 def test_crash_in_the_middle_of_an_epoch_resumes_to_the_same_result(tiny_synthbirds_root, tmp_path, reference,
                                                                       monkeypatch):
     # 28 train images in batches of 8: 4 steps an epoch; die at the 2nd step of epoch 2
-    _crash_on_call(monkeypatch, loop, "soft_cross_entropy", 4 + 2)
+    _crash_on_call(monkeypatch, tricks, "soft_cross_entropy", 4 + 2)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(tiny_synthbirds_root, tmp_path), progress=False)
     monkeypatch.undo()
@@ -172,14 +172,14 @@ def test_disk_full_while_checkpointing_keeps_the_best_checkpoint_and_resumes(tin
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nan_or_inf_loss_stops_with_a_sentence_and_keeps_the_last_good_checkpoint(tiny_synthbirds_root, tmp_path,
                                                                                   monkeypatch, bad):
-    real, calls = loop.soft_cross_entropy, []
+    real, calls = tricks.soft_cross_entropy, []
 
     def loss(*args):
         calls.append(1)
         out = real(*args)
         return out * bad if len(calls) == 4 + 3 else out  # epoch 2, step 3
 
-    monkeypatch.setattr(loop, "soft_cross_entropy", loss)
+    monkeypatch.setattr(tricks, "soft_cross_entropy", loss)
     with pytest.raises(UserError) as e:
         train(_cfg(tiny_synthbirds_root, tmp_path), progress=False)
     msg = str(e.value)
@@ -216,7 +216,7 @@ def test_cuda_out_of_memory_is_one_sentence_with_a_smaller_batch(tiny_synthbirds
 # --- resuming what is left ---
 
 def test_resume_removes_temp_files_a_kill_left_and_keeps_other_files(tiny_synthbirds_root, tmp_path, monkeypatch):
-    _crash_on_call(monkeypatch, loop, "soft_cross_entropy", 4 + 1)
+    _crash_on_call(monkeypatch, tricks, "soft_cross_entropy", 4 + 1)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(tiny_synthbirds_root, tmp_path, "train.epochs=2"), progress=False)
     monkeypatch.undo()

@@ -50,13 +50,13 @@ def test_a_nan_loss_on_one_process_stops_both_with_one_sentence(tiny_synthbirds_
     script = tmp_path / "nan_on_rank_1.py"
     script.write_text(
         "import os, sys\n"
-        "import fgvc.train.loop as loop\n"
+        "import fgvc.train.tricks as tricks\n"
         "from fgvc.cli import main\n"
-        "real = loop.soft_cross_entropy\n"
+        "real = tricks.soft_cross_entropy\n"
         "def loss(*args):\n"
         "    out = real(*args)\n"
         "    return out * float('nan') if os.environ.get('LOCAL_RANK') == '1' else out\n"
-        "loop.soft_cross_entropy = loss\n"
+        "tricks.soft_cross_entropy = loss\n"
         "sys.exit(main(sys.argv[1:]))\n")
     cmd = [sys.executable, str(script), "train", "--quiet", "model.name=resnet18", "data.image_size=32",
            "train.batch_size=8", "train.epochs=2", "data.num_workers=0", "train.accelerator=cpu", "train.devices=2",

@@ -93,3 +93,40 @@ def test_geometric_pipeline_returns_unit_range_images_of_the_right_size():
     out = train_transform(32, geometric=True, cutout=1)(image)
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
     assert 0 <= out.min() and out.max() <= 1
+
+
+def test_every_aug_and_adv_key_belongs_to_exactly_one_registered_trick():
+    # adding a key without a registry entry (or two entries reading one key) fails here
+    import dataclasses
+
+    from fgvc.config import AdvConfig, AugConfig
+    from fgvc.train.tricks import TRICKS
+
+    keys = [f"aug.{f.name}" for f in dataclasses.fields(AugConfig)] + [
+        f"adv.{f.name}" for f in dataclasses.fields(AdvConfig)]
+    owners = {k: [name for name, t in TRICKS.items() if k in t.keys] for k in keys}
+    assert {k: v for k, v in owners.items() if len(v) != 1} == {}
+    assert {t.where for t in TRICKS.values()} <= {"input", "batch", "loss"}
+
+
+def test_the_registry_says_which_tricks_a_config_turns_on():
+    from fgvc import config as config_mod
+    from fgvc.train.tricks import active
+
+    cfg = config_mod.apply(config_mod.Config(), {"aug.geometric": True, "aug.label_smoothing": 0.1,
+                                                 "adv.attack": "fgsm"})
+    assert active(cfg) == ["geometric", "label_smoothing", "adversarial"]
+    assert active(config_mod.Config()) == []
+
+
+def test_tricks_targets_are_one_hot_smoothed_or_mixed_as_configured():
+    from fgvc import config as config_mod
+    from fgvc.train.tricks import build_tricks
+
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    plain = build_tricks(config_mod.Config(), 3)
+    assert torch.equal(plain.targets(x, y)[1], F.one_hot(y, 3).float())
+    smooth = build_tricks(config_mod.apply(config_mod.Config(), {"aug.label_smoothing": 0.3}), 3)
+    assert torch.allclose(smooth.targets(x, y)[1], soft_targets(y, 3, 0.3))
+    mixed = build_tricks(config_mod.apply(config_mod.Config(), {"aug.mixup_alpha": 1.0}), 3)
+    assert mixed.even_batches and not torch.equal(mixed.targets(x.clone(), y)[0], x)
