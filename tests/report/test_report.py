@@ -9,7 +9,7 @@ from report_helpers import ATTACK_IMAGES
 
 from fgvc.errors import UserError
 from fgvc.report import collect_runs, write_report
-from fgvc.report.collect import config_differences
+from fgvc.report.collect import config_differences, settings
 from fgvc.report.page import MAX_EMBED_BYTES, picture_for_html, render
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -66,9 +66,12 @@ def test_config_column_shows_exactly_the_keys_that_differ(report):
     assert _table_row(report["md"], "smoothed")[column] == "aug.label_smoothing=0.1"
     assert _table_row(report["md"], "plain")[column] == "aug.label_smoothing=0.0"
     same = [{"train": {"lr": 0.1, "milestones": [9]}, "out": "runs"}] * 2
-    assert config_differences([{"config": c} for c in same]) == []
-    changed = [same[0], {"train": {"lr": 0.1, "milestones": [5]}, "out": "runs"}]
-    assert config_differences([{"config": c} for c in changed]) == ["train.milestones"]
+    assert config_differences([{"settings": settings("classifier", c)} for c in same]) == []
+    changed = [same[0], {"train": {"lr": 0.1, "milestones": [5]}, "out": "elsewhere"}]  # out: not a setting
+    assert config_differences([{"settings": settings("classifier", c)} for c in changed]) == ["train.milestones"]
+    # a key an older run's config.yaml lacks reads as its default, not as a difference
+    assert config_differences([{"settings": settings("classifier", c)} for c in
+                               [{"train": {"epochs": 100}}, {"train": {}}]]) == []
 
 
 def test_a_run_without_metrics_is_listed_as_failed_with_its_last_epoch(report):

@@ -108,7 +108,7 @@ def _unfinished_note(run_dir: Path, kind: str, metrics: dict, config: dict, hist
 def collect_runs(root: Path) -> list[dict]:
     """Every run directory below ``root``: dicts with ``name`` (path relative to root), ``dir``, ``kind``
     ('classifier', 'clip', 'gan' or 'other'), ``metrics`` ({} when missing), ``config`` (config.yaml as
-    a mapping), ``history`` (history.csv rows) and ``unfinished`` (None, or a sentence of what is
+    a mapping), ``settings`` (see ``settings``), ``history`` (history.csv rows) and ``unfinished`` (None, or a sentence of what is
     known). A folder whose only marker is a damaged metrics.json is not a run (a foreign file)."""
     root = Path(root)
     found = []
@@ -122,15 +122,43 @@ def collect_runs(root: Path) -> list[dict]:
         config, history = read_config(run_dir), read_history(run_dir)
         kind = _kind(run_dir, metrics)
         found.append({"name": run_dir.relative_to(root).as_posix() if run_dir != root else run_dir.name,
-                      "dir": run_dir, "kind": kind, "metrics": metrics, "config": config, "history": history,
+                      "dir": run_dir, "kind": kind, "metrics": metrics, "config": config,
+                      "settings": settings(kind, config), "history": history,
                       "unfinished": _unfinished_note(run_dir, kind, metrics, config, history, damaged)})
     return found
 
 
+# where a run lands, not what it computes: never a difference worth a column
+NOT_SETTINGS = ("out",)
+
+
+def _defaults(kind: str) -> dict:
+    """Flat default config of fgvc's classifier (``fgvc.config.Config``) or GAN (``GanConfig``) runs."""
+    import dataclasses
+
+    if kind == "gan":
+        from fgvc.gan.config import GanConfig
+
+        return flatten(dataclasses.asdict(GanConfig()))
+    from fgvc import config as config_mod
+
+    return flatten(config_mod.to_dict(config_mod.Config()))
+
+
+def settings(kind: str, config: dict) -> dict:
+    """The run's flat settings: its config.yaml over today's defaults, so that a key added to fgvc after the
+    run was written (missing from its config.yaml) reads as the default the run had, not as a difference;
+    ``NOT_SETTINGS`` left out. {} when the run has no config.yaml."""
+    if not config:
+        return {}
+    defaults = _defaults(kind) if kind in ("classifier", "gan") else {}
+    return {k: v for k, v in {**defaults, **flatten(config)}.items() if k not in NOT_SETTINGS}
+
+
 def config_differences(entries: list[dict]) -> list[str]:
-    """Dotted config.yaml keys whose values are not the same in every entry (runs without a config.yaml
-    are left out of the comparison; a key missing in one run counts as differing)."""
-    return differing_fields([e["config"] for e in entries if e["config"]])
+    """Dotted config keys whose values are not the same in every entry's ``settings`` (runs without a
+    config.yaml are left out of the comparison)."""
+    return differing_fields([e["settings"] for e in entries if e["settings"]])
 
 
 def compact(value, width: int = 40) -> str:
@@ -148,7 +176,6 @@ def compact(value, width: int = 40) -> str:
 
 def differing_values(entry: dict, keys: list[str]) -> str:
     """``key=value, key=value`` of an entry for the given dotted keys ('' when there are none)."""
-    if not entry["config"]:
+    if not entry["settings"]:
         return "(no config.yaml)" if keys else ""
-    flat = flatten(entry["config"])
-    return ", ".join(f"{k}={compact(flat.get(k))}" for k in keys)
+    return ", ".join(f"{k}={compact(entry['settings'].get(k))}" for k in keys)

@@ -18,10 +18,10 @@ MAX_EMBED_BYTES = 200_000  # per picture in the HTML; larger PNGs are downscaled
 _IMG_SRC = re.compile(r'(<img\b[^>]*?\bsrc=")([^"]+)(")')
 
 STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}
 h1{border-bottom:2px solid #ddd}h2{border-bottom:1px solid #eee;margin-top:2em}
-table{border-collapse:collapse;margin:1em 0;display:block;overflow-x:auto;max-width:100%}
+div.wide{overflow-x:auto;max-width:100%;margin:1em 0}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;vertical-align:top}
 th{background:#f4f4f4;text-align:left}tr:nth-child(even) td{background:#fafafa}
 img{max-width:100%;height:auto;display:block;margin:.5em 0 1.5em;border:1px solid #eee}
@@ -88,6 +88,7 @@ def render(markdown_text: str, title: str, base: Path) -> tuple[str, int, int]:
         return match.group(1) + cache[src] + match.group(3)
 
     body = _IMG_SRC.sub(embed, body)
+    body = body.replace("<table>", '<div class="wide"><table>').replace("</table>", "</table></div>")  # scrolls alone
     toc = f'<nav class="toc">{md.toc}</nav>' if getattr(md, "toc", "") else ""
     body = body.replace("</h1>", "</h1>" + toc, 1)
     footer = (f"<footer><p>{counts['embedded']} picture(s) embedded in this file"

@@ -11,6 +11,7 @@ written; report.html embeds them (fgvc.report.page).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from fgvc import runs
@@ -21,9 +22,22 @@ from fgvc.report.collect import collect_runs, config_differences, differing_valu
 from fgvc.report.paper import paper_comparison
 from fgvc.report.sections import cell, fmt, gan_pictures, link, picture, run_pictures, table
 
-COLUMNS = ("train_acc", "val_acc", "test_acc", "test_top5", "best_epoch", "epochs_run", "seconds",
-           "train_images_per_second", "params_trainable")
+# metrics.json field -> column header of the classifier table
+COLUMNS = {"train_acc": "train acc", "val_acc": "val acc", "test_acc": "test acc", "test_top5": "test top-5",
+           "best_epoch": "best epoch", "epochs_run": "epochs", "seconds": "seconds",
+           "train_images_per_second": "train img/s", "params_trainable": "trainable params"}
 CONFIG_COLUMN = "config (keys that differ)"
+
+
+def _column(value, column: str) -> str:
+    if column in ("seconds", "train_images_per_second") and isinstance(value, (int, float)):
+        return f"{value:.1f}"
+    return fmt(value)
+
+
+def _short(text: str) -> str:
+    """A git commit (40 hex digits) cut to its first 12, as git shows it."""
+    return re.sub(r"\b([0-9a-f]{12})[0-9a-f]{28}\b", r"\1", text)
 
 
 def _classifier_section(done: list[dict], config_keys: list[str]) -> list[str]:
@@ -34,9 +48,10 @@ def _classifier_section(done: list[dict], config_keys: list[str]) -> list[str]:
         data = e["config"].get("data", {}) if isinstance(e["config"].get("data"), dict) else {}
         protocol = flatten(e["metrics"].get("protocol"))
         rows.append([e["name"], fmt(model.get("name")), fmt(data.get("name")), fmt(data.get("image_size")),
-                     *(fmt(e["metrics"].get(c)) for c in COLUMNS), fmt(e["metrics"].get("device")),
-                     differing_values(e, config_keys), *(fmt(protocol.get(k)) for k in differ)])
-    header = ["run", "model", "data", "px", *COLUMNS, "device", CONFIG_COLUMN, *(f"protocol.{k}" for k in differ)]
+                     *(_column(e["metrics"].get(c), c) for c in COLUMNS), fmt(e["metrics"].get("device")),
+                     differing_values(e, config_keys), *(_short(fmt(protocol.get(k))) for k in differ)])
+    header = ["run", "model", "data", "px", *COLUMNS.values(), "device", CONFIG_COLUMN,
+              *(f"protocol.{k}" for k in differ)]
     lines = ["## Classifier runs", "", table(header, rows), ""]
     notes = []
     if config_keys:
@@ -100,7 +115,7 @@ def _gan_section(entries: list[dict], out: Path) -> list[str]:
         m, planned = e["metrics"], e["config"].get("iterations")
         rows.append([e["name"], "unfinished" if e["unfinished"] else "finished",
                      f"{fmt(m.get('iterations'))} of {fmt(planned)}", fmt(m.get("n_classes")), fmt(m.get("image_size")),
-                     fmt(m.get("batch_size")), fmt(m.get("final_d_loss")), fmt(m.get("final_g_loss")),
+                     fmt(m.get("batch_size")), _num(m.get("final_d_loss")), _num(m.get("final_g_loss")),
                      fmt(m.get("seconds")), fmt(m.get("device")), differing_values(e, keys)])
     lines = ["## GAN runs", "",
              table(["run", "status", "iterations", "classes", "px", "batch", "final D loss", "final G loss",
