@@ -236,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--setup", action="append", default=[], metavar="LINE",
                     help="shell line run before each job, repeatable (e.g. 'source .venv/bin/activate')")
 
-    rep = sub.add_parser("report", help="Markdown + HTML report (tables, plots) of every run below a folder")
-    rep.add_argument("runs_dir")
+    rep = sub.add_parser("report", help="Markdown + self-contained HTML report of every run below a folder: tables, "
+                         "figures and each run's pictures (see docs/report.md)")
+    rep.add_argument("runs_dir", metavar="RUNS_DIR", help="folder holding run directories (searched recursively)")
     rep.add_argument("--out", help="folder for report.md/report.html (default: RUNS_DIR)")
 
     exp = sub.add_parser("export", help="write a run's model as ONNX / TorchScript / torch.export, checked against PyTorch")
