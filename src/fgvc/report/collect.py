@@ -177,5 +177,5 @@ def compact(value, width: int = 40) -> str:
 def differing_values(entry: dict, keys: list[str]) -> str:
     """``key=value, key=value`` of an entry for the given dotted keys ('' when there are none)."""
     if not entry["settings"]:
-        return "(no config.yaml)" if keys else ""
+        return "(config.yaml missing or unreadable)" if keys else ""
     return ", ".join(f"{k}={compact(entry['settings'].get(k))}" for k in keys)
