@@ -7,8 +7,15 @@
 """
 
 import importlib
+import os
 
-from fgvc.errors import UserError
+# OpenMP threads that wait at a barrier sleep at once instead of spinning: with two jobs on the same
+# cores (a study beside a demo, two seeds) spinning threads burn the time slices their peers need, and
+# a tiny run measured 64 s an epoch instead of 4 s (benchmarks/results/contention.md). It must be set
+# before torch loads its OpenMP runtime, so it lives here; a value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from fgvc.errors import UserError  # noqa: E402
 
 __version__ = "0.1.0"
 
