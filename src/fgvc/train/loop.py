@@ -29,6 +29,7 @@ from fgvc.models.batchnorm import prepare_batchnorm
 from fgvc.models.weights import pretraining_source
 from fgvc.train.devices import check_accelerator, resolve_precision
 from fgvc.train.evaluate import evaluate
+from fgvc.train.loggers import ExperimentLog, open_loggers, optimizer_steps
 from fgvc.train.splits import Splits, all_or_none, build_loaders, build_splits
 from fgvc.train.state import (
     TrainState,
@@ -98,6 +99,9 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     first_process_writes(fabric, runs.write_text_atomic, run_dir / "config.yaml", config_text(cfg, state.resumes))
     first_process_writes(fabric, runs.write_json_atomic, run_dir / "classes.json", class_names)
     fabric.print(f"run directory: {run_dir}")
+    # train.loggers: process 0 writes <run>/logs/; a resumed run continues from its optimizer's step count
+    log = open_loggers(cfg.train.loggers, run_dir, start_step=optimizer_steps(optimizer), main=fabric.is_global_zero)
+    log.log_hparams(config_mod.to_dict(cfg))
 
     for epoch in range(state.epoch + 1, cfg.train.epochs):
         if state.stops_before(epoch, cfg.train):
@@ -109,7 +113,7 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
         loaders.sampler.use_epoch(epoch)
         t0 = time.perf_counter()
         train_loss, train_acc, seen = train_one_epoch(fabric, model, raw_model, optimizer, loaders.train, tricks,
-                                                      epoch, cfg, state, ckpt, quiet)
+                                                      epoch, cfg, state, ckpt, quiet, log)
         seconds = time.perf_counter() - t0
         # Through the DDP wrapper on purpose: its first forward after training broadcasts the
         # BatchNorm statistics of process 0, whose weights become the checkpoint.
@@ -127,6 +131,7 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
             if probed[1]:
                 fabric.print(probed[1])
         improved = state.end_epoch(epoch, row, seconds, seen)
+        log.log_epoch(epoch + 1, row)  # flushed before the checkpoint that a resume starts from
         fabric.print(f"epoch {epoch + 1:3d}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
                      f"val loss {val['loss']:.4f} acc {val['acc']:.4f}  ({row['seconds']:.1f}s)")
         first_process_writes(fabric, commit_epoch, run_dir, state.to_dict(raw_model.state_dict(), optimizer,
@@ -139,11 +144,13 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     metrics["seconds"] = round(time.perf_counter() - t_start + (state.train_seconds if resume else 0), 2)
     first_process_writes(fabric, plot_curves, state.history, run_dir / "curves.png")
     first_process_writes(fabric, runs.write_json_atomic, run_dir / "metrics.json", metrics)
+    log.close()
     return run_dir  # metrics.json exists for every process by now
 
 
 def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks: Tricks, epoch: int,
-                    cfg: config_mod.Config, state: TrainState, ckpt: Path, quiet: bool) -> tuple[float, float, int]:
+                    cfg: config_mod.Config, state: TrainState, ckpt: Path, quiet: bool,
+                    log: ExperimentLog | None = None) -> tuple[float, float, int]:
     """One pass over the train shard: (mean loss, accuracy, images), summed over processes. Train
     accuracy under mixing is agreement with the label of the larger mixing weight (the argmax of
     the soft target); without mixing it is plain accuracy."""
@@ -166,6 +173,8 @@ def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks:
         optimizer.zero_grad(set_to_none=True)
         fabric.backward(loss)
         optimizer.step()
+        if log:  # process 0's batch loss and the rate this step trained at
+            log.log_step(log.last_step + 1, loss.detach(), optimizer.param_groups[0]["lr"])
         loss_sum += loss.detach().double() * y.shape[0]
         correct += (logits.argmax(1) == target.argmax(1)).sum()
         seen += y.shape[0]
