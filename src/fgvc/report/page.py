@@ -41,9 +41,12 @@ def picture_for_html(path: Path, limit: int = MAX_EMBED_BYTES) -> tuple[str, byt
         return "image/png", data, False
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        rgba = img.convert("RGBA")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            rgba = img.convert("RGBA")
+    except (OSError, ValueError):  # not a picture Pillow reads (damaged): embedded as it is, the browser decides
+        return "image/png", data, False
     flat = Image.new("RGB", rgba.size, "white")
     flat.paste(rgba, mask=rgba.getchannel("A"))
 

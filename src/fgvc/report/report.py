@@ -62,7 +62,7 @@ def _classifier_section(done: list[dict], config_keys: list[str]) -> list[str]:
     if differ:
         notes.append("The protocol.* columns are the protocol fields (metrics.json protocol block) that differ "
                      "between these runs.")
-    return lines + [" ".join(notes), ""]
+    return lines + ([" ".join(notes), ""] if notes else [])
 
 
 def _figures(classifiers: list[dict], out: Path) -> list[str]:
