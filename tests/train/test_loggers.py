@@ -3,6 +3,7 @@ losses.csv and config.yaml; a resumed run continues them; refusals are one sente
 
 import csv
 import json
+import math
 import sys
 
 import pytest
@@ -311,3 +312,25 @@ def test_wandb_is_offline_in_the_run_unless_told_and_keeps_its_run_id(tmp_path, 
     monkeypatch.setattr(sys.modules["wandb"], "util", SimpleNamespace(generate_id=lambda: "other"))
     open_loggers("wandb", tmp_path, main=True, start_step=3).close()
     assert inits[1]["mode"] == "online" and inits[1]["id"] == "abc123"  # resumed into the same W&B run
+
+
+def test_two_process_run_logs_once_from_the_first_process(tiny_synthbirds_root, tmp_path):
+    import os
+    import subprocess
+
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "fgvc", "train", "--quiet", *FAST, "train.batch_size=8", "train.epochs=1",
+           "train.accelerator=cpu", "train.devices=2", "data.name=synthbirds", f"data.root={tiny_synthbirds_root}",
+           f"out={out}", "train.loggers=csv,tensorboard"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run_dir,) = out.iterdir()
+    assert len(list((run_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    scalars = _check_epochs_logged(run_dir)
+    # each process trains on half the images (rounded up) in batches of 8, a last batch of one image
+    # dropped (BatchNorm); only process 0's steps are logged, once
+    images = json.loads((run_dir / "metrics.json").read_text())["train_images"]
+    full, rest = divmod(math.ceil(images / 2), 8)
+    steps = full + (rest >= 2)
+    assert [s for s, _ in scalars["step/loss"]] == list(range(1, steps + 1))
