@@ -23,6 +23,22 @@ DEMO_DEFAULTS = {
 }
 
 
+class AttackNames:
+    """argparse choices: the names of ``fgvc.robust.attacks.ATTACKS``, read when first needed, so that
+    building the parser (``fgvc --help``) does not import torch."""
+
+    def _names(self) -> list[str]:
+        from fgvc.robust.attacks import attack_names
+
+        return attack_names()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fgvc", description="Fine-grained visual classification toolkit.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -108,8 +108,8 @@ def find_duplicates(name: str, root, against=(), threshold: int = DEFAULT_THRESH
                     hashes: tuple[str, ...] = DEFAULT_HASHES, val_fraction: float = 0.1, seed: int = 0,
                     progress: bool = False) -> dict:
     """Pairs of near-duplicates: each test image vs each training image of dataset ``name`` (kind
-    ``train-test``), and each image of the dataset (train and test) vs each image of every ``against``
-    folder (kind ``against``). Returns ``{"pairs": [row, ...], "counts": {...}, "hashes", "threshold",
+    ``train-test``: leakage), images within one split (kinds ``test-test``, ``train-train``), and each
+    image of the dataset (train and test) vs each image of every ``against`` folder (kind ``against``). Returns ``{"pairs": [row, ...], "counts": {...}, "hashes", "threshold",
     "bits"}``; a row holds kind, image, split, label, match, match_source, match_label, distance (bits)."""
     hashes = parse_hashes(hashes)
     bits = HASH_BITS * len(hashes)
@@ -128,6 +128,12 @@ def find_duplicates(name: str, root, against=(), threshold: int = DEFAULT_THRESH
 
     for i, j, d in close_pairs(h_test, h_train, threshold):
         rows.append(row("train-test", test[i], "test", train[j].path, "train", class_names[train[j].label], d))
+    for split, samples, h in (("test", test, h_test), ("train", train, h_train)):
+        # within one split: not leakage, but a repeated image counts twice in that split's numbers
+        for i, j, d in close_pairs(h, h, threshold):
+            if i < j:
+                rows.append(row(f"{split}-{split}", samples[i], split, samples[j].path, split,
+                                class_names[samples[j].label], d))
     counts = {"train": len(train), "test": len(test)}
     for folder, files in folders:
         h_other = hash_files(files, hashes, progress, f"hashing {folder.name}")

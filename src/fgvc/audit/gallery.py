@@ -39,14 +39,15 @@ def plot_pairs(pairs: list[dict], path: Path, title: str, limit: int = 24) -> Pa
         return None
     cols = min(4, len(shown))
     rows = (len(shown) + cols - 1) // cols
-    fig = Figure(figsize=(2.6 * cols, 1.55 * rows + 0.4))
+    fig = Figure(figsize=(3.2 * cols, 1.9 * rows + 0.4))
     axes = fig.subplots(rows, 2 * cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for k, p in enumerate(shown):
         r, c = divmod(k, cols)
-        _show(axes[r, 2 * c], p["image"], f"{p['image_label']}")
-        _show(axes[r, 2 * c + 1], p["match"], f"{p['match_label']}\nd={p['distance']}")
+        _show(axes[r, 2 * c], p["image"], f"{_short(p['image_label'])}\n{_short(Path(p['image']).name)}")
+        _show(axes[r, 2 * c + 1], p["match"], f"{_short(p['match_label'])}\n{_short(Path(p['match']).name)}\n"
+                                              f"distance {p['distance']}")
     fig.suptitle(title, fontsize=9)
     return runs.save_figure(fig, path, dpi=90)
 
@@ -73,7 +74,7 @@ def plot_suspects(suspects: list[dict], path: Path, title: str, limit: int = 24)
     return runs.save_figure(fig, path, dpi=90)
 
 
-def _short(name: str, n: int = 22) -> str:
+def _short(name: str, n: int = 24) -> str:
     return name if len(name) <= n else name[: n - 1] + "…"
 
 

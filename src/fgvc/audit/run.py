@@ -86,14 +86,16 @@ def _duplicates(name, root, out: Path, against, threshold, hash_names, run, top,
     pairs = found["pairs"]
     runs.write_csv_atomic(out / "pairs.csv", pairs, PAIR_FIELDS)
     shown = [{**p, "image_label": f"{p['split']}: {p['label']}",
-              "match_label": f"{p['match_source']}: {p['match_label']}" if p["kind"] == "train-test"
+              "match_label": f"{p['match_source']}: {p['match_label']}" if p["kind"] != "against"
               else Path(p["match_source"]).name} for p in pairs]
     png = gallery.plot_pairs(shown, out / "pairs.png", f"{name}: {len(pairs)} near-duplicate pair(s), "
                              f"threshold {threshold} of {found['bits']} bits", limit=top)
-    test_dups = sorted({p["image"] for p in pairs if p["split"] == "test"})
+    # leakage only: a test image with a copy in train or in an --against folder (a test-test pair is not)
+    test_dups = sorted({p["image"] for p in pairs if p["split"] == "test" and p["kind"] != "test-test"})
     result = {"hashes": found["hashes"], "bits": found["bits"], "threshold": threshold, "counts": found["counts"],
               "pairs": len(pairs), "train_test_pairs": sum(p["kind"] == "train-test" for p in pairs),
               "against_pairs": sum(p["kind"] == "against" for p in pairs),
+              "within_split_pairs": sum(p["kind"] in ("train-train", "test-test") for p in pairs),
               "test_images_with_duplicate": len(test_dups)}
     if run is not None:
         result["accuracy"] = duplicates.accuracy_without(run, name, root, set(test_dups), val_fraction, seed,
@@ -105,8 +107,9 @@ def _duplicates(name, root, out: Path, against, threshold, hash_names, run, top,
 def _pairs_markdown(name: str, pairs: list[dict], result: dict, png) -> str:
     lines = [f"# Near-duplicates in {name}", "",
              f"{result['pairs']} pair(s) at most {result['threshold']} of {result['bits']} bits apart "
-             f"(hashes {', '.join(result['hashes'])}); {result['test_images_with_duplicate']} test image(s) "
-             "have a duplicate.", ""]
+             f"(hashes {', '.join(result['hashes'])}): {result['train_test_pairs']} train-test, "
+             f"{result['within_split_pairs']} within one split, {result['against_pairs']} against other folders; "
+             f"{result['test_images_with_duplicate']} test image(s) have a copy in train or another folder.", ""]
     if "accuracy" in result:
         a = result["accuracy"]
         lines += [f"Test accuracy of {a['run']}: {a['test_acc']:.4f} on {a['test_images']} images, "
