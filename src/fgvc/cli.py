@@ -360,9 +360,10 @@ def _data_audit(args) -> int:
                   progress=not args.quiet)
     if "duplicates" in s:
         d = s["duplicates"]
-        print(f"duplicates: {d['pairs']} pair(s) ({d['train_test_pairs']} train-test, {d['against_pairs']} "
-              f"against other folders); {d['test_images_with_duplicate']} of {s['test_images']} test images "
-              f"have one (threshold {d['threshold']} of {d['bits']} bits)")
+        print(f"duplicates: {d['pairs']} pair(s) ({d['train_test_pairs']} train-test, {d['within_split_pairs']} "
+              f"within one split, {d['against_pairs']} against other folders); {d['test_images_with_duplicate']} "
+              f"of {s['test_images']} test images have a copy in train or another folder (threshold "
+              f"{d['threshold']} of {d['bits']} bits)")
         if "accuracy" in d:
             a = d["accuracy"]
             print(f"test accuracy {a['test_acc']:.4f} on {a['test_images']} images, {a['test_acc_without_duplicates']:.4f} "
