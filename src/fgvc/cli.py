@@ -136,9 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 listens on every "
                     "interface, with no authentication (default: 127.0.0.1)")
 
-    at = sub.add_parser("attack", help="accuracy under FGSM / I-FGSM / PGD across eps, with plot and gallery")
+    at = sub.add_parser("attack", help="accuracy under FGSM / I-FGSM / RS-FGSM / PGD across eps, with plot and gallery")
     at.add_argument("run_dir")
-    at.add_argument("--attack", default="fgsm", choices=["fgsm", "ifgsm", "pgd"])
+    at.add_argument("--attack", default="fgsm", choices=AttackNames(), metavar="ATTACK",
+                    help="one of %(choices)s (default: %(default)s)")
     at.add_argument("--eps", default="seed",
                     help="comma list (0,0.05,8/255) or 'seed' (0..0.3) or 'standard' (1,2,4,8/255)")
     at.add_argument("--alpha", type=float, help="step size for ifgsm/pgd (default: the attack's own)")

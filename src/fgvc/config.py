@@ -81,10 +81,10 @@ class AugConfig:
 
 @dataclass
 class AdvConfig:
-    attack: str = "none"  # none | fgsm | rs-fgsm | pgd
+    attack: str = "none"  # none, or an attack of fgvc.robust.attacks.ATTACKS that training can use
     eps: float = 0.03  # pixel units, images in [0, 1]
     alpha: float = 0.0  # step size; 0 means the attack's own default
-    steps: int = 7  # pgd steps
+    steps: int = 7  # steps of attacks that take them (pgd)
     loss_weight: float = 0.5  # Eq. 1: w * L(x) + (1 - w) * L(x_adv)
 
 
@@ -101,8 +101,15 @@ class Config:
 # data.classes as a list: 0-based indices and inclusive ranges, comma-separated (fgvc.data.subset)
 CLASS_LIST = re.compile(r"\s*\d+\s*(-\s*\d+\s*)?(,\s*\d+\s*(-\s*\d+\s*)?)*")
 
-# Range checks: key -> (predicate, what is expected). Checked after every load.
-_CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+def _train_attacks() -> list[str]:
+    """``none`` and the attacks adversarial training can use (the registry imports torch: only when needed)."""
+    from fgvc.robust.attacks import attack_names
+
+    return ["none", *attack_names(trainable=True)]
+
+
+# Range checks: key -> (predicate, what is expected, or a function giving it). Checked after every load.
+_CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[], str]]] = {
     "data.image_size": (lambda v: 8 <= v <= 4096, "an integer between 8 and 4096"),
     "data.val_fraction": (lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)"),
     "data.num_workers": (lambda v: v >= -1, "0 or more, or -1 for auto"),
@@ -134,7 +141,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "aug.mixup_alpha": (lambda v: v >= 0, "0 (off) or a positive alpha"),
     "aug.cutmix_alpha": (lambda v: v >= 0, "0 (off) or a positive alpha"),
     "aug.label_smoothing": (lambda v: 0 <= v < 1, "a value in [0, 1)"),
-    "adv.attack": (lambda v: v in ("none", "fgsm", "rs-fgsm", "pgd"), "one of none, fgsm, rs-fgsm, pgd"),
+    "adv.attack": (lambda v: v == "none" or v in _train_attacks(), lambda: "one of " + ", ".join(_train_attacks())),
     "adv.eps": (lambda v: 0 <= v <= 1, "a pixel budget in [0, 1]"),
     "adv.alpha": (lambda v: 0 <= v <= 1, "a step size in [0, 1] (0 = default)"),
     "adv.steps": (lambda v: v >= 1, "1 or more"),
@@ -256,6 +263,7 @@ def validate(cfg: Config) -> Config:
     flat = _flatten(to_dict(cfg))
     for key, (ok, expected) in _CHECKS.items():
         if not ok(flat[key]):
+            expected = expected() if callable(expected) else expected
             raise UserError(f"config key {key!r} must be {expected}, got {_show(flat[key])}")
     if cfg.train.loggers:  # a did-you-mean sentence for a misspelt logger, before anything runs
         from fgvc.train.loggers import parse_loggers

@@ -1,4 +1,4 @@
-"""What is trained: the paper's trainable-depth names -> requires_grad, and BN mode.
+"""What is trained: the paper's trainable-depth names -> requires_grad, and module modes.
 
 Frozen parameters get no gradient and are not given to the optimizer. Frozen BatchNorm
 layers stay in eval mode during training, so their running statistics keep the
@@ -8,7 +8,10 @@ pretrained values (otherwise a "frozen" layer would still drift through its stat
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -93,3 +96,23 @@ def train_mode(model: nn.Module) -> nn.Module:
             if getattr(m, "fgvc_frozen", False) or (params and not any(p.requires_grad for p in params)):
                 m.eval()
     return model
+
+
+@contextmanager
+def eval_with_grad(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode with autograd on, for input gradients (attacks) and activation gradients (CAMs).
+
+    Inside: ``model.eval()`` (dropout off, BatchNorm on its running statistics) and gradients
+    enabled even under a caller's ``torch.no_grad()`` or ``torch.inference_mode()``. On exit,
+    exceptions included, every submodule's own train flag is restored one by one (a model may
+    deliberately mix modes, e.g. a frozen backbone's BatchNorm kept in eval inside a training
+    model) and so is the caller's grad / inference mode. Parameters and ``.grad`` are untouched.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            model.eval()
+            yield model
+    finally:
+        for m, was_training in modes:
+            m.training = was_training

@@ -1,4 +1,11 @@
-"""White-box L-inf attacks on images in [0, 1]: FGSM, I-FGSM (Kurakin's BIM) and PGD.
+"""White-box L-inf attacks on images in [0, 1]: FGSM, I-FGSM (Kurakin's BIM), RS-FGSM and PGD.
+
+``ATTACKS`` is the one registry of attack names: each maps to an ``AttackSpec`` (the
+function, its default step size and step count as functions of eps, whether it starts at
+a random point of the eps-ball, whether adversarial training can use it).
+``resolve_attack(name, eps, alpha, steps)`` checks a name and its settings once and
+returns the spec with its defaults filled in; the eps sweep (``fgvc attack``), adversarial
+training (``adv.attack``), the CLI's ``--attack`` choices and the config check all read it.
 
 Every attack runs the model in eval mode and restores each submodule's own mode
 afterwards, leaves parameter ``.grad`` untouched (the gradient is taken w.r.t. the
@@ -11,15 +18,18 @@ Untargeted attacks ascend the cross-entropy of the true label ``y``; targeted on
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgvc.errors import UserError
+from fgvc.models.freeze import eval_with_grad
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -76,30 +86,6 @@ def check_steps(steps: int, name: str = "steps") -> int:
     return int(steps)
 
 
-@contextmanager
-def module_modes(model: nn.Module, training: bool | None) -> Iterator[None]:
-    """Put model in train/eval mode (None: leave it) and restore every submodule's own mode on exit.
-
-    Submodules are restored one by one, not with ``model.train(mode)``, because a
-    model may deliberately mix modes (a frozen backbone's BatchNorm kept in eval).
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    if training is not None:
-        model.train(training)
-    try:
-        yield
-    finally:
-        for m, was_training in modes:
-            m.training = was_training
-
-
-@contextmanager
-def grad_enabled() -> Iterator[None]:
-    """Enable autograd even when the caller is inside no_grad() or inference_mode()."""
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
-
-
 def input_grad(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn = ce_sum) -> tuple[Tensor, Tensor]:
     """Gradient of loss_fn(model(x), y) w.r.t. x only, and the detached logits of that forward."""
     # clone (not just detach) so an inference tensor becomes usable by autograd
@@ -141,12 +127,13 @@ def iterate(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, eps: float,
     return x_adv
 
 
-def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, targeted: bool = False) -> Tensor:
-    """FGSM (Goodfellow et al. 2015): clip(x + eps * sign(grad_x CE), 0, 1); x in [0, 1], eps in pixel units."""
+def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, targeted: bool = False,
+         loss_fn: LossFn = ce_sum) -> Tensor:
+    """FGSM (Goodfellow et al. 2015): clip(x + eps * sign(grad_x loss), 0, 1); x in [0, 1], eps in pixel units."""
     eps = check_eps(eps)
     check_images(x)
-    with module_modes(model, training=False), grad_enabled():
-        grad, _ = input_grad(model, x, y)
+    with eval_with_grad(model):
+        grad, _ = input_grad(model, x, y, loss_fn)
         x = x.detach()
         return torch.clamp(x + eps * direction(grad, targeted), 0.0, 1.0)
 
@@ -157,29 +144,127 @@ def default_ifgsm_steps(eps: float) -> int:
 
 
 def ifgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float | None = None,
-          steps: int | None = None, targeted: bool = False) -> Tensor:
-    """I-FGSM / BIM (Kurakin et al. 2017) from x: alpha default 1/255, steps default min(255 eps + 4, 1.25*255 eps)."""
-    eps = check_eps(eps)
+          steps: int | None = None, targeted: bool = False, loss_fn: LossFn = ce_sum) -> Tensor:
+    """I-FGSM / BIM (Kurakin et al. 2017) from x: alpha and steps default to ``ATTACKS["ifgsm"]``'s
+    (1/255 and min(255 eps + 4, 1.25*255 eps))."""
+    a = resolve_attack("ifgsm", eps, alpha, steps)
     check_images(x)
-    alpha = 1 / 255 if alpha is None else check_positive(alpha, "alpha")
-    steps = default_ifgsm_steps(eps) if steps is None else check_steps(steps)
-    with module_modes(model, training=False), grad_enabled():
-        return iterate(model, x, y, x, eps, alpha, steps, targeted)
+    with eval_with_grad(model):
+        return iterate(model, x, y, x, a.eps, a.alpha, a.steps, targeted, loss_fn)
 
 
-def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float | None = None, steps: int = 10,
+def rs_fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float | None = None,
+            targeted: bool = False, generator: torch.Generator | None = None, loss_fn: LossFn = ce_sum) -> Tensor:
+    """RS-FGSM (Wong et al. 2020): a uniform start in the eps-ball, then one step of alpha (default
+    ``ATTACKS["rs-fgsm"]``'s, 1.25 eps) projected back to the ball and [0, 1]. ``generator`` (on x's
+    device) makes the start reproducible; without it the global RNG is used."""
+    a = resolve_attack("rs-fgsm", eps, alpha, None)
+    check_images(x)
+    with eval_with_grad(model):
+        start = uniform_in_ball(x.detach(), a.eps, generator)
+        return iterate(model, x, y, start, a.eps, a.alpha, a.steps, targeted, loss_fn)
+
+
+def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float | None = None, steps: int | None = None,
         random_start: bool = True, targeted: bool = False,
-        generator: torch.Generator | None = None) -> Tensor:
-    """PGD (Madry et al. 2018): uniform start in the eps-ball, then steps of alpha (default 2.5 eps / steps).
+        generator: torch.Generator | None = None, loss_fn: LossFn = ce_sum) -> Tensor:
+    """PGD (Madry et al. 2018): uniform start in the eps-ball, then steps of alpha; defaults from
+    ``ATTACKS["pgd"]`` (10 steps of 2.5 eps / steps).
 
     Returns the last iterate. ``generator`` (on x's device) makes the random start
     reproducible; without it the global RNG is used.
     """
-    eps = check_eps(eps)
+    a = resolve_attack("pgd", eps, alpha, steps)
     check_images(x)
-    steps = check_steps(steps)
-    alpha = 2.5 * eps / steps if alpha is None else check_positive(alpha, "alpha")
-    with module_modes(model, training=False), grad_enabled():
-        start = uniform_in_ball(x.detach(), eps, generator) if random_start else x.detach()
-        return iterate(model, x, y, start, eps, alpha, steps, targeted)
+    with eval_with_grad(model):
+        start = uniform_in_ball(x.detach(), a.eps, generator) if random_start else x.detach()
+        return iterate(model, x, y, start, a.eps, a.alpha, a.steps, targeted, loss_fn)
 
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of the registry; ``resolve_attack`` returns a copy with ``eps``, ``alpha``, ``steps`` set.
+
+    ``fn`` is the attack function (``fn(model, x, y, eps, ...) -> x_adv``); ``default_alpha(eps, steps)``
+    and ``default_steps(eps)`` give its step size (pixel units) and step count when not given;
+    ``takes_alpha`` / ``takes_steps`` say whether a given value is used (FGSM is one step of eps,
+    RS-FGSM one step); ``random_start``: it starts at a uniform point of the eps-ball (it then
+    takes a ``generator``); ``trainable``: ``adv.attack`` may name it; ``paper``: the source.
+    """
+
+    name: str
+    fn: Callable[..., Tensor]
+    default_alpha: Callable[[float, int], float]
+    default_steps: Callable[[float], int]
+    takes_alpha: bool
+    takes_steps: bool
+    random_start: bool
+    trainable: bool
+    paper: str
+    eps: float | None = None
+    alpha: float | None = None
+    steps: int | None = None
+
+    def run(self, model: nn.Module, x: Tensor, y: Tensor, targeted: bool = False,
+            generator: torch.Generator | None = None, loss_fn: LossFn = ce_sum) -> Tensor:
+        """``x_adv`` for a resolved spec (x in [0, 1], (B, C, H, W)); the model runs in eval mode, modes restored."""
+        if self.eps is None:
+            raise ValueError(f"attack {self.name!r} is not resolved; use resolve_attack(name, eps, alpha, steps)")
+        kwargs: dict = {"targeted": targeted, "loss_fn": loss_fn}
+        if self.takes_alpha:
+            kwargs["alpha"] = self.alpha
+        if self.takes_steps:
+            kwargs["steps"] = self.steps
+        if self.random_start:
+            kwargs["generator"] = generator
+        return self.fn(model, x, y, self.eps, **kwargs)
+
+    def settings(self) -> dict:
+        """``{"alpha", "steps"}`` as resolved (recorded beside sweep results)."""
+        return {"alpha": self.alpha, "steps": self.steps}
+
+
+ATTACKS: dict[str, AttackSpec] = {
+    spec.name: spec for spec in (
+        AttackSpec("fgsm", fgsm, lambda eps, steps: eps, lambda eps: 1, takes_alpha=False, takes_steps=False,
+                   random_start=False, trainable=True, paper="Goodfellow et al. 2015"),
+        AttackSpec("ifgsm", ifgsm, lambda eps, steps: 1 / 255, default_ifgsm_steps, takes_alpha=True,
+                   takes_steps=True, random_start=False, trainable=False, paper="Kurakin et al. 2017"),
+        AttackSpec("rs-fgsm", rs_fgsm, lambda eps, steps: 1.25 * eps, lambda eps: 1, takes_alpha=True,
+                   takes_steps=False, random_start=True, trainable=True, paper="Wong et al. 2020"),
+        AttackSpec("pgd", pgd, lambda eps, steps: 2.5 * eps / steps, lambda eps: 10, takes_alpha=True,
+                   takes_steps=True, random_start=True, trainable=True, paper="Madry et al. 2018"),
+    )
+}
+
+
+def attack_names(trainable: bool = False) -> list[str]:
+    """The registry's attack names (only those adversarial training can use with ``trainable``)."""
+    return [name for name, spec in ATTACKS.items() if spec.trainable or not trainable]
+
+
+def resolve_attack(name: str, eps: float, alpha: float | None = None, steps: int | None = None,
+                   key: str = "", training: bool = False) -> AttackSpec:
+    """``ATTACKS[name]`` with eps, alpha and steps checked and the defaults filled in (None: the default).
+
+    ``key`` prefixes the setting names in messages (``"adv."`` gives ``adv.eps``); ``training``
+    refuses an attack adversarial training cannot use. Raises UserError (one sentence, with the
+    closest name for a misspelt one) for an unknown name, eps outside [0, 1], alpha <= 0 or
+    steps that are not a whole number >= 1.
+    """
+    names = attack_names(trainable=training)
+    if name in ATTACKS and name not in names:
+        raise UserError(f"attack {name!r} is not one adversarial training can use; choose one of {', '.join(names)}")
+    if name not in names:
+        what = "adversarial training attack" if training else "attack"
+        close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UserError(f"unknown {what} {name!r}{hint}; choose one of {', '.join(names)}")
+    spec = ATTACKS[name]
+    eps = check_eps(eps, name=f"{key}eps")
+    steps = check_steps(steps, f"{key}steps") if spec.takes_steps and steps is not None else spec.default_steps(eps)
+    if spec.takes_alpha and alpha is not None:
+        alpha = check_positive(alpha, f"{key}alpha")
+    else:
+        alpha = spec.default_alpha(eps, steps)
+    return dataclasses.replace(spec, eps=eps, alpha=alpha, steps=steps)

@@ -59,20 +59,19 @@ def attack_images(model, attack: str, settings: Mapping[float, Mapping], device=
     (eps 0: the clean images and their predictions)."""
     import torch
 
-    from fgvc.robust.attacks import fgsm, ifgsm, module_modes, pgd
+    from fgvc.models.freeze import eval_with_grad
+    from fgvc.robust.attacks import resolve_attack
 
     def run(x: Tensor, y: Tensor, eps: float) -> tuple[Tensor, Tensor]:
         x, y = x.to(device), y.to(device)
-        with module_modes(model.to(device), training=False):
+        with eval_with_grad(model.to(device)):
             if eps == 0:
                 x_adv = x
-            elif attack == "fgsm":
-                x_adv = fgsm(model, x, y, eps)
-            elif attack == "ifgsm":
-                x_adv = ifgsm(model, x, y, eps, **settings.get(eps, {}))
             else:
-                generator = torch.Generator(device=x.device).manual_seed(seed)
-                x_adv = pgd(model, x, y, eps, **settings.get(eps, {}), generator=generator)
+                s = settings.get(eps, {})
+                spec = resolve_attack(attack, eps, s.get("alpha"), s.get("steps"))
+                generator = torch.Generator(device=x.device).manual_seed(seed) if spec.random_start else None
+                x_adv = spec.run(model, x, y, generator=generator)
             with torch.no_grad():
                 pred = model(x_adv).argmax(dim=1)
         return x_adv.detach().cpu(), pred.cpu()

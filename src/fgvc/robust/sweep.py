@@ -14,22 +14,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fgvc.errors import UserError
-from fgvc.robust.attacks import (
-    check_eps,
-    check_images,
-    default_ifgsm_steps,
-    direction,
-    grad_enabled,
-    ifgsm,
-    input_grad,
-    module_modes,
-    pgd,
-)
+from fgvc.models.freeze import eval_with_grad
+from fgvc.robust.attacks import check_eps, check_images, direction, input_grad, resolve_attack
 
 SEED_EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)  # the seed's §3.9 list
 STANDARD_EPS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)  # the usual ImageNet-scale budgets, plus clean
 EPS_LISTS = {"seed": SEED_EPS, "standard": STANDARD_EPS}
-ATTACKS = ("fgsm", "ifgsm", "pgd")
 
 
 def parse_eps(text: str) -> list[float]:
@@ -85,7 +75,7 @@ def _sweep(model: nn.Module, x: Tensor, y: Tensor, eps_list: Sequence[float],
            targeted: bool = False) -> tuple[dict[float, Tensor], Tensor]:
     """FGSM images for every eps from one input gradient, and the clean logits of that same forward."""
     check_images(x)
-    with module_modes(model, training=False), grad_enabled():
+    with eval_with_grad(model):
         grad, logits = input_grad(model, x, y)
     step = direction(grad, targeted)
     x = x.detach()
@@ -98,16 +88,6 @@ def fgsm_sweep(model: nn.Module, x: Tensor, y: Tensor, eps_list: str | Iterable[
     """{eps: FGSM image batch} for every eps, from a single forward + backward; x in [0, 1]."""
     images, _ = _sweep(model, x, y, _eps_values(eps_list), targeted)
     return images
-
-
-def _settings(attack: str, eps: float, alpha: float | None, steps: int | None) -> dict:
-    """The resolved step size and step count an attack uses at this eps (recorded with the results)."""
-    if attack == "fgsm":
-        return {"alpha": eps, "steps": 1}
-    if attack == "ifgsm":
-        return {"alpha": alpha or 1 / 255, "steps": steps or default_ifgsm_steps(eps)}
-    steps = steps or 10
-    return {"alpha": alpha or 2.5 * eps / steps, "steps": steps}
 
 
 def _collect(shown: list[dict], spare: list[dict], examples: int, x: Tensor, x_adv: Tensor, y: Tensor,
@@ -133,8 +113,9 @@ def evaluate_attack(model: nn.Module, loader: Iterable, attack: str = "fgsm",
     """Top-1 accuracy of model under attack at each eps over a loader of (images in [0, 1], labels, ...).
 
     The model is moved to ``device`` and evaluated in eval mode (its modes are
-    restored). ``alpha``/``steps`` of None (or 0) mean the attack's defaults; FGSM
-    ignores them. PGD's random start is seeded with ``seed``. Returns
+    restored). ``attack`` is a name of ``fgvc.robust.attacks.ATTACKS``; ``alpha``/``steps`` of None
+    (or 0) mean its defaults at each eps (FGSM ignores both, RS-FGSM the steps). Random starts
+    (RS-FGSM, PGD) are seeded with ``seed``. Returns
     ``{"attack", "eps", "accuracy": {eps: fraction in [0, 1]}, "correct": {eps: n},
     "total": n, "settings": {eps: {"alpha", "steps"}}, "examples": {eps: [...]}}``;
     eps 0 is clean accuracy. Each example is a successful attack on an image the
@@ -142,15 +123,15 @@ def evaluate_attack(model: nn.Module, loader: Iterable, attack: str = "fgsm",
     and ``{"true", "pred"}`` class indices, at most ``examples`` per eps, covering
     as many true classes as the loader offers before repeating one.
     """
-    if attack not in ATTACKS:
-        raise UserError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
     if limit is not None and limit < 1:
         raise UserError(f"limit={limit!r} must be a positive number of images, or None for all")
+    resolve_attack(attack, 0.0, alpha or None, steps or None)  # a bad name or setting fails before the eps list
     eps_values = _eps_values(eps_list)
-    settings = {eps: _settings(attack, eps, alpha, steps) for eps in eps_values}
+    specs = {eps: resolve_attack(attack, eps, alpha or None, steps or None) for eps in eps_values}
+    settings = {eps: spec.settings() for eps, spec in specs.items()}
     device = torch.device(device)
     model.to(device)
-    generator = torch.Generator(device=device).manual_seed(seed) if attack == "pgd" else None
+    generator = torch.Generator(device=device).manual_seed(seed) if specs[eps_values[0]].random_start else None
     correct = dict.fromkeys(eps_values, 0)
     gallery: dict[float, list[dict]] = {eps: [] for eps in eps_values}
     spare: dict[float, list[dict]] = {eps: [] for eps in eps_values}  # fooled images of classes already shown
@@ -160,7 +141,7 @@ def evaluate_attack(model: nn.Module, loader: Iterable, attack: str = "fgsm",
         with torch.no_grad():
             return model(images).argmax(dim=1)
 
-    with module_modes(model, training=False):
+    with eval_with_grad(model):  # eval mode for the whole sweep, modes restored after
         for batch in tqdm(loader, desc=f"{attack} attack", unit="batch", disable=not progress):
             if limit is not None and total >= limit:
                 break
@@ -179,10 +160,8 @@ def evaluate_attack(model: nn.Module, loader: Iterable, attack: str = "fgsm",
                 else:
                     if attack == "fgsm":
                         x_adv = adversarial[eps]
-                    elif attack == "ifgsm":
-                        x_adv = ifgsm(model, x, y, eps, **settings[eps])
                     else:
-                        x_adv = pgd(model, x, y, eps, **settings[eps], generator=generator)
+                        x_adv = specs[eps].run(model, x, y, generator=generator)
                     pred = predict(x_adv)
                 correct[eps] += int((pred == y).sum())
                 if len(gallery[eps]) < examples:

@@ -20,21 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from fgvc.errors import UserError
-from fgvc.robust.attacks import (
-    LossFn,
-    check_eps,
-    check_images,
-    check_positive,
-    check_steps,
-    fgsm,
-    grad_enabled,
-    iterate,
-    module_modes,
-    pgd,
-    uniform_in_ball,
-)
-
-TRAIN_ATTACKS = ("fgsm", "rs-fgsm", "pgd")
+from fgvc.models.freeze import eval_with_grad
+from fgvc.robust.attacks import LossFn, check_images, fgsm, pgd, resolve_attack
 
 
 def adversarial_loss(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, attack: str = "fgsm",
@@ -42,10 +29,11 @@ def adversarial_loss(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, at
                      loss_weight: float = 0.5, attack_model: nn.Module | None = None) -> Tensor:
     """Eq. 1: ``w * L(x) + (1 - w) * L(x_adv)`` with ``w = loss_weight`` in [0, 1]; x in [0, 1], eps in pixel units.
 
-    ``attack``: ``fgsm`` (one step of eps from x), ``rs-fgsm`` (Wong et al. 2020:
-    uniform start in the eps-ball, one step of ``alpha`` = 1.25 eps by default) or
-    ``pgd`` (uniform start, ``steps`` (default 10) of ``alpha`` = 2.5 eps / steps). ``alpha``/``steps`` of None or 0
-    mean these defaults. ``y`` is whatever ``loss_fn(logits, y)`` takes, soft
+    ``attack``: a name of ``fgvc.robust.attacks.ATTACKS`` that adversarial training can use:
+    ``fgsm`` (one step of eps from x), ``rs-fgsm`` (Wong et al. 2020: uniform start in the
+    eps-ball, one step of ``alpha``) or ``pgd`` (uniform start, ``steps`` of ``alpha``);
+    ``alpha``/``steps`` of None or 0 mean the registry's defaults (1.25 eps; 10 steps of
+    2.5 eps / steps). ``y`` is whatever ``loss_fn(logits, y)`` takes, soft
     (mixup) targets included; the attack ascends that same loss. Random starts use
     the global RNG, so the training seed fixes them. ``attack_model`` (default: ``model``)
     runs the search: the training loop passes the unwrapped module, since a Fabric/DDP
@@ -53,14 +41,12 @@ def adversarial_loss(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, at
     (see the module docstring); call with grad enabled, then ``.backward()`` the
     result: the search itself never writes parameter ``.grad``.
     """
-    if attack not in TRAIN_ATTACKS:
-        raise UserError(f"unknown adversarial training attack {attack!r}; choose one of {', '.join(TRAIN_ATTACKS)}")
-    eps = check_eps(eps, name="adv.eps")
+    spec = resolve_attack(attack, eps, alpha or None, steps or None, key="adv.", training=True)
     w = float(loss_weight)
     if not 0.0 <= w <= 1.0:
         raise UserError(f"adv.loss_weight={loss_weight!r} is outside [0, 1]; it weighs the clean loss in Eq. 1")
     check_images(x)
-    if w == 1.0 or eps == 0.0:  # no adversarial term, or it equals the clean one
+    if w == 1.0 or spec.eps == 0.0:  # no adversarial term, or it equals the clean one
         return loss_fn(model(x), y)
 
     def attack_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -69,18 +55,8 @@ def adversarial_loss(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, at
         return loss_fn(logits, target) * x.shape[0]
 
     x = x.detach()
-    if attack == "fgsm":
-        start, steps, alpha = x, 1, eps  # one step of eps from x is FGSM
-    elif attack == "rs-fgsm":
-        start, steps = uniform_in_ball(x, eps), 1
-        alpha = check_positive(alpha, "adv.alpha") if alpha else 1.25 * eps
-    else:
-        steps = check_steps(steps, "adv.steps") if steps else 10
-        start = uniform_in_ball(x, eps)
-        alpha = check_positive(alpha, "adv.alpha") if alpha else 2.5 * eps / steps
-    searcher = model if attack_model is None else attack_model
-    with module_modes(searcher, training=False), grad_enabled():
-        x_adv = iterate(searcher, x, y, start, eps, alpha, steps, loss_fn=attack_loss)
+    # the search runs in eval mode (modes restored); random starts use the global RNG
+    x_adv = spec.run(model if attack_model is None else attack_model, x, y, loss_fn=attack_loss)
     clean = loss_fn(model(x), y) if w > 0 else None
     adversarial = loss_fn(model(x_adv.detach()), y)
     return adversarial if w == 0 else w * clean + (1 - w) * adversarial
@@ -96,7 +72,7 @@ def robust_accuracy_probe(model: nn.Module, x: Tensor, y: Tensor, eps: float, st
     y = y.to(x.device)
 
     def accuracy(images: Tensor) -> float:
-        with module_modes(model, training=False), torch.no_grad():
+        with eval_with_grad(model), torch.no_grad():
             return (model(images).argmax(dim=1) == y).float().mean().item()
 
     generator = torch.Generator(device=x.device).manual_seed(seed)
