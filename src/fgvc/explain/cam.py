@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgvc.errors import UserError
+from fgvc.models.freeze import eval_with_grad
 
 Target = int | Sequence[int] | Tensor | None
 
@@ -45,7 +46,7 @@ def cam(model: nn.Module, x: Tensor, target: Target = None, relu: bool = False) 
     such networks).
     """
     head, features = check_cam(model)
-    with _explaining(model):
+    with eval_with_grad(model):
         acts = []
         handle = features.register_forward_hook(lambda m, i, o: acts.append(o))
         try:
@@ -89,7 +90,7 @@ def gradcam(model: nn.Module, x: Tensor, target: Target = None, layer: str | nn.
     if method not in GRADCAM_METHODS:
         raise UserError(f"unknown Grad-CAM method {method!r}; choose one of {', '.join(GRADCAM_METHODS)}")
     module, name = _resolve_layer(model, layer)
-    with _explaining(model):
+    with eval_with_grad(model):
         acts: list[Tensor] = []
 
         def hook(mod, inputs, output):
@@ -188,29 +189,6 @@ def normalize_maps(maps: Tensor, size) -> Tensor:
 
 
 # --- internals -------------------------------------------------------------------------
-
-
-class _explaining:
-    """Eval mode and gradients on inside; every module's train flag restored on exit."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.grad = torch.enable_grad()
-        self.inference = torch.inference_mode(False)
-        self.inference.__enter__()
-        self.grad.__enter__()
-        self.model.eval()
-        return self
-
-    def __exit__(self, *exc):
-        for m, training in self.modes:
-            m.training = training
-        self.grad.__exit__(*exc)
-        self.inference.__exit__(*exc)
-        return False
 
 
 def _targets(logits: Tensor, target: Target) -> Tensor:
