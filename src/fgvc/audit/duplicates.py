@@ -7,10 +7,11 @@ sum of their Hamming distances is at most ``threshold`` bits.
 
 Default: phash + dhash + whash (192 bits), threshold 20. Measured on generated birds and on
 ../shared/data/birds50 (docs/evaluation.md, "Data audits"): a resized copy or a JPEG re-encoded at
-quality 30 lies 0-9 bits away, a copy with 2-4% cropped from every side 7-28, while distinct images
-lie 27 or more bits apart (46 or more among generated birds, whose classes differ mostly in colour,
-which a grey-level hash does not see). Raise the threshold to catch heavier crops at the price of
-false pairs; every pair is shown in a gallery to be checked by eye.
+quality 30 lies at most 16 bits away (median 0-5), a copy with 2% / 3% / 4% cropped from every side
+6-12 / 13-17 / 19-22 bits (medians), while distinct images lie 27 or more bits apart (46 or more among
+generated birds, whose classes differ mostly in colour, which a grey-level hash does not see). Raise
+the threshold to catch heavier crops at the price of false pairs; every pair is shown in a gallery to
+be checked by eye.
 """
 
 from __future__ import annotations

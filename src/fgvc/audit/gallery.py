@@ -39,7 +39,7 @@ def plot_pairs(pairs: list[dict], path: Path, title: str, limit: int = 24) -> Pa
         return None
     cols = min(4, len(shown))
     rows = (len(shown) + cols - 1) // cols
-    fig = Figure(figsize=(3.2 * cols, 1.9 * rows + 0.4))
+    fig = Figure(figsize=(4.2 * cols, 2.2 * rows + 0.5), layout="constrained")
     axes = fig.subplots(rows, 2 * cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -63,7 +63,7 @@ def plot_suspects(suspects: list[dict], path: Path, title: str, limit: int = 24)
         return None
     cols = min(6, len(shown))
     rows = (len(shown) + cols - 1) // cols
-    fig = Figure(figsize=(1.9 * cols, 2.0 * rows + 0.4))
+    fig = Figure(figsize=(2.2 * cols, 2.3 * rows + 0.5), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
