@@ -65,6 +65,7 @@ class TrainConfig:
     devices: int = 1
     accelerator: str = "auto"  # auto | cpu | cuda
     channels_last: bool = False  # CNN weights in channels-last memory order (faster for some models: benchmarks/)
+    compile: bool = False  # torch.compile the model (first steps slower while it compiles)
     loggers: str = ""  # experiment logs under <run>/logs/: csv,tensorboard,mlflow,wandb (fgvc.train.loggers); "" none
 
 

@@ -147,3 +147,18 @@ def test_a_pipeline_that_cannot_be_cached_is_refused_with_one_sentence(cub_root,
 def test_the_default_folder_is_the_user_cache_not_the_dataset(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert cache.default_cache_dir() == Path(tmp_path) / "fgvc" / "images"
+
+
+def test_data_cache_on_trains_and_scores_from_the_cache_files(tiny_synthbirds_root, tmp_path, monkeypatch):
+    from fgvc import config
+    from fgvc.train import train
+
+    _no_decoding(monkeypatch)  # the loader's own decoding; the cache's build decodes through cache.read_rgb
+    folder = tmp_path / "cache"
+    cfg = config.load(None, ["model.name=test_resnet", "data.image_size=16", "data.num_workers=0",
+                             "data.name=synthbirds", f"data.root={tiny_synthbirds_root}", "train.batch_size=8",
+                             "train.precision=32-true", "train.epochs=1", "aug.geometric=true",
+                             "data.cache=on", f"data.cache_dir={folder}", f"out={tmp_path / 'runs'}"])
+    run_dir = train(cfg, progress=False)
+    assert (run_dir / "metrics.json").is_file()
+    assert sorted(p.name.split("-")[1] for p in folder.glob("*.u8")) == ["test", "train", "val"]

@@ -80,3 +80,29 @@ def test_a_batch_depends_on_seed_epoch_step_and_rank_only():
 def test_a_batch_the_host_did_not_prepare_is_refused():
     with pytest.raises(ValueError, match="host_transform"):
         DeviceAugment(SIZE, geometric=True)(torch.rand(2, 3, SIZE, SIZE), epoch=0, step=0)
+
+
+def test_data_augment_on_device_feeds_the_model_what_device_augmentation_made(tiny_synthbirds_root, tmp_path,
+                                                                              monkeypatch):
+    from wiring_helpers import run_and_spy
+
+    from fgvc import config
+    from fgvc.train import device_aug
+
+    seen = []  # (the host batch, what DeviceAugment made of it)
+    real = device_aug.DeviceAugment.__call__
+
+    def recorded(self, x, epoch, step):
+        out = real(self, x, epoch, step)
+        seen.append((x.clone(), out.detach().clone()))
+        return out
+
+    monkeypatch.setattr(device_aug.DeviceAugment, "__call__", recorded)
+    cfg = config.load(None, ["model.name=test_resnet", "data.image_size=16", "data.num_workers=0",
+                             "data.name=synthbirds", f"data.root={tiny_synthbirds_root}", "train.batch_size=8",
+                             "train.precision=32-true", "train.epochs=1", "aug.geometric=true", "aug.cutout=1",
+                             "data.augment_on=device"])
+    spy = run_and_spy(cfg, tmp_path / "run", stop_after_first_step=True)
+    host, made = seen[0]
+    assert host.dtype == torch.uint8 and host.shape[-1] == host_side(16, True)  # the host only resized
+    assert torch.equal(spy.first_batch(), made)  # the model's first training input is the device's batch

@@ -85,6 +85,8 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.train.milestones,
                                                      gamma=cfg.train.gamma)
     raw_model = model
+    if cfg.train.compile:  # Fabric wraps the module and compiles it again (lightning_fabric's setup)
+        model = torch.compile(model)
     model, optimizer = fabric.setup(model, optimizer)
     loaders = build_loaders(fabric, splits, cfg, even=tricks.even_batches,
                             least=2 if bn_trains or tricks.even_batches else 1)
@@ -159,7 +161,14 @@ def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks:
     loss_sum = torch.zeros((), dtype=torch.float64, device=fabric.device)
     correct, seen = torch.zeros((), dtype=torch.int64, device=fabric.device), 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=quiet)
+    device_aug = None
+    if cfg.data.augment_on == "device":  # uint8 batches: crop, flip, rotation, Cutout here, seeded per batch
+        from fgvc.train.device_aug import build_device_augment
+
+        device_aug = build_device_augment(cfg.aug, cfg.data.image_size, cfg.train.seed, fabric.global_rank)
     for step, (x, y) in enumerate(all_or_none(fabric, bar)):
+        if device_aug is not None:
+            x = device_aug(x, epoch, step)
         x, target = tricks.targets(x, y)
         loss, logits = tricks.loss(model, raw_model, x, target, fabric.autocast)
         finite = torch.isfinite(loss.detach()).float()

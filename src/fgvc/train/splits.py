@@ -110,6 +110,12 @@ def build_loaders(fabric: Fabric, splits: Splits, cfg: config_mod.Config, even: 
     if world > min(len(splits.val), len(splits.test)):
         raise UserError(f"train.devices={world} is more than the {min(len(splits.val), len(splits.test))} images "
                         "of the smallest evaluation split; every process needs at least one: use fewer devices")
+    if cfg.data.cache != "off":  # decoded once into memory-mapped files (fgvc.data.cache); batches stay equal
+        from fgvc.data.cache import cache_datasets
+
+        splits.train, splits.val, splits.test = cache_datasets(
+            [splits.train, splits.val, splits.test], cfg.data.cache, cfg.data.cache_budget_gb,
+            cfg.data.cache_dir or None, workers, progress=fabric.is_global_zero, log=fabric.print)
     generator = torch.Generator()
     sampler = EpochSampler(DistributedSampler(splits.train, world, rank, shuffle=True, seed=cfg.train.seed)
                            if world > 1 else RandomSampler(splits.train, generator=generator))

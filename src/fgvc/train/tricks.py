@@ -121,8 +121,13 @@ class Tricks:
 
 def train_inputs(cfg: config_mod.Config) -> Pipeline:
     """The per-image train pipeline (PIL image -> float (3, S, S) in [0, 1], S = data.image_size) with
-    the input tricks ``cfg`` turns on: geometric (random-resized-crop, flip, rotation), Cutout."""
+    the input tricks ``cfg`` turns on: geometric (random-resized-crop, flip, rotation), Cutout; with
+    data.augment_on=device the fixed uint8 square of ``fgvc.train.device_aug.host_transform``."""
     a = cfg.aug
+    if cfg.data.augment_on == "device":  # the host only resizes; train_one_epoch augments on the device
+        from fgvc.train.device_aug import host_transform
+
+        return host_transform(cfg.data.image_size, a.geometric)
     return train_transform(cfg.data.image_size, a.geometric, a.rotation, a.cutout, a.cutout_size)
 
 
