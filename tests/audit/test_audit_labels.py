@@ -82,3 +82,18 @@ def test_cli_label_audit_writes_suspects_with_given_and_suggested_class(noisy_fo
     # each with the class it came from as the suggestion
     assert {Path(r["path"]).resolve(): r["suggested"] for r in rows[:len(moved)]} == moved
     assert len(rows) <= 2 * len(moved)
+
+
+def test_label_audit_takes_features_from_a_run(noisy_folder, tmp_path):
+    from audit_helpers import fake_run
+
+    root, moved = noisy_folder
+    run = fake_run(tmp_path / "run", num_classes=4, image_size=SIZE)  # its (random, seeded) backbone
+    out = tmp_path / "out"
+    assert main(["data", "audit", "folder", "--root", str(root), "--run", str(run), "--what", "labels",
+                 "--folds", "4", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["labels"]["features"] == f"run {run}" and "duplicates" not in summary
+    with open(out / "suspects.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {Path(r["path"]).resolve(): r["suggested"] for r in rows[:len(moved)]} == moved
