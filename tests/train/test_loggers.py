@@ -334,3 +334,18 @@ def test_two_process_run_logs_once_from_the_first_process(tiny_synthbirds_root, 
     full, rest = divmod(math.ceil(images / 2), 8)
     steps = full + (rest >= 2)
     assert [s for s, _ in scalars["step/loss"]] == list(range(1, steps + 1))
+
+
+@pytest.mark.parametrize("start_step", [0, 2])
+def test_reopened_logs_keep_the_steps_before_start_step_only(tmp_path, start_step):
+    """A run started over (start_step 0: no finished epoch) or resumed mid-way: steps the kill left past
+    the checkpoint disappear from both files, earlier ones stay."""
+    with open_loggers("csv,tensorboard", tmp_path, main=True) as log:
+        for step in (1, 2, 3):
+            log.log_step(step, float(step), 0.1)
+    with open_loggers("csv,tensorboard", tmp_path, main=True, start_step=start_step) as log:
+        log.log_step(start_step + 1, 9.0, 0.1)
+    expected = [(s, float(s)) for s in range(1, start_step + 1)] + [(start_step + 1, 9.0)]
+    assert tensorboard_scalars(tmp_path / "logs" / "tensorboard")["step/loss"] == expected
+    rows = _rows(tmp_path / "logs" / "csv" / "metrics.csv")
+    assert [(int(r["step"]), float(r["step/loss"])) for r in rows] == expected

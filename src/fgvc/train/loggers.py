@@ -196,9 +196,10 @@ def open_loggers(spec: str, run_dir: str | Path, *, start_step: int = 0, main: b
         elif name == "tensorboard":
             from lightning_fabric.loggers import TensorBoardLogger
 
-            # name "" and a string version: the event files go straight into logs/tensorboard/
+            # name "" and a string version: the event files go straight into logs/tensorboard/; purge_step
+            # hides the events of earlier files from that step on (also a run started over: step 1)
             loggers.append(TensorBoardLogger(root, name="", version="tensorboard", default_hp_metric=False,
-                                             purge_step=start_step + 1 if start_step else None))
+                                             purge_step=start_step + 1))
         elif name == "mlflow":
             loggers.append(_make_mlflow_logger(root / "mlflow", run_name))
         else:
