@@ -67,6 +67,18 @@ def test_train_batches_under_a_seed_are_identical_with_and_without_the_cache(cub
     assert not torch.equal(got[: len(ds)], got[len(ds):])  # the epochs do differ: augmentation ran on the cache
 
 
+def test_a_pipeline_of_fixed_steps_only_is_cached_whole(cub_root, tmp_path, monkeypatch):
+    from fgvc.train.device_aug import host_side, host_transform  # data.augment_on=device's host part
+
+    ds = _split(cub_root, transform=host_transform(SIZE, geometric=True), geometric=True)
+    expected = torch.stack([ds[i][0] for i in range(len(ds))])
+    cached = cache.cached(ds, tmp_path, progress=False)
+    assert cached.cache.nbytes == len(ds) * host_side(SIZE, True) ** 2 * 3
+    _no_decoding(monkeypatch)
+    got = torch.stack([cached[i][0] for i in range(len(cached))])
+    assert got.dtype == torch.uint8 and torch.equal(got, expected)
+
+
 def test_workers_open_the_memory_map_themselves(cub_root, tmp_path):
     ds = _split(cub_root, transform=train_transform(SIZE, geometric=True), geometric=True)
     cached = cache.cached(ds, tmp_path, progress=False)

@@ -243,7 +243,7 @@ class CachedDataset(FineGrainedDataset):
 
     def __init__(self, dataset: FineGrainedDataset, cache: ImageCache, rest: list):
         self.__dict__.update(dataset.__dict__)
-        self.cache, self.rest = cache, v2.Compose(rest)
+        self.cache, self.rest = cache, v2.Compose(rest) if rest else None  # None: the cache holds the whole output
         cache.open()  # mapped now: a later build that removes this (stale) file cannot pull it away
 
     def __getitem__(self, index: int):
@@ -251,7 +251,7 @@ class CachedDataset(FineGrainedDataset):
             return super().__getitem__(index)
         # the layout ToImage gives a PIL image (an HWC buffer seen as CHW), so every later step runs as uncached
         image = tv_tensors.Image(torch.from_numpy(np.array(self.cache[index])).permute(2, 0, 1))
-        return self.rest(image), self.samples[index].label
+        return (self.rest(image) if self.rest else image), self.samples[index].label
 
 
 def estimate_bytes(dataset: FineGrainedDataset, fixed: list) -> int:
