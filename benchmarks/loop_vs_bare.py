@@ -13,7 +13,7 @@ data loading, augmentation and bookkeeping included, after the first epoch (kern
 cache's build). The bare step is ``loop_overhead.bare_images_per_second``: forward, backward and
 AdamW on random tensors already on the device, same model, batch and precision, in its own
 process. Peak memory is per process: ``torch.cuda.max_memory_allocated`` on a GPU, else the peak
-resident set of the process and its loader workers (``ru_maxrss``). Training uses
+resident set of the process and that of its largest child (``ru_maxrss``). Training uses
 ``aug.geometric=true`` (random-resized-crop, flip, rotation: the work device augmentation moves) unless
 ``--no-geometric``. The cache lives in a temp folder, built in each cached setting's first run.
 A setting whose key did not reach the loop (no cache file written, device augmentation never
@@ -41,14 +41,16 @@ SETTINGS = {"host": ("host", "off"), "host+cache": ("host", "on"), "device": ("d
             "device+cache": ("device", "on")}
 
 
-def _peak_memory_mib(device: str) -> float:
+def _peak_memory_mib(device: str) -> str:
+    """Peak GPU memory allocated by torch, or the peak resident set of this process / of its largest
+    child (a loader worker, or a helper some library started at import), MiB."""
     import torch
 
     if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + workers) / 1024  # Linux reports KiB
+        return f"{torch.cuda.max_memory_allocated() / 2**20:.0f}"
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return f"{own:.0f} / {child:.0f}"
 
 
 def _one_setting(args, setting: str, cache_dir: str) -> dict:
@@ -131,16 +133,18 @@ def _cpus() -> int:
 
 
 def _table(args, rows: list[dict], bare: dict, argv: list[str]) -> str:
-    gpu = "GPU" if "NVIDIA" in _machine() or "cuda" in _machine().lower() else "host RSS"
+    import torch
+
+    memory = "peak GPU MiB" if torch.cuda.is_available() else "peak RSS MiB (process / largest child)"
     lines = [f"\n## {args.model}, {args.size} px, batch {args.batch}, {rows[0]['precision']}, "
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n",
              f"Machine: {_machine()}. Command: `python benchmarks/loop_vs_bare.py {shlex.join(argv)}`.\n",
              f"| setting | loop img/s after 1st epoch | loop img/s incl. 1st | bare step img/s | ratio | "
-             f"peak {gpu} MiB |", "| --- | --- | --- | --- | --- | --- |"]
+             f"{memory} |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['setting']} | {r['loop']:.1f} | {r['with_first']:.1f} | {bare['loop']:.1f} | "
-                     f"{r['loop'] / bare['loop']:.3f} | {r['peak_mib']:.0f} |")
-    lines.append(f"| bare step | | | {bare['loop']:.1f} | 1 | {bare['peak_mib']:.0f} |")
+                     f"{r['loop'] / bare['loop']:.3f} | {r['peak_mib']} |")
+    lines.append(f"| bare step | | | {bare['loop']:.1f} | 1 | {bare['peak_mib']} |")
     return "\n".join(lines) + "\n"
 
 
