@@ -314,6 +314,7 @@ def test_wandb_is_offline_in_the_run_unless_told_and_keeps_its_run_id(tmp_path, 
     assert inits[1]["mode"] == "online" and inits[1]["id"] == "abc123"  # resumed into the same W&B run
 
 
+@pytest.mark.slow  # two processes start torch and train: 25 to 50 s on the 2-core dev machine
 def test_two_process_run_logs_once_from_the_first_process(tiny_synthbirds_root, tmp_path):
     import os
     import subprocess
