@@ -174,3 +174,15 @@ def test_data_cache_on_trains_and_scores_from_the_cache_files(tiny_synthbirds_ro
     run_dir = train(cfg, progress=False)
     assert (run_dir / "metrics.json").is_file()
     assert sorted(p.name.split("-")[1] for p in folder.glob("*.u8")) == ["test", "train", "val"]
+
+
+def test_an_unreadable_image_stops_the_build_with_its_sentence_and_leaves_nothing(cub_copy, tmp_path):
+    from fgvc.errors import UnreadableImage, message
+
+    folder = tmp_path / "cache"
+    ds = _split(cub_copy, "test")
+    ds.samples[3].path.write_bytes(b"not a jpeg")
+    with pytest.raises(UnreadableImage) as caught:
+        cache.cached(ds, folder, workers=1, progress=False)  # raised in a loader worker
+    assert message(caught.value).startswith(f"image {ds.samples[3].path} cannot be decoded")
+    assert [p.suffix for p in folder.iterdir()] == [".lock"]
