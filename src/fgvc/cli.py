@@ -39,6 +39,11 @@ class AttackNames:
         return iter(self._names())
 
 
+PRECISION_HELP = ("run: the precision the run trained in (its metrics.json), where this device runs it natively; "
+                  "or 32-true, bf16-mixed, 16-mixed (default: run)")
+DEVICE_HELP = "auto (the first CUDA GPU, else the CPU), cpu, cuda or cuda:N (default: auto)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fgvc", description="Fine-grained visual classification toolkit.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -109,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--unknown", metavar="DIR|heldout",
                     help="folder of images of classes the model never saw, or 'heldout': the test images of the "
                     "dataset's classes the run left out (data.classes); open-set AUROC, FPR at 95%% TPR")
+    ev.add_argument("--device", default="auto", help=DEVICE_HELP)
+    ev.add_argument("--precision", default="run", choices=["run", "32-true", "bf16-mixed", "16-mixed"],
+                    help=PRECISION_HELP)
     ev.add_argument("--json", action="store_true")
 
     pr = sub.add_parser("predict", help="top-k classes for image files")
@@ -126,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", help="output folder (default: RUN_DIR/explain)")
     ex.add_argument("--save-maps", action="store_true", help="also write the raw maps (safetensors)")
     ex.add_argument("--no-localization", action="store_true", help="skip the box-overlap scores")
-    ex.add_argument("--device", default="cpu")
+    ex.add_argument("--device", default="auto", help=DEVICE_HELP)
+    ex.add_argument("--precision", default="run", choices=["run", "32-true", "bf16-mixed", "16-mixed"],
+                    help=PRECISION_HELP)
 
     sv = sub.add_parser("serve", help="web demo of a run: top-5 classes, Grad-CAM and an FGSM slider "
                         "(pip install 'fgvc[serve]')")
@@ -147,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--split", default="test", choices=["train", "val", "test"])
     at.add_argument("--limit", type=int, help="attack N images spread evenly over the split")
     at.add_argument("--compare", metavar="RUN_DIR", help="a second run (e.g. adversarially trained) on the same plot")
-    at.add_argument("--device", default="auto")
+    at.add_argument("--device", default="auto", help=DEVICE_HELP)
+    at.add_argument("--precision", default="run", choices=["run", "32-true", "bf16-mixed", "16-mixed"],
+                    help=PRECISION_HELP + "; the images, their gradients and the steps stay fp32")
 
     def clip_args(p, batch_size):
         p.add_argument("--model", default="ViT-B-16", help="open_clip model name, e.g. ViT-B-32, ViT-L-14-336, hf-hub:...")
@@ -158,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="template set (seed, birds, dogs, ensemble, ...; join with +) or a text file")
         p.add_argument("--out", help="output folder (default: runs/<task>-<data>-<model>-...)")
         p.add_argument("--batch-size", type=int, default=batch_size)
-        p.add_argument("--device", default="auto")
+        p.add_argument("--device", default="auto", help=DEVICE_HELP)
         p.add_argument("--num-workers", type=int, default=2)
         p.add_argument("--offline", action="store_true", help="never try to download weights")
 
@@ -221,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     gsample.add_argument("--out", required=True)
     gsample.add_argument("--seed", type=int, default=0)
     gsample.add_argument("--raw", action="store_true", help="use the raw generator instead of its EMA")
-    gsample.add_argument("--device", default="cpu")
+    gsample.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     st = sub.add_parser("study", help="run a whole paper table (several runs) and write its table")
     st.add_argument("study", help="shipped study name (see fgvc/configs/studies) or a YAML file")
@@ -424,8 +436,9 @@ def cmd_eval(args) -> int:
     from fgvc.evaluation import eval_run, summary
 
     # scored as training scored val/test: the same pipeline (its reduced JPEG decode included),
-    # batches and, on the same kind of device, the precision the run recorded; + calibration, TTA, open set
-    result = eval_run(args.run_dir, args.split, tta=args.tta, unknown=args.unknown, progress=not args.json)
+    # batches and precision (--precision run: the one the run trained in, where this device runs it); + calibration, TTA, open set
+    result = eval_run(args.run_dir, args.split, tta=args.tta, unknown=args.unknown, progress=not args.json,
+                      device=args.device, precision=args.precision)
     files = result.pop("files")
     if args.json:
         print(json.dumps(result))
@@ -455,7 +468,7 @@ def cmd_explain(args) -> int:
     methods = [m.strip() for m in args.method.split(",")] if args.method else None
     result = explain_run(args.run_dir, images=args.images, methods=methods, split=args.split, limit=args.limit,
                          out_dir=args.out, save_maps=args.save_maps, device=args.device,
-                         localization=not args.no_localization)
+                         localization=not args.no_localization, precision=args.precision)
     print(result["out_dir"])  # explain_run has printed the localisation table, if any
     return 0
 
@@ -475,7 +488,8 @@ def cmd_attack(args) -> int:
     from fgvc.robust.run import attack_run
 
     result = attack_run(args.run_dir, args.attack, parse_eps(args.eps), split=args.split, limit=args.limit,
-                        alpha=args.alpha, steps=args.steps, compare=args.compare, device=args.device)
+                        alpha=args.alpha, steps=args.steps, compare=args.compare, device=args.device,
+                        precision=args.precision)
     print(result["table"])
     print("\n".join(result["files"]))
     return 0

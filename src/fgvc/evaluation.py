@@ -17,10 +17,14 @@ from fgvc import calibration, runs
 
 
 def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, unknown: str | Path | None = None,
-             progress: bool = True) -> dict:
-    """Evaluate ``run_dir`` on ``split`` as training scored it (same pipeline, batches and, on the same kind
-    of device, precision) and return the result written to ``eval_<split>.json``; accuracies are
-    fractions in [0, 1].
+             progress: bool = True, device: str = "auto", precision: str = "run") -> dict:
+    """Evaluate ``run_dir`` on ``split`` as training scored it (same pipeline, batches and precision) and
+    return the result written to ``eval_<split>.json``; accuracies are fractions in [0, 1].
+
+    ``device``: auto | cpu | cuda[:N] (``fgvc.train.devices.resolve_device``). ``precision``: ``run`` (the
+    precision the run trained in, from its metrics.json) or 32-true | bf16-mixed | 16-mixed; mixed precision
+    runs only where the device supports it natively, else 32-true (``analysis_precision``). The precision
+    used is recorded as ``precision`` (and in ``protocol``).
 
     - ``calibration``: ECE (equal-width and equal-mass bins), NLL, Brier on val and test, before and
       after temperature scaling fitted on val only (``fgvc.calibration``); reliability diagram of test.
@@ -39,6 +43,7 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
     from fgvc.metrics import class_report, confusion_matrix, plot_confusion
     from fgvc.protocol import eval_crop
     from fgvc.train import evaluate
+    from fgvc.train.devices import analysis_precision, resolve_device
 
     run_dir = runs.check_run_dir(run_dir)
     if tta is not None:
@@ -56,14 +61,14 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
         else:
             unknown_set = FineGrainedDataset(unknown_samples(unknown), ["unknown"], eval_transform(d.image_size),
                                              name="unknown", split="unknown", root=Path(unknown))
+    device = resolve_device(device)
+    precision = analysis_precision(precision, device, run_dir)
     model, class_names = runs.load(run_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     ran = runs.read_metrics(run_dir)
-    same_device = str(ran.get("device", "")).split(":")[0] == device
-    precision = ran["precision"] if same_device and ran.get("precision") in ("bf16-mixed", "16-mixed") else "32-true"
     # Fabric, as in training: mixed precision also casts the inputs, not only the forward pass
-    fabric = Fabric(accelerator=device, devices=1, precision=precision)
-    workers = resolve_num_workers(d.num_workers, torch.cuda.is_available())
+    fabric = Fabric(accelerator=device.type, devices=[device.index] if device.index is not None else 1,
+                    precision=precision)
+    workers = resolve_num_workers(d.num_workers, device.type == "cuda")
     wrapped = fabric.setup_module(model)
 
     def score(dataset, net=wrapped, desc=split) -> dict:

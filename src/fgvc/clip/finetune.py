@@ -18,10 +18,11 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from fgvc.clip import outputs
-from fgvc.clip.models import ClipClassifier, autocast, image_size, load_clip, resolve_device
+from fgvc.clip.models import ClipClassifier, autocast, image_size, load_clip
 from fgvc.clip.prompts import load_descriptions, match_descriptions, prompt_names, resolve_templates
 from fgvc.clip.zeroshot import zeroshot_weights
 from fgvc.errors import UserError
+from fgvc.train.devices import resolve_device
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 

@@ -264,16 +264,6 @@ class ClipClassifier(nn.Module):
         return self.head(self.encoder(x))
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu; an unavailable cuda is a UserError."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' was asked for but no CUDA GPU is visible; pass --device cpu")
-    return device
-
-
 def autocast(device: torch.device):
     """fp16/bf16 autocast on a GPU (bf16 where supported), a no-op context elsewhere."""
     if device.type == "cuda":

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from fgvc.clip import outputs
-from fgvc.clip.models import load_clip, resolve_device
+from fgvc.clip.models import load_clip
 from fgvc.clip.prompts import prompt_names, resolve_templates
 from fgvc.clip.zeroshot import encode_split, evaluate, zeroshot_weights
+from fgvc.train.devices import resolve_device
 
 # strong to weak; each fit warm-starts from the previous one, so the sweep costs little more than one fit
 WEIGHT_DECAYS = tuple(10.0 ** k for k in range(0, -8, -1))

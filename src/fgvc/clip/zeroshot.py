@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fgvc.clip import outputs
-from fgvc.clip.models import ClipImageEncoder, autocast, image_size, load_clip, preprocess_cfg, resolve_device
+from fgvc.clip.models import ClipImageEncoder, autocast, image_size, load_clip, preprocess_cfg
 from fgvc.clip.prompts import (
     check_prompt_lengths,
     class_prompts,
@@ -27,6 +27,7 @@ from fgvc.clip.prompts import (
 )
 from fgvc.errors import UserError
 from fgvc.metrics import class_report, confusion_matrix
+from fgvc.train.devices import resolve_device
 
 
 @torch.no_grad()

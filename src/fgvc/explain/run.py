@@ -43,9 +43,9 @@ def parse_methods(methods: str | Sequence[str] | None) -> tuple[list[str], bool]
 
 def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods: str | Sequence[str] | None = None,
                 split: str = "test", limit: int = 8, out_dir: str | Path | None = None, save_maps: bool = False,
-                device: str = "cpu", data_root: str | Path | None = None, localization: bool = True,
+                device: str = "auto", data_root: str | Path | None = None, localization: bool = True,
                 localization_limit: int | None = None, batch_size: int = 32,
-                log: Callable[[str], None] | None = print) -> dict:
+                log: Callable[[str], None] | None = print, precision: str = "run") -> dict:
     """Explain a run's predictions on image files, or on ``limit`` images of its ``split``.
 
     ``methods``: names from 'cam', 'gradcam', 'gradcam++' (list or comma string); None
@@ -55,17 +55,23 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
     show. When the split has boxes (and no image files are given), the localisation
     table (true class explained, ``localization_limit`` images, all by default) is
     computed, logged and written to ``localization.json``. ``data_root`` overrides the
-    run's ``data.root`` (a run moved to another machine). Returns a summary dict.
+    run's ``data.root`` (a run moved to another machine). ``device``: auto | cpu | cuda[:N];
+    ``precision``: ``run`` (the precision the run trained in, where the device supports it; see
+    ``fgvc.train.devices.analysis_precision``) or 32-true | bf16-mixed | 16-mixed: the forwards run under
+    that autocast. Returns a summary dict (with the ``device`` and ``precision`` used).
     """
     from fgvc.data import build_dataset  # only an explain run needs the datasets
     from fgvc.data.base import readable_name
     from fgvc.data.transforms import eval_transform, load_eval_image
+    from fgvc.train.devices import analysis_precision, autocast, resolve_device
 
     say = log or (lambda _msg: None)
     run_dir = runs.check_run_dir(run_dir)
     names, explicit = parse_methods(methods)
     if limit < 1 and not images:
         raise UserError(f"--limit must be 1 or more, got {limit}")
+    device = resolve_device(device)
+    precision = analysis_precision(precision, device, run_dir)
     model, class_names = runs.load(run_dir)
     cfg = runs.load_config(run_dir)
     model = model.to(device).eval()
@@ -111,13 +117,14 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
     preds, probs = [], []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size].to(device)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision, device):
             p = model(xb).float().softmax(dim=1)
         preds += p.argmax(dim=1).tolist()
         probs += p.max(dim=1).values.tolist()
         for m in list(names):
             try:
-                maps[m].append(explain(model, xb, m).cpu())
+                with autocast(precision, device):
+                    maps[m].append(explain(model, xb, m).float().cpu())
             except UserError:
                 if explicit or m != "cam":
                     raise
@@ -159,10 +166,11 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         dataset.return_boxes = True
         subset = dataset if localization_limit is None else Subset(dataset, range(min(localization_limit, len(dataset))))
         loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
-        results = evaluate_localization(model, loader, names, device=device, progress=log is not None)
+        with autocast(precision, device):
+            results = evaluate_localization(model, loader, names, device=device, progress=log is not None)
         table = format_table(results)
         runs.write_json_atomic(out / "localization.json", {
-            "split": split, "target": "label", "image_size": cfg.data.image_size,
+            "split": split, "target": "label", "image_size": cfg.data.image_size, "precision": precision,
             "methods": {m: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                         for m, r in results.items()},
         })
@@ -173,7 +181,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         "maps": str(maps_path) if maps_path else None,
         "predictions": [{"image": s, "true": t, "pred": p, "prob": pr}
                         for s, t, p, pr in zip(stems, true_names, pred_names, probs)],
-        "localization": results, "table": table,
+        "localization": results, "table": table, "device": str(device), "precision": precision,
     }
 
 

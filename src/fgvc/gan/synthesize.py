@@ -177,7 +177,7 @@ def _check_class_names(names: list[str]) -> None:
 
 
 def sample_dataset(run_dir: str | Path, per_class: int, out_dir: str | Path, seed: int = 0,
-                   ema: bool = True, device: str = "cpu", batch_size: int = 64) -> Path:
+                   ema: bool = True, device: str = "auto", batch_size: int = 64) -> Path:
     """Write ``per_class`` PNGs for every class to ``out_dir/train/<class name>/``; returns out_dir.
 
     Class names are the training dataset's, in its order. A non-empty ``out_dir`` is refused;
@@ -191,7 +191,9 @@ def sample_dataset(run_dir: str | Path, per_class: int, out_dir: str | Path, see
     meta = read_meta(run_dir)
     names = list(meta["class_names"])
     _check_class_names(names)
-    generator = load_generator(run_dir, ema=ema, device=device)
+    from fgvc.train.devices import resolve_device  # the one --device resolver
+
+    generator = load_generator(run_dir, ema=ema, device=resolve_device(device))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(out_dir.parent, f".{out_dir.name}.")
     try:

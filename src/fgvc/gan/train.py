@@ -97,14 +97,6 @@ def train_iteration(G: Generator, D: Discriminator, opt_g: torch.optim.Optimizer
     return torch.stack(d_losses).mean().item(), g_loss.item()
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} was asked for but CUDA is not available here; set device=cpu or device=auto")
-    return torch.device(name)
-
-
 def _build_dataset(config: GanConfig) -> Dataset:
     # imported here so the GAN package loads even where the data package is not importable
     from fgvc.data import build_dataset
@@ -176,7 +168,9 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
         from fgvc.train.loggers import require_installed
 
         require_installed(config.loggers, key="loggers")
-    device = _device(config.device)
+    from fgvc.train.devices import resolve_device  # the one --device resolver
+
+    device = resolve_device(config.device)
     dataset = _build_dataset(config) if dataset is None else dataset
     size = config.data.image_size
     images, labels = load_into_memory(dataset, size, config.data.num_workers)

@@ -54,17 +54,19 @@ def _name(index: int, class_names: Sequence[str] | None, width: int = 20) -> str
 AttackImages = Callable[[Tensor, Tensor, float], tuple[Tensor, Tensor]]
 
 
-def attack_images(model, attack: str, settings: Mapping[float, Mapping], device="cpu", seed: int = 0) -> AttackImages:
-    """``f(x, y, eps) -> (x_adv, pred)`` for the gallery: the sweep's attack with its per-eps settings
-    (eps 0: the clean images and their predictions)."""
+def attack_images(model, attack: str, settings: Mapping[float, Mapping], device="cpu", seed: int = 0,
+                  precision: str = "32-true") -> AttackImages:
+    """``f(x, y, eps) -> (x_adv, pred)`` for the gallery: the sweep's attack with its per-eps settings and
+    precision (eps 0: the clean images and their predictions)."""
     import torch
 
     from fgvc.models.freeze import eval_with_grad
     from fgvc.robust.attacks import resolve_attack
+    from fgvc.train.devices import autocast
 
     def run(x: Tensor, y: Tensor, eps: float) -> tuple[Tensor, Tensor]:
         x, y = x.to(device), y.to(device)
-        with eval_with_grad(model.to(device)):
+        with eval_with_grad(model.to(device)), autocast(precision, torch.device(device)):
             if eps == 0:
                 x_adv = x
             else:

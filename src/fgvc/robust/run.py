@@ -25,7 +25,10 @@ from fgvc.robust.sweep import evaluate_attack, format_eps, markdown_table
 
 
 def _sweep_run(run_dir: Path, attack: str, eps_list, split: str, limit: int | None, alpha, steps,
-               device: str, progress: bool) -> tuple[dict, list[str]]:
+               device: torch.device, progress: bool, precision: str) -> tuple[dict, list[str]]:
+    from fgvc.train.devices import analysis_precision
+
+    precision = analysis_precision(precision, device, run_dir)
     model, class_names = runs.load(run_dir)
     cfg = runs.load_config(run_dir)
     dataset = build_dataset(cfg.data.name, cfg.data.root, split, eval_transform(cfg.data.image_size),
@@ -33,29 +36,38 @@ def _sweep_run(run_dir: Path, attack: str, eps_list, split: str, limit: int | No
     if limit is not None and limit < len(dataset):
         # evenly spaced, so a limited attack still covers every class (splits are sorted by class)
         dataset = torch.utils.data.Subset(dataset, [i * len(dataset) // limit for i in range(limit)])
-    loader = torch.utils.data.DataLoader(dataset, batch_size=64, num_workers=resolve_num_workers(cfg.data.num_workers, torch.cuda.is_available()))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64,
+                                         num_workers=resolve_num_workers(cfg.data.num_workers, device.type == "cuda"))
     result = evaluate_attack(model, loader, attack, eps_list, alpha=alpha, steps=steps, device=device,
-                             progress=progress)
+                             progress=progress, precision=precision)
     return result, class_names
 
 
 def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: str = "test",
                limit: int | None = None, alpha: float | None = None, steps: int | None = None,
-               compare: str | Path | None = None, device: str = "auto", progress: bool = True) -> dict:
-    """Accuracy per eps for the run (and ``compare``); returns {'table', 'files', 'accuracy'}."""
+               compare: str | Path | None = None, device: str = "auto", progress: bool = True,
+               precision: str = "run") -> dict:
+    """Accuracy per eps for the run (and ``compare``); returns {'table', 'files', 'accuracy', 'precision'}.
+
+    ``device``: auto | cpu | cuda[:N]; ``precision``: ``run`` (each run's own, where the device supports
+    it; ``fgvc.train.devices.analysis_precision``) or 32-true | bf16-mixed | 16-mixed, recorded in the JSON.
+    """
+    from fgvc.robust.attacks import resolve_attack
     from fgvc.robust.sweep import SEED_EPS
+    from fgvc.train.devices import resolve_device
 
     run_dir = runs.check_run_dir(run_dir)
+    resolve_attack(attack, 0.0, alpha, steps)  # a bad name or setting: one sentence before any model loads
     eps_list = SEED_EPS if eps_list is None else eps_list
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    result, class_names = _sweep_run(run_dir, attack, eps_list, split, limit, alpha, steps, device, progress)
+    device = resolve_device(device)
+    result, class_names = _sweep_run(run_dir, attack, eps_list, split, limit, alpha, steps, device, progress,
+                                     precision)
     out = run_dir / "attack"
     out.mkdir(exist_ok=True)
     curves = {run_dir.resolve().name: result["accuracy"]}  # resolved: `fgvc attack .` has a name too
     if compare:
         compare = runs.check_run_dir(compare)
-        other, _ = _sweep_run(compare, attack, eps_list, split, limit, alpha, steps, device, progress)
+        other, _ = _sweep_run(compare, attack, eps_list, split, limit, alpha, steps, device, progress, precision)
         label = compare.resolve().name
         if label in curves:  # two runs in folders of the same name: label them by their full paths
             curves = {str(run_dir.resolve()): result["accuracy"]}
@@ -65,6 +77,7 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
     # A later sweep extends an earlier one only if everything but eps is the same: the images,
     # the step rule and the very checkpoints (a retrained run is another model).
     key = {"attack": attack, "split": split, "total": result["total"], "alpha": alpha, "steps": steps,
+           "precision": result["precision"],
            "checkpoints": {label: _fingerprint(d) for label, d in zip(curves, [run_dir, compare] if compare else [run_dir])}}
     settings = dict(result["settings"])
     earlier = _earlier_sweep(out / f"{name}.json", key)
@@ -85,9 +98,11 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
     if any(result["examples"].values()):
         model, _ = runs.load(run_dir)  # the gallery attacks its images at every eps: one image per row
         files.append(save_gallery(result["examples"], class_names, out / f"{name}_gallery.png",
-                                  attack_fn=attack_images(model, attack, result["settings"], device),
+                                  attack_fn=attack_images(model, attack, result["settings"], device,
+                                                          precision=result["precision"]),
                                   title=f"{run_dir.resolve().name}: {attack.upper()} on the {split} split"))
-    return {"table": table, "files": [str(f) for f in files], "accuracy": result["accuracy"]}
+    return {"table": table, "files": [str(f) for f in files], "accuracy": result["accuracy"],
+            "precision": result["precision"]}
 
 
 def _fingerprint(run_dir: Path) -> str:

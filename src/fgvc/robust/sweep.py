@@ -109,13 +109,14 @@ def _collect(shown: list[dict], spare: list[dict], examples: int, x: Tensor, x_a
 def evaluate_attack(model: nn.Module, loader: Iterable, attack: str = "fgsm",
                     eps_list: str | Iterable[float] = SEED_EPS, alpha: float | None = None,
                     steps: int | None = None, limit: int | None = None, device: str | torch.device = "cpu",
-                    progress: bool = True, examples: int = 5, seed: int = 0) -> dict:
+                    progress: bool = True, examples: int = 5, seed: int = 0, precision: str = "32-true") -> dict:
     """Top-1 accuracy of model under attack at each eps over a loader of (images in [0, 1], labels, ...).
 
     The model is moved to ``device`` and evaluated in eval mode (its modes are
     restored). ``attack`` is a name of ``fgvc.robust.attacks.ATTACKS``; ``alpha``/``steps`` of None
     (or 0) mean its defaults at each eps (FGSM ignores both, RS-FGSM the steps). Random starts
-    (RS-FGSM, PGD) are seeded with ``seed``. Returns
+    (RS-FGSM, PGD) are seeded with ``seed``. ``precision`` (32-true | bf16-mixed | 16-mixed): the
+    model's forwards run under that autocast; images, input gradients and steps stay fp32. Returns
     ``{"attack", "eps", "accuracy": {eps: fraction in [0, 1]}, "correct": {eps: n},
     "total": n, "settings": {eps: {"alpha", "steps"}}, "examples": {eps: [...]}}``;
     eps 0 is clean accuracy. Each example is a successful attack on an image the
@@ -131,6 +132,7 @@ def evaluate_attack(model: nn.Module, loader: Iterable, attack: str = "fgsm",
     settings = {eps: spec.settings() for eps, spec in specs.items()}
     device = torch.device(device)
     model.to(device)
+    from fgvc.train.devices import autocast  # fgvc.train imports the loop: only when a sweep runs
     generator = torch.Generator(device=device).manual_seed(seed) if specs[eps_values[0]].random_start else None
     correct = dict.fromkeys(eps_values, 0)
     gallery: dict[float, list[dict]] = {eps: [] for eps in eps_values}
@@ -141,7 +143,7 @@ def evaluate_attack(model: nn.Module, loader: Iterable, attack: str = "fgsm",
         with torch.no_grad():
             return model(images).argmax(dim=1)
 
-    with eval_with_grad(model):  # eval mode for the whole sweep, modes restored after
+    with eval_with_grad(model), autocast(precision, device):  # eval mode for the whole sweep, modes restored after
         for batch in tqdm(loader, desc=f"{attack} attack", unit="batch", disable=not progress):
             if limit is not None and total >= limit:
                 break
@@ -179,6 +181,7 @@ def evaluate_attack(model: nn.Module, loader: Iterable, attack: str = "fgsm",
         "total": total,
         "settings": settings,
         "examples": gallery,
+        "precision": precision,
     }
 
 

@@ -2,11 +2,14 @@
 
 ``resolve_precision`` turns ``train.precision`` (auto | 32-true | bf16-mixed | 16-mixed) into the
 precision that runs on this machine; ``check_accelerator`` refuses a device that is not there in
-one sentence (Lightning raises a traceback).
+one sentence (Lightning raises a traceback). ``resolve_device`` is every command's ``--device``
+(default auto); ``analysis_precision`` and ``autocast`` let an analysis of a run (``fgvc eval``,
+``attack``, ``explain``) run in the precision the run trained in.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -78,3 +81,61 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name} was asked for but this machine has no usable CUDA GPU; use cpu or auto")
     return device
+
+
+ANALYSIS_PRECISIONS = ("run", "32-true", "bf16-mixed", "16-mixed")
+_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+
+
+def supports_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast runs natively on ``device``: CUDA with bf16, or a CPU with bf16 instructions."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()
+
+
+def run_precision(run_dir: str | Path) -> str:
+    """The precision a run trained in: its metrics.json ``precision``, else its config's ``train.precision``
+    resolved for the device it names (``train.accelerator``), else 32-true."""
+    from fgvc import runs
+
+    try:
+        recorded = runs.read_metrics(run_dir).get("precision")
+    except (OSError, ValueError, AttributeError, UserError):
+        recorded = None
+    if recorded:
+        return _ALIASES.get(str(recorded), str(recorded))
+    try:
+        cfg = runs.load_config(run_dir)
+    except (OSError, UserError):
+        return "32-true"
+    return resolve_precision(cfg.train.precision, cfg.train.accelerator)
+
+
+def analysis_precision(requested: str, device: torch.device, run_dir: str | Path | None = None) -> str:
+    """The precision an analysis runs in on ``device``: ``requested`` (``run``: the run's own, see
+    ``run_precision``; or 32-true | bf16-mixed | 16-mixed) where the device runs it natively, else 32-true.
+    bf16-mixed needs ``supports_bf16(device)``; 16-mixed runs on CUDA and becomes bf16-mixed elsewhere, as
+    in training. A value outside ``ANALYSIS_PRECISIONS`` is a UserError."""
+    precision = _ALIASES.get(str(requested), str(requested))
+    if precision not in ANALYSIS_PRECISIONS:
+        raise UserError(f"unknown precision {requested!r}; use run (the precision the run trained in), "
+                        "32-true, bf16-mixed or 16-mixed")
+    if precision == "run":
+        precision = run_precision(run_dir) if run_dir is not None else "32-true"
+    if precision == "16-mixed" and device.type != "cuda":
+        precision = "bf16-mixed"
+    if precision == "bf16-mixed":
+        return precision if supports_bf16(device) else "32-true"
+    return precision if precision == "16-mixed" else "32-true"
+
+
+def autocast(precision: str, device: torch.device):
+    """``torch.autocast`` for a mixed ``precision`` on ``device`` (bf16 or fp16), a no-op context for 32-true.
+    Only the forward's matmuls and convolutions change dtype; tensors made outside it (input images,
+    an attack's input gradients and steps) stay fp32."""
+    if precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "16-mixed":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()

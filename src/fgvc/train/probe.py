@@ -22,6 +22,7 @@ from fgvc.clip.probe import fit_linear_probe, probe_accuracy
 from fgvc.data import build_dataset
 from fgvc.data.transforms import eval_transform
 from fgvc.models.weights import pretraining_source
+from fgvc.train.devices import resolve_device
 
 
 @torch.no_grad()
@@ -50,7 +51,8 @@ def run_probe(cfg: config_mod.Config, out: str | Path, batch_size: int = 64, pro
                                classes=d.classes) for s in ("train", "val", "test")}
     class_names = splits["train"].class_names
     model = build_model(cfg, len(class_names))
-    device = "cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu"
+    accelerator = cfg.train.accelerator
+    device = str(resolve_device(accelerator if accelerator in ("cpu", "cuda") else "auto"))
     data = {s: head_inputs(model, DataLoader(ds, batch_size=batch_size, num_workers=0), device, progress, s)
             for s, ds in splits.items()}
     probe = fit_linear_probe(*data["train"], *data["val"], len(class_names), device=device)
