@@ -29,7 +29,7 @@ def test_a_run_records_its_true_protocol(tiny_run, tiny_synthbirds_root):
     cfg = runs.load_config(tiny_run)
     sizes = {s: len(build_dataset("synthbirds", tiny_synthbirds_root, s, None, cfg.data.val_fraction,
                                   cfg.train.seed)) for s in ("train", "val", "test")}
-    assert p["dataset"] == "synthbirds" and p["task"] == "classifier"
+    assert p["dataset"] == "synthbirds" and p["task"] == metrics["task"] == "classifier"
     assert p["split_sizes"] == sizes
     assert p["val_draw"] == {"source": "carved from train", "val_fraction": cfg.data.val_fraction,
                              "stratified": True, "seed": cfg.train.seed}

@@ -236,6 +236,7 @@ def final_metrics(cfg: config_mod.Config, state: TrainState, test: dict, splits:
 
     best = state.best_row()
     metrics = {
+        "task": "classifier",
         "train_acc": best["train_acc"], "val_acc": best["val_acc"], "test_acc": test["acc"],
         "test_top5": test["top5"], "train_loss": best["train_loss"], "val_loss": best["val_loss"],
         "test_loss": test["loss"], "best_epoch": state.best_epoch + 1, "epochs_run": len(state.history),
