@@ -100,11 +100,10 @@ def export_model(run_dir: str | Path, fmt: str | None = None, out: str | Path | 
         raise UserError(f"--tolerance must be a positive number, got {tolerance}")
     if fmt == "onnx":
         _require_onnx()
-    run_dir = runs.check_run_dir(run_dir)
+    source = runs.Run(run_dir)
+    run_dir, cfg, class_names, size = source.dir, source.config, source.class_names, source.image_size
     out = _resolve_out(run_dir, fmt, out)
-    model, class_names = runs.load(run_dir, checkpoint=checkpoint)
-    cfg = runs.load_config(run_dir)
-    size = cfg.data.image_size
+    model = source.model(checkpoint)
 
     example = torch.rand(fixed_batch or EXAMPLE_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
     check_batches = (fixed_batch,) if fixed_batch else (1, 3)

@@ -133,17 +133,15 @@ def export_hf(run_dir: str | Path, out: str | Path | None = None, tolerance: flo
 
     if not tolerance > 0:
         raise UserError(f"--tolerance must be a positive number, got {tolerance}")
-    run_dir = runs.check_run_dir(run_dir)
+    run = runs.Run(run_dir)
+    run_dir = run.dir
     out = Path(out).expanduser() if out is not None else run_dir / "export" / "hf"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; --format hf writes a folder, pass a folder name")
     if out.is_dir() and any(out.iterdir()) and not _is_hf_export(out):
         raise UserError(f"--out {out} is a folder with other files in it; pass a new or empty folder "
                         "(an earlier hf export there is replaced)")
-    model, classes = runs.load(run_dir, checkpoint=checkpoint)
-    cfg = runs.load_config(run_dir)
-    metrics = runs.read_metrics(run_dir)
-    size = cfg.data.image_size
+    model, classes, cfg, metrics, size = run.model(checkpoint), run.class_names, run.config, run.metrics, run.image_size
     arch, model_args, state = twin(model, size)
     mean = [round(v, 6) for v in model.normalize.mean.flatten().tolist()]
     std = [round(v, 6) for v in model.normalize.std.flatten().tolist()]

@@ -204,3 +204,75 @@ def load(run_dir: str | Path, checkpoint: str = "best"):
         raise UserError(f"checkpoint in {run_dir} does not match model {cfg.model.name} "
                         f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
     return model.eval(), class_names
+
+
+class Run:
+    """A training run directory read once: what every analysis of it needs (eval, predict, explain,
+    attack, serve, export, audits), so none of them re-derives the config, the classes, the eval
+    pipeline or the splits on its own.
+
+    ``Run(run_dir)`` checks the folder (config.yaml, classes.json) and raises UserError with the fix
+    when it is not a run. ``model()`` builds the network from a checkpoint; ``dataset(split)`` is the
+    split the run trained and scored on (its data.name, root, val_fraction, classes and seed);
+    ``eval_transform`` the one evaluation preprocessing (fgvc.data.transforms); ``precision`` the
+    precision it trained in; ``write_json`` / ``write_text`` / ``save_figure`` write atomically into it.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = check_run_dir(run_dir)
+        self.config = load_config(self.dir)
+        self.class_names = load_class_names(self.dir)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.dir)!r})"
+
+    @property
+    def metrics(self) -> dict:
+        """metrics.json ({} while the run has not finished)."""
+        return read_metrics(self.dir)
+
+    @property
+    def image_size(self) -> int:
+        return self.config.data.image_size
+
+    @property
+    def eval_transform(self):
+        """PIL image -> float (3, S, S) in [0, 1], S = data.image_size: resize the short side to
+        S / 0.875, centre crop (fgvc.data.transforms.eval_transform)."""
+        from fgvc.data.transforms import eval_transform
+
+        return eval_transform(self.image_size)
+
+    @property
+    def precision(self) -> str:
+        """The precision the run trained in (metrics.json), else what train.precision resolves to here."""
+        if self.metrics.get("precision"):
+            return self.metrics["precision"]
+        from fgvc.train.devices import resolve_precision
+
+        return resolve_precision(self.config.train.precision, self.config.train.accelerator)
+
+    def dataset(self, split: str, transform=None, root: str | Path | None = None):
+        """The run's ``split`` ('train', 'val' or 'test'), through the eval pipeline unless ``transform``
+        is given; ``root`` reads the same dataset from another folder (it moved)."""
+        from fgvc.data import config_split
+
+        cfg = self.config
+        if root is not None:
+            cfg = config_mod.apply(config_mod.load(self.dir / "config.yaml"), {"data.root": str(root)})
+        return config_split(cfg, split, self.eval_transform if transform is None else transform)
+
+    def model(self, checkpoint: str = "best"):
+        """The run's network on [0, 1] images, eval mode, on the CPU (``checkpoint``: best or last)."""
+        return load(self.dir, checkpoint)[0]
+
+    def write_json(self, name: str, data) -> Path:
+        write_json_atomic(self.dir / name, data)
+        return self.dir / name
+
+    def write_text(self, name: str, text: str) -> Path:
+        write_text_atomic(self.dir / name, text)
+        return self.dir / name
+
+    def save_figure(self, fig, name: str, **kwargs) -> Path:
+        return save_figure(fig, self.dir / name, **kwargs)

@@ -155,15 +155,14 @@ def accuracy_without(run_dir, name: str, root, excluded: set[str], val_fraction:
 
     from fgvc import runs
     from fgvc.data import build_dataset
-    from fgvc.data.transforms import eval_transform
     from fgvc.train import evaluate
 
-    run_dir = runs.check_run_dir(run_dir)
+    run = runs.Run(run_dir)
+    run_dir, cfg, class_names = run.dir, run.config, run.class_names
     if not (run_dir / "checkpoints" / "best.safetensors").is_file():
         raise UserError(f"run {run_dir} has no checkpoints/best.safetensors; pass a finished run of `fgvc train`")
-    cfg = runs.load_config(run_dir)
-    model, class_names = runs.load(run_dir)
-    test = build_dataset(name, root, "test", eval_transform(cfg.data.image_size), val_fraction, seed)
+    model = run.model()
+    test = build_dataset(name, root, "test", run.eval_transform, val_fraction, seed)
     if len(test.class_names) != len(class_names):
         raise UserError(f"run {run_dir} has {len(class_names)} classes but {name} at {root} has "
                         f"{len(test.class_names)}; audit the dataset the run was trained on")

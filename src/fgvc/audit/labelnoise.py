@@ -88,12 +88,11 @@ def backbone(run: str | Path | None, model_name: str | None, weights: str | None
     from fgvc import runs
 
     if run is not None:
-        run_dir = runs.check_run_dir(run)
-        if not (run_dir / "checkpoints" / "best.safetensors").is_file():
-            raise UserError(f"run {run_dir} has no checkpoints/best.safetensors; pass a finished run of "
+        finished = runs.Run(run)
+        if not (finished.dir / "checkpoints" / "best.safetensors").is_file():
+            raise UserError(f"run {finished.dir} has no checkpoints/best.safetensors; pass a finished run of "
                             "`fgvc train`")
-        model, _ = runs.load(run_dir)
-        return model, runs.load_config(run_dir).data.image_size, f"run {run_dir}"
+        return finished.model(), finished.image_size, f"run {finished.dir}"
     if not model_name:
         raise UserError("the label-noise audit needs features: pass --run RUN_DIR or --model NAME "
                         "(with --weights FILE for local pretrained weights)")

@@ -101,11 +101,11 @@ class Predictor:
     and are thread-safe (one lock around the model: Grad-CAM's hooks live on it)."""
 
     def __init__(self, run_dir: str | Path, decode_slots: int = DECODE_SLOTS):
-        self.run_dir = runs.check_run_dir(run_dir)
-        self.model, self.class_names = runs.load(self.run_dir)
-        self.config = runs.load_config(self.run_dir)
-        self.image_size = self.config.data.image_size
-        self.metrics = runs.read_metrics(self.run_dir)
+        run = runs.Run(run_dir)
+        self.run_dir, self.config, self.class_names = run.dir, run.config, run.class_names
+        self.model = run.model()
+        self.image_size = run.image_size
+        self.metrics = run.metrics
         self.lock = threading.Lock()
         self.decode_slots = threading.BoundedSemaphore(decode_slots)
         self._small_map: str | None | bool = False  # computed on the first explain

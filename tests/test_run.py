@@ -1,0 +1,52 @@
+"""fgvc.runs.Run: one object that every analysis of a run directory reads (issue 12)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from fgvc import runs
+from fgvc.data import build_dataset
+from fgvc.data.transforms import eval_transform
+from fgvc.errors import UserError
+
+
+def test_a_run_gives_its_config_classes_splits_and_model(tiny_run, tiny_synthbirds_root):
+    run = runs.Run(tiny_run)
+    cfg = runs.load_config(tiny_run)
+    assert run.config == cfg and run.class_names == runs.load_class_names(tiny_run)
+    assert run.metrics == runs.read_metrics(tiny_run) and run.precision == run.metrics["precision"]
+    # the split the run was scored on: its val draw (fraction, seed) and its eval pipeline
+    val = run.dataset("val")
+    same = build_dataset(cfg.data.name, tiny_synthbirds_root, "val", eval_transform(cfg.data.image_size),
+                         cfg.data.val_fraction, cfg.train.seed)
+    assert [s.path for s in val.samples] == [s.path for s in same.samples]
+    assert torch.equal(val[0][0], same[0][0]) and val[0][0].shape[-1] == cfg.data.image_size
+    model = run.model()
+    reference, _ = runs.load(tiny_run)
+    x = val[0][0][None]
+    assert not model.training and torch.equal(model(x), reference(x))
+
+
+def test_a_run_reads_its_data_from_a_moved_root(tiny_run, tiny_synthbirds_root, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_synthbirds_root, moved)
+    run = runs.Run(tiny_run)
+    test = run.dataset("test", root=moved)
+    assert str(test.samples[0].path).startswith(str(moved))
+    assert len(test) == len(run.dataset("test"))
+
+
+def test_a_run_writes_atomically_into_its_folder(tiny_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    run = runs.Run(copy)
+    path = run.write_json("eval_extra.json", {"acc": 0.5})
+    assert json.loads(path.read_text()) == {"acc": 0.5} and path.parent == copy
+    assert not [p for p in copy.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_a_folder_that_is_not_a_run_is_one_sentence(tmp_path):
+    with pytest.raises(UserError, match="not an fgvc run directory"):
+        runs.Run(tmp_path)
