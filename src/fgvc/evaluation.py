@@ -37,34 +37,32 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
     anything is scored."""
     from lightning_fabric import Fabric
 
-    from fgvc.data import build_dataset, resolve_num_workers
+    from fgvc.data import resolve_num_workers
     from fgvc.data.base import FineGrainedDataset
-    from fgvc.data.transforms import eval_transform
     from fgvc.metrics import class_report, confusion_matrix, plot_confusion
     from fgvc.protocol import eval_crop
     from fgvc.train import evaluate
     from fgvc.train.devices import analysis_precision, resolve_device
 
-    run_dir = runs.check_run_dir(run_dir)
+    run = runs.Run(run_dir)
+    run_dir, cfg = run.dir, run.config
     if tta is not None:
         from fgvc.tta import check_mode
 
         check_mode(tta)
-    cfg = runs.load_config(run_dir)
     d = cfg.data
     unknown_set = None
     if unknown is not None:
         from fgvc.openset import HELDOUT, heldout_dataset, unknown_samples
 
         if str(unknown) == HELDOUT:  # checked before anything is scored: a run on every class has none held out
-            unknown_set = heldout_dataset(cfg, eval_transform(d.image_size))
+            unknown_set = heldout_dataset(cfg, run.eval_transform)
         else:
-            unknown_set = FineGrainedDataset(unknown_samples(unknown), ["unknown"], eval_transform(d.image_size),
+            unknown_set = FineGrainedDataset(unknown_samples(unknown), ["unknown"], run.eval_transform,
                                              name="unknown", split="unknown", root=Path(unknown))
     device = resolve_device(device)
     precision = analysis_precision(precision, device, run_dir)
-    model, class_names = runs.load(run_dir)
-    ran = runs.read_metrics(run_dir)
+    model, class_names, ran = run.model(), run.class_names, run.metrics
     # Fabric, as in training: mixed precision also casts the inputs, not only the forward pass
     fabric = Fabric(accelerator=device.type, devices=[device.index] if device.index is not None else 1,
                     precision=precision)
@@ -77,8 +75,7 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
                         desc=desc, predictions=True, logits=True)
 
     def split_set(name: str, transform=None):
-        return build_dataset(d.name, d.root, name, transform or eval_transform(d.image_size), d.val_fraction,
-                             cfg.train.seed, classes=d.classes)
+        return run.dataset(name, transform)
 
     main_set = split_set(split)
     main = score(main_set)

@@ -60,9 +60,8 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
     ``fgvc.train.devices.analysis_precision``) or 32-true | bf16-mixed | 16-mixed: the forwards run under
     that autocast. Returns a summary dict (with the ``device`` and ``precision`` used).
     """
-    from fgvc.data import build_dataset  # only an explain run needs the datasets
     from fgvc.data.base import readable_name
-    from fgvc.data.transforms import eval_transform, load_eval_image
+    from fgvc.data.transforms import load_eval_image
     from fgvc.train.devices import analysis_precision, autocast, resolve_device
 
     say = log or (lambda _msg: None)
@@ -72,9 +71,8 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         raise UserError(f"--limit must be 1 or more, got {limit}")
     device = resolve_device(device)
     precision = analysis_precision(precision, device, run_dir)
-    model, class_names = runs.load(run_dir)
-    cfg = runs.load_config(run_dir)
-    model = model.to(device).eval()
+    run = runs.Run(run_dir)
+    model, class_names, cfg = run.model().to(device).eval(), run.class_names, run.config
     notes = []
     if "cam" in names and not supports_cam(model):
         if explicit:
@@ -82,7 +80,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         names.remove("cam")
         notes.append(f"CAM skipped: {cfg.model.name} does not end in global average pooling + a linear layer; "
                      "Grad-CAM shown instead")
-    transform = eval_transform(cfg.data.image_size)
+    transform = run.eval_transform
     out = Path(out_dir).expanduser() if out_dir is not None else run_dir / "explain"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -96,8 +94,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         boxes = [None] * len(paths)
     else:
         root = data_root if data_root is not None else cfg.data.root
-        dataset = build_dataset(cfg.data.name, root, split, transform, cfg.data.val_fraction, cfg.train.seed,
-                                classes=cfg.data.classes)
+        dataset = run.dataset(split, transform, root=data_root)
         if len(dataset) == 0:
             raise UserError(f"split {split!r} of {cfg.data.name} under {root} has no images")
         n = min(limit, len(dataset))

@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 
 from fgvc import runs
-from fgvc.data import build_dataset, resolve_num_workers
-from fgvc.data.transforms import eval_transform
+from fgvc.data import resolve_num_workers
 from fgvc.robust.plots import attack_images, plot_accuracy_vs_eps, save_gallery
 from fgvc.robust.sweep import evaluate_attack, format_eps, markdown_table
 
@@ -29,10 +28,9 @@ def _sweep_run(run_dir: Path, attack: str, eps_list, split: str, limit: int | No
     from fgvc.train.devices import analysis_precision
 
     precision = analysis_precision(precision, device, run_dir)
-    model, class_names = runs.load(run_dir)
-    cfg = runs.load_config(run_dir)
-    dataset = build_dataset(cfg.data.name, cfg.data.root, split, eval_transform(cfg.data.image_size),
-                            cfg.data.val_fraction, cfg.train.seed, classes=cfg.data.classes)
+    run = runs.Run(run_dir)
+    model, class_names, cfg = run.model(), run.class_names, run.config
+    dataset = run.dataset(split)
     if limit is not None and limit < len(dataset):
         # evenly spaced, so a limited attack still covers every class (splits are sorted by class)
         dataset = torch.utils.data.Subset(dataset, [i * len(dataset) // limit for i in range(limit)])
@@ -96,7 +94,7 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
     files = [out / f"{name}.json", out / f"{name}.md",
              plot_accuracy_vs_eps(curves, out / f"{name}.png", title=f"Accuracy under {attack.upper()}")]
     if any(result["examples"].values()):
-        model, _ = runs.load(run_dir)  # the gallery attacks its images at every eps: one image per row
+        model = runs.Run(run_dir).model()  # the gallery attacks its images at every eps: one image per row
         files.append(save_gallery(result["examples"], class_names, out / f"{name}_gallery.png",
                                   attack_fn=attack_images(model, attack, result["settings"], device,
                                                           precision=result["precision"]),
