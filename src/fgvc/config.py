@@ -176,11 +176,12 @@ def all_keys(cls=Config, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown_key(key: str) -> UserError:
-    keys = all_keys()
+def unknown_key(key: str, cls=Config, what: str = "config") -> UserError:
+    """'unknown <what> key ...' naming the closest keys of ``cls`` (or all of them when none is close)."""
+    keys = all_keys(cls)
     close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
     hint = f" (did you mean {' or '.join(close)}?)" if close else f"; valid keys: {', '.join(keys)}"
-    return UserError(f"unknown config key {key!r}{hint}")
+    return UserError(f"unknown {what} key {key!r}{hint}")
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -230,17 +231,19 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported config type {tp}")
 
 
-def _set(cfg: Config, key: str, value: Any) -> None:
+def set_key(cfg: Any, key: str, value: Any, what: str = "config") -> None:
+    """Set the dotted ``key`` of the config dataclass ``cfg`` (any nesting of dataclasses) to ``value``
+    converted to the field's type; UserError naming the key (unknown: with the closest valid keys)."""
     parts = key.split(".")
     obj = cfg
     for part in parts[:-1]:
         if not dataclasses.is_dataclass(obj) or part not in _field_types(type(obj)):
-            raise _unknown_key(key)
+            raise unknown_key(key, type(cfg), what)
         obj = getattr(obj, part)
     types_ = _field_types(type(obj)) if dataclasses.is_dataclass(obj) else {}
     name = parts[-1]
     if name not in types_ or dataclasses.is_dataclass(types_[name]):
-        raise _unknown_key(key)
+        raise unknown_key(key, type(cfg), what)
     setattr(obj, name, _coerce(key, value, types_[name]))
 
 
@@ -255,17 +258,38 @@ def _leaves(d: dict, prefix: str = ""):
             yield key, v
 
 
-def _flatten(d: dict) -> dict[str, Any]:
-    return dict(_leaves(d))
+def flat_dict(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as ``{dotted key: value}``."""
+    return dict(_leaves(dataclasses.asdict(cfg)))
+
+
+def check_ranges(cfg: Any, checks: dict[str, tuple[typing.Callable[[Any], bool], Any]], what: str = "config") -> None:
+    """``checks``: dotted key -> (predicate, what is expected, or a function giving it); UserError naming the
+    first key whose value fails."""
+    flat = flat_dict(cfg)
+    for key, (ok, expected) in checks.items():
+        if not ok(flat[key]):
+            expected = expected() if callable(expected) else expected
+            raise UserError(f"{what} key {key!r} must be {expected}, got {_show(flat[key])}")
+
+
+def load_dataclass(cls: type, path: str | Path | None = None, overrides: list[str] | dict | None = None,
+                   what: str = "config") -> Any:
+    """``cls()`` defaults <- YAML file <- ``key=value`` overrides (list of strings or dict), unvalidated:
+    the schema-driven loading behind every config (``Config``, the GAN's ``GanConfig``); errors say ``what``."""
+    cfg = cls()
+    layers = [read_yaml(path)] if path else []
+    if overrides:
+        layers.append(overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
+    for layer in layers:
+        for key, value in _leaves(layer):
+            set_key(cfg, key, value, what)
+    return cfg
 
 
 def validate(cfg: Config) -> Config:
     """Range-check every value; raise UserError naming the first bad key."""
-    flat = _flatten(to_dict(cfg))
-    for key, (ok, expected) in _CHECKS.items():
-        if not ok(flat[key]):
-            expected = expected() if callable(expected) else expected
-            raise UserError(f"config key {key!r} must be {expected}, got {_show(flat[key])}")
+    check_ranges(cfg, _CHECKS)
     if cfg.train.loggers:  # a did-you-mean sentence for a misspelt logger, before anything runs
         from fgvc.train.loggers import parse_loggers
 
@@ -299,7 +323,7 @@ def get(cfg: Config, key: str) -> Any:
 def apply(cfg: Config, values: dict[str, Any]) -> Config:
     """Set dotted keys (nested dicts are flattened) and re-validate."""
     for key, value in _leaves(values):
-        _set(cfg, key, value)
+        set_key(cfg, key, value)
     return validate(cfg)
 
 

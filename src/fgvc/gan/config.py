@@ -1,5 +1,8 @@
 """The GAN run's own typed config: defaults <- YAML <- dotted key=value overrides, strict.
 
+Its own schema (the dataclasses and range checks below) on the classifier config's machinery
+(``fgvc.config.load_dataclass``, ``check_ranges``): the same types, messages and did-you-mean hints.
+
 Keys: ``data.name data.root data.image_size data.split data.val_fraction data.num_workers
 iterations batch_size n_dis lr betas decay_start ch z_dim ema_decay flip sample_every
 sample_classes checkpoint_every keep_checkpoints seed device out loggers``.
@@ -8,7 +11,6 @@ sample_classes checkpoint_every keep_checkpoints seed device out loggers``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from fgvc.config import _coerce, parse_overrides, read_yaml
+from fgvc.config import all_keys, check_ranges, flat_dict, load_dataclass
 from fgvc.errors import UserError
 from fgvc.gan.networks import IMAGE_SIZES
 
@@ -76,45 +78,14 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
 }
 
 
-def _types(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
 def gan_keys(cls=GanConfig, prefix: str = "") -> list[str]:
     """Every dotted key the GAN config accepts."""
-    keys = []
-    for name, tp in _types(cls).items():
-        keys += gan_keys(tp, f"{prefix}{name}.") if dataclasses.is_dataclass(tp) else [prefix + name]
-    return keys
-
-
-def _set(cfg: GanConfig, key: str, value: Any) -> None:
-    obj: Any = cfg
-    *parents, name = key.split(".")
-    for part in parents:
-        obj = getattr(obj, part, None)
-    types_ = _types(type(obj)) if dataclasses.is_dataclass(obj) else {}
-    if name not in types_ or dataclasses.is_dataclass(types_[name]):
-        close = difflib.get_close_matches(key, gan_keys(), n=3, cutoff=0.5)
-        hint = f" (did you mean {' or '.join(close)}?)" if close else f"; valid keys: {', '.join(gan_keys())}"
-        raise UserError(f"unknown GAN config key {key!r}{hint}")
-    setattr(obj, name, _coerce(key, value, types_[name]))
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for k, v in d.items():
-        flat.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return flat
+    return all_keys(cls, prefix)
 
 
 def validate_gan_config(cfg: GanConfig) -> GanConfig:
     """Range-check every value; raise UserError naming the first bad key."""
-    flat = _flatten(dataclasses.asdict(cfg))
-    for key, (ok, expected) in _CHECKS.items():
-        if not ok(flat[key]):
-            raise UserError(f"GAN config key {key!r} must be {expected}, got {flat[key]!r}")
+    check_ranges(cfg, _CHECKS, what="GAN config")
     if cfg.loggers:  # a did-you-mean sentence for a misspelt logger
         from fgvc.train.loggers import parse_loggers
 
@@ -123,15 +94,9 @@ def validate_gan_config(cfg: GanConfig) -> GanConfig:
 
 
 def load_gan_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> GanConfig:
-    """Defaults <- YAML file <- ``key=value`` overrides (list of strings or dict), validated."""
-    cfg = GanConfig()
-    layers = [read_yaml(path)] if path else []
-    if overrides:
-        layers.append(overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
-    for layer in layers:
-        for key, value in _flatten(layer).items():
-            _set(cfg, key, value)
-    return validate_gan_config(cfg)
+    """Defaults <- YAML file <- ``key=value`` overrides (list of strings or dict), validated
+    (``fgvc.config.load_dataclass``: the same loading, types and did-you-mean hints as the classifier's)."""
+    return validate_gan_config(load_dataclass(GanConfig, path, overrides, what="GAN config"))
 
 
 def dump_gan_config(cfg: GanConfig) -> str:
@@ -147,7 +112,7 @@ RESUMABLE_KEYS = ("iterations", "sample_every", "sample_classes", "checkpoint_ev
 
 def check_resume_overrides(run_config: GanConfig, resumed: GanConfig) -> None:
     """Refuse (UserError) a resume whose overrides change a key outside RESUMABLE_KEYS."""
-    old, new = _flatten(dataclasses.asdict(run_config)), _flatten(dataclasses.asdict(resumed))
+    old, new = flat_dict(run_config), flat_dict(resumed)
     changed = [k for k in new if new[k] != old.get(k) and k not in RESUMABLE_KEYS]
     if changed:
         k = changed[0]
