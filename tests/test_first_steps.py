@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fgvc import cli
+from fgvc import commands
 from fgvc.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,9 +92,9 @@ def test_demo_hint_is_the_venv_script_when_fgvc_is_not_on_path(monkeypatch, tmp_
     bin_dir = tmp_path / "venv" / "bin"
     bin_dir.mkdir(parents=True)
     (bin_dir / "fgvc").write_text("#!/bin/sh\n")
-    monkeypatch.setattr(cli.sys, "executable", str(bin_dir / "python"))
+    monkeypatch.setattr(commands.sys, "executable", str(bin_dir / "python"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("shutil.which", lambda name: None)
-    assert cli._fgvc_command() == str(Path("venv") / "bin" / "fgvc")
+    assert commands._fgvc_command() == str(Path("venv") / "bin" / "fgvc")
     monkeypatch.setattr("shutil.which", lambda name: "/usr/local/bin/fgvc" if name == "fgvc" else None)
-    assert cli._fgvc_command() == "fgvc"
+    assert commands._fgvc_command() == "fgvc"
