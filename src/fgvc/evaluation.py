@@ -35,100 +35,110 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
 
     Bad input (not a run directory, unknown TTA mode, a folder without images) raises UserError before
     anything is scored."""
-    from lightning_fabric import Fabric
-
-    from fgvc.data import resolve_num_workers
-    from fgvc.data.base import FineGrainedDataset
     from fgvc.metrics import class_report, confusion_matrix, plot_confusion
     from fgvc.protocol import eval_crop
-    from fgvc.train import evaluate
-    from fgvc.train.devices import analysis_precision, resolve_device
 
     run = runs.Run(run_dir)
-    run_dir, cfg = run.dir, run.config
+    run_dir, name = run.dir, run.dir.resolve().name
     if tta is not None:
         from fgvc.tta import check_mode
 
         check_mode(tta)
-    d = cfg.data
-    unknown_set = None
-    if unknown is not None:
-        from fgvc.openset import HELDOUT, heldout_dataset, unknown_samples
-
-        if str(unknown) == HELDOUT:  # checked before anything is scored: a run on every class has none held out
-            unknown_set = heldout_dataset(cfg, run.eval_transform)
-        else:
-            unknown_set = FineGrainedDataset(unknown_samples(unknown), ["unknown"], run.eval_transform,
-                                             name="unknown", split="unknown", root=Path(unknown))
-    device = resolve_device(device)
-    precision = analysis_precision(precision, device, run_dir)
-    model, class_names, ran = run.model(), run.class_names, run.metrics
-    # Fabric, as in training: mixed precision also casts the inputs, not only the forward pass
-    fabric = Fabric(accelerator=device.type, devices=[device.index] if device.index is not None else 1,
-                    precision=precision)
-    workers = resolve_num_workers(d.num_workers, device.type == "cuda")
-    wrapped = fabric.setup_module(model)
-
-    def score(dataset, net=wrapped, desc=split) -> dict:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size * 2, num_workers=workers)
-        return evaluate(net, loader, autocast=fabric.autocast, device=fabric.device, progress=progress,
-                        desc=desc, predictions=True, logits=True)
-
-    def split_set(name: str, transform=None):
-        return run.dataset(name, transform)
-
-    main_set = split_set(split)
-    main = score(main_set)
+    unknown_set = _unknown_set(run, unknown) if unknown is not None else None  # checked before any scoring
+    scorer = Scorer(run, device, precision, progress)
+    main_set = run.dataset(split)
+    main = scorer(main_set, desc=split)
     result = {k: main[k] for k in ("loss", "acc", "top5", "n")}
-    result["precision"] = precision
-    conf = confusion_matrix(main["labels"], main["predicted"], len(class_names))
-    report = class_report(conf, class_names)
+    result["precision"] = scorer.precision
+    conf = confusion_matrix(main["labels"], main["predicted"], len(run.class_names))
+    report = class_report(conf, run.class_names)
     del report["confusions"]  # the top 20 are enough in the JSON; the plot shows them all
     result.update(report)
-    protocol = {**(ran.get("protocol") or {}), **eval_crop(main_set.transform), "tta": "none",
-                "precision": precision, "device": str(fabric.device), "split": split}
+    protocol = {**(run.metrics.get("protocol") or {}), **eval_crop(main_set.transform), "tta": "none",
+                "precision": scorer.precision, "device": str(scorer.fabric.device), "split": split}
     result["protocol"] = protocol
 
     # calibration: temperature fitted on val only, applied to test
     scored = {split: main}
-    for name in ("val", "test"):
-        if name not in scored:
-            scored[name] = score(split_set(name), desc=name)
+    for other in ("val", "test"):
+        if other not in scored:
+            scored[other] = scorer(run.dataset(other), desc=other)
     cal = calibration.calibrate(scored["val"]["logits"], scored["val"]["labels"], scored["test"]["logits"],
                                 scored["test"]["labels"])
     result["calibration"] = cal
     files = {"json": run_dir / f"eval_{split}.json", "confusion": run_dir / f"confusion_{split}.png",
              "reliability": run_dir / "reliability.png"}
-
     if tta is not None:
-        from fgvc.tta import TTA_MODES, TTAModel, tta_transform
-
-        tta_set = split_set(split, tta_transform(d.image_size, tta))
-        views = score(tta_set, fabric.setup_module(TTAModel(model, tta)), desc=f"{split} {tta}")
-        result["tta"] = {"mode": tta, "views": TTA_MODES[tta], "aggregation": "mean of softmax probabilities",
-                         **{k: views[k] for k in ("acc", "top5", "loss", "n")},
-                         "gain": views["acc"] - main["acc"],
-                         "protocol": {**protocol, "tta": tta}}
-
+        result["tta"] = _tta_result(run, scorer, split, tta, main, protocol)
     if unknown_set is not None:
-        from fgvc.openset import openset_report, plot_coverage
+        from fgvc.openset import HELDOUT, openset_report, plot_coverage
 
-        ood = score(unknown_set, desc="unknown")
+        ood = scorer(unknown_set, desc="unknown")
         held = {"heldout_classes": unknown_set.class_names} if str(unknown) == HELDOUT else {}
         result["openset"] = {"unknown_dir": str(unknown), "known_split": split, **held,
                              **openset_report(main["logits"], main["labels"], ood["logits"])}
         files["openset"] = plot_coverage(main["logits"], main["labels"], run_dir / f"openset_{split}.png",
                                          {k: v["auroc"] for k, v in result["openset"]["scores"].items()},
-                                         title=f"{run_dir.resolve().name}: {split} vs {Path(unknown).name}")
+                                         title=f"{name}: {split} vs {Path(unknown).name}")
 
     # figures first, the JSON last: its presence means the evaluation finished
-    plot_confusion(conf, class_names, files["confusion"], title=f"{run_dir.resolve().name}: {split} split")
+    plot_confusion(conf, run.class_names, files["confusion"], title=f"{name}: {split} split")
     calibration.plot_reliability(scored["test"]["logits"], scored["test"]["labels"], cal["temperature"],
                                  files["reliability"], n_bins=cal["n_bins"],
-                                 title=f"{run_dir.resolve().name}: test, temperature fitted on val")
+                                 title=f"{name}: test, temperature fitted on val")
     runs.write_json_atomic(files["json"], result)
     result["files"] = {k: str(v) for k, v in files.items()}
     return result
+
+
+class Scorer:
+    """Scores datasets with a run's best checkpoint as training did: the run's batch size, and Fabric
+    with the analysis precision (mixed precision also casts the inputs, not only the forward)."""
+
+    def __init__(self, run: runs.Run, device: str, precision: str, progress: bool):
+        from lightning_fabric import Fabric
+
+        from fgvc.data import resolve_num_workers
+        from fgvc.train.devices import analysis_precision, resolve_device
+
+        device = resolve_device(device)
+        self.precision = analysis_precision(precision, device, run.dir)
+        self.model = run.model()
+        self.fabric = Fabric(accelerator=device.type, devices=[device.index] if device.index is not None else 1,
+                             precision=self.precision)
+        self.net = self.fabric.setup_module(self.model)
+        self.batch_size, self.progress = run.config.train.batch_size * 2, progress
+        self.workers = resolve_num_workers(run.config.data.num_workers, device.type == "cuda")
+
+    def __call__(self, dataset, net=None, desc: str = "eval") -> dict:
+        """``fgvc.train.evaluate`` over ``dataset`` with predictions and logits (``net``: another wrapper)."""
+        from fgvc.train import evaluate
+
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, num_workers=self.workers)
+        return evaluate(net or self.net, loader, autocast=self.fabric.autocast, device=self.fabric.device,
+                        progress=self.progress, desc=desc, predictions=True, logits=True)
+
+
+def _unknown_set(run: runs.Run, unknown: str | Path):
+    """Images of classes the model never saw: a folder, or ``heldout`` (the classes data.classes left out)."""
+    from fgvc.data.base import FineGrainedDataset
+    from fgvc.openset import HELDOUT, heldout_dataset, unknown_samples
+
+    if str(unknown) == HELDOUT:  # a run on every class has none held out: one sentence
+        return heldout_dataset(run.config, run.eval_transform)
+    return FineGrainedDataset(unknown_samples(unknown), ["unknown"], run.eval_transform, name="unknown",
+                              split="unknown", root=Path(unknown))
+
+
+def _tta_result(run: runs.Run, scorer: Scorer, split: str, tta: str, main: dict, protocol: dict) -> dict:
+    """Test-time augmentation accuracy beside (never instead of) the plain one."""
+    from fgvc.tta import TTA_MODES, TTAModel, tta_transform
+
+    views = scorer(run.dataset(split, tta_transform(run.image_size, tta)),
+                   scorer.fabric.setup_module(TTAModel(scorer.model, tta)), desc=f"{split} {tta}")
+    return {"mode": tta, "views": TTA_MODES[tta], "aggregation": "mean of softmax probabilities",
+            **{k: views[k] for k in ("acc", "top5", "loss", "n")}, "gain": views["acc"] - main["acc"],
+            "protocol": {**protocol, "tta": tta}}
 
 
 def summary(result: dict, split: str) -> str:
