@@ -61,7 +61,6 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
     that autocast. Returns a summary dict (with the ``device`` and ``precision`` used).
     """
     from fgvc.data.base import readable_name
-    from fgvc.data.transforms import load_eval_image
     from fgvc.train.devices import analysis_precision, autocast, resolve_device
 
     say = log or (lambda _msg: None)
@@ -80,56 +79,15 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         names.remove("cam")
         notes.append(f"CAM skipped: {cfg.model.name} does not end in global average pooling + a linear layer; "
                      "Grad-CAM shown instead")
-    transform = run.eval_transform
     out = Path(out_dir).expanduser() if out_dir is not None else run_dir / "explain"
     out.mkdir(parents=True, exist_ok=True)
 
-    dataset = None
-    if images:
-        paths = [Path(p).expanduser() for p in images]
-        # the same decoding as predict and evaluation (fgvc.data.transforms.load_eval_image)
-        x = torch.cat([load_eval_image(p, cfg.data.image_size) for p in paths])
-        labels: list[int | None] = [None] * len(paths)
-        stems = [p.stem for p in paths]
-        boxes = [None] * len(paths)
-    else:
-        root = data_root if data_root is not None else cfg.data.root
-        dataset = run.dataset(split, transform, root=data_root)
-        if len(dataset) == 0:
-            raise UserError(f"split {split!r} of {cfg.data.name} under {root} has no images")
-        n = min(limit, len(dataset))
-        picks = sorted({int(i * len(dataset) / n) for i in range(n)})
-        dataset.return_boxes = bool(getattr(dataset, "has_boxes", False))  # boxes drawn on the panels
-        items = [dataset[i] for i in picks]
-        dataset.return_boxes = False
-        x = torch.stack([item[0] for item in items])
-        labels = [int(item[1]) for item in items]
-        boxes = [item[2] if len(item) > 2 else None for item in items]
-        stems = [Path(dataset.samples[i].path).stem for i in picks]
+    x, labels, stems, boxes, dataset = _inputs(run, images, split, limit, data_root)
 
     small = small_feature_map(model, x[:1].to(device), cfg.data.image_size)
     if small:
         say(f"warning: {small}")
-    maps: dict[str, list[torch.Tensor]] = {m: [] for m in names}
-    preds, probs = [], []
-    for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size].to(device)
-        with torch.no_grad(), autocast(precision, device):
-            p = model(xb).float().softmax(dim=1)
-        preds += p.argmax(dim=1).tolist()
-        probs += p.max(dim=1).values.tolist()
-        for m in list(names):
-            try:
-                with autocast(precision, device):
-                    maps[m].append(explain(model, xb, m).float().cpu())
-            except UserError:
-                if explicit or m != "cam":
-                    raise
-                # CAM has the structure but fails its GAP + linear check (e.g. a norm in the head)
-                notes.append(f"CAM skipped: {cfg.model.name}'s logits are not GAP + linear over its feature map")
-                names.remove(m)
-                del maps[m]
-    stacked = {m: torch.cat(v) for m, v in maps.items()}
+    stacked, preds, probs = _maps(model, x, names, explicit, batch_size, device, precision, notes, cfg.model.name)
 
     true_names = [class_names[y] if y is not None else None for y in labels]
     pred_names = [class_names[p] for p in preds]
@@ -144,16 +102,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         panels.append(str(path))
     grid = save_grid(list(x), stacked, shown_true, shown_pred, out / "grid.png", boxes=boxes,
                      title=f"{title} ({split} split)" if dataset is not None else title)
-    maps_path = None
-    if save_maps:
-        tensors = {f"maps.{m}": v.contiguous() for m, v in stacked.items()}
-        tensors["images"] = x.contiguous()
-        tensors["pred"] = torch.tensor(preds, dtype=torch.long)
-        if all(y is not None for y in labels):
-            tensors["label"] = torch.tensor(labels, dtype=torch.long)
-        maps_path = out / "maps.safetensors"
-        runs.write_bytes_atomic(maps_path, save(tensors, metadata={"methods": ",".join(names),
-                                                                   "files": "\n".join(stems)}))
+    maps_path = _save_maps(out / "maps.safetensors", stacked, x, preds, labels, stems) if save_maps else None
     for note in notes:
         say(f"note: {note}")
     say(f"wrote {len(panels)} panels and {grid.name} to {out}")
@@ -180,6 +129,69 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
                         for s, t, p, pr in zip(stems, true_names, pred_names, probs)],
         "localization": results, "table": table, "device": str(device), "precision": precision,
     }
+
+
+def _inputs(run: runs.Run, images, split: str, limit: int, data_root):
+    """(x (N, 3, S, S) in [0, 1], labels (None for files), stems, boxes, dataset or None): the image files
+    decoded as predict and evaluation do, or ``limit`` images spread evenly over the run's ``split``."""
+    from fgvc.data.transforms import load_eval_image
+
+    cfg = run.config
+    if images:
+        paths = [Path(p).expanduser() for p in images]
+        x = torch.cat([load_eval_image(p, cfg.data.image_size) for p in paths])
+        return x, [None] * len(paths), [p.stem for p in paths], [None] * len(paths), None
+    root = data_root if data_root is not None else cfg.data.root
+    dataset = run.dataset(split, run.eval_transform, root=data_root)
+    if len(dataset) == 0:
+        raise UserError(f"split {split!r} of {cfg.data.name} under {root} has no images")
+    n = min(limit, len(dataset))
+    picks = sorted({int(i * len(dataset) / n) for i in range(n)})
+    dataset.return_boxes = bool(getattr(dataset, "has_boxes", False))  # boxes drawn on the panels
+    items = [dataset[i] for i in picks]
+    dataset.return_boxes = False
+    return (torch.stack([item[0] for item in items]), [int(item[1]) for item in items],
+            [Path(dataset.samples[i].path).stem for i in picks],
+            [item[2] if len(item) > 2 else None for item in items], dataset)
+
+
+def _maps(model, x, names: list[str], explicit: bool, batch_size: int, device, precision: str, notes: list[str],
+          model_name: str):
+    """({method: (N, H, W) maps of the predicted class}, predicted indices, their probabilities). CAM that
+    fails its GAP + linear check on the real logits is dropped with a note unless asked for by name."""
+    from fgvc.train.devices import autocast
+
+    maps: dict[str, list[torch.Tensor]] = {m: [] for m in names}
+    preds, probs = [], []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size].to(device)
+        with torch.no_grad(), autocast(precision, device):
+            p = model(xb).float().softmax(dim=1)
+        preds += p.argmax(dim=1).tolist()
+        probs += p.max(dim=1).values.tolist()
+        for m in list(names):
+            try:
+                with autocast(precision, device):
+                    maps[m].append(explain(model, xb, m).float().cpu())
+            except UserError:
+                if explicit or m != "cam":
+                    raise
+                # CAM has the structure but fails its GAP + linear check (e.g. a norm in the head)
+                notes.append(f"CAM skipped: {model_name}'s logits are not GAP + linear over its feature map")
+                names.remove(m)
+                del maps[m]
+    return {m: torch.cat(v) for m, v in maps.items()}, preds, probs
+
+
+def _save_maps(path: Path, stacked: dict, x, preds: list[int], labels: list, stems: list[str]) -> Path:
+    """maps.safetensors: every map, the images, predictions (and labels when all are known)."""
+    tensors = {f"maps.{m}": v.contiguous() for m, v in stacked.items()}
+    tensors["images"] = x.contiguous()
+    tensors["pred"] = torch.tensor(preds, dtype=torch.long)
+    if all(y is not None for y in labels):
+        tensors["label"] = torch.tensor(labels, dtype=torch.long)
+    runs.write_bytes_atomic(path, save(tensors, metadata={"methods": ",".join(stacked), "files": "\n".join(stems)}))
+    return path
 
 
 USEFUL_SIDE = 7  # a last feature map of about 7x7 or more (ResNets at 224 px) gives maps worth reading
