@@ -32,6 +32,7 @@ CAM_CMAP = "jet"  # the colour map of fgvc explain's panels; the page's legend i
 UNCERTAIN_PROB = 0.5  # top-1 below this ...
 UNCERTAIN_MARGIN = 0.2  # ... or within this of the runner-up: the page says "uncertain"
 MAX_EPS_255 = 64  # the largest FGSM budget the API takes, in pixel units of 0..255
+ATTACK = "fgsm"  # the demo's slider: one step, so the page answers at once (fgvc.robust.attacks.ATTACKS)
 
 # how the demo's headline names datasets and models (others: the registry name as it is)
 DATASET_TITLES = {"cub200": "CUB-200-2011 birds", "dogs": "Stanford Dogs", "synthbirds": "Generated birds",
@@ -154,7 +155,7 @@ class Predictor:
     def attack(self, data: bytes, eps_255: float, topk: int = TOPK) -> dict:
         """FGSM with budget ``eps_255`` / 255 against the clean top-1 class: the adversarial image, the
         perturbation (mid-grey = 0, scaled to +-eps), and the top-k before and after."""
-        from fgvc.robust.attacks import fgsm
+        from fgvc.robust.attacks import resolve_attack
 
         try:
             eps_255 = float(eps_255)
@@ -167,12 +168,12 @@ class Predictor:
         with self.lock:
             with torch.no_grad():
                 clean = self._top(self.model(x)[0], topk)
-            x_adv = fgsm(self.model, x, torch.tensor([clean[0]["index"]]), eps_255 / 255)
+            x_adv = resolve_attack(ATTACK, eps_255 / 255).run(self.model, x, torch.tensor([clean[0]["index"]]))
             with torch.no_grad():
                 adv = self._top(self.model(x_adv)[0], topk)
         delta = (x_adv - x)[0]
         shown = 0.5 + delta / (2 * eps_255 / 255) if eps_255 > 0 else torch.full_like(delta, 0.5)
-        return {"attack": "fgsm", "eps_255": eps_255, "eps": eps_255 / 255, "target": "top-1 class",
+        return {"attack": ATTACK, "eps_255": eps_255, "eps": eps_255 / 255, "target": "top-1 class",
                 "linf_255": round(float(delta.abs().max()) * 255, 4), "top_clean": clean, "top_adv": adv,
                 "flipped": adv[0]["index"] != clean[0]["index"], **{f"adv_{k}": v for k, v in confidence(adv).items()},
                 "adv_png_base64": png_base64(x_adv[0].permute(1, 2, 0).numpy()),
