@@ -74,7 +74,7 @@ def test_run_directory_holds_config_losses_samples_checkpoints_and_metrics(tiny_
     assert sorted(p.name for p in (tiny_run / "samples").iterdir()) == ["iter_000002.png", "iter_000004.png"]
     assert (tiny_run / "losses.png").stat().st_size > 1000
     metrics = json.loads((tiny_run / "metrics.json").read_text())
-    assert metrics["iterations"] == 4 and metrics["iterations_per_second"] > 0
+    assert metrics["task"] == "gan" and metrics["iterations"] == 4 and metrics["iterations_per_second"] > 0
     assert metrics["final_d_loss"] == pytest.approx(sum(r["d_loss"] for r in _losses(tiny_run)) / 4, abs=1e-5)
     meta = json.loads((tiny_run / "meta.json").read_text())
     assert meta["class_names"] == ["red_blob", "green_blob", "blue_blob"]

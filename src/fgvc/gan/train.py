@@ -155,6 +155,47 @@ def _check_resume(run_dir: Path, meta: dict) -> None:
             )
 
 
+def _training_images(config: GanConfig, dataset: Dataset | None) -> tuple[Tensor, Tensor, list[str]]:
+    """(images uint8 or float in memory, labels, class names) of the training set; labels checked."""
+    dataset = _build_dataset(config) if dataset is None else dataset
+    images, labels = load_into_memory(dataset, config.data.image_size, config.data.num_workers)
+    class_names = [str(c) for c in getattr(dataset, "class_names", range(int(labels.max()) + 1))]
+    if int(labels.max()) >= len(class_names) or int(labels.min()) < 0:
+        raise UserError(f"GAN training labels must lie in 0..{len(class_names) - 1} (one per class name); "
+                        "check the dataset")
+    return images, labels, class_names
+
+
+def _metrics(config: GanConfig, done: int, seconds: float, history: list, meta: dict, G, D, device) -> dict:
+    """metrics.json of a GAN run (task gan): speed, the losses averaged over the last FINAL_WINDOW iterations."""
+    tail = history[-FINAL_WINDOW:]
+    return {
+        "task": "gan", "iterations": done, "seconds": round(seconds, 3),
+        "iterations_per_second": round(done / seconds, 4) if seconds > 0 else None,
+        "final_d_loss": sum(h[1] for h in tail) / len(tail) if tail else None,
+        "final_g_loss": sum(h[2] for h in tail) / len(tail) if tail else None,
+        "final_window": len(tail), "n_classes": meta["n_classes"], "image_size": meta["image_size"],
+        "batch_size": config.batch_size, "n_dis": config.n_dis, "train_images": meta["train_images"],
+        "generator_parameters": count_parameters(G), "discriminator_parameters": count_parameters(D),
+        "device": str(device),
+    }
+
+
+def _restore(folder: Path | None, run_dir: Path, nets: dict, opt_g, opt_d, noise_rng) -> tuple[int, int, float, list]:
+    """(iteration, real batches seen, seconds, loss history) of the checkpoint ``folder`` loaded into the
+    networks, optimizers and noise stream; a fresh start without one."""
+    if folder is None:
+        return 0, 0, 0.0, []
+    for name, module in nets.items():
+        load_weights(module, folder / f"{name}.safetensors")
+    state = load_state(folder)
+    opt_g.load_state_dict(state["opt_g"])
+    opt_d.load_state_dict(state["opt_d"])
+    noise_rng.set_state(state["noise_rng"])
+    start = int(state["iteration"])
+    return start, int(state["batches_seen"]), float(state["seconds"]), _read_losses(run_dir / "losses.csv", start)
+
+
 def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool = True,
               resume: str | Path | None = None) -> Path:
     """Train the cGAN and return its run directory.
@@ -171,13 +212,9 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
     from fgvc.train.devices import resolve_device  # the one --device resolver
 
     device = resolve_device(config.device)
-    dataset = _build_dataset(config) if dataset is None else dataset
     size = config.data.image_size
-    images, labels = load_into_memory(dataset, size, config.data.num_workers)
-    class_names = [str(c) for c in getattr(dataset, "class_names", range(int(labels.max()) + 1))]
+    images, labels, class_names = _training_images(config, dataset)
     n_classes = len(class_names)
-    if int(labels.max()) >= n_classes or int(labels.min()) < 0:
-        raise UserError(f"GAN training labels must lie in 0..{n_classes - 1} (one per class name); check the dataset")
     meta = {"class_names": class_names, "n_classes": n_classes, "image_size": size, "ch": config.ch,
             "z_dim": config.z_dim, "dataset": config.data.name, "train_images": len(images)}
 
@@ -196,18 +233,9 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
     opt_g = torch.optim.Adam(G.parameters(), lr=config.lr, betas=tuple(config.betas))
     opt_d = torch.optim.Adam(D.parameters(), lr=config.lr, betas=tuple(config.betas))
     noise_rng = torch.Generator().manual_seed(config.seed + 1)
-    start, batches_seen, seconds, history = 0, 0, 0.0, []
-
     folder = latest_checkpoint(run_dir) if resume is not None else None
-    if folder is not None:
-        for module, name in ((G, "G"), (G_ema, "G_ema"), (D, "D")):
-            load_weights(module, folder / f"{name}.safetensors")
-        state = load_state(folder)
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        noise_rng.set_state(state["noise_rng"])
-        start, batches_seen, seconds = int(state["iteration"]), int(state["batches_seen"]), float(state["seconds"])
-        history = _read_losses(run_dir / "losses.csv", start)
+    start, batches_seen, seconds, history = _restore(folder, run_dir, {"G": G, "G_ema": G_ema, "D": D},
+                                                     opt_g, opt_d, noise_rng)
 
     def noise(n: int) -> tuple[Tensor, Tensor]:
         # drawn on the CPU so a run's noise stream is the same on every device
@@ -221,17 +249,7 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
     grid_classes = [round(i * (n_classes - 1) / max(rows - 1, 1)) for i in range(rows)]
 
     def write_metrics(done: int) -> None:
-        tail = history[-FINAL_WINDOW:]
-        write_json_atomic(run_dir / "metrics.json", {
-            "iterations": done, "seconds": round(seconds, 3),
-            "iterations_per_second": round(done / seconds, 4) if seconds > 0 else None,
-            "final_d_loss": sum(h[1] for h in tail) / len(tail) if tail else None,
-            "final_g_loss": sum(h[2] for h in tail) / len(tail) if tail else None,
-            "final_window": len(tail), "n_classes": n_classes, "image_size": size,
-            "batch_size": config.batch_size, "n_dis": config.n_dis, "train_images": len(images),
-            "generator_parameters": count_parameters(G), "discriminator_parameters": count_parameters(D),
-            "device": str(device),
-        })
+        write_json_atomic(run_dir / "metrics.json", _metrics(config, done, seconds, history, meta, G, D, device))
 
     from tqdm.auto import tqdm
 
