@@ -75,7 +75,7 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     # --- data and tricks: model selection only ever looks at val ---
     splits = build_splits(cfg, train_inputs(cfg), log=fabric.print)
     class_names = splits.class_names
-    tricks = build_tricks(cfg, len(class_names))
+    tricks = build_tricks(cfg, len(class_names), rank=fabric.global_rank)
 
     # --- model, optimizer, schedule, loaders ---
     model, bn_mode, bn_trains = setup_model(cfg, len(class_names), resume, progress=not quiet)
@@ -161,15 +161,8 @@ def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks:
     loss_sum = torch.zeros((), dtype=torch.float64, device=fabric.device)
     correct, seen = torch.zeros((), dtype=torch.int64, device=fabric.device), 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=quiet)
-    device_aug = None
-    if cfg.data.augment_on == "device":  # uint8 batches: crop, flip, rotation, Cutout here, seeded per batch
-        from fgvc.train.device_aug import build_device_augment
-
-        device_aug = build_device_augment(cfg.aug, cfg.data.image_size, cfg.train.seed, fabric.global_rank)
     for step, (x, y) in enumerate(all_or_none(fabric, bar)):
-        if device_aug is not None:
-            x = device_aug(x, epoch, step)
-        x, target = tricks.targets(x, y)
+        x, target = tricks.targets(tricks.inputs(x, epoch, step), y)  # device augmentation, then mixing
         loss, logits = tricks.loss(model, raw_model, x, target, fabric.autocast)
         finite = torch.isfinite(loss.detach()).float()
         if fabric.world_size > 1:  # all processes stop together, or the others would wait forever

@@ -58,6 +58,13 @@ class Tricks:
     label_smoothing: float
     num_classes: int
     adv: config_mod.AdvConfig | None  # adversarial training settings, or None
+    # data.augment_on=device: (uint8 batch, epoch, step) -> float batch in [0, 1], the input tricks run
+    # batched on the accelerator (fgvc.train.device_aug); None when they run per image on the host
+    on_device: Callable | None = None
+
+    def inputs(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+        """The batch the model sees: ``x`` itself, or its device augmentation (seeded by epoch and step)."""
+        return x if self.on_device is None else self.on_device(x, epoch, step)
 
     @property
     def even_batches(self) -> bool:
@@ -124,19 +131,26 @@ def train_inputs(cfg: config_mod.Config) -> Pipeline:
     the input tricks ``cfg`` turns on: geometric (random-resized-crop, flip, rotation), Cutout; with
     data.augment_on=device the fixed uint8 square of ``fgvc.train.device_aug.host_transform``."""
     a = cfg.aug
-    if cfg.data.augment_on == "device":  # the host only resizes; train_one_epoch augments on the device
+    if cfg.data.augment_on == "device":  # the host only resizes; Tricks.inputs augments on the device
         from fgvc.train.device_aug import host_transform
 
         return host_transform(cfg.data.image_size, a.geometric)
     return train_transform(cfg.data.image_size, a.geometric, a.rotation, a.cutout, a.cutout_size)
 
 
-def build_tricks(cfg: config_mod.Config, num_classes: int) -> Tricks:
-    """The batch and loss tricks ``cfg``'s aug.* and adv.* keys ask for."""
+def build_tricks(cfg: config_mod.Config, num_classes: int, rank: int = 0) -> Tricks:
+    """The batch and loss tricks ``cfg``'s aug.* and adv.* keys ask for (``rank``: this process's, which
+    seeds device augmentation apart from the other processes')."""
     a = cfg.aug
+    on_device = None
+    if cfg.data.augment_on == "device":
+        from fgvc.train.device_aug import build_device_augment
+
+        on_device = build_device_augment(a, cfg.data.image_size, cfg.train.seed, rank)
     return Tricks(
         mixing=build_mixing(a.mixup_alpha, a.cutmix_alpha, a.label_smoothing, num_classes),
         label_smoothing=a.label_smoothing,
         num_classes=num_classes,
         adv=cfg.adv if cfg.adv.attack != "none" else None,
+        on_device=on_device,
     )
