@@ -76,6 +76,14 @@ def test_predict_on_an_undecodable_file_names_it(tiny_run, tmp_path, capsys):
     assert "broken.jpg" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["predict", "explain"])
+def test_a_missing_image_file_is_named_without_blaming_the_dataset(command, tiny_run, tmp_path, capsys):
+    missing = tmp_path / "no_such_bird.jpg"
+    assert main([command, str(tiny_run), str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fgvc: image ") and "no_such_bird.jpg is not a file" in err and "dataset root" not in err
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--epochs", "1"]) == 0
