@@ -64,7 +64,8 @@ def submitit():
 
 def run_row(name: str, study: dict, row: str, cfg, folder: str, launch_rows: list[str], cell: str | None = None) -> str:
     """One row (or one (row, seed) ``cell``, its folder relative to the study's, e.g. ``row/seed1``) in its own
-    process (what every launcher submits); ``launch_rows`` are the cells of the launch. Returns the run directory."""
+    process (what every launcher submits); ``launch_rows`` are the cells of the launch; ``study`` as read_study returns
+    it (rows already parsed into {dotted key: value}, pickled as such, never re-parsed here). Returns the run directory."""
     from fgvc.experiments.study import _write, train_row
 
     folder_path = Path(folder)

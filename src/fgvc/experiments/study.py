@@ -10,6 +10,11 @@ A study file names a base recipe, shared overrides and one row per run:
     rows:
       baseline: []
       geometric: [aug.geometric=true]
+      geometric_seed1: {aug.geometric: true, train.seed: 1}   # the same as a mapping of dotted keys
+
+Each row (and the study's ``overrides``) is parsed once, when the file is read, into
+``{dotted key: value}`` typed by the config schema (fgvc.config.set_key): a value may hold '='
+or ',' (``data.root: /data/run=1``, ``train.milestones: [3, 6]``), and a bad key names its row.
 
 A row may instead be a CLIP run (seed Table 8), a mapping with ``task`` (zeroshot,
 clip_probe, clip_finetune), ``model``, ``pretrained`` and any other argument of that
@@ -33,7 +38,9 @@ finished, and the table gives mean +- sample std over the seeds (fgvc.experiment
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from fgvc import config as config_mod
 from fgvc import runs
@@ -48,6 +55,9 @@ def study_names() -> list[str]:
 
 
 def read_study(name_or_path: str) -> tuple[str, dict]:
+    """(name, study) of a shipped study name or a YAML file. Every row comes back as a mapping: ``overrides``
+    ({dotted key: typed value}, see parse_row_overrides) and, for a CLIP or probe row, its ``task`` and arguments;
+    the study's ``overrides`` as {dotted key: typed value}. UserError naming the file (and row) when invalid."""
     path = Path(name_or_path)
     if not path.is_file():
         path = STUDY_DIR / f"{name_or_path}.yaml"
@@ -57,17 +67,71 @@ def read_study(name_or_path: str) -> tuple[str, dict]:
     rows = study.get("rows")
     if not isinstance(rows, dict) or not rows:
         raise UserError(f"study {path} needs a 'rows' mapping of row name -> list of key=value overrides")
-    for row, spec in rows.items():
-        if spec is not None and not isinstance(spec, (list, dict)):
-            raise UserError(f"study {path}, row {row!r}: give a list of key=value overrides or a CLIP mapping "
-                            "with task and model")
     for key in study:
         if key not in ("title", "base", "overrides", "columns", "rows", "seeds"):
             raise UserError(f"study {path} has unknown field {key!r}; use title, base, overrides, columns, rows, "
                             "seeds")
+    study["overrides"] = parse_row_overrides(study.get("overrides"), f"study {path}, overrides")
+    study["rows"] = {row: _read_row(path, row, spec) for row, spec in rows.items()}
     if study.get("seeds") is not None:
         study["seeds"] = parse_seeds(study["seeds"])
     return path.stem, study
+
+
+def _read_row(path: Path, row: str, spec) -> dict:
+    """One row of the file as {"overrides": {dotted key: value}} plus, for a CLIP or probe row, its task and
+    arguments: a list of key=value strings or a mapping of dotted keys is a training row."""
+    where = f"study {path}, row {row!r}"
+    if spec is None or isinstance(spec, list) or (isinstance(spec, dict) and "task" not in spec):
+        return {"overrides": parse_row_overrides(spec, where)}
+    if not isinstance(spec, dict):
+        raise UserError(f"{where}: give a list of key=value overrides or a CLIP mapping with task and model "
+                        "(or a mapping of config keys to values such as {aug.geometric: true})")
+    extra = [k for k in spec if k not in ("task", "overrides")]
+    if spec["task"] == "probe" and extra:  # a linear probe of the study's backbone (fgvc.train.probe)
+        raise UserError(f"{where}: a probe row takes only task and overrides, not {extra[0]!r}")
+    return {**spec, "overrides": parse_row_overrides(spec.get("overrides"), where)}
+
+
+def _dotted(mapping: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) pairs of a mapping whose sections may nest ({aug: {geometric: true}}); at most three
+    levels, so a YAML alias bomb stops at its first (unknown) key."""
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and prefix.count(".") < 2:
+            yield from _dotted(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def parse_row_overrides(items: list | dict | None, where: str) -> dict[str, Any]:
+    """A row's (or the study's) overrides, ``["aug.geometric=true", ...]`` or ``{aug.geometric: true, ...}``, as
+    ``{dotted key: value}`` converted to each key's type (fgvc.config.set_key), parsed once: never turned back
+    into text. UserError "<where>: ..." naming the key when it is unknown, mistyped or not key=value."""
+    if items is None:
+        return {}
+    if isinstance(items, list):
+        bad = [o for o in items if not isinstance(o, str)]
+        if bad:
+            raise UserError(f"{where}: override {str(bad[0])[:80]!r} is not key=value (for example train.lr=1e-3)")
+    elif not isinstance(items, dict):
+        raise UserError(f"{where}: give a list of key=value overrides or a mapping of config keys to values, "
+                        f"not {str(items)[:80]!r}")
+    scratch, out = config_mod.Config(), {}
+    try:
+        pairs = config_mod.parse_overrides(items) if isinstance(items, list) else dict(_dotted(items))
+        for key, value in pairs.items():
+            config_mod.set_key(scratch, str(key), value)
+            out[str(key)] = config_mod.get(scratch, str(key))
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    return out
+
+
+def row_kind(spec: dict) -> str:
+    """'train', 'probe' or 'clip' for a row as read_study returns it."""
+    task = spec.get("task")
+    return "train" if task is None else "probe" if task == "probe" else "clip"
 
 
 def _clip_tasks() -> dict:
@@ -80,15 +144,15 @@ def _clip_tasks() -> dict:
 _CLIP_FIXED = ("model_name", "pretrained", "dataset_name", "root", "out_dir", "val_fraction", "seed", "progress")
 
 
-def row_config(study: dict, row: str, extra: list[str]) -> config_mod.Config:
+def row_config(study: dict, row: str, extra: list[str] | dict = ()) -> config_mod.Config:
+    """The validated config of a row of ``study`` (as read_study returns it): the base recipe <- the study's
+    overrides <- the row's <- ``extra`` (command-line ``key=value`` strings or {dotted key: value})."""
     base = study.get("base")
     base_path = None
     if base:
         base_path = Path(base) if Path(base).is_file() else config_mod.shipped_config(base)
-    spec = study["rows"][row]
-    row_overrides = (spec.get("overrides") or []) if isinstance(spec, dict) else (spec or [])
-    overrides = [*(study.get("overrides") or []), *row_overrides, *extra]
-    return config_mod.load(base_path, [str(o) for o in overrides])
+    extra = extra if isinstance(extra, dict) else config_mod.parse_overrides(list(extra))
+    return config_mod.load(base_path, {**study["overrides"], **study["rows"][row]["overrides"], **extra})
 
 
 def clip_row(spec: dict, row: str, cfg: config_mod.Config):
@@ -100,7 +164,7 @@ def clip_row(spec: dict, row: str, cfg: config_mod.Config):
     spec = dict(spec)
     tasks = _clip_tasks()
     task = spec.pop("task", None)
-    not_data = [o for o in spec.pop("overrides", None) or [] if not str(o).startswith("data.")]
+    not_data = [k for k in spec.pop("overrides", None) or {} if not k.startswith("data.")]
     if not_data:
         raise UserError(f"study row {row!r}: a CLIP row takes only data.* overrides, not {not_data[0]!r}; "
                         "give the CLIP function's own arguments (epochs, lr, batch_size ...) as row keys")
@@ -126,17 +190,6 @@ def clip_row(spec: dict, row: str, cfg: config_mod.Config):
     return fn, kwargs
 
 
-def _is_probe(spec: dict, row: str) -> bool:
-    """A row ``{task: probe, overrides: [...]}``: a linear probe on the frozen backbone the study's
-    config and the row's overrides describe (fgvc.train.probe), the reference a fine-tune should beat."""
-    if spec.get("task") != "probe":
-        return False
-    extra = [k for k in spec if k not in ("task", "overrides")]
-    if extra:
-        raise UserError(f"study row {row!r}: a probe row takes only task and overrides, not {extra[0]!r}")
-    return True
-
-
 def train_row(row: str, spec, cfg: config_mod.Config, run_dir: Path, progress: bool = True,
               seeds: list[int] | None = None) -> None:
     """One row's run into ``run_dir`` (a training run resumes from its last committed epoch).
@@ -144,11 +197,11 @@ def train_row(row: str, spec, cfg: config_mod.Config, run_dir: Path, progress: b
     With ``seeds`` (a seeded study) the run's metrics.json protocol records its seed and the study's seeds."""
     from fgvc.train import train
 
-    if isinstance(spec, dict) and _is_probe(spec, row):
+    if row_kind(spec) == "probe":  # a linear probe on the frozen backbone of the row's config (fgvc.train.probe)
         from fgvc.train.probe import run_probe
 
         run_probe(cfg, run_dir, progress=progress)
-    elif isinstance(spec, dict):
+    elif row_kind(spec) == "clip":
         fn, kwargs = clip_row(spec, row, cfg)
         fn(out_dir=run_dir, progress=progress, **kwargs)
     else:
@@ -179,13 +232,14 @@ def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None =
         rows = [r for r in rows if r in only]
     # one cell per (row, seed); the seed goes last, over the study's and the command line's overrides
     row_of, configs = {}, {}
+    extra = extra if isinstance(extra, dict) else config_mod.parse_overrides(list(extra))  # parsed once
     for r in rows:  # validate every row before training
         for seed in seed_list:
             row_of[cell_dir(r, seed)] = r
-            seed_override = [] if seed is None else [f"train.seed={seed}"]
-            configs[cell_dir(r, seed)] = row_config(study, r, [*extra, *seed_override])
+            seed_override = {} if seed is None else {"train.seed": seed}
+            configs[cell_dir(r, seed)] = row_config(study, r, {**extra, **seed_override})
     for cell, row in row_of.items():  # CLIP rows checked here too, before anything trains or is submitted
-        if isinstance(study["rows"][row], dict) and not _is_probe(study["rows"][row], row):
+        if row_kind(study["rows"][row]) == "clip":
             clip_row(study["rows"][row], row, configs[cell])
     folder = Path(out).expanduser() / name
     if launcher != "sequential":
