@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 
 from fgvc import runs
 from fgvc.data import build_dataset
@@ -36,6 +37,25 @@ def test_a_run_reads_its_data_from_a_moved_root(tiny_run, tiny_synthbirds_root, 
     test = run.dataset("test", root=moved)
     assert str(test.samples[0].path).startswith(str(moved))
     assert len(test) == len(run.dataset("test"))
+
+
+def test_a_run_on_a_class_subset_gives_only_those_classes(tiny_run, tiny_synthbirds_root, tmp_path):
+    # a data.classes run: every analysis (eval, attack, explain, audits) reads its splits through Run.dataset
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["data"]["classes"] = "second-half"
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    run = runs.Run(copy)
+    for split in ("train", "val", "test"):
+        subset = run.dataset(split)
+        same = build_dataset("synthbirds", tiny_synthbirds_root, split, None, run.config.data.val_fraction,
+                             run.config.train.seed, classes="second-half")
+        full = build_dataset("synthbirds", tiny_synthbirds_root, split, None, run.config.data.val_fraction,
+                             run.config.train.seed)
+        assert [s.path for s in subset.samples] == [s.path for s in same.samples]
+        assert subset.class_names == full.class_names[2:] and {s.label for s in subset.samples} == {0, 1}
+        assert 0 < len(subset) < len(full)
 
 
 def test_a_run_writes_atomically_into_its_folder(tiny_run, tmp_path):
