@@ -247,20 +247,20 @@ def set_key(cfg: Any, key: str, value: Any, what: str = "config") -> None:
     setattr(obj, name, _coerce(key, value, types_[name]))
 
 
-def _leaves(d: dict, prefix: str = ""):
+def leaves(d: dict, prefix: str = ""):
     """(dotted key, value) pairs, lazily and at most three levels deep: a YAML alias bomb or a
     mapping that contains itself stops at its first (unknown) key."""
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and prefix.count(".") < 2:
-            yield from _leaves(v, key + ".")
+            yield from leaves(v, key + ".")
         else:
             yield key, v
 
 
 def flat_dict(cfg: Any) -> dict[str, Any]:
     """A config dataclass as ``{dotted key: value}``."""
-    return dict(_leaves(dataclasses.asdict(cfg)))
+    return dict(leaves(dataclasses.asdict(cfg)))
 
 
 def check_ranges(cfg: Any, checks: dict[str, tuple[typing.Callable[[Any], bool], Any]], what: str = "config") -> None:
@@ -282,7 +282,7 @@ def load_dataclass(cls: type, path: str | Path | None = None, overrides: list[st
     if overrides:
         layers.append(overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
     for layer in layers:
-        for key, value in _leaves(layer):
+        for key, value in leaves(layer):
             set_key(cfg, key, value, what)
     return cfg
 
@@ -322,7 +322,7 @@ def get(cfg: Config, key: str) -> Any:
 
 def apply(cfg: Config, values: dict[str, Any]) -> Config:
     """Set dotted keys (nested dicts are flattened) and re-validate."""
-    for key, value in _leaves(values):
+    for key, value in leaves(values):
         set_key(cfg, key, value)
     return validate(cfg)
 

@@ -38,7 +38,6 @@ finished, and the table gives mean +- sample std over the seeds (fgvc.experiment
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,17 +92,6 @@ def _read_row(path: Path, row: str, spec) -> dict:
     return {**spec, "overrides": parse_row_overrides(spec.get("overrides"), where)}
 
 
-def _dotted(mapping: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted key, value) pairs of a mapping whose sections may nest ({aug: {geometric: true}}); at most three
-    levels, so a YAML alias bomb stops at its first (unknown) key."""
-    for key, value in mapping.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and prefix.count(".") < 2:
-            yield from _dotted(value, dotted + ".")
-        else:
-            yield dotted, value
-
-
 def parse_row_overrides(items: list | dict | None, where: str) -> dict[str, Any]:
     """A row's (or the study's) overrides, ``["aug.geometric=true", ...]`` or ``{aug.geometric: true, ...}``, as
     ``{dotted key: value}`` converted to each key's type (fgvc.config.set_key), parsed once: never turned back
@@ -119,7 +107,7 @@ def parse_row_overrides(items: list | dict | None, where: str) -> dict[str, Any]
                         f"not {str(items)[:80]!r}")
     scratch, out = config_mod.Config(), {}
     try:
-        pairs = config_mod.parse_overrides(items) if isinstance(items, list) else dict(_dotted(items))
+        pairs = config_mod.parse_overrides(items) if isinstance(items, list) else dict(config_mod.leaves(items))
         for key, value in pairs.items():
             config_mod.set_key(scratch, str(key), value)
             out[str(key)] = config_mod.get(scratch, str(key))
