@@ -106,3 +106,28 @@ def test_data_augment_on_device_feeds_the_model_what_device_augmentation_made(ti
     host, made = seen[0]
     assert host.dtype == torch.uint8 and host.shape[-1] == host_side(16, True)  # the host only resized
     assert torch.equal(spy.first_batch(), made)  # the model's first training input is the device's batch
+
+
+def test_each_training_batch_is_augmented_with_its_own_epoch_step_and_the_run_seed(tiny_synthbirds_root, tmp_path,
+                                                                                    monkeypatch):
+    # the loop's (epoch, step) and train.seed must reach DeviceAugment: with a constant pair every batch of
+    # every epoch would get the same crops, flips and holes
+    from fgvc import config
+    from fgvc.train import device_aug, train
+
+    calls = []
+    real = device_aug.DeviceAugment.__call__
+
+    def recorded(self, x, epoch, step):
+        calls.append((self.seed, epoch, step))
+        return real(self, x, epoch, step)
+
+    monkeypatch.setattr(device_aug.DeviceAugment, "__call__", recorded)
+    cfg = config.load(None, ["model.name=test_resnet", "data.image_size=16", "data.num_workers=0",
+                             "data.name=synthbirds", f"data.root={tiny_synthbirds_root}", "train.batch_size=8",
+                             "train.precision=32-true", "train.epochs=2", "train.seed=7", "aug.geometric=true",
+                             "data.augment_on=device", f"out={tmp_path}"])
+    train(cfg, progress=False)
+    steps = len(calls) // 2
+    assert steps >= 2 and len(calls) == 2 * steps
+    assert calls == [(7, e, s) for e in range(2) for s in range(steps)]
