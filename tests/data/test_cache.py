@@ -176,6 +176,20 @@ def test_data_cache_on_trains_and_scores_from_the_cache_files(tiny_synthbirds_ro
     assert sorted(p.name.split("-")[1] for p in folder.glob("*.u8")) == ["test", "train", "val"]
 
 
+def test_data_cache_budget_gb_reaches_the_loaders_of_a_run(tiny_synthbirds_root, tmp_path, capsys):
+    from fgvc import config
+    from fgvc.train import train
+
+    folder = tmp_path / "cache"
+    base = ["model.name=test_resnet", "data.image_size=16", "data.num_workers=0", "data.name=synthbirds",
+            f"data.root={tiny_synthbirds_root}", "train.batch_size=8", "train.precision=32-true", "train.epochs=1",
+            "data.cache=auto", f"data.cache_dir={folder}", f"out={tmp_path / 'runs'}"]
+    train(config.load(None, base + ["data.cache_budget_gb=0"]), progress=False)
+    assert not list(folder.glob("*.u8")) and "data.cache_budget_gb=0" in capsys.readouterr().out
+    train(config.load(None, base + ["data.cache_budget_gb=1"]), progress=False)
+    assert sorted(p.name.split("-")[1] for p in folder.glob("*.u8")) == ["test", "train", "val"]
+
+
 def test_an_unreadable_image_stops_the_build_with_its_sentence_and_leaves_nothing(cub_copy, tmp_path):
     from fgvc.errors import UnreadableImage, message
 
