@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from fgvc.cli import main
 
 
@@ -45,3 +47,14 @@ def test_a_second_sweep_extends_the_curve_instead_of_replacing_it(tiny_run, caps
     (curve,) = json.loads((tiny_run / "attack" / "fgsm_n12.json").read_text())["accuracy"].values()
     assert list(curve) == ["0.2"]
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("limit", ["0", "-3"])
+def test_a_limit_below_one_is_one_sentence_and_writes_nothing(tiny_run, tmp_path, capsys, limit):
+    before = sorted(p.name for p in (tiny_run / "attack").glob("*")) if (tiny_run / "attack").is_dir() else []
+    assert main(["attack", str(tiny_run), "--limit", limit]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"fgvc: --limit {limit}: attack at least 1 image, or leave --limit out for the " \
+                                   "whole split" and "Traceback" not in captured.err
+    after = sorted(p.name for p in (tiny_run / "attack").glob("*")) if (tiny_run / "attack").is_dir() else []
+    assert after == before

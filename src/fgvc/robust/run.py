@@ -19,6 +19,7 @@ import torch
 
 from fgvc import runs
 from fgvc.data import resolve_num_workers
+from fgvc.errors import UserError
 from fgvc.robust.plots import attack_images, plot_accuracy_vs_eps, save_gallery
 from fgvc.robust.sweep import evaluate_attack, format_eps, markdown_table
 
@@ -56,6 +57,8 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
 
     run_dir = runs.check_run_dir(run_dir)
     resolve_attack(attack, 0.0, alpha, steps)  # a bad name or setting: one sentence before any model loads
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: attack at least 1 image, or leave --limit out for the whole split")
     eps_list = SEED_EPS if eps_list is None else eps_list
     device = resolve_device(device)
     result, class_names = _sweep_run(run_dir, attack, eps_list, split, limit, alpha, steps, device, progress,
