@@ -194,6 +194,8 @@ def test_small_feature_map_warns_and_names_a_useful_resolution():
     warning = small_feature_map(model, torch.rand(1, 3, 64, 64), 64)
     assert warning and "2x2" in warning and "data.image_size=224" in warning
     assert small_feature_map(model, torch.rand(1, 3, 224, 224), 224) is None
+    one = small_feature_map(model, torch.rand(1, 3, 32, 32), 32)  # 1x1: a flat map, not "a blend of 1 cells"
+    assert "1x1" in one and "one cell" in one and "blend" not in one
 
 
 def test_explain_run_warns_and_draws_the_boxes_of_the_split(tiny_run, monkeypatch, tmp_path):

@@ -86,3 +86,9 @@ def test_test_resnet_trained_on_squares_localises_better_than_random():
     for m in ("cam", "gradcam"):
         assert trained[m]["energy_in_box"] > 1.8 * trained[m]["box_area_share"], trained[m]
         assert trained[m]["energy_in_box"] > random[m]["energy_in_box"] + 0.04, (trained[m], random[m])
+
+
+def test_a_method_whose_maps_are_all_flat_shows_n_a_and_counts_them():
+    flat = {"energy_in_box": float("nan"), "pointing_game": 0.0, "box_area_share": 0.441, "n": 24, "n_empty": 24}
+    row = format_table({"cam": flat}).splitlines()[-1]
+    assert row == "| cam | n/a | 0.441 | 0.000 | 24 (24 flat maps) |" and "nan" not in row

@@ -160,6 +160,8 @@ def format_table(results: dict[str, dict]) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for method, r in results.items():
-        lines.append(f"| {method} | {r['energy_in_box']:.3f} | {r['box_area_share']:.3f} | "
-                     f"{r['pointing_game']:.3f} | {r['n']} |")
+        empty = r.get("n_empty", 0)  # maps with no mass (flat): energy in box is undefined for them
+        energy = "n/a" if math.isnan(r["energy_in_box"]) else f"{r['energy_in_box']:.3f}"
+        lines.append(f"| {method} | {energy} | {r['box_area_share']:.3f} | {r['pointing_game']:.3f} | {r['n']}"
+                     + (f" ({empty} flat maps)" if empty else "") + " |")
     return "\n".join(lines)

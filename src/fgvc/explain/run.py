@@ -226,9 +226,10 @@ def small_feature_map(model, x: torch.Tensor, image_size: int) -> str | None:
     if side is None or min(side) >= USEFUL_SIDE:
         return None
     needed = math.ceil(image_size * USEFUL_SIDE / min(side) / 32) * 32
-    return (f"the last feature map is {side[0]}x{side[1]} at data.image_size={image_size}, so each map is a blend "
-            f"of {side[0] * side[1]} cells (a smooth gradient, localisation scores near chance); train at "
-            f"data.image_size={needed} or more for a {USEFUL_SIDE}x{USEFUL_SIDE} map worth reading")
+    what = ("one cell (a flat map: energy in box is undefined, n/a)" if side[0] * side[1] == 1 else
+            f"a blend of {side[0] * side[1]} cells (a smooth gradient, localisation scores near chance)")
+    return (f"the last feature map is {side[0]}x{side[1]} at data.image_size={image_size}, so each map is {what}; "
+            f"train at data.image_size={needed} or more for a {USEFUL_SIDE}x{USEFUL_SIDE} map worth reading")
 
 
 def _safe(stem: str) -> str:
