@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--quiet", action="store_true")
     st.add_argument("--seeds", help="run every row once per seed (train.seed=S, folder <row>/seed<S>), e.g. 0,1,2 "
                     "or 0-4; the table gives mean ± std and each seed (default: the study file's seeds, else one run)")
-    lg = st.add_argument_group("launcher", "one submitit job per unfinished row (pip install 'fgvc[cluster]'); "
+    lg = st.add_argument_group("launcher", "one submitit job per unfinished row, or (row, seed) with --seeds (pip install 'fgvc[cluster]'); "
                                "SLURM options apply to --launcher slurm, see docs/scale.md")
     lg.add_argument("--launcher", choices=["sequential", "local", "slurm"], default="sequential",
                     help="sequential: rows one after another in this process; local: parallel processes on this "
