@@ -56,7 +56,8 @@ def _classifier_section(done: list[dict], config_keys: list[str]) -> list[str]:
     notes = []
     if config_keys:
         notes.append(f"The {CONFIG_COLUMN} column lists the config.yaml keys whose values are not the same in "
-                     f"every classifier run of this report ({len(config_keys)} keys); keys all runs share are left out.")
+                     f"every classifier run of this report ({len(config_keys)} key{'s' if len(config_keys) != 1 else ''}); "
+                     "keys all runs share are left out.")
     elif len(done) > 1:
         notes.append("Every classifier run has the same config.yaml (no config column entries).")
     if differ:
