@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one of %(choices)s (default: %(default)s)")
     at.add_argument("--eps", default="seed",
                     help="comma list (0,0.05,8/255) or 'seed' (0..0.3) or 'standard' (1,2,4,8/255)")
-    at.add_argument("--alpha", type=float, help="step size for ifgsm/pgd (default: the attack's own)")
-    at.add_argument("--steps", type=int, help="steps for ifgsm/pgd")
+    at.add_argument("--alpha", type=float, help="step size for ifgsm, rs-fgsm and pgd (default: the attack's own)")
+    at.add_argument("--steps", type=int, help="steps for ifgsm and pgd (default: the attack's own)")
     at.add_argument("--split", default="test", choices=["train", "val", "test"])
     at.add_argument("--limit", type=int, help="attack N images spread evenly over the split")
     at.add_argument("--compare", metavar="RUN_DIR", help="a second run (e.g. adversarially trained) on the same plot")
