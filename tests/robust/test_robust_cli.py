@@ -58,3 +58,14 @@ def test_a_limit_below_one_is_one_sentence_and_writes_nothing(tiny_run, tmp_path
                                    "whole split" and "Traceback" not in captured.err
     after = sorted(p.name for p in (tiny_run / "attack").glob("*")) if (tiny_run / "attack").is_dir() else []
     assert after == before
+
+
+@pytest.mark.parametrize("argv, flag, users", [
+    (["--attack", "fgsm", "--alpha", "0.01"], "--alpha", "ifgsm, rs-fgsm, pgd"),
+    (["--attack", "fgsm", "--steps", "3"], "--steps", "ifgsm, pgd"),
+    (["--attack", "rs-fgsm", "--steps", "5"], "--steps", "ifgsm, pgd"),
+])
+def test_a_setting_the_attack_does_not_take_is_refused_not_ignored(tiny_run, capsys, argv, flag, users):
+    assert main(["attack", str(tiny_run), *argv, "--limit", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"fgvc: {flag} does not apply to --attack {argv[1]}; drop it, or use one of {users}"

@@ -51,12 +51,16 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
     ``device``: auto | cpu | cuda[:N]; ``precision``: ``run`` (each run's own, where the device supports
     it; ``fgvc.train.devices.analysis_precision``) or 32-true | bf16-mixed | 16-mixed, recorded in the JSON.
     """
-    from fgvc.robust.attacks import resolve_attack
+    from fgvc.robust.attacks import ATTACKS, resolve_attack
     from fgvc.robust.sweep import SEED_EPS
     from fgvc.train.devices import resolve_device
 
     run_dir = runs.check_run_dir(run_dir)
-    resolve_attack(attack, 0.0, alpha, steps)  # a bad name or setting: one sentence before any model loads
+    spec = resolve_attack(attack, 0.0, alpha, steps)  # a bad name or setting: one sentence before any model loads
+    for flag, value, takes in (("--alpha", alpha, "takes_alpha"), ("--steps", steps, "takes_steps")):
+        if value is not None and not getattr(spec, takes):  # silently ignored otherwise
+            users = ", ".join(n for n, a in ATTACKS.items() if getattr(a, takes))
+            raise UserError(f"{flag} does not apply to --attack {attack}; drop it, or use one of {users}")
     if limit is not None and limit < 1:
         raise UserError(f"--limit {limit}: attack at least 1 image, or leave --limit out for the whole split")
     eps_list = SEED_EPS if eps_list is None else eps_list
