@@ -10,7 +10,8 @@ job alone, then two side by side, and prints img/s per job. Settings:
 
 - ``default``: what a plain ``python`` process gets (torch's threads = cores it may run on; GNU
   OpenMP's default wait policy, whose threads spin at barriers before sleeping);
-- ``passive``: ``OMP_WAIT_POLICY=PASSIVE``, threads sleep at once at a barrier (fgvc's CLI default);
+- ``passive``: ``OMP_WAIT_POLICY=PASSIVE``, threads sleep at once at a barrier;
+- ``spin-10k`` / ``spin-100k``: ``GOMP_SPINCOUNT``, GNU OpenMP threads spin that many times, then sleep;
 - ``one-thread``: ``torch.set_num_threads(1)`` per job.
 
 A fair share is half the alone speed; "collapse" is far below it. Appends a Markdown table to
@@ -30,6 +31,8 @@ from pathlib import Path
 SETTINGS = {
     "default": ({}, 0),
     "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, 0),
+    "spin-10k": ({"GOMP_SPINCOUNT": "10000"}, 0),  # GNU OpenMP spins this many times, then sleeps
+    "spin-100k": ({"GOMP_SPINCOUNT": "100000"}, 0),
     "one-thread": ({}, 1),
 }
 
@@ -65,7 +68,8 @@ def job(args) -> None:
 
 def run_jobs(args, setting: str, count: int) -> list[dict]:
     env_extra, threads = SETTINGS[setting]
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")} | env_extra
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")}
+    env |= env_extra
     cmd = [sys.executable, __file__, "--job", "--cpus", args.cpus, "--model", args.model, "--size", str(args.size),
            "--batch", str(args.batch), "--seconds", str(args.seconds), "--threads", str(threads)]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(count)]
