@@ -32,9 +32,11 @@ def find_chromium() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """A headless system Chromium for the whole session (skips with its reason when unavailable)."""
+    """A headless system Chromium for one test module (skips with its reason when unavailable). Not for
+    the whole session: a live Playwright session (its greenlet and event loop in the main thread) left
+    open under the rest of the suite hung a later test whose DataLoader forked workers."""
     try:
         from playwright.sync_api import Error, sync_playwright
     except ImportError:
