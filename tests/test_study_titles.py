@@ -39,3 +39,10 @@ def test_study_table_title_reads_the_rows_config(tmp_path, monkeypatch):
     study._write(tmp_path, {"rows": {"baseline": {}, "not_run": {}},
                             "title": "birds50 - tricks, resnet18 from scratch, 96 px, 20 epochs"}, "s")
     assert seen["title"] == "birds50 - tricks, resnet18 from scratch, 64 px, 2 epochs"
+
+
+def test_a_one_epoch_study_title_says_epoch():
+    from fgvc.experiments.study import ran_title
+
+    title = ran_title("table - 96 px, 20 epochs", [{"data.image_size": 32, "train.epochs": 1}])
+    assert title == "table - 32 px, 1 epoch"

@@ -200,3 +200,11 @@ def test_an_unreadable_image_stops_the_build_with_its_sentence_and_leaves_nothin
         cache.cached(ds, folder, workers=1, progress=False)  # raised in a loader worker
     assert message(caught.value).startswith(f"image {ds.samples[3].path} cannot be decoded")
     assert [p.suffix for p in folder.iterdir()] == [".lock"]
+
+
+def test_a_cache_folder_with_no_room_says_so_instead_of_a_size(cub_root, tmp_path, monkeypatch):
+    # a folder on a pseudo file system (or a full disk) reports 0 bytes free: the sentence says why
+    monkeypatch.setattr(cache, "_free_bytes", lambda folder: 0)
+    with pytest.raises(UserError, match="no room for files") as e:
+        cache.cache_datasets([_split(cub_root, "test")], "on", 4, tmp_path / "nowhere", progress=False)
+    assert "MiB" in str(e.value) and "0.00 GiB" not in str(e.value)

@@ -323,8 +323,11 @@ def cache_datasets(datasets: list[FineGrainedDataset], mode: str, budget_gb: flo
             out.append(ds)
             continue
         if need > free:
-            raise UserError(f"data.cache=on needs about {need / 2**30:.2f} GiB for the {ds.split} images and {folder} "
-                            f"has {free / 2**30:.2f} GiB free; set data.cache_dir elsewhere or data.cache=auto")
+            room = (f"has {free / 2**30:.2f} GiB free" if free > 0 else
+                    "has no room for files (not a writable folder on a disk)")
+            size = f"{need / 2**30:.2f} GiB" if need >= 2**30 else f"{need / 2**20:.1f} MiB"
+            raise UserError(f"data.cache=on needs about {size} for the {ds.split} images and {folder} {room}; "
+                            "set data.cache_dir elsewhere or data.cache=auto")
         left -= need
         out.append(cached(ds, folder, workers, progress))
     return out

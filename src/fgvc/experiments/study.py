@@ -295,6 +295,8 @@ def ran_title(title: str, configs: list[dict]) -> str:
     for key, pattern in (("data.image_size", r"\b\d+ ?px\b"), ("train.epochs", r"\b\d+ epochs\b")):
         value = common(key)
         text = _TITLE_KEYS[key].format(value) if value is not None else _TITLE_KEYS[key].format("varying")
+        if key == "train.epochs" and value == 1:
+            text = "1 epoch"
         if re.search(pattern, title):
             title = re.sub(pattern, text, title)
         else:
