@@ -21,7 +21,7 @@ def fp32_run(tiny_synthbirds_root, tmp_path_factory):
     from fgvc.train import train
 
     out = tmp_path_factory.mktemp("fp32_run")
-    cfg = config.load(None, ["model.name=resnet18", "data.image_size=32", "train.epochs=1", "data.num_workers=0",
+    cfg = config.load(None, ["model.name=test_resnet", "data.image_size=32", "train.epochs=1", "data.num_workers=0",
                              "train.batch_size=16", f"data.root={tiny_synthbirds_root}", f"out={out}",
                              "train.precision=32-true", "train.accelerator=cpu"])
     return train(cfg, progress=False)

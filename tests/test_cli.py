@@ -6,7 +6,7 @@ import pytest
 
 from fgvc.cli import main
 
-FAST = ["model.name=resnet18", "data.image_size=32", "train.batch_size=16", "train.lr=2e-3",
+FAST = ["model.name=test_resnet", "data.image_size=32", "train.batch_size=16", "train.lr=2e-3",
         "train.patience=0", "data.num_workers=0", "train.epochs=1"]
 
 

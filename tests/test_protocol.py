@@ -17,7 +17,7 @@ from fgvc.protocol import differing_fields, eval_crop, flatten
 def _train(root, out, *extra):
     from fgvc.train import train
 
-    cfg = config.load(None, ["model.name=resnet18", "data.image_size=32", "train.epochs=1", "data.num_workers=0",
+    cfg = config.load(None, ["model.name=test_resnet", "data.image_size=32", "train.epochs=1", "data.num_workers=0",
                              "train.batch_size=16", "data.name=synthbirds", f"data.root={root}", f"out={out}",
                              *extra])
     return train(cfg, progress=False)

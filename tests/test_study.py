@@ -17,7 +17,7 @@ def test_study_runs_rows_writes_table_and_skips_finished_rows(tiny_synthbirds_ro
     path = tmp_path / "mini.yaml"
     path.write_text(
         "# fgvc study mini.yaml\ntitle: mini\n"
-        "overrides: [model.name=resnet18, data.image_size=32, train.epochs=1, data.num_workers=0, data.name=synthbirds]\n"
+        "overrides: [model.name=test_resnet, data.image_size=32, train.epochs=1, data.num_workers=0, data.name=synthbirds]\n"
         "columns: [test_acc]\nrows:\n  plain: []\n  smoothed: [aug.label_smoothing=0.1]\n")
     folder = run_study(str(path), [f"data.root={tiny_synthbirds_root}"], out=tmp_path / "out", progress=False)
     table = (folder / "table.md").read_text()

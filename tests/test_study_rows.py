@@ -11,7 +11,7 @@ from fgvc.cli import main
 from fgvc.errors import UserError
 from fgvc.experiments.study import read_study, row_config, run_study
 
-BASE = ["model.name=resnet18", "data.name=synthbirds", "data.image_size=32", "train.accelerator=cpu"]
+BASE = ["model.name=test_resnet", "data.name=synthbirds", "data.image_size=32", "train.accelerator=cpu"]
 
 
 def _study(tmp_path, rows: dict, name="rows"):

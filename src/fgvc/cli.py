@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--lr", type=float, default=1e-5)
     ft.add_argument("--loggers", default="", metavar="NAMES",
                     help="experiment logs under OUT/logs/: csv,tensorboard,mlflow,wandb (default: none)")
+    ft.add_argument("--resume", action="store_true", help="continue OUT from its last finished epoch")
+    ft.add_argument("--quiet", action="store_true", help="no progress bars")
+    ft.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="any fgvc train key, applied last (e.g. aug.mixup_alpha=0.2 train.patience=3)")
 
     probe = sub.add_parser("probe", help="linear probe (logistic regression) on a frozen backbone's features",
                            description="Fit an L2-regularised logistic regression on the frozen features of the "

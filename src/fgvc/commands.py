@@ -271,9 +271,10 @@ def cmd_clip(args) -> int:
                   num_workers=args.num_workers, download=not args.offline)
     if args.clip_command == "probe":
         metrics = run_linear_probe(args.model, args.pretrained, args.data, args.root, out, **common)
-    else:
+    else:  # a classifier-loop run: fgvc eval / attack / explain / serve / export read it
         metrics = run_finetune(args.model, args.pretrained, args.data, args.root, out, epochs=args.epochs,
-                               lr=args.lr, loggers=args.loggers, **common)
+                               lr=args.lr, loggers=args.loggers, resume=args.resume, overrides=args.overrides,
+                               progress=not args.quiet, **common)
     print(f"{args.clip_command}: test top-1 {metrics['test_acc']:.4f}")
     print(out)
     return 0

@@ -57,8 +57,11 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 5e-5  # the seed's AdamW setting
     weight_decay: float = 1e-3
+    schedule: str = "multistep"  # multistep (the paper: x gamma at each milestone epoch) | cosine (per step)
     milestones: list[int] = field(default_factory=lambda: [30, 60, 90])
     gamma: float = 0.1
+    warmup: float = 0.0  # cosine schedule: fraction of all steps with a linear warm-up from lr / steps
+    filter_bias_and_bn: bool = False  # no weight decay on biases and norm gains (1-d parameters; timm, CLIP)
     patience: int = 20  # early stopping on validation accuracy; 0 disables it
     seed: int = 0
     precision: str = "auto"  # auto | 32-true | bf16-mixed | 16-mixed
@@ -90,12 +93,24 @@ class AdvConfig:
 
 
 @dataclass
+class ClipConfig:
+    """CLIP fine-tuning through the classifier loop (model.name=clip:<open_clip name>, fgvc.clip.classifier)."""
+    pretrained: str = "openai"  # open_clip pretrained tag or a weights file; loaded when model.pretrained=true
+    templates: str = "seed"  # prompt templates of the zero-shot head the fine-tuning starts from (fgvc.clip.prompts)
+    descriptions: str = ""  # JSON file: class name -> descriptions, averaged into the zero-shot head
+    wise_ft_alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # [] skips WiSE-FT
+    cache_dir: str = ""  # open_clip's weights cache ("" is its default)
+    offline: bool = False  # never download CLIP weights
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     aug: AugConfig = field(default_factory=AugConfig)
     adv: AdvConfig = field(default_factory=AdvConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
     out: str = "runs"  # parent folder of run directories
 
 
@@ -130,6 +145,8 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[],
     "train.lr": (lambda v: v > 0, "a positive number"),
     "train.weight_decay": (lambda v: v >= 0, "0 or more"),
     "train.gamma": (lambda v: 0 < v <= 1, "a factor in (0, 1]"),
+    "train.schedule": (lambda v: v in ("multistep", "cosine"), "one of multistep, cosine"),
+    "train.warmup": (lambda v: 0 <= v < 1, "a fraction of the steps in [0, 1)"),
     "train.patience": (lambda v: v >= 0, "0 (off) or more"),
     "train.devices": (lambda v: v >= 1, "1 or more"),
     "train.precision": (
@@ -147,6 +164,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[],
     "adv.alpha": (lambda v: 0 <= v <= 1, "a step size in [0, 1] (0 = default)"),
     "adv.steps": (lambda v: v >= 1, "1 or more"),
     "adv.loss_weight": (lambda v: 0 <= v <= 1, "a weight in [0, 1]"),
+    "clip.wise_ft_alphas": (lambda v: all(0 <= a <= 1 for a in v), "a list of mixing weights in [0, 1]"),
 }
 
 
@@ -303,6 +321,9 @@ def check_training(cfg: Config) -> None:
         from fgvc.train.loggers import require_installed
 
         require_installed(cfg.train.loggers)
+    if cfg.train.warmup > 0 and cfg.train.schedule != "cosine":
+        raise UserError(f"train.warmup={cfg.train.warmup} warms up the cosine schedule only; set "
+                        "train.schedule=cosine or train.warmup=0")
     mixing = [k for k in ("aug.mixup_alpha", "aug.cutmix_alpha") if get(cfg, k) > 0]
     if mixing and cfg.train.batch_size % 2:
         # timm's Mixup/CutMix pairs each image with its mirror in the batch, so batches must be even

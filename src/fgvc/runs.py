@@ -143,7 +143,7 @@ def load_weights(path: Path) -> dict:
 def new_run_dir(out: str | Path, model: str, data: str) -> Path:
     """``out/<YYYYmmdd-HHMMSS>-<data>-<model>``, made unique with a suffix."""
     out = Path(out).expanduser()
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{data}-{model}".replace("/", "_")
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{data}-{model}".replace("/", "_").replace(":", "_")
     path = out / stem
     n = 1
     while path.exists():
@@ -196,8 +196,14 @@ def load(run_dir: str | Path, checkpoint: str = "best"):
     run_dir = check_run_dir(run_dir)
     cfg = load_config(run_dir)
     class_names = load_class_names(run_dir)
-    model = create_model(cfg.model.name, len(class_names), pretrained=False, dropout=cfg.model.dropout,
-                         image_size=cfg.data.image_size)
+    if cfg.model.name.startswith("clip:"):  # QuickGELU or not comes with the pretrained tag, not the weights
+        from fgvc.clip.classifier import clip_classifier
+
+        model = clip_classifier(cfg.model.name, len(class_names), cfg.model.dropout, cfg.data.image_size,
+                                pretrained=cfg.clip.pretrained if cfg.model.pretrained else "")
+    else:
+        model = create_model(cfg.model.name, len(class_names), pretrained=False, dropout=cfg.model.dropout,
+                             image_size=cfg.data.image_size)
     state = load_weights(run_dir / "checkpoints" / f"{checkpoint}.safetensors")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

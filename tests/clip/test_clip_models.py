@@ -11,7 +11,8 @@ from PIL import Image
 from safetensors.torch import save_file
 from tinyclip import TINY_CFG, make_tiny_clip
 
-from fgvc.clip.models import ClipClassifier, ClipImageEncoder, cached_weights, load_clip
+from fgvc.clip.classifier import _wrap
+from fgvc.clip.models import ClipImageEncoder, cached_weights, load_clip
 from fgvc.errors import UserError
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
@@ -140,5 +141,8 @@ def test_encoder_and_classifier_normalise_images_in_0_1_inside(tiny_clip):
     with torch.no_grad():
         assert torch.allclose(ClipImageEncoder(tiny_clip)(x), expected, atol=1e-5)
         head = torch.randn(4, 32)
-        logits = ClipClassifier(tiny_clip, head)(x)
+        classifier = _wrap(tiny_clip, "clip:tiny", 4, 0.0, 32).eval()  # what model.name=clip:... trains
+        classifier.head.weight.copy_(head)
+        classifier.head.bias.zero_()
+        logits = classifier(x)
     assert torch.allclose(logits, expected @ head.T, atol=1e-5)

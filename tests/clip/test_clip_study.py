@@ -12,7 +12,7 @@ from fgvc.experiments.study import read_study, run_study
 
 def _study(tmp_path, rows: str):
     path = tmp_path / "clipstudy.yaml"
-    path.write_text("title: clip rows\noverrides: [model.name=resnet18, data.image_size=32, train.epochs=1, "
+    path.write_text("title: clip rows\noverrides: [model.name=test_resnet, data.image_size=32, train.epochs=1, "
                     "data.num_workers=0, data.name=synthbirds]\ncolumns: [test_acc, test_top5]\nrows:\n" + rows)
     return str(path)
 

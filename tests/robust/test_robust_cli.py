@@ -9,7 +9,7 @@ from fgvc.cli import main
 
 
 def test_attack_command_writes_table_plot_and_json(tiny_synthbirds_root, tiny_run, tmp_path, capsys):
-    common = ["model.name=resnet18", "data.image_size=32", "train.epochs=1", "data.num_workers=0",
+    common = ["model.name=test_resnet", "data.image_size=32", "train.epochs=1", "data.num_workers=0",
               "data.name=synthbirds", f"data.root={tiny_synthbirds_root}", f"out={tmp_path}", "--quiet"]
     run_dir = str(tiny_run)
     assert main(["train", *common, "adv.attack=fgsm", "adv.eps=0.03"]) == 0

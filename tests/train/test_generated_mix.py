@@ -44,7 +44,7 @@ def test_a_generated_class_unknown_to_the_real_dataset_is_refused(tiny_synthbird
 
 
 def test_training_on_generated_only_tests_on_the_real_split(tiny_synthbirds_root, generated_root, tmp_path):
-    cfg = config.load(None, ["model.name=resnet18", "data.image_size=32", "train.epochs=1", "data.num_workers=0",
+    cfg = config.load(None, ["model.name=test_resnet", "data.image_size=32", "train.epochs=1", "data.num_workers=0",
                              "data.name=synthbirds", f"data.root={tiny_synthbirds_root}", f"out={tmp_path}",
                              "data.train_source=generated", f"data.generated_root={generated_root}"])
     metrics = json.loads((train(cfg, progress=False) / "metrics.json").read_text())

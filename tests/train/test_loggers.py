@@ -18,7 +18,7 @@ from fgvc.errors import UserError
 from fgvc.train import train
 from fgvc.train.loggers import open_loggers, parse_loggers
 
-FAST = ["model.name=resnet18", "data.image_size=32", "train.batch_size=16", "train.lr=2e-3", "train.patience=0",
+FAST = ["model.name=test_resnet", "data.image_size=32", "train.batch_size=16", "train.lr=2e-3", "train.patience=0",
         "data.num_workers=0", "train.precision=32-true"]
 
 
@@ -88,7 +88,7 @@ def test_classifier_run_logs_steps_epochs_and_config_to_tensorboard_and_csv(tiny
     assert first == pytest.approx(state["history"][0]["train_loss"], rel=1e-5)
     # the resolved config as hyper-parameters: TensorBoard's HPARAMS tab and the CSV logger's hparams.yaml
     params, tags = tensorboard_hparams(run_dir / "logs" / "tensorboard")
-    assert params["train.loggers"] == "csv,tensorboard" and params["model.name"] == "resnet18"
+    assert params["train.loggers"] == "csv,tensorboard" and params["model.name"] == "test_resnet"
     assert params["train.lr"] == pytest.approx(2e-3) and params["train.milestones"] == "[30, 60, 90]"
     assert tags == ["epoch/val_acc", "epoch/val_loss"]
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -134,8 +134,9 @@ def test_clip_finetune_logs_steps_epochs_and_settings(tiny_synthbirds_root, tmp_
     per_epoch = len(steps) // 2
     assert steps[per_epoch - 1][1] == pytest.approx(float(history[0]["lr"]), rel=1e-6)
     params, _ = tensorboard_hparams(out / "logs" / "tensorboard")
-    assert params["model"] == name and params["epochs"] == 2 and params["lr"] == pytest.approx(1e-4)
-    assert yaml.safe_load((out / "logs" / "csv" / "hparams.yaml").read_text())["data"] == "synthbirds"
+    assert params["model.name"] == f"clip:{name}" and params["train.epochs"] == 2
+    assert params["train.lr"] == pytest.approx(1e-4) and params["clip.pretrained"] == str(weights)
+    assert yaml.safe_load((out / "logs" / "csv" / "hparams.yaml").read_text())["data"]["name"] == "synthbirds"
 
 
 def _gan_config(root, out, **kw):

@@ -16,7 +16,7 @@ from fgvc.cli import main
 
 def test_two_processes_train_one_run_with_exact_shared_metrics(tiny_synthbirds_root, tmp_path, capsys):
     out = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "fgvc", "train", "--quiet", "model.name=resnet18", "data.image_size=32",
+    cmd = [sys.executable, "-m", "fgvc", "train", "--quiet", "model.name=test_resnet", "data.image_size=32",
            "train.batch_size=8", "train.epochs=2", "train.patience=0", "data.num_workers=0",
            "train.precision=32-true", "train.accelerator=cpu", "train.devices=2", "data.name=synthbirds",
            f"data.root={tiny_synthbirds_root}", f"out={out}"]
@@ -58,7 +58,7 @@ def test_a_nan_loss_on_one_process_stops_both_with_one_sentence(tiny_synthbirds_
         "    return out * float('nan') if os.environ.get('LOCAL_RANK') == '1' else out\n"
         "tricks.soft_cross_entropy = loss\n"
         "sys.exit(main(sys.argv[1:]))\n")
-    cmd = [sys.executable, str(script), "train", "--quiet", "model.name=resnet18", "data.image_size=32",
+    cmd = [sys.executable, str(script), "train", "--quiet", "model.name=test_resnet", "data.image_size=32",
            "train.batch_size=8", "train.epochs=2", "data.num_workers=0", "train.accelerator=cpu", "train.devices=2",
            "data.name=synthbirds", f"data.root={tiny_synthbirds_root}", f"out={tmp_path / 'runs'}"]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},

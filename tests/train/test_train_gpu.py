@@ -16,7 +16,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
-FAST = ["model.name=resnet18", "data.image_size=32", "train.batch_size=16", "train.lr=2e-3",
+FAST = ["model.name=test_resnet", "data.image_size=32", "train.batch_size=16", "train.lr=2e-3",
         "train.patience=0", "train.accelerator=cuda", "data.name=synthbirds"]
 
 

@@ -132,7 +132,7 @@ def load_clip(model_name: str, pretrained: str | None = "openai", device: str | 
     file, or None for random weights. OpenAI tags get QuickGELU whatever the name says,
     since those weights were trained with it. ``preprocess`` maps a PIL image to a float
     tensor in [0, 1] (resize + crop only): wrap the model in :class:`ClipImageEncoder` or
-    :class:`ClipClassifier`, which normalise inside. ``download=False`` (or
+    fgvc.clip.classifier's ``ClipNet``, which normalise inside. ``download=False`` (or
     ``HF_HUB_OFFLINE=1``) never touches the network.
     """
     if precision not in PRECISIONS:
@@ -245,23 +245,6 @@ class ClipImageEncoder(nn.Module):
         x = (x - self.mean) / self.std
         dtype = next(self.visual.parameters()).dtype  # an fp16/bf16 tower needs inputs of its own dtype
         return F.normalize(self.visual(x.to(dtype)).float(), dim=-1)
-
-
-class ClipClassifier(nn.Module):
-    """Logits for images in [0, 1]: the image tower, then a linear head (``head.weight`` is (C, D))."""
-
-    def __init__(self, clip_model, head_weight: torch.Tensor, class_names: list[str] | None = None):
-        super().__init__()
-        self.encoder = ClipImageEncoder(clip_model)
-        num_classes, dim = head_weight.shape
-        self.head = nn.Linear(dim, num_classes)
-        with torch.no_grad():
-            self.head.weight.copy_(head_weight)
-            self.head.bias.zero_()
-        self.class_names = list(class_names) if class_names else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
 
 
 def autocast(device: torch.device):

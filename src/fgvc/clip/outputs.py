@@ -1,63 +1,43 @@
-"""Files the CLIP tools write: atomic JSON/CSV, and tensors cached without pickle."""
+"""Files the CLIP zero-shot and probe tools write, through fgvc.runs' atomic writers; tensors without pickle."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import json
+import io
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-
-def _atomic(path: Path, write) -> None:
-    # temp file in the same folder, then os.replace: a reader never sees half a file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from fgvc import runs
 
 
 def write_json(path: str | Path, data: dict) -> None:
-    """``data`` as JSON, atomically. A CLIP run's ``metrics.json`` (a dict with ``task``) gets its
-    ``protocol`` block (``fgvc.protocol.clip_protocol``) added to ``data`` itself first, so the metrics the
-    run returns carry it too."""
+    """``data`` as JSON, atomically (``fgvc.runs``: temp file, fsync, rename). A CLIP run's ``metrics.json``
+    (a dict with ``task``) gets its ``protocol`` block (``fgvc.protocol.clip_protocol``) added to ``data``
+    itself first, so the metrics the run returns carry it too."""
     if Path(path).name == "metrics.json" and isinstance(data, dict) and "task" in data and "protocol" not in data:
         from fgvc.protocol import clip_protocol
 
         data["protocol"] = clip_protocol(data)
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-
-    _atomic(Path(path), write)
+    runs.write_json_atomic(Path(path), data)
 
 
 def write_csv(path: str | Path, header: list[str], rows: list[list]) -> None:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(rows)
-
-    _atomic(Path(path), write)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    runs.write_text_atomic(Path(path), buf.getvalue())
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write tensors as safetensors (no pickle), atomically."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    runs.write_bytes_atomic(Path(path), save(tensors, metadata=metadata))
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -129,7 +129,8 @@ def _clip_tasks() -> dict:
 
 
 # set by the study from its data config, never by a row
-_CLIP_FIXED = ("model_name", "pretrained", "dataset_name", "root", "out_dir", "val_fraction", "seed", "progress")
+_CLIP_FIXED = ("model_name", "pretrained", "dataset_name", "root", "out_dir", "val_fraction", "seed", "progress",
+               "resume", "overrides")
 
 
 def row_config(study: dict, row: str, extra: list[str] | dict = ()) -> config_mod.Config:
@@ -162,7 +163,13 @@ def clip_row(spec: dict, row: str, cfg: config_mod.Config):
     if "model" not in spec:
         raise UserError(f"study row {row!r}: name the CLIP model, e.g. model: ViT-B-16")
     fn = tasks[task]
-    defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()}
+    if task == "clip_finetune":  # run_finetune passes its keyword arguments on to the config it trains
+        from fgvc.clip.finetune import finetune_config
+
+        fn_params = {**inspect.signature(finetune_config).parameters, **inspect.signature(fn).parameters}
+    else:
+        fn_params = inspect.signature(fn).parameters
+    defaults = {name: p.default for name, p in fn_params.items() if p.kind is not p.VAR_KEYWORD}
     allowed = [p for p in defaults if p not in _CLIP_FIXED]
     kwargs = {"model_name": spec.pop("model"), "pretrained": spec.pop("pretrained", "openai")}
     unknown = [k for k in spec if k not in allowed]
@@ -191,6 +198,8 @@ def train_row(row: str, spec, cfg: config_mod.Config, run_dir: Path, progress: b
         run_probe(cfg, run_dir, progress=progress)
     elif row_kind(spec) == "clip":
         fn, kwargs = clip_row(spec, row, cfg)
+        if spec.get("task") == "clip_finetune":  # a training run: resumes from its last committed epoch
+            kwargs["resume"] = (run_dir / "checkpoints" / "last_state.pt").is_file()
         fn(out_dir=run_dir, progress=progress, **kwargs)
     else:
         resume = (run_dir / "checkpoints" / "last_state.pt").is_file()

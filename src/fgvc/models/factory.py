@@ -81,6 +81,13 @@ TF_PORTS = {
 }
 
 
+CLIP_PREFIX = "clip:"  # model.name=clip:<open_clip name>: CLIP's image tower with a linear head (fgvc.clip.classifier)
+
+
+def is_clip(name: str) -> bool:
+    return name.startswith(CLIP_PREFIX)
+
+
 def model_names() -> list[str]:
     return [*TORCHVISION_MODELS, *TF_PORTS]
 
@@ -90,6 +97,13 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, dropout:
     """A classifier with a fresh ``num_classes`` head, dropout ``dropout`` before it."""
     if num_classes < 1:
         raise UserError(f"a model needs at least one class, got {num_classes}")
+    if is_clip(name):
+        if pretrained:  # the zero-shot head needs class names and prompts: fgvc.train.build_model builds it
+            raise UserError(f"{name} with pretrained weights is built from a config (fgvc.clip.classifier."
+                            "zeroshot_classifier), not by create_model")
+        from fgvc.clip.classifier import clip_classifier
+
+        return clip_classifier(name, num_classes, dropout=dropout, image_size=image_size)
     if name in TORCHVISION_MODELS:
         return _torchvision_model(name, num_classes, pretrained, dropout, image_size)
     if name in TF_PORTS:

@@ -58,6 +58,9 @@ def apply_trainable(model, spec: str) -> None:
         if n > 0:  # what lies between the last block and the head feeds the head
             for module in (vit_final_norm(model),) if model.family == "vit" else after_blocks(model):
                 _set(module, True)
+            proj = getattr(getattr(model.net, "visual", None), "proj", None)
+            if isinstance(proj, nn.Parameter):  # CLIP: the projection after ln_post feeds the head too
+                proj.requires_grad = True
 
 
 def after_blocks(model) -> list[nn.Module]:

@@ -174,6 +174,8 @@ def pretraining_source(cfg) -> dict:
         return {"source": "file", "file": Path(m.weights).name, "sha256": m.weights_sha256}
     if m.init_from:
         return {"source": "run", "run": str(m.init_from)}
+    if m.pretrained and m.name.startswith("clip:"):
+        return {"source": "open_clip", "name": m.name, "pretrained": cfg.clip.pretrained}
     if m.pretrained:
         from fgvc.models.factory import TORCHVISION_MODELS
 

@@ -26,10 +26,12 @@ from fgvc import runs
 from fgvc.errors import UnreadableImage, UserError, message
 from fgvc.models import apply_trainable, count_parameters, create_model, train_mode
 from fgvc.models.batchnorm import prepare_batchnorm
+from fgvc.models.factory import is_clip
 from fgvc.models.weights import pretraining_source
 from fgvc.train.devices import check_accelerator, resolve_precision
 from fgvc.train.evaluate import evaluate
 from fgvc.train.loggers import ExperimentLog, open_loggers, optimizer_steps
+from fgvc.train.optim import build_optimizer, build_scheduler
 from fgvc.train.splits import Splits, all_or_none, build_loaders, build_splits
 from fgvc.train.state import (
     TrainState,
@@ -51,7 +53,14 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
     classes.json, history.csv, metrics.json, curves.png, checkpoints/). ``resume`` continues
     ``run_dir`` from its last finished epoch. Raises UserError for what the user can fix."""
     try:
-        return fit(cfg, run_dir, resume, progress)
+        run_dir = fit(cfg, run_dir, resume, progress)
+        if is_clip(cfg.model.name) and cfg.clip.wise_ft_alphas and is_main_process():
+            from fgvc.clip.finetune import (
+                score_wise_ft,  # the zero-shot -> fine-tuned path, scored on val and test
+            )
+
+            score_wise_ft(run_dir, progress=progress)
+        return run_dir
     except torch.cuda.OutOfMemoryError:
         bs = cfg.train.batch_size
         fix = f"lower train.batch_size (for example {bs // 2}) or data.image_size" if bs > 1 else \
@@ -78,18 +87,16 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     tricks = build_tricks(cfg, len(class_names), rank=fabric.global_rank)
 
     # --- model, optimizer, schedule, loaders ---
-    model, bn_mode, bn_trains = setup_model(cfg, len(class_names), resume, progress=not quiet)
+    model, bn_mode, bn_trains = setup_model(cfg, class_names, resume, progress=not quiet)
     counts = count_parameters(model)
-    params = [p for p in model.parameters() if p.requires_grad]  # frozen weights never reach AdamW
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.train.milestones,
-                                                     gamma=cfg.train.gamma)
+    optimizer = build_optimizer(cfg, model)  # AdamW; frozen weights never reach it
     raw_model = model
     if cfg.train.compile:  # Fabric wraps the module and compiles it again (lightning_fabric's setup)
         model = torch.compile(model)
     model, optimizer = fabric.setup(model, optimizer)
     loaders = build_loaders(fabric, splits, cfg, even=tricks.even_batches,
                             least=2 if bn_trains or tricks.even_batches else 1)
+    scheduler, per_step = build_scheduler(cfg, optimizer, len(loaders.train))
     scores = {"autocast": fabric.autocast, "reduce": partial(sum_over_processes, fabric),
               "batches": partial(all_or_none, fabric)}
 
@@ -114,8 +121,9 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
         loaders.generator.manual_seed(cfg.train.seed * 1000 + epoch)
         loaders.sampler.use_epoch(epoch)
         t0 = time.perf_counter()
-        train_loss, train_acc, seen = train_one_epoch(fabric, model, raw_model, optimizer, loaders.train, tricks,
-                                                      epoch, cfg, state, ckpt, quiet, log)
+        train_loss, train_acc, seen, lr = train_one_epoch(fabric, model, raw_model, optimizer, loaders.train, tricks,
+                                                          epoch, cfg, state, ckpt, quiet, log,
+                                                          scheduler if per_step else None)
         seconds = time.perf_counter() - t0
         # Through the DDP wrapper on purpose: its first forward after training broadcasts the
         # BatchNorm statistics of process 0, whose weights become the checkpoint.
@@ -123,8 +131,8 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
         if not math.isfinite(val["loss"]):  # diverged weights must never become a checkpoint
             raise UserError(f"the validation loss became {val['loss']} after epoch {epoch + 1}: the weights "
                             f"diverged; lower train.lr (now {cfg.train.lr}); {kept(state.history, ckpt)}")
-        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained at: read before the schedule steps
-        scheduler.step()
+        if not per_step:  # lr above is the rate of the epoch's last step (a per-step schedule moves within it)
+            scheduler.step()
         row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
                "val_acc": val["acc"], "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
         probed = tricks.probe(raw_model, loaders.val, fabric.autocast, state.probes)
@@ -152,10 +160,11 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
 
 def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks: Tricks, epoch: int,
                     cfg: config_mod.Config, state: TrainState, ckpt: Path, quiet: bool,
-                    log: ExperimentLog | None = None) -> tuple[float, float, int]:
-    """One pass over the train shard: (mean loss, accuracy, images), summed over processes. Train
-    accuracy under mixing is agreement with the label of the larger mixing weight (the argmax of
-    the soft target); without mixing it is plain accuracy."""
+                    log: ExperimentLog | None = None, scheduler=None) -> tuple[float, float, int, float]:
+    """One pass over the train shard: (mean loss, accuracy, images summed over processes, the lr of its last
+    step). Train accuracy under mixing is agreement with the label of the larger mixing weight (the argmax
+    of the soft target); without mixing it is plain accuracy. ``scheduler``: stepped after every optimizer
+    step (a per-step schedule), or None."""
     train_mode(model)  # frozen BatchNorm stays in eval mode
     # sums stay on the device (no .item() per step); the finiteness check below is the one sync
     loss_sum = torch.zeros((), dtype=torch.float64, device=fabric.device)
@@ -175,8 +184,11 @@ def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks:
         optimizer.zero_grad(set_to_none=True)
         fabric.backward(loss)
         optimizer.step()
-        if log:  # process 0's batch loss and the rate this step trained at
-            log.log_step(log.last_step + 1, loss.detach(), optimizer.param_groups[0]["lr"])
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step trained at, before the schedule moves on
+        if scheduler is not None:
+            scheduler.step()
+        if log:  # process 0's batch loss and its rate
+            log.log_step(log.last_step + 1, loss.detach(), lr)
         loss_sum += loss.detach().double() * y.shape[0]
         correct += (logits.argmax(1) == target.argmax(1)).sum()
         seen += y.shape[0]
@@ -184,7 +196,7 @@ def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks:
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
     sums = torch.stack([loss_sum, correct.double(), torch.tensor(seen, dtype=torch.float64, device=fabric.device)])
     loss_sum, correct, seen = sum_over_processes(fabric, sums).tolist()
-    return loss_sum / max(seen, 1), correct / max(seen, 1), int(seen)
+    return loss_sum / max(seen, 1), correct / max(seen, 1), int(seen), lr
 
 
 def setup_fabric(cfg: config_mod.Config) -> tuple[Fabric, str]:
@@ -199,9 +211,9 @@ def setup_fabric(cfg: config_mod.Config) -> tuple[Fabric, str]:
     return fabric, precision
 
 
-def setup_model(cfg: config_mod.Config, num_classes: int, resume: bool, progress: bool):
+def setup_model(cfg: config_mod.Config, class_names: list[str], resume: bool, progress: bool):
     """(model, model.batchnorm mode that ran, whether a BatchNorm layer trains on batch statistics)."""
-    model = build_model(cfg, num_classes)
+    model = build_model(cfg, len(class_names), class_names)
     d = cfg.data
     # BatchNorm folded into the convolutions (TensorFlow Lite weights) has placeholder statistics:
     # re-estimate them on training images, or keep BatchNorm frozen (fgvc.models.batchnorm); a resumed
@@ -229,7 +241,7 @@ def final_metrics(cfg: config_mod.Config, state: TrainState, test: dict, splits:
 
     best = state.best_row()
     metrics = {
-        "task": "classifier",
+        "task": "clip_finetune" if is_clip(cfg.model.name) else "classifier",
         "train_acc": best["train_acc"], "val_acc": best["val_acc"], "test_acc": test["acc"],
         "test_top5": test["top5"], "train_loss": best["train_loss"], "val_loss": best["val_loss"],
         "test_loss": test["loss"], "best_epoch": state.best_epoch + 1, "epochs_run": len(state.history),
@@ -256,10 +268,17 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: config_mod.Config, num_classes: int):
-    """Backbone with a fresh head, optionally initialised from an earlier run, then frozen by spec."""
-    model = create_model(cfg.model.name, num_classes, pretrained=cfg.model.pretrained,
-                         dropout=cfg.model.dropout, image_size=cfg.data.image_size)
+def build_model(cfg: config_mod.Config, num_classes: int, class_names: list[str] | None = None):
+    """Backbone with a fresh head, optionally initialised from an earlier run, then frozen by spec.
+    A pretrained CLIP model (``model.name=clip:...``) starts from its zero-shot head, which needs
+    ``class_names`` (fgvc.clip.classifier)."""
+    if is_clip(cfg.model.name) and cfg.model.pretrained:
+        from fgvc.clip.classifier import zeroshot_classifier
+
+        model = zeroshot_classifier(cfg, class_names or [str(i) for i in range(num_classes)])
+    else:
+        model = create_model(cfg.model.name, num_classes, pretrained=cfg.model.pretrained,
+                             dropout=cfg.model.dropout, image_size=cfg.data.image_size)
     if cfg.model.weights:  # a local file (fgvc.models.weights): its origin goes into config.yaml and metrics.json
         from fgvc.models.weights import load_weights_file
 

@@ -30,7 +30,8 @@ RESUME_KEYS = ("epoch", "best_acc", "best_epoch", "history", "optimizer", "sched
 RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.batch_size", "train.lr", "train.weight_decay",
                   "train.milestones", "train.gamma", "train.precision", "train.devices", "train.accelerator",
                   "train.channels_last", "data.num_workers", "data.skip_bad_images", "train.loggers",
-                  "data.cache", "data.cache_budget_gb", "data.cache_dir", "train.compile")
+                  "data.cache", "data.cache_budget_gb", "data.cache_dir", "train.compile",
+                  "clip.cache_dir", "clip.offline", "clip.wise_ft_alphas")
 _OPTIMIZER_KEYS = ("train.lr", "train.weight_decay", "train.milestones", "train.gamma")
 _TRAINING_ONLY_KEYS = (*_OPTIMIZER_KEYS, "train.batch_size")  # the others also reach the final test
 
@@ -153,13 +154,17 @@ def restore(run_dir: Path, cfg: config_mod.Config, changes: dict, model, optimiz
 
 
 def set_optimizer(optimizer, scheduler, t: config_mod.TrainConfig) -> None:
-    """Resume with new optimizer settings: the loaded AdamW and MultiStepLR states carry the old ones.
-    The rate becomes what the new schedule gives at this epoch."""
-    scheduler.milestones, scheduler.gamma = Counter(t.milestones), t.gamma
+    """Resume with new optimizer settings: the loaded AdamW and schedule states carry the old ones.
+    The rate becomes what the new schedule gives at this point (epoch for multistep, step for cosine);
+    a group without weight decay (train.filter_bias_and_bn) keeps none."""
     scheduler.base_lrs = [t.lr] * len(optimizer.param_groups)
-    lr = t.lr * t.gamma ** bisect.bisect_right(sorted(t.milestones), scheduler.last_epoch)
+    if isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR):
+        scheduler.milestones, scheduler.gamma = Counter(t.milestones), t.gamma
+        lr = t.lr * t.gamma ** bisect.bisect_right(sorted(t.milestones), scheduler.last_epoch)
+    else:  # a LambdaLR built from this config (train.schedule=cosine)
+        lr = t.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
     for group in optimizer.param_groups:
-        group.update(lr=lr, initial_lr=t.lr, weight_decay=t.weight_decay)
+        group.update(lr=lr, initial_lr=t.lr, weight_decay=0.0 if group.get("no_decay") else t.weight_decay)
     scheduler._last_lr = [lr] * len(optimizer.param_groups)  # what get_last_lr() reports
 
 

@@ -1,0 +1,51 @@
+"""The optimizer and the learning-rate schedule of a training run, from ``train.*``.
+
+AdamW on the trainable parameters (frozen ones never reach it). ``train.filter_bias_and_bn``
+takes weight decay off 1-d parameters (biases, norm gains, CLIP's class and position
+embeddings are 2-d and keep it), as timm's ``param_groups_weight_decay`` and CLIP's own
+training do. Schedules: ``multistep`` (the paper: lr x gamma at each milestone epoch, stepped
+once per epoch) and ``cosine`` (stepped once per optimizer step: a linear warm-up over
+``train.warmup`` of all steps, then half a cosine down to 0; Loshchilov & Hutter 2017, SGDR).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fgvc import config as config_mod
+
+
+def build_optimizer(cfg: config_mod.Config, model: torch.nn.Module) -> torch.optim.AdamW:
+    """AdamW(lr=train.lr) over ``model``'s trainable parameters; with ``train.filter_bias_and_bn`` two groups:
+    parameters with 2 or more dimensions decay by ``train.weight_decay``, 1-d ones not at all."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    wd = cfg.train.weight_decay
+    if cfg.train.filter_bias_and_bn:
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": wd},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "no_decay": True}]
+        params = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=wd)
+
+
+def cosine_factor(step: int, total: int, warmup: int) -> float:
+    """The lr multiplier at 0-based ``step`` of ``total``: (step + 1) / warmup while warming up, then
+    0.5 * (1 + cos(pi * t)) with t going from 0 to 1 over the remaining steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def build_scheduler(cfg: config_mod.Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """``(scheduler, per_step)``: ``per_step`` says whether the loop steps it after every optimizer step
+    (cosine) or once per epoch (multistep). A resumed run restores its position from its state."""
+    t = cfg.train
+    if t.schedule == "cosine":
+        total = max(1, t.epochs * steps_per_epoch)
+        warmup = int(t.warmup * total)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s, total, warmup)), True
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=t.milestones, gamma=t.gamma), False
+
+
+__all__ = ["build_optimizer", "build_scheduler", "cosine_factor"]
