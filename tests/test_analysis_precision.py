@@ -148,3 +148,12 @@ def test_every_device_option_defaults_to_auto():
     walk(build_parser(), ())
     assert {"eval", "explain", "attack", "gan sample", "zeroshot", "clip probe", "clip finetune"} <= set(found)
     assert set(found.values()) == {"auto"}, found
+
+
+@needs_bf16
+def test_attack_compare_records_each_runs_own_precision(tiny_run, fp32_run):
+    from fgvc.robust.run import attack_run
+
+    attack_run(tiny_run, "fgsm", [0.0, 0.03], split="val", limit=4, compare=fp32_run, progress=False)
+    record = json.loads((tiny_run / "attack" / "fgsm_val_n4.json").read_text())
+    assert record["precisions"] == {tiny_run.resolve().name: "bf16-mixed", fp32_run.resolve().name: "32-true"}

@@ -94,6 +94,16 @@ def test_temperature_scaling_fitted_on_val_lowers_test_nll_of_an_overconfident_m
     assert after["nll"] < before["nll"] - 0.1 and after["ece"] < before["ece"] and after["brier"] < before["brier"]
     assert after["acc"] == before["acc"]  # one temperature never changes the argmax
     assert after["nll"] == pytest.approx(float(F.cross_entropy(test_logits / t, test_labels)))
+    assert "warning" not in result  # 4000 images, a plausible temperature
+
+
+def test_a_temperature_fitted_on_a_tiny_all_correct_val_split_is_flagged():
+    # 8 validation images, all right: NLL keeps falling as T shrinks, so the "fit" is meaningless
+    logits = torch.eye(4).repeat(2, 1) * 3.0
+    labels = torch.arange(4).repeat(2)
+    test_logits, test_labels = _overconfident(500, 5)
+    result = calibrate(logits, labels, test_logits, test_labels)
+    assert "only 8 validation images" in result["warning"] and "every validation image" in result["warning"]
 
 
 def test_temperature_is_fitted_on_the_val_logits_given():

@@ -88,3 +88,20 @@ def test_a_missing_image_file_is_named_without_blaming_the_dataset(command, tiny
 def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--epochs", "1"]) == 0
     assert "test acc" in capsys.readouterr().out
+
+
+def test_a_bad_data_root_is_not_preceded_by_lightnings_precision_banner(tmp_path, capsys):
+    import logging
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("lightning_fabric.utilities.rank_zero")
+    logger.addHandler(handler)
+    try:
+        assert main(["train", "data.root=/nonexistent/fgvc", "data.name=cub200", "train.precision=bf16-mixed",
+                     "train.accelerator=cpu", f"out={tmp_path}"]) == 2
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in seen if "Mixed Precision" in m], seen  # the error is the only thing the user reads
+    assert capsys.readouterr().err.count("\n") == 1

@@ -76,6 +76,7 @@ def test_local_launcher_runs_rows_as_parallel_processes_with_the_sequential_tabl
     assert len(started) == 2 and len(finished) == 2 and max(started) < min(finished), said
 
 
+@pytest.mark.slow  # two or more fresh processes (~15-25 s on 2 cores); `make test-all` runs it
 def test_local_launcher_runs_each_seed_as_a_cell_with_the_sequential_table(tiny_synthbirds_root, tmp_path,
                                                                           one_thread, capsys):
     path = _study(tmp_path, "  plain: []\n")
@@ -99,6 +100,7 @@ def test_local_launcher_runs_each_seed_as_a_cell_with_the_sequential_table(tiny_
     assert _table(par)["plain"]["n"] == "2"
 
 
+@pytest.mark.slow  # two or more fresh processes (~15-25 s on 2 cores); `make test-all` runs it
 def test_a_row_killed_midway_is_resubmitted_alone_and_resumes(tiny_synthbirds_root, tmp_path, capsys):
     path = _study(tmp_path, "  short: []\n  long: [train.epochs=4, train.patience=0]\n")
     extra = [f"data.root={tiny_synthbirds_root}"]

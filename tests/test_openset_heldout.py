@@ -94,6 +94,24 @@ def test_heldout_classes_are_the_unknowns_and_score_above_chance(half_run, capsy
         assert o["scores"][name]["auroc"] > 0.8, (name, o["scores"][name])
 
 
+def test_heldout_unknowns_come_from_the_split_of_the_known_images(half_run, capsys):
+    from fgvc import runs
+    from fgvc.data import build_dataset
+    from fgvc.openset import heldout_dataset
+
+    run = runs.Run(half_run)
+    d = run.config.data
+    for split in ("val", "test"):
+        unknown = heldout_dataset(run.config, run.eval_transform, split)
+        held_out = run.dataset(split).class_names  # the known classes; the others' files of the same split
+        every = {s.path for s in build_dataset(d.name, d.root, split, None, d.val_fraction, run.config.train.seed).samples}
+        assert unknown.samples and {s.path for s in unknown.samples} <= every, split
+        assert not set(unknown.class_names) & set(held_out)
+    assert main(["eval", str(half_run), "--unknown", "heldout", "--split", "val", "--json"]) == 0
+    o = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["openset"]
+    assert o["known_split"] == "val" and o["unknown_images"] == len(heldout_dataset(run.config, None, "val"))
+
+
 def test_heldout_of_a_run_on_every_class_is_one_sentence(tiny_run, capsys):
     assert main(["eval", str(tiny_run), "--unknown", "heldout"]) == 2
     err = capsys.readouterr().err

@@ -82,3 +82,12 @@ def test_bad_seeds_are_one_sentence(text, words, tmp_path, capsys):
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1 and "Traceback" not in err
     assert parse_seeds("0-2,5") == [0, 1, 2, 5]
+
+
+def test_mean_and_std_share_their_decimals_outside_accuracies():
+    from fgvc.experiments.seeds import _pm
+
+    assert _pm(2.33, 0.6788, "seconds") == "2.33 ± 0.68"
+    assert _pm(1234.5, 56.7, "train_images_per_second") == "1234 ± 57"  # round half to even, as Python does
+    assert _pm(0.91423, 0.00141, "test_acc") == "0.9142 ± 0.0014"
+    assert _pm(3.0, 0.0, "seconds") == "3 ± 0"

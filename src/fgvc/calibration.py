@@ -133,12 +133,38 @@ def calibrate(val_logits, val_labels, test_logits, test_labels, n_bins: int = 15
     Returns ``{"temperature", "fitted_on": "val", "n_bins", "val": {"before", "after"},
     "test": {"before", "after"}}``, each a ``scores`` dict."""
     t = fit_temperature(val_logits, val_labels)
-    return {
+    result = {
         "temperature": t, "fitted_on": "val", "n_bins": n_bins,
         "val": {"before": scores(val_logits, val_labels, 1.0, n_bins), "after": scores(val_logits, val_labels, t, n_bins)},
         "test": {"before": scores(test_logits, test_labels, 1.0, n_bins),
                  "after": scores(test_logits, test_labels, t, n_bins)},
     }
+    warning = temperature_warning(t, len(val_labels), int((val_logits.argmax(1) == val_labels).sum()))
+    if warning:
+        result["warning"] = warning
+    return result
+
+
+# below this many validation images, or outside this range of temperatures, the fit is noise, not calibration
+FEW_VAL_IMAGES = 100
+PLAUSIBLE_T = (0.05, 20.0)
+
+
+def temperature_warning(t: float, n_val: int, n_correct: int) -> str | None:
+    """A sentence when the fitted temperature should not be trusted: few validation images, every one
+    right (NLL then falls forever as T grows, or shrinks), or a temperature far outside what trained
+    networks need (Guo et al. 2017 report 1-3)."""
+    why = []
+    if n_val < FEW_VAL_IMAGES:
+        why.append(f"only {n_val} validation images")
+    if n_correct in (0, n_val):
+        why.append(f"{'every' if n_correct else 'no'} validation image classified right")
+    if not PLAUSIBLE_T[0] <= t <= PLAUSIBLE_T[1]:
+        why.append(f"T = {t:.3g} is far outside the usual 1-3")
+    if not why:
+        return None
+    return (f"the temperature was fitted on too little evidence ({'; '.join(why)}): read the 'after' scores as "
+            "unreliable, or evaluate a run with a larger data.val_fraction")
 
 
 def plot_reliability(logits, labels, temperature: float, path: Path, n_bins: int = 15, title: str = "") -> Path:

@@ -44,7 +44,7 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
         from fgvc.tta import check_mode
 
         check_mode(tta)
-    unknown_set = _unknown_set(run, unknown) if unknown is not None else None  # checked before any scoring
+    unknown_set = _unknown_set(run, unknown, split) if unknown is not None else None  # checked before any scoring
     scorer = Scorer(run, device, precision, progress)
     main_set = run.dataset(split)
     main = scorer(main_set, desc=split)
@@ -119,13 +119,14 @@ class Scorer:
                         progress=self.progress, desc=desc, predictions=True, logits=True)
 
 
-def _unknown_set(run: runs.Run, unknown: str | Path):
-    """Images of classes the model never saw: a folder, or ``heldout`` (the classes data.classes left out)."""
+def _unknown_set(run: runs.Run, unknown: str | Path, split: str = "test"):
+    """Images of classes the model never saw: a folder, or ``heldout`` (the classes data.classes left out,
+    from the same ``split`` as the known images)."""
     from fgvc.data.base import FineGrainedDataset
     from fgvc.openset import HELDOUT, heldout_dataset, unknown_samples
 
     if str(unknown) == HELDOUT:  # a run on every class has none held out: one sentence
-        return heldout_dataset(run.config, run.eval_transform)
+        return heldout_dataset(run.config, run.eval_transform, split)
     return FineGrainedDataset(unknown_samples(unknown), ["unknown"], run.eval_transform, name="unknown",
                               split="unknown", root=Path(unknown))
 
@@ -154,6 +155,8 @@ def summary(result: dict, split: str) -> str:
     lines.append(f"calibration (test): ECE {b['ece']:.4f} -> {a['ece']:.4f}  equal-mass ECE {b['ece_mass']:.4f} -> "
                  f"{a['ece_mass']:.4f}  NLL {b['nll']:.4f} -> {a['nll']:.4f}  Brier {b['brier']:.4f} -> "
                  f"{a['brier']:.4f}  (temperature {cal['temperature']:.3f}, fitted on val)")
+    if cal.get("warning"):
+        lines.append(f"warning: {cal['warning']}")
     if "openset" in result:
         o = result["openset"]
         scores = "  ".join(f"{k} AUROC {v['auroc']:.4f} FPR@95%TPR {v['fpr_at_95_tpr']:.4f}"

@@ -120,15 +120,16 @@ def plot_coverage(known_logits: torch.Tensor, known_labels: torch.Tensor, path: 
 HELDOUT = "heldout"  # --unknown heldout: the test images of the classes the run's data.classes left out
 
 
-def heldout_dataset(cfg, transform):
-    """The test split of ``cfg``'s dataset restricted to the classes ``cfg.data.classes`` left out
-    (fgvc.data.subset.heldout_classes), through ``transform``: the unknown images of a run trained on a
-    subset of its dataset's classes. UserError when the run trained on every class."""
+def heldout_dataset(cfg, transform, split: str = "test"):
+    """The ``split`` of ``cfg``'s dataset (the split the known images come from, so the two never mix)
+    restricted to the classes ``cfg.data.classes`` left out (fgvc.data.subset.heldout_classes), through
+    ``transform``: the unknown images of a run trained on a subset of its dataset's classes. UserError
+    when the run trained on every class."""
     from fgvc.data import build_dataset
     from fgvc.data.subset import heldout_classes, select_classes
 
     d = cfg.data
-    every = build_dataset(d.name, d.root, "test", transform, d.val_fraction, cfg.train.seed)
+    every = build_dataset(d.name, d.root, split, transform, d.val_fraction, cfg.train.seed)
     return select_classes(every, heldout_classes(d.classes, len(every.class_names)))
 
 

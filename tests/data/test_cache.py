@@ -174,6 +174,7 @@ def test_data_cache_on_trains_and_scores_from_the_cache_files(tiny_synthbirds_ro
     run_dir = train(cfg, progress=False)
     assert (run_dir / "metrics.json").is_file()
     assert sorted(p.name.split("-")[1] for p in folder.glob("*.u8")) == ["test", "train", "val"]
+    assert {p.name.split("-")[0] for p in folder.glob("*.u8")} == {"synthbirds"}  # the registry name, not cub200
 
 
 def test_data_cache_budget_gb_reaches_the_loaders_of_a_run(tiny_synthbirds_root, tmp_path, capsys):

@@ -160,6 +160,7 @@ def test_a_training_setting_given_to_a_finished_run_is_refused(run_copy, capsys)
 
 # --- 11: several processes ---
 
+@pytest.mark.slow  # two or more fresh processes (~15-25 s on 2 cores); `make test-all` runs it
 def test_an_unreadable_image_in_one_shard_stops_every_process_with_the_sentence(tiny_synthbirds_root, tmp_path):
     root = Path(shutil.copytree(tiny_synthbirds_root, tmp_path / "birds"))
     bad = build_dataset("synthbirds", root, "train", None, 0.1, 0).samples[0].path

@@ -44,6 +44,7 @@ def test_two_processes_train_one_run_with_exact_shared_metrics(tiny_synthbirds_r
         assert single["acc"] == pytest.approx(metrics[key], abs=1e-9), split
 
 
+@pytest.mark.slow  # two or more fresh processes (~15-25 s on 2 cores); `make test-all` runs it
 def test_a_nan_loss_on_one_process_stops_both_with_one_sentence(tiny_synthbirds_root, tmp_path):
     # only the second process sees a NaN loss; without the shared check the first would wait
     # for it at the next gradient all-reduce until the process group timed out

@@ -11,6 +11,8 @@ export read a CLIP run like any other.
 
 from __future__ import annotations
 
+import logging
+
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -80,14 +82,21 @@ def clip_classifier(name: str, num_classes: int, dropout: float = 0.0, image_siz
     from fgvc.clip.models import _check_model_name
 
     model_name = open_clip_name(name)
-    if model_name.startswith("local-dir:"):
-        clip_model = open_clip.create_model(model_name, pretrained=None)
-    else:
-        if not model_name.startswith("hf-hub:"):
-            _check_model_name(model_name)
-        clip_model = open_clip.create_model(model_name, pretrained=None,
-                                            force_quick_gelu=_quick_gelu(model_name, pretrained))
+    kwargs = {}
+    if not model_name.startswith(("hf-hub:", "local-dir:")):
+        _check_model_name(model_name)
+        kwargs["force_quick_gelu"] = _quick_gelu(model_name, pretrained)
+    root = logging.getLogger()
+    root.addFilter(_random_init_note)  # open_clip warns that no weights were loaded: the checkpoint follows
+    try:
+        clip_model = open_clip.create_model(model_name, pretrained=None, **kwargs)
+    finally:
+        root.removeFilter(_random_init_note)
     return _wrap(clip_model, name, num_classes, dropout, image_size)
+
+
+def _random_init_note(record: logging.LogRecord) -> bool:
+    return "No pretrained weights loaded" not in record.getMessage()
 
 
 def zeroshot_classifier(cfg: config_mod.Config, class_names: list[str]) -> Classifier:

@@ -47,6 +47,8 @@ def build_dataset(name: str, root: str | Path, split: str, transform=None,
     if not root.exists():
         raise UserError(f"dataset root {root} does not exist; run `fgvc data prepare` or `fgvc data synth --root {root}`")
     dataset = load(root, split, transform, val_fraction=val_fraction, seed=seed)
+    if hasattr(dataset, "name"):  # the registry name: synthbirds is read by CUB's loader, but is not cub200
+        dataset.name = name
     if classes:
         dataset = select_classes(dataset, parse_classes(classes, len(dataset.class_names)))
     return dataset

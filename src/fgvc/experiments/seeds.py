@@ -14,6 +14,8 @@ number ``n``; each seed's own values are in ``table_seeds.csv`` and in a second 
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import numpy as np
@@ -128,9 +130,16 @@ def _fmt(value, column: str) -> str:
 
 
 def _pm(mean, std, column: str) -> str:
+    """``mean ± std``; accuracies and losses to 4 decimals, other columns (seconds, img/s) with the std
+    to 2 significant digits and the mean to the same decimals (2.33 ± 0.68, not 2.33 ± 0.6788)."""
     if mean is None:
         return ""
-    return _fmt(mean, column) + ("" if std is None else f" ± {_fmt(std, column)}")
+    if std is None:
+        return _fmt(mean, column)
+    if column.endswith(("acc", "top5", "loss")) or not isinstance(mean, float) or not std or not math.isfinite(std):
+        return f"{_fmt(mean, column)} ± {_fmt(std, column)}"
+    decimals = max(0, 1 - math.floor(math.log10(abs(std))))
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:

@@ -196,6 +196,30 @@ def _restore(folder: Path | None, run_dir: Path, nets: dict, opt_g, opt_d, noise
     return start, int(state["batches_seen"]), float(state["seconds"]), _read_losses(run_dir / "losses.csv", start)
 
 
+def _open_run_dir(config: GanConfig, meta: dict, resume: str | Path | None) -> Path:
+    """The resumed run (its meta.json checked against this data) or a new one with meta.json; config.yaml
+    written either way."""
+    if resume is not None:
+        run_dir = Path(resume)
+        _check_resume(run_dir, meta)
+    else:
+        run_dir = _new_run_dir(config)
+        write_json_atomic(run_dir / META_FILE, meta)
+    write_text_atomic(run_dir / "config.yaml", dump_gan_config(config))
+    return run_dir
+
+
+def _build(config: GanConfig, n_classes: int, device: torch.device):
+    """(G, D, G_ema, opt_g, opt_d): seeded weights (and spectral-norm start vectors), Adam with the config's betas."""
+    torch.manual_seed(config.seed)
+    G = Generator(n_classes, config.data.image_size, config.ch, config.z_dim).to(device)
+    D = Discriminator(n_classes, config.data.image_size, config.ch).to(device)
+    G_ema = copy.deepcopy(G).eval()
+    opt_g = torch.optim.Adam(G.parameters(), lr=config.lr, betas=tuple(config.betas))
+    opt_d = torch.optim.Adam(D.parameters(), lr=config.lr, betas=tuple(config.betas))
+    return G, D, G_ema, opt_g, opt_d
+
+
 def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool = True,
               resume: str | Path | None = None) -> Path:
     """Train the cGAN and return its run directory.
@@ -212,26 +236,13 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
     from fgvc.train.devices import resolve_device  # the one --device resolver
 
     device = resolve_device(config.device)
-    size = config.data.image_size
     images, labels, class_names = _training_images(config, dataset)
     n_classes = len(class_names)
-    meta = {"class_names": class_names, "n_classes": n_classes, "image_size": size, "ch": config.ch,
+    meta = {"class_names": class_names, "n_classes": n_classes, "image_size": config.data.image_size, "ch": config.ch,
             "z_dim": config.z_dim, "dataset": config.data.name, "train_images": len(images)}
 
-    if resume is not None:
-        run_dir = Path(resume)
-        _check_resume(run_dir, meta)
-    else:
-        run_dir = _new_run_dir(config)
-        write_json_atomic(run_dir / META_FILE, meta)
-    write_text_atomic(run_dir / "config.yaml", dump_gan_config(config))
-
-    torch.manual_seed(config.seed)  # weights and spectral-norm start vectors
-    G = Generator(n_classes, size, config.ch, config.z_dim).to(device)
-    D = Discriminator(n_classes, size, config.ch).to(device)
-    G_ema = copy.deepcopy(G).eval()
-    opt_g = torch.optim.Adam(G.parameters(), lr=config.lr, betas=tuple(config.betas))
-    opt_d = torch.optim.Adam(D.parameters(), lr=config.lr, betas=tuple(config.betas))
+    run_dir = _open_run_dir(config, meta, resume)
+    G, D, G_ema, opt_g, opt_d = _build(config, n_classes, device)
     noise_rng = torch.Generator().manual_seed(config.seed + 1)
     folder = latest_checkpoint(run_dir) if resume is not None else None
     start, batches_seen, seconds, history = _restore(folder, run_dir, {"G": G, "G_ema": G_ema, "D": D},

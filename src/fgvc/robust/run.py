@@ -70,19 +70,22 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
     out = run_dir / "attack"
     out.mkdir(exist_ok=True)
     curves = {run_dir.resolve().name: result["accuracy"]}  # resolved: `fgvc attack .` has a name too
+    precisions = {run_dir.resolve().name: result["precision"]}  # each run attacked in its own (--precision run)
     if compare:
         compare = runs.check_run_dir(compare)
         other, _ = _sweep_run(compare, attack, eps_list, split, limit, alpha, steps, device, progress, precision)
         label = compare.resolve().name
         if label in curves:  # two runs in folders of the same name: label them by their full paths
             curves = {str(run_dir.resolve()): result["accuracy"]}
+            precisions = {str(run_dir.resolve()): result["precision"]}
             label = str(compare.resolve())
         curves[label] = other["accuracy"]
+        precisions[label] = other["precision"]
     name = attack + ("" if split == "test" else f"_{split}") + ("" if limit is None else f"_n{limit}")
     # A later sweep extends an earlier one only if everything but eps is the same: the images,
     # the step rule and the very checkpoints (a retrained run is another model).
     key = {"attack": attack, "split": split, "total": result["total"], "alpha": alpha, "steps": steps,
-           "precision": result["precision"],
+           "precision": result["precision"], "precisions": precisions,
            "checkpoints": {label: _fingerprint(d) for label, d in zip(curves, [run_dir, compare] if compare else [run_dir])}}
     settings = dict(result["settings"])
     earlier = _earlier_sweep(out / f"{name}.json", key)

@@ -9,6 +9,7 @@ commits), ``devices.py`` (device and precision), ``summary.py`` (curves.png, the
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -107,7 +108,8 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     # config.yaml on resume: with its overrides, and a comment naming each change and its first epoch
     first_process_writes(fabric, runs.write_text_atomic, run_dir / "config.yaml", config_text(cfg, state.resumes))
     first_process_writes(fabric, runs.write_json_atomic, run_dir / "classes.json", class_names)
-    fabric.print(f"run directory: {run_dir}")
+    fabric.print(f"run directory: {run_dir}  ({precision} on {fabric.device}"
+                 + (f", {fabric.world_size} processes)" if fabric.world_size > 1 else ")"))
     # train.loggers: process 0 writes <run>/logs/; a resumed run continues from its optimizer's step count
     log = open_loggers(cfg.train.loggers, run_dir, start_step=optimizer_steps(optimizer), main=fabric.is_global_zero)
     log.log_hparams(config_mod.to_dict(cfg))
@@ -203,7 +205,15 @@ def setup_fabric(cfg: config_mod.Config) -> tuple[Fabric, str]:
     """A launched Fabric on the configured devices, and the precision that runs."""
     check_accelerator(cfg.train.accelerator, cfg.train.devices)
     precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
-    fabric = Fabric(accelerator=cfg.train.accelerator, devices=cfg.train.devices, precision=precision)
+    # Lightning announces the precision on stderr as it starts, before fgvc has checked the data; the
+    # run directory line says it instead, after every check that can fail has passed
+    rank_zero = logging.getLogger("lightning_fabric.utilities.rank_zero")
+    level = rank_zero.level
+    rank_zero.setLevel(logging.WARNING)
+    try:
+        fabric = Fabric(accelerator=cfg.train.accelerator, devices=cfg.train.devices, precision=precision)
+    finally:
+        rank_zero.setLevel(level)
     fabric.launch()
     if precision == "bf16-mixed" and cfg.train.precision in ("16", "16-mixed"):
         fabric.print(f"train.precision={cfg.train.precision} runs as bf16-mixed on a CPU (CPU autocast has no fp16); "
