@@ -15,7 +15,6 @@ number ``n``; each seed's own values are in ``table_seeds.csv`` and in a second 
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 
 import numpy as np
