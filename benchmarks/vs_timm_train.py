@@ -38,7 +38,7 @@ fgvc / timm for each.
 
 Appends a Markdown section (machine, date, load, commands, versions, table) to ``--out``. Before
 each run it waits (up to ``--wait-load`` s) for the 1-minute load average to fall below
-``--max-load``. Run it under the shared lock: ``flock /tmp/fgvc-heavy.lock .venv/bin/python ...``.
+``--max-load``. Run it alone: another heavy job on the same cores slows both far more than 2x.
 """
 
 from __future__ import annotations

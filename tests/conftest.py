@@ -1,11 +1,17 @@
 """Shared fixtures: generated synthbirds datasets, made once per session."""
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from fgvc.data import synthetic
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one thread each
+    import torch
+
+    torch.set_num_threads(1)
 
 DATA_SIZE = 48  # px of the small datasets the data and reliability tests read or break
 
