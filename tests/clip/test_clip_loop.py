@@ -7,7 +7,7 @@ import pytest
 import torch
 from tinyclip import make_tiny_clip
 
-from fgvc import runs
+from fgvc import config, runs
 from fgvc.cli import main
 from fgvc.clip.classifier import clip_classifier
 from fgvc.clip.finetune import finetune_config, run_finetune, score_wise_ft, wise_ft
@@ -155,3 +155,32 @@ def test_score_wise_ft_refuses_an_unfinished_run(clip_run, tmp_path):
     (copy / "metrics.json").unlink()
     with pytest.raises(UserError, match="has not finished training"):
         score_wise_ft(copy)
+
+
+def test_clip_templates_and_descriptions_reach_the_zero_shot_head(tiny_model_name, weights, tiny_synthbirds_root,
+                                                                  tmp_path):
+    names = ["001.Red_Bird", "002.Blue_Bird", "003.Grey_Bird", "004.Green_Bird"]
+
+    def head(*overrides):
+        cfg = finetune_config(tiny_model_name, str(weights), "synthbirds", tiny_synthbirds_root, download=False,
+                              overrides=list(overrides))
+        return build_model(cfg, 4, names).head.weight
+
+    seed = head()
+    assert not torch.allclose(seed, head("clip.templates=a bird called {}."))
+    descriptions = tmp_path / "d.json"
+    descriptions.write_text(json.dumps({"Red Bird": ["a small red bird with a short beak"]}))
+    with_text = head(f"clip.descriptions={descriptions}")
+    assert not torch.allclose(with_text[0], seed[0]) and torch.allclose(with_text[1:], seed[1:])
+
+
+def test_clip_wise_ft_alphas_choose_the_scored_points(clip_run, tmp_path):
+    import shutil
+
+    out, _ = clip_run
+    copy = shutil.copytree(out, tmp_path / "copy")
+    cfg = config.load(copy / "config.yaml", {"clip.wise_ft_alphas": [0.0, 1.0]})
+    (copy / "config.yaml").write_text(config.dump(cfg))
+    metrics = score_wise_ft(copy, progress=False)
+    assert [r["alpha"] for r in metrics["wise_ft"]] == [0.0, 1.0]
+    assert (copy / "wise_ft.csv").read_text().count("\n") == 3
