@@ -141,6 +141,9 @@ def export_hf(run_dir: str | Path, out: str | Path | None = None, tolerance: flo
     if out.is_dir() and any(out.iterdir()) and not _is_hf_export(out):
         raise UserError(f"--out {out} is a folder with other files in it; pass a new or empty folder "
                         "(an earlier hf export there is replaced)")
+    if run.config.model.name.startswith("clip:"):  # open_clip towers have no timm twin that loads this state
+        raise UserError(f"{run.dir} is a CLIP run ({run.config.model.name}): --format hf writes timm folders, which "
+                        "cannot hold its open_clip image tower; export with --format onnx or pt2 instead")
     model, classes, cfg, metrics, size = run.model(checkpoint), run.class_names, run.config, run.metrics, run.image_size
     arch, model_args, state = twin(model, size)
     mean = [round(v, 6) for v in model.normalize.mean.flatten().tolist()]

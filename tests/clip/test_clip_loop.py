@@ -90,6 +90,12 @@ def test_every_analysis_reads_a_clip_run(clip_run, capsys):
     assert main(["attack", str(out), "--eps", "0,0.1", "--limit", "8", "--device", "cpu"]) == 0
     model, names = runs.load(out)
     assert model.name.startswith("clip:") and len(names) == 8
+    from fgvc.explain import gradcam  # on the last block's tokens, as for any ViT
+
+    x = torch.rand(2, 3, 32, 32)
+    maps = gradcam(model, x)
+    assert maps.shape == (2, 32, 32) and torch.isfinite(maps).all() and maps.flatten(1).std(1).min() > 0
+    assert main(["export", str(out), "--format", "hf"]) == 2 and "is a CLIP run" in capsys.readouterr().err
 
 
 def test_a_resumed_clip_run_ends_where_an_uninterrupted_one_does(tiny_model_name, weights, tiny_synthbirds_root,

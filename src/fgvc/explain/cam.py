@@ -219,8 +219,13 @@ def _resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> tuple[nn.
         return layer, type(layer).__name__
     if layer is None:
         if getattr(model, "family", None) == "vit":
-            if hasattr(net, "blocks"):  # timm
+            if hasattr(net, "blocks") and hasattr(net.blocks[-1], "norm1"):  # timm
                 return net.blocks[-1].norm1, "blocks.-1.norm1"
+            if hasattr(net, "blocks") and hasattr(net.blocks[-1], "ln_1"):  # open_clip's tower (model.name=clip:...)
+                if not getattr(net.visual.transformer, "batch_first", True):
+                    raise UserError(f"Grad-CAM needs {model.name}'s tokens batch first; this open_clip version "
+                                    "keeps them sequence first")
+                return net.blocks[-1].ln_1, "blocks.-1.ln_1"
             if hasattr(net, "encoder") and hasattr(net.encoder, "layers"):  # torchvision
                 return net.encoder.layers[-1].ln_1, "encoder.layers.-1.ln_1"
         features = getattr(model, "feature_module", None)
