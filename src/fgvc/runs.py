@@ -192,11 +192,12 @@ def _read_json(path: Path):
 def load(run_dir: str | Path, checkpoint: str = "best"):
     """``(model, class_names)``: the run's model on [0, 1] images, in eval mode, on the CPU."""
     from fgvc.models import create_model
+    from fgvc.models.factory import is_clip
 
     run_dir = check_run_dir(run_dir)
     cfg = load_config(run_dir)
     class_names = load_class_names(run_dir)
-    if cfg.model.name.startswith("clip:"):  # QuickGELU or not comes with the pretrained tag, not the weights
+    if is_clip(cfg.model.name):  # QuickGELU or not comes with the pretrained tag, not the weights
         from fgvc.clip.classifier import clip_classifier
 
         model = clip_classifier(cfg.model.name, len(class_names), cfg.model.dropout, cfg.data.image_size,

@@ -190,3 +190,21 @@ def test_clip_wise_ft_alphas_choose_the_scored_points(clip_run, tmp_path):
     metrics = score_wise_ft(copy, progress=False)
     assert [r["alpha"] for r in metrics["wise_ft"]] == [0.0, 1.0]
     assert (copy / "wise_ft.csv").read_text().count("\n") == 3
+
+
+def test_clip_pretrained_cache_dir_and_offline_reach_the_weights_loader(tiny_model_name, weights, tiny_synthbirds_root,
+                                                                         tmp_path, monkeypatch):
+    import fgvc.clip.models as clip_models
+
+    calls, real = [], clip_models.load_clip
+
+    def spied(name, pretrained, **kwargs):
+        calls.append((name, pretrained, kwargs))
+        return real(name, pretrained, **kwargs)
+
+    monkeypatch.setattr(clip_models, "load_clip", spied)
+    cfg = finetune_config(tiny_model_name, str(weights), "synthbirds", tiny_synthbirds_root,
+                          weights_cache_dir=tmp_path / "cache", download=False)
+    assert (cfg.clip.pretrained, cfg.clip.cache_dir, cfg.clip.offline) == (str(weights), str(tmp_path / "cache"), True)
+    build_model(cfg, 4, ["a", "b", "c", "d"])
+    assert calls == [(tiny_model_name, str(weights), {"cache_dir": str(tmp_path / "cache"), "download": False})]

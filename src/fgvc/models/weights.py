@@ -174,11 +174,11 @@ def pretraining_source(cfg) -> dict:
         return {"source": "file", "file": Path(m.weights).name, "sha256": m.weights_sha256}
     if m.init_from:
         return {"source": "run", "run": str(m.init_from)}
-    if m.pretrained and m.name.startswith("clip:"):
-        return {"source": "open_clip", "name": m.name, "pretrained": cfg.clip.pretrained}
     if m.pretrained:
-        from fgvc.models.factory import TORCHVISION_MODELS
+        from fgvc.models.factory import TORCHVISION_MODELS, is_clip
 
+        if is_clip(m.name):
+            return {"source": "open_clip", "name": m.name, "pretrained": cfg.clip.pretrained}
         return {"source": "torchvision" if m.name in TORCHVISION_MODELS else "timm", "name": m.name}
     return {"source": "scratch"}
 

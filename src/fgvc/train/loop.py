@@ -172,6 +172,7 @@ def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks:
     loss_sum = torch.zeros((), dtype=torch.float64, device=fabric.device)
     correct, seen = torch.zeros((), dtype=torch.int64, device=fabric.device), 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=quiet)
+    lr = optimizer.param_groups[0]["lr"]
     for step, (x, y) in enumerate(all_or_none(fabric, bar)):
         x, target = tricks.targets(tricks.inputs(x, epoch, step), y)  # device augmentation, then mixing
         loss, logits = tricks.loss(model, raw_model, x, target, fabric.autocast)
