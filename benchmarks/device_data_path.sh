@@ -9,7 +9,8 @@
 #      seeds: the birds50_mnv2_imagenet recipe (study birds50_mnv2_seeds) with seeds 0,1,2, three
 #      processes on the GPU through `--launcher local` (carry the submitit wheel);
 #   4. open set: birds50_mnv2_openset (25 species) and `fgvc eval RUN --unknown heldout`;
-#   5. if time is left: loop_vs_bare.py for ViT-B/16 (host vs device+cache).
+#   5. if time is left: loop_vs_bare.py for ViT-B/16 (host vs device+cache);
+#   6. if time is left: benchmarks/peak_memory.py (peak GPU memory per backbone at batch 16/32/64).
 # Results are packed into $OUT every 20 s, so a run cut short still returns what finished.
 # Usage (repository root): BIRDS50=DIR FGVC_WEIGHTS=DIR [WHEELS=DIR] [SMOKE=1] bash benchmarks/device_data_path.sh
 # SMOKE=1: tiny settings on a CPU, to check the script itself. DEADLINE=S: skip steps that start after S s.
@@ -71,6 +72,11 @@ if [ "$(elapsed)" -lt "$DEADLINE" ]; then
   $G $PY benchmarks/loop_vs_bare.py --root "$BIRDS50" --data cub200 --model $VIT --size $SIZE --batch $BATCH \
     --precision $PREC --epochs $EPOCHS --workers $WORKERS --settings host,device+cache --out "$OUT/loop_vs_bare.md" \
     2>&1 | grep -v "it/s\]" | tee -a "$OUT/log.txt"
+fi
+if [ "$(elapsed)" -lt "$DEADLINE" ]; then
+  step "peak GPU memory per backbone at batch 16/32/64"
+  [ "${SMOKE:-0}" = 1 ] && PM=(--models resnet18 --batches 8 --size 32 --steps 1) || PM=()
+  $G $PY benchmarks/peak_memory.py "${PM[@]}" --out "$OUT/peak_memory.md" 2>&1 | tail -20 | tee -a "$OUT/log.txt"
 fi
 wait $CONTENTION
 step done

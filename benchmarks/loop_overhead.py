@@ -24,11 +24,16 @@ import torch
 from fgvc import config
 from fgvc.models import create_model
 from fgvc.train import train
-from fgvc.train.devices import resolve_precision
+from fgvc.train.devices import resolve_channels_last, resolve_precision
 
 
-def bare_images_per_second(model_name, classes, size, batch, precision, device, steps, warmup=3):
+def bare_images_per_second(model_name, classes, size, batch, precision, device, steps, warmup=3,
+                           channels_last="auto"):
+    precision = resolve_precision(precision, "cuda" if device.startswith("cuda") else "cpu")  # auto -> what runs
     model = create_model(model_name, classes, image_size=size).to(device).train()
+    # the memory order fgvc's loop would train in (train.channels_last, default auto), so the two compare
+    if resolve_channels_last(channels_last, model, torch.device(device), precision):
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-3)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     x = torch.rand(batch, 3, size, size, device=device)

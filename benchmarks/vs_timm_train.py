@@ -10,6 +10,11 @@ outside this repository (never copied into it). ``--timm-launcher`` runs it thro
 example one that lets a CUDA-only version of the script run on a CPU; say what it changes with
 ``--note``); ``--timm-commit`` records the checkout's commit.
 
+Variants: ``--fgvc-variant TAG:KEY=VALUE[,KEY=VALUE]`` adds an fgvc run with extra overrides (e.g.
+``cache:data.cache=on``), ``--timm-variant TAG:ARG[,ARG]`` a timm run with extra train.py arguments
+(e.g. ``channels-last:--channels-last``); each fgvc row is compared with the fastest timm row of its
+round. ``--repeat N`` runs every setting N times, interleaved, since this machine's speed drifts.
+
 The image folder is one CUB-layout dataset (``--root``). fgvc trains on its ``train`` split
 (official train minus the seeded, stratified ``data.val_fraction`` that becomes ``val``) and
 validates on ``val`` after every epoch; this script links exactly those images into an ImageFolder
@@ -94,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--workers", type=int, default=2, help="loader workers of both tools")
     p.add_argument("--fgvc-auto-workers", action="store_true", help="also run fgvc with data.num_workers=-1")
+    p.add_argument("--fgvc-variant", action="append", default=[], metavar="TAG:KEY=VALUE[,KEY=VALUE]",
+                   help="also run fgvc with these extra overrides, e.g. 'cache:data.cache=on' (repeatable)")
+    p.add_argument("--timm-variant", action="append", default=[], metavar="TAG:ARG[,ARG]",
+                   help="also run timm's train.py with these extra arguments, e.g. 'channels-last:--channels-last'")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run timm and every fgvc setting this many times, interleaved (this machine's speed drifts)")
     p.add_argument("--classes", default="", help="fgvc data.classes subset for both tools (e.g. 0-1 for a smoke test)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fgvc data.val_fraction (val = timm's validation)")
     p.add_argument("--work-dir", type=Path, default=None, help="view and run outputs (default: a temp folder, removed)")
@@ -143,7 +154,7 @@ def run_logged(cmd: list[str], log: Path, env: dict | None = None) -> float:
     return wall
 
 
-def timm_command(args, view: Path, num_classes: int, out: Path) -> list[str]:
+def timm_command(args, view: Path, num_classes: int, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
     from fgvc.config import TrainConfig
 
     t = TrainConfig()
@@ -157,7 +168,7 @@ def timm_command(args, view: Path, num_classes: int, out: Path) -> list[str]:
            "--output", str(out), "--experiment", "run"]
     if args.precision == "bf16":
         cmd += ["--amp", "--amp-dtype", "bfloat16"]
-    return cmd
+    return cmd + list(extra)
 
 
 def parse_timm_log(text: str, epochs: int) -> list[dict]:
@@ -178,19 +189,19 @@ def parse_timm_log(text: str, epochs: int) -> list[dict]:
     return rows
 
 
-def fgvc_overrides(args, workers: int, out: Path) -> list[str]:
+def fgvc_overrides(args, workers: int, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
     precision = {"fp32": "32-true", "bf16": "bf16-mixed"}[args.precision]
     keys = [f"model.name={args.model}", "data.name=cub200", f"data.root={Path(args.root).resolve()}",
             f"data.image_size={args.size}", f"data.val_fraction={args.val_fraction}", f"data.num_workers={workers}",
             f"train.batch_size={args.batch}", f"train.epochs={args.epochs}", f"train.precision={precision}",
             "train.accelerator=cpu", "train.patience=0", "train.seed=0", "aug.geometric=true", f"out={out}"]
-    return keys + ([f"data.classes={args.classes}"] if args.classes else [])
+    return keys + ([f"data.classes={args.classes}"] if args.classes else []) + list(extra)
 
 
-def run_fgvc(args, workers: int, work: Path, tag: str) -> dict:
+def run_fgvc(args, workers: int, work: Path, tag: str, extra: tuple[str, ...] = ()) -> dict:
     out = work / tag
     out.mkdir()
-    cmd = [sys.executable, "-c", FGVC_TIMED, "train", "--quiet", *fgvc_overrides(args, workers, out)]
+    cmd = [sys.executable, "-c", FGVC_TIMED, "train", "--quiet", *fgvc_overrides(args, workers, out, extra)]
     load = wait_for_quiet(args)
     wall = run_logged(cmd, out / "log.txt", env={**os.environ, "PYTHONUNBUFFERED": "1"})
     text = (out / "log.txt").read_text()
@@ -207,13 +218,13 @@ def run_fgvc(args, workers: int, work: Path, tag: str) -> dict:
     return {"epochs": [{"train_s": e["seconds"], "images": e["images"], "epoch_s": s}
                        for e, s in zip(epochs, epoch_s)],
             "metrics_ips": metrics["train_images_per_second"], "wall": wall, "load": load,
-            "command": shlex.join(["fgvc", "train", "--quiet", *fgvc_overrides(args, workers, out)])}
+            "command": shlex.join(["fgvc", "train", "--quiet", *fgvc_overrides(args, workers, out, extra)])}
 
 
-def run_timm(args, view: Path, num_classes: int, work: Path) -> dict:
-    out = work / "timm"
+def run_timm(args, view: Path, num_classes: int, work: Path, tag: str = "timm", extra: tuple[str, ...] = ()) -> dict:
+    out = work / tag
     out.mkdir()
-    cmd = timm_command(args, view, num_classes, out)
+    cmd = timm_command(args, view, num_classes, out, extra)
     load = wait_for_quiet(args)
     wall = run_logged(cmd, out / "log.txt", env={**os.environ, "PYTHONUNBUFFERED": "1"})
     rows = parse_timm_log((out / "log.txt").read_text(), args.epochs)
@@ -261,19 +272,33 @@ def public(text: str, args, work: Path) -> str:
     return text
 
 
-def report(args, sizes, timm_s: dict, fgvc_runs: list[tuple[str, dict, dict]], timm_cmd: str) -> str:
+def parse_variant(text: str, workers: int, tool: str) -> tuple[str, int, tuple[str, ...]]:
+    """``'cache:data.cache=on,data.cache_budget_gb=8'`` -> ``('fgvc cache', workers, ('data.cache=on', ...))``;
+    for timm the arguments are train.py's (``'channels-last:--channels-last'``)."""
+    tag, sep, items = text.partition(":")
+    if not sep or not items or (tool == "fgvc" and any("=" not in k for k in items.split(","))):
+        sys.exit(f"variant {text!r}: write TAG:KEY=VALUE[,KEY=VALUE] (fgvc) or TAG:ARG[,ARG] (timm), "
+                 "e.g. cache:data.cache=on or channels-last:--channels-last")
+    return f"{tool} {tag}", workers, tuple(items.split(","))
+
+
+def report(args, sizes, timm_runs: list[tuple[str, dict, dict]], fgvc_runs: list[tuple[str, dict, dict]],
+           suffix: str = "") -> str:
+    """A Markdown section: setup, commands, one row per run; each fgvc row's ratio is to the fastest timm
+    row of the round (img/s over all epochs)."""
     import timm
 
     sha = hashlib.sha256(args.timm_train.read_bytes()).hexdigest()[:16]
     lines = [f"## {args.model}, {args.size} px, batch {args.batch}, {args.precision}, {args.epochs} epochs, "
-             f"{args.workers} workers ({datetime.date.today().isoformat()})", "",
+             f"{args.workers} workers ({datetime.date.today().isoformat()}){suffix}", "",
              f"- machine: {machine()}",
              f"- data: {args.root}{' classes ' + args.classes if args.classes else ''}: {sizes[0]} classes, "
              f"{sizes[1]} train images, {sizes[2]} validation images (fgvc's train/val split, linked for timm)",
              f"- timm {timm.__version__}; train.py from huggingface/pytorch-image-models @ {args.timm_commit} "
              f"(sha256 {sha}...), run {'through ' + args.timm_launcher.name if args.timm_launcher else 'directly'}",
              f"- benchmark: `{shlex.join(['python', 'benchmarks/vs_timm_train.py', *sys.argv[1:]])}`",
-             f"- timm: `{timm_cmd}`"]
+             ]
+    lines += [f"- {tag}: `{r['command']}`" for tag, r, _ in timm_runs]
     lines += [f"- {tag}: `{r['command']}` (run through a wrapper that times each train_one_epoch call)"
               for tag, r, _ in fgvc_runs]
     lines += [f"- note: {n}" for n in args.note]
@@ -285,12 +310,14 @@ def report(args, sizes, timm_s: dict, fgvc_runs: list[tuple[str, dict, dict]], t
         return (f"| {name} | {s['load']:.2f} | {s['first']:.1f} | {s['later']:.1f} | {s['all']:.1f} | "
                 f"{s['first_s']:.1f} | {s['later_s']:.1f} | {s['wall']:.0f} |")
 
-    lines.append(row("timm train.py", timm_s))
+    for tag, _, s in timm_runs:
+        lines.append(row(tag, s))
+    best_tag, _, timm_s = max(timm_runs, key=lambda t: t[2]["all"])
     for tag, r, s in fgvc_runs:
         lines.append(row(f"{tag} (metrics.json train img/s {r['metrics_ips']:.1f})", s))
         ratio = {k: timm_s[k] / s[k] if k.endswith("_s") or k == "wall" else s[k] / timm_s[k]
                  for k in ("first", "later", "all", "first_s", "later_s", "wall")}
-        lines.append(f"| {tag} / timm (speed; >1 = fgvc faster) | | {ratio['first']:.3f} | {ratio['later']:.3f} | "
+        lines.append(f"| {tag} / {best_tag} (speed; >1 = fgvc faster) | | {ratio['first']:.3f} | {ratio['later']:.3f} | "
                      f"{ratio['all']:.3f} | {ratio['first_s']:.3f} | {ratio['later_s']:.3f} | {ratio['wall']:.3f} |")
     return "\n".join(lines) + "\n\n"
 
@@ -306,15 +333,23 @@ def main(argv: list[str] | None = None) -> None:
     try:
         sizes = build_view(args, work / "view")
         print(f"view: {sizes[0]} classes, {sizes[1]} train, {sizes[2]} validation images", flush=True)
-        timm_r = run_timm(args, work / "view", sizes[0], work)
-        timm_s = summarise(timm_r)
-        print(f"timm: {timm_s}", flush=True)
-        fgvc_runs = []
-        for tag, workers in [("fgvc", args.workers)] + ([("fgvc auto workers", -1)] if args.fgvc_auto_workers else []):
-            r = run_fgvc(args, workers, work, tag.replace(" ", "_"))
-            fgvc_runs.append((tag, r, summarise(r)))
-            print(f"{tag}: {fgvc_runs[-1][2]}", flush=True)
-        text = public(report(args, sizes, timm_s, fgvc_runs, timm_r["command"]), args, work)
+        settings = [("fgvc", args.workers, ())] + ([("fgvc auto workers", -1, ())] if args.fgvc_auto_workers else [])
+        settings += [parse_variant(v, args.workers, "fgvc") for v in args.fgvc_variant]
+        timm_settings = [("timm train.py", ())] + [parse_variant(v, 0, "timm train.py")[::2] for v in args.timm_variant]
+        text = ""
+        for rep in range(1, args.repeat + 1):  # interleaved: timm, then each fgvc setting, then again
+            suffix = f" (run {rep} of {args.repeat})" if args.repeat > 1 else ""
+            timm_runs = []
+            for tag, extra in timm_settings:
+                r = run_timm(args, work / "view", sizes[0], work, f"{tag.replace(' ', '_')}_{rep}", extra)
+                timm_runs.append((tag, r, summarise(r)))
+                print(f"{tag}{suffix}: {timm_runs[-1][2]}", flush=True)
+            fgvc_runs = []
+            for tag, workers, extra in settings:
+                r = run_fgvc(args, workers, work, f"{tag.replace(' ', '_')}_{rep}", extra)
+                fgvc_runs.append((tag, r, summarise(r)))
+                print(f"{tag}{suffix}: {fgvc_runs[-1][2]}", flush=True)
+            text += public(report(args, sizes, timm_runs, fgvc_runs, suffix), args, work)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         new = not args.out.exists()
         with open(args.out, "a") as f:

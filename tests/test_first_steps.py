@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fgvc import commands
+from fgvc import demo
 from fgvc.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,9 +92,9 @@ def test_demo_hint_is_the_venv_script_when_fgvc_is_not_on_path(monkeypatch, tmp_
     bin_dir = tmp_path / "venv" / "bin"
     bin_dir.mkdir(parents=True)
     (bin_dir / "fgvc").write_text("#!/bin/sh\n")
-    monkeypatch.setattr(commands.sys, "executable", str(bin_dir / "python"))
+    monkeypatch.setattr(demo.sys, "executable", str(bin_dir / "python"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("shutil.which", lambda name: None)
-    assert commands._fgvc_command() == str(Path("venv") / "bin" / "fgvc")
+    assert demo.fgvc_command() == str(Path("venv") / "bin" / "fgvc")
     monkeypatch.setattr("shutil.which", lambda name: "/usr/local/bin/fgvc" if name == "fgvc" else None)
-    assert commands._fgvc_command() == "fgvc"
+    assert demo.fgvc_command() == "fgvc"

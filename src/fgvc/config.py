@@ -67,7 +67,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | 32-true | bf16-mixed | 16-mixed
     devices: int = 1
     accelerator: str = "auto"  # auto | cpu | cuda
-    channels_last: bool = False  # CNN weights in channels-last memory order (faster for some models: benchmarks/)
+    channels_last: str = "auto"  # auto | true | false: CNN weights channels-last (fgvc.train.devices.resolve_channels_last)
     compile: bool = False  # torch.compile the model (first steps slower while it compiles)
     loggers: str = ""  # experiment logs under <run>/logs/: csv,tensorboard,mlflow,wandb (fgvc.train.loggers); "" none
 
@@ -154,6 +154,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[],
         "one of auto, 32-true, bf16-mixed, 16-mixed",
     ),
     "train.accelerator": (lambda v: v in ("auto", "cpu", "cuda", "gpu", "mps"), "one of auto, cpu, cuda"),
+    "train.channels_last": (lambda v: v in ("auto", "true", "false"), "one of auto, true, false"),
     "aug.cutout": (lambda v: v >= 0, "0 (off) or more holes"),
     "aug.cutout_size": (lambda v: 0 < v <= 1, "a fraction of the image side in (0, 1]"),
     "aug.mixup_alpha": (lambda v: v >= 0, "0 (off) or a positive alpha"),
@@ -243,6 +244,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is str:
         if value is None:
             return ""
+        if isinstance(value, bool):  # YAML's true/false for a key that also takes auto (train.channels_last)
+            return "true" if value else "false"
         if isinstance(value, dict | list):
             raise UserError(f"config key {key!r} expects a single value, got {_show(value)}")
         return str(value)

@@ -375,7 +375,7 @@ def test_adv_loss_weight_weighs_the_clean_loss(pgd_run):
     assert -1 / float(coef[1]) == pytest.approx(0.7, abs=1e-3)
 
 
-def test_train_channels_last_reaches_the_convolution_weights(make_cfg, tmp_path, monkeypatch):
+def test_train_channels_last_reaches_the_convolution_weights(make_cfg, baseline, tmp_path, monkeypatch):
     from torch import nn
 
     from fgvc.models.factory import Classifier
@@ -384,13 +384,33 @@ def test_train_channels_last_reaches_the_convolution_weights(make_cfg, tmp_path,
     real = Classifier.forward
 
     def forward(self, x, *args, **kwargs):
-        w = next(m.weight for m in self.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
-        seen.append(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous())
+        w = next((m.weight for m in self.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)), None)
+        if w is not None:
+            seen.append(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous())
         return real(self, x, *args, **kwargs)
 
     monkeypatch.setattr(Classifier, "forward", forward)
-    run_and_spy(make_cfg("train.channels_last=true"), tmp_path / "cl", stop_after_first_step=True)
-    assert seen and all(seen)
-    seen.clear()
-    run_and_spy(make_cfg(), tmp_path / "plain", stop_after_first_step=True)
+    for setting, expected in [("true", True), ("false", False), ("auto", True)]:  # auto: a CNN on a CPU
+        run_and_spy(make_cfg(f"train.channels_last={setting}"), tmp_path / setting, stop_after_first_step=True)
+        assert seen and all(s == expected for s in seen), setting
+        seen.clear()
+    # a ViT (one patch-embedding convolution) stays as it is under auto
+    run_and_spy(make_cfg("model.name=test_vit", "data.image_size=32"), tmp_path / "vit", stop_after_first_step=True)
     assert seen and not any(seen)
+    assert _metrics(baseline[1])["channels_last"] is True  # what ran is recorded (the default, auto)
+
+
+def test_channels_last_auto_follows_the_device_precision_and_model():
+    from torch import nn
+
+    from fgvc.train.devices import resolve_channels_last
+
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=8))
+    vit_like = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.Flatten(), nn.Linear(8, 2))
+    cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    assert resolve_channels_last("auto", cnn, cpu, "32-true") and resolve_channels_last("auto", cnn, cpu, "bf16-mixed")
+    assert resolve_channels_last("auto", cnn, cuda, "bf16-mixed") and resolve_channels_last("auto", cnn, cuda, "16-mixed")
+    assert not resolve_channels_last("auto", cnn, cuda, "32-true")  # fp32 on a GPU: no tensor cores to feed
+    assert not resolve_channels_last("auto", cnn, mps, "32-true")
+    assert not resolve_channels_last("auto", vit_like, cpu, "bf16-mixed")
+    assert resolve_channels_last("true", vit_like, mps, "32-true") and not resolve_channels_last("false", cnn, cpu, "32-true")

@@ -29,7 +29,7 @@ from fgvc.models import apply_trainable, count_parameters, create_model, train_m
 from fgvc.models.batchnorm import prepare_batchnorm
 from fgvc.models.factory import is_clip
 from fgvc.models.weights import pretraining_source
-from fgvc.train.devices import check_accelerator, resolve_precision
+from fgvc.train.devices import check_accelerator, resolve_channels_last, resolve_precision
 from fgvc.train.evaluate import evaluate
 from fgvc.train.loggers import ExperimentLog, open_loggers, optimizer_steps
 from fgvc.train.optim import build_optimizer, build_scheduler
@@ -89,6 +89,9 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
 
     # --- model, optimizer, schedule, loaders ---
     model, bn_mode, bn_trains = setup_model(cfg, class_names, resume, progress=not quiet)
+    channels_last = resolve_channels_last(cfg.train.channels_last, model, fabric.device, precision)
+    if channels_last:  # convolutions follow their weights' memory order (oneDNN and cuDNN)
+        model = model.to(memory_format=torch.channels_last)
     counts = count_parameters(model)
     optimizer = build_optimizer(cfg, model)  # AdamW; frozen weights never reach it
     raw_model = model
@@ -153,6 +156,7 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     raw_model.load_state_dict(runs.load_weights(ckpt / "best.safetensors"))
     test = evaluate(model, loaders.test, progress=not quiet, desc="test", **scores)
     metrics = final_metrics(cfg, state, test, splits, fabric, precision, bn_mode, counts)
+    metrics["channels_last"] = channels_last
     metrics["seconds"] = round(time.perf_counter() - t_start + (state.train_seconds if resume else 0), 2)
     first_process_writes(fabric, plot_curves, state.history, run_dir / "curves.png")
     first_process_writes(fabric, runs.write_json_atomic, run_dir / "metrics.json", metrics)
@@ -239,8 +243,6 @@ def setup_model(cfg: config_mod.Config, class_names: list[str], resume: bool, pr
     if bn_trains and cfg.train.batch_size == 1:
         raise UserError(f"train.batch_size=1 cannot train {cfg.model.name}: its BatchNorm layers need at least 2 "
                         "images per batch; set train.batch_size=2 or more (or model.batchnorm=frozen)")
-    if cfg.train.channels_last:  # convolutions follow their weights' memory order (oneDNN and cuDNN)
-        model = model.to(memory_format=torch.channels_last)
     return model, bn_mode, bn_trains
 
 
