@@ -7,7 +7,8 @@ peak GPU memory per backbone at batch 16/32/64").
 Each (backbone, batch) runs in a fresh Python process: fgvc's ``create_model`` (200 classes, the
 paper's CUB head), AdamW, ``--steps`` forward + backward + optimizer steps on random [0, 1] images
 already in memory, with the precision ``train.precision=auto`` picks on this machine (bf16 autocast
-where the CPU has bf16 instructions or on a GPU, else fp32; ``--precision`` overrides). Reported:
+where the CPU has bf16 instructions or on a GPU, else fp32; ``--precision`` overrides) and the memory
+order ``train.channels_last=auto`` picks. Reported:
 
 - on a GPU, ``torch.cuda.max_memory_allocated`` (what torch's allocator handed out at its peak:
   weights, gradients, AdamW's two moments, activations, workspace) and ``max_memory_reserved``
@@ -49,12 +50,15 @@ def measure(model_name: str, batch: int, size: int, steps: int, precision: str) 
     import torch
 
     from fgvc.models import create_model
-    from fgvc.train.devices import resolve_precision
+    from fgvc.train.devices import resolve_channels_last, resolve_precision
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve_precision(precision, device)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     model = create_model(model_name, 200, image_size=size).to(device).train()
+    channels_last = resolve_channels_last("auto", model, torch.device(device), precision)  # as fgvc's loop
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-3)
     x = torch.rand(batch, 3, size, size, device=device)
@@ -73,6 +77,7 @@ def measure(model_name: str, batch: int, size: int, steps: int, precision: str) 
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     row = {"model": model_name, "batch": batch, "params_m": params / 1e6, "precision": precision,
+           "memory_order": "channels_last" if channels_last else "NCHW",
            "img_s": steps * batch / seconds, "device": device}
     if device == "cuda":
         row |= {"allocated_mib": torch.cuda.max_memory_allocated() / 2**20,
@@ -122,15 +127,16 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
     gpu = rows[0]["device"] == "cuda"
-    head = ("| model | params (M) | batch | precision | peak allocated MiB | peak reserved MiB | img/s |" if gpu else
-            "| model | params (M) | batch | precision | peak RSS MiB | growth over the step MiB | img/s |")
+    head = "| model | params (M) | batch | precision | memory order | " + \
+        ("peak allocated MiB | peak reserved MiB | img/s |" if gpu else "peak RSS MiB | growth over the step MiB | img/s |")
     lines = [f"## {args.size} px, {args.steps} training steps, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
              "", f"Machine: {_machine()}. Command: `{shlex.join(['python', 'benchmarks/peak_memory.py', *sys.argv[1:]])}`.",
-             "", head, "| --- | --- | --- | --- | --- | --- | --- |"]
+             "", head, "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         mem = (f"{r['allocated_mib']:.0f} | {r['reserved_mib']:.0f}" if gpu else
                f"{r['peak_rss_mib']:.0f} | {r['step_mib']:.0f}")
-        lines.append(f"| {r['model']} | {r['params_m']:.1f} | {r['batch']} | {r['precision']} | {mem} | {r['img_s']:.1f} |")
+        lines.append(f"| {r['model']} | {r['params_m']:.1f} | {r['batch']} | {r['precision']} | {r['memory_order']} | "
+                     f"{mem} | {r['img_s']:.1f} |")
     text = "\n".join(lines) + "\n\n"
     new = not args.out.exists()
     with open(args.out, "a") as f:
