@@ -10,10 +10,12 @@
 #      processes on the GPU through `--launcher local` (carry the submitit wheel);
 #   4. open set: birds50_mnv2_openset (25 species) and `fgvc eval RUN --unknown heldout`;
 #   5. if time is left: loop_vs_bare.py for ViT-B/16 (host vs device+cache);
-#   6. if time is left: benchmarks/peak_memory.py (peak GPU memory per backbone at batch 16/32/64).
+#   6. if time is left: benchmarks/channels_last.py (NCHW vs channels-last steps: the GPU half of
+#      train.channels_last=auto), then benchmarks/peak_memory.py (peak GPU memory, batch 16/32/64).
 # Results are packed into $OUT every 20 s, so a run cut short still returns what finished.
 # Usage (repository root): BIRDS50=DIR FGVC_WEIGHTS=DIR [WHEELS=DIR] [SMOKE=1] bash benchmarks/device_data_path.sh
-# SMOKE=1: tiny settings on a CPU, to check the script itself. DEADLINE=S: skip steps that start after S s.
+# SMOKE=1: tiny settings on a CPU, to check the script itself. DEADLINE=S: skip steps that start after S s;
+# HARD=S (default 560): the last two steps are killed at S s, keeping the rows they wrote.
 set -u
 OUT=${OUT:-/tmp/fgvc-device-out}; mkdir -p "$OUT"
 if [ -n "${WHEELS:-}" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
@@ -40,6 +42,7 @@ pack() {
 ( while true; do sleep 20; pack; done ) & PACKER=$!
 t0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - t0 )); }
+left() { echo $(( ${HARD:-560} - $(elapsed) > 10 ? ${HARD:-560} - $(elapsed) : 10 )); }  # s before HARD (the call's limit)
 step() { echo "== $* ($(elapsed) s)" | tee -a "$OUT/log.txt"; }
 
 step contention
@@ -74,9 +77,14 @@ if [ "$(elapsed)" -lt "$DEADLINE" ]; then
     2>&1 | grep -v "it/s\]" | tee -a "$OUT/log.txt"
 fi
 if [ "$(elapsed)" -lt "$DEADLINE" ]; then
+  step "channels-last vs NCHW training step (decides train.channels_last=auto on a GPU)"
+  [ "${SMOKE:-0}" = 1 ] && CL=(--model resnet18 --size 32 --batch 8) || CL=(--model resnet50,mobilenetv2_100,convnext_tiny --size 224 --batch 64)
+  timeout $(left) $G $PY benchmarks/channels_last.py "${CL[@]}" 2>&1 | tee "$OUT/channels_last.md" | tee -a "$OUT/log.txt"
+fi
+if [ "$(elapsed)" -lt "$DEADLINE" ]; then
   step "peak GPU memory per backbone at batch 16/32/64"
   [ "${SMOKE:-0}" = 1 ] && PM=(--models resnet18 --batches 8 --size 32 --steps 1) || PM=()
-  $G $PY benchmarks/peak_memory.py "${PM[@]}" --out "$OUT/peak_memory.md" 2>&1 | tail -20 | tee -a "$OUT/log.txt"
+  timeout $(left) $G $PY benchmarks/peak_memory.py "${PM[@]}" --out "$OUT/peak_memory.md" 2>&1 | tee -a "$OUT/log.txt"
 fi
 wait $CONTENTION
 step done

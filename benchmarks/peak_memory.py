@@ -5,7 +5,8 @@ peak GPU memory per backbone at batch 16/32/64").
     python benchmarks/peak_memory.py --models resnet18 --batches 8 --size 64 --steps 1 --out /tmp/smoke.md
 
 Each (backbone, batch) runs in a fresh Python process: fgvc's ``create_model`` (200 classes, the
-paper's CUB head), AdamW, ``--steps`` forward + backward + optimizer steps on random [0, 1] images
+paper's CUB head), AdamW, ``--steps`` forward + backward + optimizer steps (img/s over all but the
+first) on random [0, 1] images
 already in memory, with the precision ``train.precision=auto`` picks on this machine (bf16 autocast
 where the CPU has bf16 instructions or on a GPU, else fp32; ``--precision`` overrides) and the memory
 order ``train.channels_last=auto`` picks. Reported:
@@ -66,8 +67,11 @@ def measure(model_name: str, batch: int, size: int, steps: int, precision: str) 
     before = _rss_mib()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
+    for i in range(steps):
+        if i == 1:  # img/s over the steps after the first (AdamW's state, kernel choice and warm-up)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
         with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
             loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
@@ -78,7 +82,7 @@ def measure(model_name: str, batch: int, size: int, steps: int, precision: str) 
     seconds = time.perf_counter() - t0
     row = {"model": model_name, "batch": batch, "params_m": params / 1e6, "precision": precision,
            "memory_order": "channels_last" if channels_last else "NCHW",
-           "img_s": steps * batch / seconds, "device": device}
+           "img_s": (steps - 1) * batch / seconds, "device": device}
     if device == "cuda":
         row |= {"allocated_mib": torch.cuda.max_memory_allocated() / 2**20,
                 "reserved_mib": torch.cuda.max_memory_reserved() / 2**20}
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated fgvc / timm model names")
     p.add_argument("--batches", default="16,32,64")
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--steps", type=int, default=2, help="training steps (the first allocates AdamW's state)")
+    p.add_argument("--steps", type=int, default=3, help="training steps, 2 or more (the first allocates AdamW's "
+                   "state and is not timed)")
     p.add_argument("--precision", default="auto")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--one", nargs=2, metavar=("MODEL", "BATCH"), help=argparse.SUPPRESS)  # the child process
@@ -115,35 +120,44 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]), args.size, args.steps, args.precision)))
         return
-    rows = []
-    for model in args.models.split(","):
-        for batch in (int(b) for b in args.batches.split(",")):
-            cmd = [sys.executable, __file__, "--one", model, str(batch), "--size", str(args.size),
-                   "--steps", str(args.steps), "--precision", args.precision, "--out", str(args.out)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode:
-                sys.stderr.write(done.stderr[-3000:])
-                sys.exit(f"{model} batch {batch} failed (exit {done.returncode})")
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(rows[-1], flush=True)
-    gpu = rows[0]["device"] == "cuda"
+    if args.steps < 2:
+        sys.exit("--steps must be 2 or more (the first step is not timed)")
+    device = "cuda" if _has_cuda() else "cpu"
     head = "| model | params (M) | batch | precision | memory order | " + \
-        ("peak allocated MiB | peak reserved MiB | img/s |" if gpu else "peak RSS MiB | growth over the step MiB | img/s |")
-    lines = [f"## {args.size} px, {args.steps} training steps, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-             "", f"Machine: {_machine()}. Command: `{shlex.join(['python', 'benchmarks/peak_memory.py', *sys.argv[1:]])}`.",
+        ("peak allocated MiB | peak reserved MiB | img/s |" if device == "cuda" else
+         "peak RSS MiB | growth over the step MiB | img/s |")
+    lines = [f"## {args.size} px, {args.steps} training steps, "
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", "",
+             f"Machine: {_machine()}. Command: `{shlex.join(['python', 'benchmarks/peak_memory.py', *sys.argv[1:]])}`.",
              "", head, "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        mem = (f"{r['allocated_mib']:.0f} | {r['reserved_mib']:.0f}" if gpu else
-               f"{r['peak_rss_mib']:.0f} | {r['step_mib']:.0f}")
-        lines.append(f"| {r['model']} | {r['params_m']:.1f} | {r['batch']} | {r['precision']} | {r['memory_order']} | "
-                     f"{mem} | {r['img_s']:.1f} |")
-    text = "\n".join(lines) + "\n\n"
     new = not args.out.exists()
-    with open(args.out, "a") as f:
+    with open(args.out, "a") as f:  # each row as it is measured: a run cut short keeps what finished
         f.write("# Peak memory of a training step per backbone and batch (benchmarks/peak_memory.py)\n\n" if new else "")
-        f.write(text)
-    print(text)
+        f.write("\n".join(lines) + "\n")
+        for model in args.models.split(","):
+            for batch in (int(b) for b in args.batches.split(",")):
+                cmd = [sys.executable, __file__, "--one", model, str(batch), "--size", str(args.size),
+                       "--steps", str(args.steps), "--precision", args.precision, "--out", str(args.out)]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode:
+                    sys.stderr.write(done.stderr[-3000:])
+                    f.write(f"| {model} | | {batch} | | | failed (exit {done.returncode}: out of memory?) | | |\n")
+                    continue
+                r = json.loads(done.stdout.strip().splitlines()[-1])
+                mem = (f"{r['allocated_mib']:.0f} | {r['reserved_mib']:.0f}" if device == "cuda" else
+                       f"{r['peak_rss_mib']:.0f} | {r['step_mib']:.0f}")
+                row = (f"| {r['model']} | {r['params_m']:.1f} | {r['batch']} | {r['precision']} | "
+                       f"{r['memory_order']} | {mem} | {r['img_s']:.1f} |")
+                f.write(row + "\n")
+                f.flush()
+                print(row, flush=True)
+        f.write("\n")
 
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,9 @@ example one that lets a CUDA-only version of the script run on a CPU; say what i
 Variants: ``--fgvc-variant TAG:KEY=VALUE[,KEY=VALUE]`` adds an fgvc run with extra overrides (e.g.
 ``cache:data.cache=on``), ``--timm-variant TAG:ARG[,ARG]`` a timm run with extra train.py arguments
 (e.g. ``channels-last:--channels-last``); each fgvc row is compared with the fastest timm row of its
-round. ``--repeat N`` runs every setting N times, interleaved, since this machine's speed drifts.
+round. fgvc runs its defaults, ``train.channels_last=auto`` among them (channels-last weights for a CNN
+on a CPU, and on a GPU in mixed precision), where timm's train.py needs ``--channels-last``: pass that
+timm variant for a like-for-like row, or ``--fgvc-variant nchw:train.channels_last=false``. ``--repeat N`` runs every setting N times, interleaved, since this machine's speed drifts.
 
 The image folder is one CUB-layout dataset (``--root``). fgvc trains on its ``train`` split
 (official train minus the seeded, stratified ``data.val_fraction`` that becomes ``val``) and
@@ -336,6 +338,10 @@ def main(argv: list[str] | None = None) -> None:
         settings = [("fgvc", args.workers, ())] + ([("fgvc auto workers", -1, ())] if args.fgvc_auto_workers else [])
         settings += [parse_variant(v, args.workers, "fgvc") for v in args.fgvc_variant]
         timm_settings = [("timm train.py", ())] + [parse_variant(v, 0, "timm train.py")[::2] for v in args.timm_variant]
+        tags = [t[0] for t in settings] + [t[0] for t in timm_settings]
+        if len(set(tags)) < len(tags):
+            sys.exit(f"two settings share a tag ({', '.join(sorted(t for t in tags if tags.count(t) > 1))}); "
+                     "give each --fgvc-variant / --timm-variant its own")
         text = ""
         for rep in range(1, args.repeat + 1):  # interleaved: timm, then each fgvc setting, then again
             suffix = f" (run {rep} of {args.repeat})" if args.repeat > 1 else ""

@@ -29,6 +29,8 @@ def test_unknown_key_names_the_closest_valid_one():
     ("aug.geometric=maybe", "true or false"),
     ("train.lr", "key=value"),
     ("train.lr=nan", "finite"),
+    ("train.channels_last=sometimes", "one of auto, true, false"),
+    ("data.cache=maybe", "one of off, auto, on"),
 ])
 def test_bad_values_are_one_clear_error(item, match):
     with pytest.raises(UserError, match=match):
@@ -83,3 +85,22 @@ def test_auto_workers_keep_small_cpus_free_for_the_model(monkeypatch):
     assert resolve_num_workers(-1, cuda=False) == 0 and resolve_num_workers(-1, cuda=True) == 1
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert resolve_num_workers(-1, cuda=False) == 4 and resolve_num_workers(-1, cuda=True) == 8
+
+
+@pytest.mark.parametrize("given, expected", [("auto", "auto"), ("Auto", "auto"), ("true", "true"), ("True", "true"),
+                                             ("yes", "true"), ("on", "true"), ("1", "true"), ("false", "false"),
+                                             ("no", "false"), ("0", "false")])
+def test_channels_last_takes_the_spellings_its_bool_days_did(given, expected):
+    assert config.load(None, [f"train.channels_last={given}"]).train.channels_last == expected
+
+
+def test_an_older_config_yaml_with_yaml_booleans_still_loads(tmp_path):
+    # train.channels_last was a bool (config.yaml says false); YAML reads data.cache: on / off as booleans too
+    path = tmp_path / "config.yaml"
+    path.write_text("train:\n  channels_last: false\ndata:\n  cache: on\n")
+    cfg = config.load(path)
+    assert (cfg.train.channels_last, cfg.data.cache) == ("false", "on")
+    path.write_text("train:\n  channels_last: true\ndata:\n  cache: off\n")
+    cfg = config.load(path)
+    assert (cfg.train.channels_last, cfg.data.cache) == ("true", "off")
+    assert config.Config().train.channels_last == "auto"

@@ -70,3 +70,20 @@ def test_a_run_writes_atomically_into_its_folder(tiny_run, tmp_path):
 def test_a_folder_that_is_not_a_run_is_one_sentence(tmp_path):
     with pytest.raises(UserError, match="not an fgvc run directory"):
         runs.Run(tmp_path)
+
+
+def test_a_loaded_run_keeps_the_memory_order_it_trained_and_was_tested_in(tiny_run, tmp_path):
+    # fgvc eval must score the weights with the kernels training's test pass used (metrics.json channels_last)
+    def conv_is_channels_last(model) -> bool:
+        w = next(m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+        return w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+    trained = json.loads((tiny_run / "metrics.json").read_text())["channels_last"]
+    assert conv_is_channels_last(runs.load(tiny_run)[0]) is trained
+    copy = shutil.copytree(tiny_run, tmp_path / "run")
+    metrics = json.loads((copy / "metrics.json").read_text())
+    for flag in (True, False):
+        (copy / "metrics.json").write_text(json.dumps({**metrics, "channels_last": flag}))
+        assert conv_is_channels_last(runs.load(copy)[0]) is flag
+    (copy / "metrics.json").write_text("{damaged")  # the weights still load, in the default order
+    assert conv_is_channels_last(runs.load(copy)[0]) is False

@@ -244,7 +244,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is str:
         if value is None:
             return ""
-        if isinstance(value, bool):  # YAML's true/false for a key that also takes auto (train.channels_last)
+        if isinstance(value, bool):  # YAML's true/false/on/off for a key that takes words (see _WORDS)
             return "true" if value else "false"
         if isinstance(value, dict | list):
             raise UserError(f"config key {key!r} expects a single value, got {_show(value)}")
@@ -308,8 +308,16 @@ def load_dataclass(cls: type, path: str | Path | None = None, overrides: list[st
     return cfg
 
 
+# Keys that take a word besides true/false: the spellings a bool key accepts, mapped to theirs
+_YES, _NO = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+_WORDS = {("train", "channels_last"): ("true", "false"), ("data", "cache"): ("on", "off")}
+
+
 def validate(cfg: Config) -> Config:
     """Range-check every value; raise UserError naming the first bad key."""
+    for (section, key), (yes, no) in _WORDS.items():
+        value = str(getattr(getattr(cfg, section), key)).strip().lower()
+        setattr(getattr(cfg, section), key, yes if value in _YES else no if value in _NO else value)
     check_ranges(cfg, _CHECKS)
     if cfg.train.loggers:  # a did-you-mean sentence for a misspelt logger, before anything runs
         from fgvc.train.loggers import parse_loggers

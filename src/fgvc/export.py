@@ -103,7 +103,8 @@ def export_model(run_dir: str | Path, fmt: str | None = None, out: str | Path | 
     source = runs.Run(run_dir)
     run_dir, cfg, class_names, size = source.dir, source.config, source.class_names, source.image_size
     out = _resolve_out(run_dir, fmt, out)
-    model = source.model(checkpoint)
+    # contiguous weights: an exported graph is a file for other runtimes, not for training's kernels
+    model = source.model(checkpoint).to(memory_format=torch.contiguous_format)
 
     example = torch.rand(fixed_batch or EXAMPLE_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
     check_batches = (fixed_batch,) if fixed_batch else (1, 3)

@@ -176,6 +176,14 @@ def load_class_names(run_dir: str | Path) -> list[str]:
     return names
 
 
+def _trained_channels_last(run_dir: Path) -> bool:
+    """metrics.json ``channels_last`` (train.channels_last as it ran); False when missing or unreadable."""
+    try:
+        return bool(read_metrics(run_dir).get("channels_last"))
+    except (UserError, AttributeError):  # damaged, or not a mapping: the weights still load
+        return False
+
+
 def read_metrics(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "metrics.json"
     return _read_json(path) if path.is_file() else {}
@@ -210,6 +218,8 @@ def load(run_dir: str | Path, checkpoint: str = "best"):
     if missing or unexpected:
         raise UserError(f"checkpoint in {run_dir} does not match model {cfg.model.name} "
                         f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    if _trained_channels_last(run_dir):  # the memory order it trained and was tested in: the same kernels
+        model = model.to(memory_format=torch.channels_last)
     return model.eval(), class_names
 
 

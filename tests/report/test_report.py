@@ -72,6 +72,13 @@ def test_config_column_shows_exactly_the_keys_that_differ(report):
     # a key an older run's config.yaml lacks reads as its default, not as a difference
     assert config_differences([{"settings": settings("classifier", c)} for c in
                                [{"train": {"epochs": 100}}, {"train": {}}]]) == []
+    # train.channels_last became a word: an old config.yaml's false, a new one's 'false' and a run from before
+    # the key (it trained NCHW) are the same setting; auto is not
+    old_bool, new_word, before = {"train": {"channels_last": False}}, {"train": {"channels_last": "false"}}, {"train": {}}
+    assert config_differences([{"settings": settings("classifier", c)} for c in (old_bool, new_word, before)]) == []
+    auto = {"train": {"channels_last": "auto"}}
+    assert config_differences([{"settings": settings("classifier", c)} for c in (old_bool, auto)]) == \
+        ["train.channels_last"]
 
 
 def test_a_run_without_metrics_is_listed_as_failed_with_its_last_epoch(report):

@@ -391,13 +391,16 @@ def test_train_channels_last_reaches_the_convolution_weights(make_cfg, baseline,
 
     monkeypatch.setattr(Classifier, "forward", forward)
     for setting, expected in [("true", True), ("false", False), ("auto", True)]:  # auto: a CNN on a CPU
-        run_and_spy(make_cfg(f"train.channels_last={setting}"), tmp_path / setting, stop_after_first_step=True)
+        run_and_spy(make_cfg(f"train.channels_last={setting}", "train.accelerator=cpu"), tmp_path / setting,
+                    stop_after_first_step=True)
         assert seen and all(s == expected for s in seen), setting
         seen.clear()
     # a ViT (one patch-embedding convolution) stays as it is under auto
-    run_and_spy(make_cfg("model.name=test_vit", "data.image_size=32"), tmp_path / "vit", stop_after_first_step=True)
+    run_and_spy(make_cfg("model.name=test_vit", "data.image_size=32", "train.accelerator=cpu"), tmp_path / "vit",
+                stop_after_first_step=True)
     assert seen and not any(seen)
-    assert _metrics(baseline[1])["channels_last"] is True  # what ran is recorded (the default, auto)
+    # what ran is recorded (the default, auto: a CNN in fp32 is channels-last on a CPU, not on a GPU)
+    assert _metrics(baseline[1])["channels_last"] is (_metrics(baseline[1])["device"] == "cpu")
 
 
 def test_channels_last_auto_follows_the_device_precision_and_model():

@@ -130,6 +130,8 @@ def collect_runs(root: Path) -> list[dict]:
 
 # where a run lands, not what it computes: never a difference worth a column
 NOT_SETTINGS = ("out",)
+# What a run written before a key existed did, where today's default differs (channels-last came as an opt-in)
+WRITTEN_BEFORE = {"train.channels_last": "false"}
 
 
 def _defaults(kind: str) -> dict:
@@ -152,7 +154,11 @@ def settings(kind: str, config: dict) -> dict:
     if not config:
         return {}
     defaults = _defaults(kind) if kind in ("classifier", "gan") else {}
-    return {k: v for k, v in {**defaults, **flatten(config)}.items() if k not in NOT_SETTINGS}
+    if kind == "classifier":
+        defaults = {**defaults, **WRITTEN_BEFORE}
+    own = {k: ("true" if v else "false") if isinstance(v, bool) and isinstance(defaults.get(k), str) else v
+           for k, v in flatten(config).items()}  # a bool key that became a word (train.channels_last: false)
+    return {k: v for k, v in {**defaults, **own}.items() if k not in NOT_SETTINGS}
 
 
 def config_differences(entries: list[dict]) -> list[str]:
