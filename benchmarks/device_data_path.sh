@@ -83,7 +83,7 @@ if [ "$(elapsed)" -lt "$DEADLINE" ]; then
 fi
 if [ "$(elapsed)" -lt "$DEADLINE" ]; then
   step "peak GPU memory per backbone at batch 16/32/64"
-  [ "${SMOKE:-0}" = 1 ] && PM=(--models resnet18 --batches 8 --size 32 --steps 1) || PM=()
+  [ "${SMOKE:-0}" = 1 ] && PM=(--models resnet18 --batches 8 --size 32 --steps 2) || PM=()
   timeout $(left) $G $PY benchmarks/peak_memory.py "${PM[@]}" --out "$OUT/peak_memory.md" 2>&1 | tee -a "$OUT/log.txt"
 fi
 wait $CONTENTION
