@@ -337,7 +337,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"view: {sizes[0]} classes, {sizes[1]} train, {sizes[2]} validation images", flush=True)
         settings = [("fgvc", args.workers, ())] + ([("fgvc auto workers", -1, ())] if args.fgvc_auto_workers else [])
         settings += [parse_variant(v, args.workers, "fgvc") for v in args.fgvc_variant]
-        timm_settings = [("timm train.py", ())] + [parse_variant(v, 0, "timm train.py")[::2] for v in args.timm_variant]
+        timm_settings = [("timm train.py", ())]
+        for v in args.timm_variant:
+            tag, _, extra = parse_variant(v, 0, "timm train.py")  # workers: timm's are --workers for every run
+            timm_settings.append((tag, extra))
         tags = [t[0] for t in settings] + [t[0] for t in timm_settings]
         if len(set(tags)) < len(tags):
             sys.exit(f"two settings share a tag ({', '.join(sorted(t for t in tags if tags.count(t) > 1))}); "

@@ -31,6 +31,7 @@ from torch import nn
 from fgvc import runs
 from fgvc.data.transforms import eval_preprocessing, resize_side
 from fgvc.errors import UserError
+from fgvc.models.factory import is_clip
 
 FILES = ("config.json", "model.safetensors", "README.md")
 CHECK_BATCHES = (1, 3)
@@ -141,7 +142,7 @@ def export_hf(run_dir: str | Path, out: str | Path | None = None, tolerance: flo
     if out.is_dir() and any(out.iterdir()) and not _is_hf_export(out):
         raise UserError(f"--out {out} is a folder with other files in it; pass a new or empty folder "
                         "(an earlier hf export there is replaced)")
-    if run.config.model.name.startswith("clip:"):  # open_clip towers have no timm twin that loads this state
+    if is_clip(run.config.model.name):  # open_clip towers have no timm twin that loads this state
         raise UserError(f"{run.dir} is a CLIP run ({run.config.model.name}): --format hf writes timm folders, which "
                         "cannot hold its open_clip image tower; export with --format onnx or pt2 instead")
     model, classes, cfg, metrics, size = run.model(checkpoint), run.class_names, run.config, run.metrics, run.image_size
