@@ -30,6 +30,10 @@ TEMPLATES: dict[str, list[str]] = {
     # CLIP's domain prompts (Radford et al. 2021, Birdsnap / Stanford Dogs style)
     "birds": ["a photo of a {}, a type of bird."],
     "dogs": ["a photo of a {}, a type of dog."],
+    # CLIP's prompts for FGVC-Aircraft, Stanford Cars and Flowers-102 (Radford et al. 2021, their notebook)
+    "aircraft": ["a photo of a {}, a type of aircraft."],
+    "cars": ["a photo of a {}, a type of car."],
+    "flowers": ["a photo of a {}, a type of flower."],
     # the 7 ImageNet templates CLIP's authors found best as an ensemble
     "ensemble": [
         "itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
@@ -44,6 +48,11 @@ TEMPLATES: dict[str, list[str]] = {
         "a photo of a {}, a type of dog.", "a close-up photo of a {}, a type of dog.",
         "a photo of the {}, a dog breed.", "a cropped photo of a {}, a type of dog.",
         "a blurry photo of a {}, a type of dog.", "a photo of my {}, a type of dog.",
+    ],
+    "aircraft_ensemble": ["a photo of a {}, a type of aircraft.", "a photo of the {}, a type of aircraft."],
+    "cars_ensemble": [  # CLIP's 8 Stanford Cars templates
+        "a photo of a {}.", "a photo of the {}.", "a photo of my {}.", "i love my {}!",
+        "a photo of my dirty {}.", "a photo of my clean {}.", "a photo of my new {}.", "a photo of my old {}.",
     ],
     # CLIP's full 80-template ImageNet set, as shipped with open_clip
     "imagenet80": [t("{}") for t in OPENAI_IMAGENET_TEMPLATES],

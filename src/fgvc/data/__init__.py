@@ -6,7 +6,7 @@ import difflib
 import os
 from pathlib import Path
 
-from fgvc.data import cub, dogs, folder, synthetic
+from fgvc.data import aircraft, cub, dogs, folder, synthetic
 from fgvc.data.base import FineGrainedDataset, Sample, read_rgb, readable_name
 from fgvc.data.subset import parse_classes, select_classes
 from fgvc.errors import UserError
@@ -17,6 +17,9 @@ DATASETS = {
     "folder": folder.load,
     "synthbirds": cub.load,  # synthbirds is written in the official CUB layout
     "synthdogs": dogs.load,  # ... or in the Stanford Dogs layout
+    "aircraft": aircraft.load,  # FGVC-Aircraft, 100 variants (the benchmark level)
+    "aircraft_family": aircraft.load_family,  # ... 70 families
+    "aircraft_manufacturer": aircraft.load_manufacturer,  # ... 30 manufacturers
 }
 
 

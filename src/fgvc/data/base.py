@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import warnings
@@ -203,12 +204,57 @@ def readable_name(name: str) -> str:
     return (m.group(1) if m else name).replace("_", " ").strip()
 
 
+def check_val_fraction(val_fraction: float) -> None:
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"val_fraction={val_fraction} is out of range; use a value in [0, 1)")
+
+
+def split_dataset(train: list[Sample], test: list[Sample], class_names: list[str], base: Path, split: str,
+                  transform=None, *, val_fraction: float, seed: int, name: str, how_to_get: str) -> FineGrainedDataset:
+    """The ``split`` of a dataset read as (official train, official test): 'test' as is, 'val'
+    ``val_fraction`` of each class of ``train`` (stratified_split, seeded), 'train' the rest.
+
+    Raises UserError naming the first image file of the split that does not exist (with ``how_to_get``).
+    """
+    check_split(split)
+    check_val_fraction(val_fraction)
+    keep, val = stratified_split(train, val_fraction, seed)
+    samples = {"train": keep, "val": val, "test": test}[split]
+    missing = [s.path for s in samples if not s.path.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"image {missing[0]} listed in {base} does not exist{more}; the dataset is incomplete: "
+                        f"{how_to_get}")
+    return FineGrainedDataset(samples, class_names, transform, name=name, split=split, root=base)
+
+
+def pixel_corners_to_box(x1: float, y1: float, x2: float, y2: float) -> tuple[float, float, float, float]:
+    """1-based inclusive pixel corners (MATLAB style: FGVC-Aircraft, Stanford Cars) -> ``Sample.box``.
+
+    Pixel k (1-based) covers [k-1, k) in the continuous 0-based coordinates ``Sample.box`` uses,
+    so the box is (x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1); ValueError unless 1 <= x1 <= x2, 1 <= y1 <= y2.
+    """
+    if not (1 <= x1 <= x2 < math.inf and 1 <= y1 <= y2 < math.inf):  # false for nan too
+        raise ValueError(f"({x1}, {y1}, {x2}, {y2}) is not a box with 1 <= x1 <= x2 and 1 <= y1 <= y2")
+    return x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1
+
+
 def detect_layout(root: Path) -> str | None:
-    """'cub', 'dogs' or 'folder' when ``root`` looks like that layout (for hints in error messages)."""
+    """The layout ``root`` looks like ('cub', 'nabirds', 'dogs', 'aircraft', 'cars', 'flowers' or 'folder'),
+    for hints in error messages; None when it looks like none of them."""
+    if any((root / d / "hierarchy.txt").is_file() and (root / d / "images.txt").is_file() for d in (".", "nabirds")):
+        return "nabirds"
     if (root / "images.txt").is_file() or (root / "CUB_200_2011" / "images.txt").is_file():
         return "cub"
     if any((root / d / "Images").is_dir() for d in (".", "StanfordDogs")) or (root / "lists").is_dir():
         return "dogs"
+    if any((root / d / "variants.txt").is_file() for d in (".", "data", "fgvc-aircraft-2013b/data")):
+        return "aircraft"
+    if any((root / d / "devkit" / "cars_meta.mat").is_file() or (root / d / "cars_train").is_dir()
+           for d in (".", "stanford_cars")):
+        return "cars"
+    if any((root / d / "imagelabels.mat").is_file() for d in (".", "flowers-102", "flowers102")):
+        return "flowers"
     if (root / "train").is_dir() and (root / "test").is_dir():
         return "folder"
     return None
@@ -216,6 +262,28 @@ def detect_layout(root: Path) -> str | None:
 
 LAYOUT_HINT = {
     "cub": "it looks like the CUB-200-2011 layout: use dataset cub200 (or synthbirds)",
+    "nabirds": "it looks like the NABirds layout (images.txt with hierarchy.txt): use dataset nabirds",
     "dogs": "it looks like the Stanford Dogs layout: use dataset dogs (or synthdogs)",
+    "aircraft": "it looks like the FGVC-Aircraft layout (variants.txt): use dataset aircraft",
+    "cars": "it looks like the Stanford Cars layout (devkit/, cars_train/): use dataset cars",
+    "flowers": "it looks like the Oxford Flowers-102 layout (imagelabels.mat): use dataset flowers102",
     "folder": "it looks like train/<class>/ and test/<class>/ folders: use dataset folder",
 }
+
+
+def find_folder(root: Path, subfolders: tuple[str, ...], marker: str, layout: str, expected: str,
+                how_to_get: str) -> Path:
+    """The first of ``root/<sub>`` (``subfolders``, "." for root itself) that holds ``marker``.
+
+    Otherwise UserError: the root is missing, or it holds no ``marker`` (``expected`` says what
+    should be there), with the layout ``root`` does look like (detect_layout) or ``how_to_get``.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"dataset root {root} does not exist or is not a folder; {how_to_get}")
+    for sub in subfolders:
+        if (root / sub / marker).exists():
+            return (root / sub) if sub != "." else root
+    found = detect_layout(root)
+    hint = LAYOUT_HINT[found] if found and found != layout else how_to_get
+    raise UserError(f"{root} holds no {marker}: expected {expected}; {hint}")

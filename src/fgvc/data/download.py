@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import http.client
+import importlib
 import shutil
 import sys
 import tarfile
@@ -30,7 +31,12 @@ DOGS_FILES = ("images.tar", "lists.tar", "annotation.tar")
 # where each Stanford Dogs archive is extracted inside the dataset folder: lists.tar holds
 # flat .mat files, the other two hold their own Images/ and Annotation/ folders
 DOGS_INTO = {"images.tar": ".", "lists.tar": "lists", "annotation.tar": "."}
-NAMES = ("cub200", "dogs")
+AIRCRAFT_URL = "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz"
+AIRCRAFT_MD5 = None  # no published checksum; --md5 still checks one
+NAMES = ("cub200", "dogs", "aircraft")
+MODULES = {"cub200": "cub"}  # the loader module of each name, when it is not the name itself
+# datasets fgvc reads but cannot download: where to get them and where to put them
+MANUAL: dict[str, str] = {}
 CHUNK = 1 << 20  # bytes per read
 # what an HTTP status usually means for a dataset download; every one ends with the mirror option
 HTTP_HINTS = {
@@ -176,9 +182,7 @@ def safe_extract(archive: Path, dest: Path) -> None:
 
 def _validate(name: str, root: Path) -> None:
     """Raise UserError unless the dataset under ``root`` lists classes and all its image files exist."""
-    from fgvc.data import cub, dogs
-
-    module = cub if name == "cub200" else dogs
+    module = importlib.import_module(f"fgvc.data.{MODULES.get(name, name)}")
     train, test, _, base = module.read_all(root)
     missing = [s.path for s in train + test if not s.path.is_file()]
     if missing:
@@ -207,23 +211,31 @@ def _dogs_md5s(md5) -> dict[str, str | None]:
 
 def prepare(name: str, root, url: str | None = None, md5=None, progress: bool = True,
             keep_archives: bool = True) -> Path:
-    """Download, verify and extract dataset ``name`` ('cub200' or 'dogs') into ``root``; return ``root``.
+    """Download, verify and extract dataset ``name`` ('cub200', 'dogs' or 'aircraft') into ``root``; return ``root``.
 
-    cub200 lands in ``root/CUB_200_2011``, dogs in ``root/StanfordDogs``; both loaders take ``root``.
-    ``url`` replaces the official URL (for dogs: the base URL of the three .tar files); ``md5``
-    replaces the known checksum (for dogs: three comma-separated values or a {file: md5} dict).
+    cub200 lands in ``root/CUB_200_2011``, dogs in ``root/StanfordDogs``, aircraft in
+    ``root/fgvc-aircraft-2013b``; each loader takes ``root``. ``url`` replaces the official URL (for
+    dogs: the base URL of the three .tar files); ``md5`` replaces the known checksum (for dogs: three
+    comma-separated values or a {file: md5} dict); aircraft has no published checksum, so its archive
+    is checked only when ``md5`` is given. For 'cars' and 'nabirds' (no download) it returns ``root``
+    when the dataset is already there and otherwise raises UserError saying where to put the files.
     """
-    if name not in NAMES:
-        raise UserError(f"cannot prepare {name!r}; choose one of {', '.join(NAMES)}")
+    if name not in NAMES and name not in MANUAL:
+        raise UserError(f"cannot prepare {name!r}; choose one of {', '.join(NAMES + tuple(MANUAL))}")
     root = Path(root).expanduser()
     if root.exists() and not root.is_dir():
         raise UserError(f"{root} is a file; pass a folder as --root")
     if _ready(name, root):
         _say(progress, f"{name} is already prepared in {root}; nothing to do")
         return root
+    if name in MANUAL:
+        raise UserError(MANUAL[name].format(root=root) + f", then run `fgvc data info {name} --root {root}`")
     if name == "cub200":
         jobs = [("CUB_200_2011.tgz", url or CUB_URL, md5 if md5 is not None else CUB_MD5, ".")]
         folder = "CUB_200_2011"
+    elif name == "aircraft":
+        jobs = [("fgvc-aircraft-2013b.tar.gz", url or AIRCRAFT_URL, md5 if md5 is not None else AIRCRAFT_MD5, ".")]
+        folder = "fgvc-aircraft-2013b"
     else:
         base = (url or DOGS_URL).rstrip("/")
         if base.endswith(DOGS_FILES):  # a file URL was given: use its folder
@@ -243,8 +255,8 @@ def prepare(name: str, root, url: str | None = None, md5=None, progress: bool = 
     try:
         for archive, into in archives:
             _say(progress, f"extracting {archive.name}")
-            # CUB's archive holds CUB_200_2011/ itself; the Dogs archives go inside StanfordDogs/
-            safe_extract(archive, tmp if name == "cub200" else tmp / folder / into)
+            # CUB's and Aircraft's archives hold their folder themselves; the Dogs archives go inside StanfordDogs/
+            safe_extract(archive, tmp if name != "dogs" else tmp / folder / into)
         if not (tmp / folder).is_dir():
             raise UserError(f"{archives[0][0]} holds no {folder}/ folder; is --url pointing at the right file?")
         try:

@@ -1,0 +1,55 @@
+"""Tiny datasets in the official layouts of FGVC-Aircraft, Stanford Cars, NABirds and Flowers-102.
+
+Imported by name (tests/ has no packages). Each writer returns the truth the tests check against.
+Images are small solid-colour JPEGs, so writing a dataset takes milliseconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+W, H = 40, 30  # px of every written image
+
+
+def jpeg(path: Path, shade: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (W, H), (shade % 256, 80, 160)).save(path, quality=80)
+
+
+# ---- FGVC-Aircraft: 3 variants in 3 families of 2 manufacturers
+AIRCRAFT = [("707-320", "Boeing 707", "Boeing"), ("727-200", "Boeing 727", "Boeing"), ("A300B4", "A300", "Airbus")]
+
+
+def write_aircraft(root: Path, trainval: int = 4, test: int = 2) -> dict:
+    """``root/fgvc-aircraft-2013b/data`` with ``trainval`` + ``test`` images per variant.
+
+    Returns {'data': folder, 'split': {id: 'trainval'|'test'}, 'variant': {id: index}, 'box': {id: corners}}.
+    """
+    data = root / "fgvc-aircraft-2013b" / "data"
+    data.mkdir(parents=True)
+    truth: dict = {"data": data, "split": {}, "variant": {}, "box": {}}
+    lines: dict[tuple[str, str], list[str]] = {}
+    boxes = []
+    n = 0
+    for v, (variant, family, maker) in enumerate(AIRCRAFT):
+        for k in range(trainval + test):
+            n += 1
+            image_id = f"{1000000 + 37 * n:07d}"
+            jpeg(data / "images" / f"{image_id}.jpg", 40 * v + k)
+            split = "trainval" if k < trainval else "test"
+            halves = [split] + ([("train", "val")[k % 2]] if split == "trainval" else [])
+            for s in halves:
+                for level, name in (("variant", variant), ("family", family), ("manufacturer", maker)):
+                    lines.setdefault((level, s), []).append(f"{image_id} {name}")
+            corners = (1 + k, 2 + v, 20 + k, 25)
+            boxes.append(f"{image_id} " + " ".join(map(str, corners)))
+            truth["split"][image_id], truth["variant"][image_id], truth["box"][image_id] = split, v, corners
+    for (level, s), rows in lines.items():
+        (data / f"images_{level}_{s}.txt").write_text("\n".join(rows) + "\n")
+    (data / "variants.txt").write_text("\n".join(a for a, _, _ in AIRCRAFT) + "\n")
+    (data / "families.txt").write_text("\n".join(b for _, b, _ in AIRCRAFT) + "\n")
+    (data / "manufacturers.txt").write_text("Boeing\nAirbus\n")
+    (data / "images_box.txt").write_text("\n".join(boxes) + "\n")
+    return truth
