@@ -53,3 +53,48 @@ def write_aircraft(root: Path, trainval: int = 4, test: int = 2) -> dict:
     (data / "manufacturers.txt").write_text("Boeing\nAirbus\n")
     (data / "images_box.txt").write_text("\n".join(boxes) + "\n")
     return truth
+
+
+# ---- Stanford Cars: 3 classes
+CARS = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Ram C/V Cargo Van Minivan 2012"]
+CAR_FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
+
+
+def save_annotations(path: Path, rows: list[tuple]) -> None:
+    """A MATLAB struct array ``annotations`` (1 x N) with the devkit's fields, via scipy.io.savemat;
+    5-value rows leave out ``class``, like the devkit's unlabelled cars_test_annos.mat."""
+    import numpy as np
+    from scipy.io import savemat
+
+    rows = [tuple(r) for r in rows]
+    fields = [f for f in CAR_FIELDS if f != "class" or len(rows[0]) == len(CAR_FIELDS)]
+    arr = np.array(rows, dtype=[(f, "O") for f in fields]).reshape(1, -1)
+    savemat(str(path), {"annotations": arr})
+
+
+def write_cars(root: Path, train: int = 4, test: int = 2, test_labels_in: str = ".") -> dict:
+    """``root/stanford_cars`` in the devkit layout; the labelled test file in ``test_labels_in`` ('.' or 'devkit').
+
+    Returns {'base': folder, 'train': {fname: (label, corners)}, 'test': {...}}.
+    """
+    import numpy as np
+    from scipy.io import savemat
+
+    base = root / "stanford_cars"
+    (base / "devkit").mkdir(parents=True)
+    savemat(str(base / "devkit" / "cars_meta.mat"), {"class_names": np.array(CARS, dtype=object).reshape(1, -1)})
+    truth: dict = {"base": base, "train": {}, "test": {}}
+    for split, per_class in (("train", train), ("test", test)):
+        rows, n = [], 0
+        for c in range(len(CARS)):
+            for k in range(per_class):
+                n += 1
+                fname = f"{n:05d}.jpg"
+                jpeg(base / f"cars_{split}" / fname, 50 * c + k)
+                corners = (1 + k, 3 + c, 30 - k, 28)
+                rows.append((*corners, c + 1, fname))
+                truth[split][fname] = (c, corners)
+        where = base / "devkit" / "cars_train_annos.mat" if split == "train" else \
+            base / test_labels_in / "cars_test_annos_withlabels.mat"
+        save_annotations(where, rows)
+    return truth

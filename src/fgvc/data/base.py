@@ -232,11 +232,13 @@ def pixel_corners_to_box(x1: float, y1: float, x2: float, y2: float) -> tuple[fl
     """1-based inclusive pixel corners (MATLAB style: FGVC-Aircraft, Stanford Cars) -> ``Sample.box``.
 
     Pixel k (1-based) covers [k-1, k) in the continuous 0-based coordinates ``Sample.box`` uses,
-    so the box is (x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1); ValueError unless 1 <= x1 <= x2, 1 <= y1 <= y2.
+    so the box is (x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1). A corner of 0 (seen in hand-made
+    annotations) is read as the first pixel. ValueError unless 0 <= x1 <= x2, 0 <= y1 <= y2, x2, y2 >= 1.
     """
-    if not (1 <= x1 <= x2 < math.inf and 1 <= y1 <= y2 < math.inf):  # false for nan too
+    if not (0 <= x1 <= x2 < math.inf and 0 <= y1 <= y2 < math.inf and x2 >= 1 and y2 >= 1):  # false for nan too
         raise ValueError(f"({x1}, {y1}, {x2}, {y2}) is not a box with 1 <= x1 <= x2 and 1 <= y1 <= y2")
-    return x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1
+    x0, y0 = max(x1, 1) - 1, max(y1, 1) - 1
+    return x0, y0, x2 - x0, y2 - y0
 
 
 def detect_layout(root: Path) -> str | None:

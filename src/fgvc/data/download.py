@@ -36,7 +36,10 @@ AIRCRAFT_MD5 = None  # no published checksum; --md5 still checks one
 NAMES = ("cub200", "dogs", "aircraft")
 MODULES = {"cub200": "cub"}  # the loader module of each name, when it is not the name itself
 # datasets fgvc reads but cannot download: where to get them and where to put them
-MANUAL: dict[str, str] = {}
+MANUAL = {
+    "cars": "Stanford Cars has no official download any more: get devkit/, cars_train/, cars_test/ and "
+            "cars_test_annos_withlabels.mat from a mirror and put them in {root}/stanford_cars",
+}
 CHUNK = 1 << 20  # bytes per read
 # what an HTTP status usually means for a dataset download; every one ends with the mirror option
 HTTP_HINTS = {
