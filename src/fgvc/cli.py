@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="get, generate and inspect datasets")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     prep = dsub.add_parser("prepare", help="download, verify and extract cub200, dogs or aircraft "
-                                           "(for cars: where to put the files)")
-    prep.add_argument("name", choices=["cub200", "dogs", "aircraft", "cars"])
+                                           "(for cars and nabirds: where to put the files)")
+    prep.add_argument("name", choices=["cub200", "dogs", "aircraft", "cars", "nabirds"])
     prep.add_argument("--root", default="data", help="folder to extract into (default: data)")
     prep.add_argument("--url", help="mirror URL (for dogs: the base URL of the three tar files)")
     prep.add_argument("--md5", help="expected md5 of the archive (overrides the official one; aircraft has none)")

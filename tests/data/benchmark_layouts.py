@@ -98,3 +98,44 @@ def write_cars(root: Path, train: int = 4, test: int = 2, test_labels_in: str = 
             base / test_labels_in / "cars_test_annos_withlabels.mat"
         save_annotations(where, rows)
     return truth
+
+
+# ---- NABirds: a hierarchy whose leaves (ids 295, 313, 1004) carry the images; ids not contiguous
+NABIRDS_CLASSES = {0: "Birds", 1: "Perching Birds", 22: "Hummingbirds", 295: "Black-chinned Hummingbird (Adult Male)",
+                   313: "Anna's Hummingbird (Female/juvenile)", 1004: "Song Sparrow"}
+NABIRDS_HIERARCHY = [(1, 0), (22, 1), (295, 22), (313, 22), (1004, 1)]
+NABIRDS_LEAVES = [295, 313, 1004]
+
+
+def write_nabirds(root: Path, train: int = 4, test: int = 2) -> dict:
+    """``root/nabirds`` in the official layout with UUID ids and folders named by class id.
+
+    Returns {'base': folder, 'split': {rel path: 1|0}, 'class': {rel path: class id}, 'box': {rel path: (x,y,w,h)}}.
+    """
+    import uuid
+
+    base = root / "nabirds"
+    base.mkdir(parents=True)
+    truth: dict = {"base": base, "split": {}, "class": {}, "box": {}}
+    files: dict[str, list[str]] = {k: [] for k in ("images", "image_class_labels", "train_test_split",
+                                                   "bounding_boxes")}
+    rng_ids = [uuid.UUID(int=(7919 * n) << 64 | n) for n in range(1, 1 + len(NABIRDS_LEAVES) * (train + test))]
+    n = 0
+    for c, cid in enumerate(reversed(NABIRDS_LEAVES)):  # file order differs from id order
+        for k in range(train + test):
+            image_id = str(rng_ids[n])
+            n += 1
+            rel = f"{cid:04d}/{image_id.replace('-', '')}.jpg"
+            jpeg(base / "images" / rel, 60 * c + k)
+            is_train = int(k < train)
+            box = (2 + k, 1 + c, 20, 15)
+            files["images"].append(f"{image_id} {rel}")
+            files["image_class_labels"].append(f"{image_id} {cid}")
+            files["train_test_split"].append(f"{image_id} {is_train}")
+            files["bounding_boxes"].append(f"{image_id} " + " ".join(map(str, box)))
+            truth["split"][rel], truth["class"][rel], truth["box"][rel] = is_train, cid, box
+    for name, rows in files.items():
+        (base / f"{name}.txt").write_text("\n".join(rows) + "\n")
+    (base / "classes.txt").write_text("".join(f"{k} {v}\n" for k, v in NABIRDS_CLASSES.items()))
+    (base / "hierarchy.txt").write_text("".join(f"{a} {b}\n" for a, b in NABIRDS_HIERARCHY))
+    return truth

@@ -35,6 +35,8 @@ def find_base(root: Path) -> Path:
         raise UserError(f"dataset root {root} does not exist or is not a folder; {HOW_TO_GET}")
     for base in (root / FOLDER, root):
         if (base / "images.txt").is_file():
+            if detect_layout(base) == "nabirds":  # CUB-like files, but UUID ids and sparse class ids
+                raise UserError(f"{base} holds images.txt but is not CUB: {LAYOUT_HINT['nabirds']}")
             return base
     if (root / FOLDER).is_dir():
         raise UserError(f"{root / FOLDER / 'images.txt'} is missing, so the dataset is incomplete; "

@@ -39,6 +39,8 @@ MODULES = {"cub200": "cub"}  # the loader module of each name, when it is not th
 MANUAL = {
     "cars": "Stanford Cars has no official download any more: get devkit/, cars_train/, cars_test/ and "
             "cars_test_annos_withlabels.mat from a mirror and put them in {root}/stanford_cars",
+    "nabirds": "NABirds is downloaded only after accepting its terms at https://dl.allaboutbirds.org/nabirds: "
+               "extract it so that {root}/nabirds holds images.txt, hierarchy.txt and images/",
 }
 CHUNK = 1 << 20  # bytes per read
 # what an HTTP status usually means for a dataset download; every one ends with the mirror option
