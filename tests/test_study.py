@@ -49,3 +49,28 @@ def test_a_clip_row_takes_its_data_from_the_study_and_its_own_overrides():
         fn, kwargs = clip_row(study["rows"][row], row, row_config(study, row, ["data.root=somewhere"]))
         assert fn.__name__ == "run_zeroshot" and kwargs["dataset_name"] == dataset
         assert kwargs["root"] == "somewhere" and kwargs["model_name"] == "ViT-g-14"
+
+
+def _row(study_name: str, row: str) -> dict:
+    from fgvc import config
+
+    _, study = read_study(study_name)
+    return config.to_dict(row_config(study, row, ["data.root=data"]))
+
+
+@pytest.mark.parametrize("row_a, row_b", [
+    # one seed number, one run: Table 9's CUB cells are Table 4's last row (0.8351) and Table 7's row 2 (0.8019)
+    (("table4_tricks", "resnext101+tricks"), ("table9_datasets", "cub_resnext101")),
+    (("table5_vit_depth", "mixup+ls"), ("table9_datasets", "cub_vit_b16")),
+])
+def test_a_seed_number_quoted_in_two_tables_is_the_same_run(row_a, row_b):
+    assert _row(*row_a) == _row(*row_b)
+
+
+def test_table7_rows_keep_table5s_heads_plus_12_blocks_depth():
+    # the seed's Table 7 baseline (0.7984) is Table 5's heads+12attn, not the whole ViT
+    heads12 = _row("table5_vit_depth", "heads+12")
+    for row in ("mixup+ls", "mixup+ls+dropout"):
+        cfg = _row("table5_vit_depth", row)
+        assert cfg["model"]["trainable"] == heads12["model"]["trainable"] == "head+blocks:12"
+        assert cfg["train"] == heads12["train"] and cfg["aug"]["mixup_alpha"] == 0.2
