@@ -332,6 +332,10 @@ def check_training(cfg: Config) -> None:
         from fgvc.train.loggers import require_installed
 
         require_installed(cfg.train.loggers)
+    if cfg.adv.attack != "none":
+        from fgvc.robust.training import check_adv_settings
+
+        check_adv_settings(cfg.adv)
     if cfg.train.warmup > 0 and cfg.train.schedule != "cosine":
         raise UserError(f"train.warmup={cfg.train.warmup} warms up the cosine schedule only; set "
                         "train.schedule=cosine or train.warmup=0")

@@ -69,3 +69,25 @@ def test_a_setting_the_attack_does_not_take_is_refused_not_ignored(tiny_run, cap
     assert main(["attack", str(tiny_run), *argv, "--limit", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"fgvc: {flag} does not apply to --attack {argv[1]}; drop it, or use one of {users}"
+
+
+@pytest.mark.parametrize("attack, setting, words", [
+    ("fgsm", "adv.alpha=0.3", ["adv.alpha=0.3", "adv.attack=fgsm", "adv.loss_weight"]),
+    ("rs-fgsm", "adv.steps=3", ["adv.steps=3", "adv.attack=rs-fgsm", "pgd"]),
+])
+def test_a_training_attack_setting_the_attack_ignores_is_refused_before_anything_is_written(
+        tmp_path, capsys, attack, setting, words):
+    out = tmp_path / "runs"
+    assert main(["train", "model.name=test_resnet", "data.name=synthbirds", f"data.root={tmp_path}",
+                 f"adv.attack={attack}", setting, f"out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(w in err for w in words), err
+    assert not out.exists()
+
+
+def test_pgd_training_keeps_its_alpha_and_steps():
+    from fgvc import config
+    from fgvc.robust.training import check_adv_settings
+
+    cfg = config.apply(config.Config(), {"adv.attack": "pgd", "adv.alpha": "0.01", "adv.steps": "3"})
+    check_adv_settings(cfg.adv)  # both are used by PGD: nothing to refuse

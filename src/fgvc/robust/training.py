@@ -24,6 +24,25 @@ from fgvc.models.freeze import eval_with_grad
 from fgvc.robust.attacks import LossFn, check_images, fgsm, pgd, resolve_attack
 
 
+def check_adv_settings(adv) -> None:
+    """Refuse ``adv.alpha`` / ``adv.steps`` that ``adv.attack`` would silently ignore (``adv`` a
+    fgvc.config.AdvConfig), as ``fgvc attack`` refuses ``--alpha`` for FGSM; UserError names the key.
+    The seed's Eq. 1 calls its loss weight alpha: that weight is ``adv.loss_weight`` here."""
+    from fgvc.config import AdvConfig
+    from fgvc.robust.attacks import ATTACKS
+
+    spec = ATTACKS.get(adv.attack)
+    if spec is None:  # "none" (or a bad name, which validate() has refused)
+        return
+    for key, value, unset, takes in (("alpha", adv.alpha, 0.0, spec.takes_alpha),
+                                     ("steps", adv.steps, AdvConfig.steps, spec.takes_steps)):
+        if value != unset and not takes:
+            users = ", ".join(n for n, a in ATTACKS.items() if a.trainable and getattr(a, f"takes_{key}"))
+            hint = " (Eq. 1's weight of the clean loss is adv.loss_weight)" if key == "alpha" else ""
+            raise UserError(f"adv.{key}={value} does not apply to adv.attack={adv.attack}; drop it{hint}, "
+                            f"or use adv.attack={users.replace(', ', ' or ')}")
+
+
 def adversarial_loss(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, attack: str = "fgsm",
                      eps: float = 8 / 255, alpha: float | None = None, steps: int | None = None,
                      loss_weight: float = 0.5, attack_model: nn.Module | None = None) -> Tensor:
