@@ -40,11 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="get, generate and inspect datasets")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    prep = dsub.add_parser("prepare", help="download, verify and extract cub200, dogs or aircraft "
+    prep = dsub.add_parser("prepare", help="download, verify and extract cub200, dogs, aircraft or flowers102 "
                                            "(for cars and nabirds: where to put the files)")
-    prep.add_argument("name", choices=["cub200", "dogs", "aircraft", "cars", "nabirds"])
+    prep.add_argument("name", choices=["cub200", "dogs", "aircraft", "flowers102", "cars", "nabirds"])
     prep.add_argument("--root", default="data", help="folder to extract into (default: data)")
-    prep.add_argument("--url", help="mirror URL (for dogs: the base URL of the three tar files)")
+    prep.add_argument("--url", help="mirror URL (for dogs and flowers102: the base URL of their three files)")
     prep.add_argument("--md5", help="expected md5 of the archive (overrides the official one; aircraft has none)")
     synth = dsub.add_parser("synth", help="generate the synthbirds fine-grained dataset")
     synth.add_argument("--root", default="data/synthbirds")

@@ -139,3 +139,26 @@ def write_nabirds(root: Path, train: int = 4, test: int = 2) -> dict:
     (base / "classes.txt").write_text("".join(f"{k} {v}\n" for k, v in NABIRDS_CLASSES.items()))
     (base / "hierarchy.txt").write_text("".join(f"{a} {b}\n" for a, b in NABIRDS_HIERARCHY))
     return truth
+
+
+# ---- Flowers-102: labels 1..3, images numbered in an order that mixes classes and sets
+def write_flowers(root: Path, per_set: tuple[int, int, int] = (2, 2, 3), classes: int = 3) -> dict:
+    """``root/flowers-102`` with jpg/, imagelabels.mat and setid.mat (trnid, valid, tstid per class counts).
+
+    Returns {'base': folder, 'label': {image number: 1-based label}, 'set': {image number: set key}}.
+    """
+    import numpy as np
+    from scipy.io import savemat
+
+    base = root / "flowers-102"
+    truth: dict = {"base": base, "label": {}, "set": {}}
+    sets: dict[str, list[int]] = {"trnid": [], "valid": [], "tstid": []}
+    order = [(c, k, s) for s, count in zip(sets, per_set) for k in range(count) for c in range(1, classes + 1)]
+    for n, (c, k, s) in enumerate(sorted(order, key=lambda t: (t[1] * 7 + t[0] * 3) % 11), start=1):
+        jpeg(base / "jpg" / f"image_{n:05d}.jpg", 30 * c + k)
+        truth["label"][n], truth["set"][n] = c, s
+        sets[s].append(n)
+    labels = [truth["label"][n] for n in range(1, len(order) + 1)]
+    savemat(str(base / "imagelabels.mat"), {"labels": np.array(labels, dtype=np.uint8).reshape(1, -1)})
+    savemat(str(base / "setid.mat"), {k: np.array(v, dtype=np.uint16).reshape(1, -1) for k, v in sets.items()})
+    return truth

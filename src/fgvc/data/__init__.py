@@ -6,7 +6,7 @@ import difflib
 import os
 from pathlib import Path
 
-from fgvc.data import aircraft, cars, cub, dogs, folder, nabirds, synthetic
+from fgvc.data import aircraft, cars, cub, dogs, flowers, folder, nabirds, synthetic
 from fgvc.data.base import FineGrainedDataset, Sample, read_rgb, readable_name
 from fgvc.data.subset import parse_classes, select_classes
 from fgvc.errors import UserError
@@ -22,6 +22,7 @@ DATASETS = {
     "aircraft_manufacturer": aircraft.load_manufacturer,  # ... 30 manufacturers
     "cars": cars.load,  # Stanford Cars, 196 classes
     "nabirds": nabirds.load,  # NABirds, 555 leaf classes
+    "flowers102": flowers.load,  # Oxford Flowers-102
 }
 
 

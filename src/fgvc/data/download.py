@@ -31,10 +31,20 @@ DOGS_FILES = ("images.tar", "lists.tar", "annotation.tar")
 # where each Stanford Dogs archive is extracted inside the dataset folder: lists.tar holds
 # flat .mat files, the other two hold their own Images/ and Annotation/ folders
 DOGS_INTO = {"images.tar": ".", "lists.tar": "lists", "annotation.tar": "."}
+FLOWERS_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
+# the checksums torchvision's Flowers102 uses for the same files
+FLOWERS_MD5 = {"102flowers.tgz": "52808999861908f626f3c1f4e79d11fa", "imagelabels.mat": "e0620be6f572b9609742df49c70aed4d",
+               "setid.mat": "a5357ecc9cb78c4bef273ce3793fc85c"}
+# datasets made of several files under one base URL: (URL, {file: where it goes in the folder}, md5s, folder)
+MULTI = {
+    "dogs": (DOGS_URL, DOGS_INTO, {}, "StanfordDogs"),
+    "flowers102": (FLOWERS_URL, {"102flowers.tgz": ".", "imagelabels.mat": ".", "setid.mat": "."}, FLOWERS_MD5,
+                   "flowers-102"),
+}
 AIRCRAFT_URL = "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz"
 AIRCRAFT_MD5 = None  # no published checksum; --md5 still checks one
-NAMES = ("cub200", "dogs", "aircraft")
-MODULES = {"cub200": "cub"}  # the loader module of each name, when it is not the name itself
+NAMES = ("cub200", "dogs", "aircraft", "flowers102")
+MODULES = {"cub200": "cub", "flowers102": "flowers"}  # the loader module of each name, when it is not the name itself
 # datasets fgvc reads but cannot download: where to get them and where to put them
 MANUAL = {
     "cars": "Stanford Cars has no official download any more: get devkit/, cars_train/, cars_test/ and "
@@ -202,26 +212,30 @@ def _ready(name: str, root: Path) -> bool:
         return False
 
 
-def _dogs_md5s(md5) -> dict[str, str | None]:
+def _md5s(name: str, md5, files: tuple[str, ...], known: dict[str, str]) -> dict[str, str | None]:
+    """Per file of a multi-file dataset, the md5 to check: ``md5`` (comma-separated, in ``files``
+    order, or a dict) over the ``known`` ones; None skips a file's check."""
     if md5 is None:
-        return dict.fromkeys(DOGS_FILES)
+        return {f: known.get(f) for f in files}
     if isinstance(md5, dict):
-        return {f: md5.get(f) for f in DOGS_FILES}
+        return {f: md5.get(f) for f in files}
     values = [v.strip() or None for v in str(md5).split(",")]
-    if len(values) != len(DOGS_FILES):
-        raise UserError(f"--md5 for dogs takes {len(DOGS_FILES)} comma-separated values, for "
-                        f"{', '.join(DOGS_FILES)} in that order (empty to skip one); got {md5!r}")
-    return dict(zip(DOGS_FILES, values))
+    if len(values) != len(files):
+        raise UserError(f"--md5 for {name} takes {len(files)} comma-separated values, for "
+                        f"{', '.join(files)} in that order (empty to skip one); got {md5!r}")
+    return dict(zip(files, values))
 
 
 def prepare(name: str, root, url: str | None = None, md5=None, progress: bool = True,
             keep_archives: bool = True) -> Path:
-    """Download, verify and extract dataset ``name`` ('cub200', 'dogs' or 'aircraft') into ``root``; return ``root``.
+    """Download, verify and extract dataset ``name`` ('cub200', 'dogs', 'aircraft' or 'flowers102') into
+    ``root``; return ``root``.
 
     cub200 lands in ``root/CUB_200_2011``, dogs in ``root/StanfordDogs``, aircraft in
-    ``root/fgvc-aircraft-2013b``; each loader takes ``root``. ``url`` replaces the official URL (for
-    dogs: the base URL of the three .tar files); ``md5`` replaces the known checksum (for dogs: three
-    comma-separated values or a {file: md5} dict); aircraft has no published checksum, so its archive
+    ``root/fgvc-aircraft-2013b``, flowers102 in ``root/flowers-102``; each loader takes ``root``.
+    ``url`` replaces the official URL (for dogs and flowers102: the base URL of their three files);
+    ``md5`` replaces the known checksum (for dogs and flowers102: three comma-separated values or a
+    {file: md5} dict); aircraft has no published checksum, so its archive
     is checked only when ``md5`` is given. For 'cars' and 'nabirds' (no download) it returns ``root``
     when the dataset is already there and otherwise raises UserError saying where to put the files.
     """
@@ -241,13 +255,13 @@ def prepare(name: str, root, url: str | None = None, md5=None, progress: bool = 
     elif name == "aircraft":
         jobs = [("fgvc-aircraft-2013b.tar.gz", url or AIRCRAFT_URL, md5 if md5 is not None else AIRCRAFT_MD5, ".")]
         folder = "fgvc-aircraft-2013b"
-    else:
-        base = (url or DOGS_URL).rstrip("/")
-        if base.endswith(DOGS_FILES):  # a file URL was given: use its folder
+    else:  # several files from one base URL, each extracted (or copied) into the dataset folder
+        default_url, into, known, folder = MULTI[name]
+        base = (url or default_url).rstrip("/")
+        if base.endswith(tuple(into)):  # a file URL was given: use its folder
             base = base.rsplit("/", 1)[0]
-        md5s = _dogs_md5s(md5)
-        jobs = [(f, f"{base}/{f}", md5s[f], DOGS_INTO[f]) for f in DOGS_FILES]
-        folder = "StanfordDogs"
+        md5s = _md5s(name, md5, tuple(into), known)
+        jobs = [(f, f"{base}/{f}", md5s[f], into[f]) for f in into]
     target = root / folder
     if target.exists():
         raise UserError(f"{target} exists but does not hold a complete {name} dataset; remove it (or "
@@ -260,8 +274,13 @@ def prepare(name: str, root, url: str | None = None, md5=None, progress: bool = 
     try:
         for archive, into in archives:
             _say(progress, f"extracting {archive.name}")
-            # CUB's and Aircraft's archives hold their folder themselves; the Dogs archives go inside StanfordDogs/
-            safe_extract(archive, tmp if name != "dogs" else tmp / folder / into)
+            if name not in MULTI:  # CUB's and Aircraft's archives hold their folder themselves
+                safe_extract(archive, tmp)
+            elif archive.suffix == ".mat":  # Flowers-102's label files are not archives
+                (tmp / folder).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(archive, tmp / folder / archive.name)
+            else:  # the Dogs archives and 102flowers.tgz go inside their dataset folder
+                safe_extract(archive, tmp / folder / into)
         if not (tmp / folder).is_dir():
             raise UserError(f"{archives[0][0]} holds no {folder}/ folder; is --url pointing at the right file?")
         try:
