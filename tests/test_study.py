@@ -30,9 +30,22 @@ def test_study_runs_rows_writes_table_and_skips_finished_rows(tiny_synthbirds_ro
     link = report.split("![accuracy per row](", 1)[1].split(")", 1)[0]
     assert (tmp_path / "elsewhere" / link).resolve() == (folder / "table.png").resolve()
     first = (folder / "plain" / "metrics.json").stat().st_mtime_ns
-    run_study(str(path), [f"data.root={tiny_synthbirds_root}"], out=tmp_path / "out", progress=False)
+    # the same study from a moved data folder, with other loader workers: still the finished runs
+    moved = tmp_path / "moved"
+    moved.symlink_to(tiny_synthbirds_root, target_is_directory=True)
+    run_study(str(path), [f"data.root={moved}", "data.num_workers=1"], out=tmp_path / "out", progress=False)
     assert (folder / "plain" / "metrics.json").stat().st_mtime_ns == first
     assert "skipped" in capsys.readouterr().out
+    # ... but a finished row is never passed off as a run with other settings (a smoke test, then the study)
+    table_before = (folder / "table.md").read_text()
+    with pytest.raises(UserError, match=r"plain finished with train.epochs=1, but this call asks for train.epochs=3"):
+        run_study(str(path), [f"data.root={tiny_synthbirds_root}", "train.epochs=3"], out=tmp_path / "out",
+                  progress=False)
+    with pytest.raises(UserError, match=r"smoothed finished with aug.label_smoothing=0.1, .* asks for aug.label_smoothing=0.2"):
+        run_study(str(path), [f"data.root={tiny_synthbirds_root}", "aug.label_smoothing=0.2"], out=tmp_path / "out",
+                  progress=False, only=["smoothed"])
+    assert (folder / "plain" / "metrics.json").stat().st_mtime_ns == first
+    assert (folder / "table.md").read_text() == table_before
 
 
 def test_a_bad_row_is_refused_before_anything_trains(tmp_path):

@@ -27,7 +27,10 @@ A row ``{task: probe, overrides: [...]}`` fits a linear probe on the frozen back
 study's config with the row's overrides (``fgvc probe``), the reference a fine-tune should beat.
 
 Runs land in ``<out>/<study>/<row>/``; a row whose ``metrics.json`` exists is skipped, so
-an interrupted study continues where it stopped. The table is written as Markdown and CSV,
+an interrupted study continues where it stopped. A finished row whose config.yaml differs from what
+the call asks (say a 1-epoch smoke test, then the real study) is refused before anything trains,
+never reported as the asked run; settings that do not change what is learned (where the data
+lives, the device, loader workers, caches, loggers) are not compared. The table is written as Markdown and CSV,
 with a bar plot (table.png).
 
 With seeds (``--seeds 0,1,2``, or ``seeds: [0, 1, 2]`` in the study file) each row runs once per
@@ -239,6 +242,7 @@ def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None =
         if row_kind(study["rows"][row]) == "clip":
             clip_row(study["rows"][row], row, configs[cell])
     folder = Path(out).expanduser() / name
+    check_finished_cells(folder, row_of, study, configs)
     if launcher != "sequential":
         from fgvc.experiments.launch import launch_study
 
@@ -255,6 +259,33 @@ def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None =
         _write(folder, study, name)  # after every row, so a stopped study still has its table so far
     _write(folder, study, name)
     return folder
+
+
+# keys a finished row may differ in and still be the run asked for: where things live and what runs them
+_NOT_COMPARED = ("out", "data.root", "data.num_workers", "data.cache", "data.cache_budget_gb", "data.cache_dir",
+                 "train.loggers", "train.devices", "train.accelerator", "train.precision", "train.compile",
+                 "train.channels_last", "clip.cache_dir", "clip.offline")
+
+
+def check_finished_cells(folder: Path, row_of: dict[str, str], study: dict,
+                         configs: dict[str, config_mod.Config]) -> None:
+    """UserError when a finished cell of ``folder`` ran with other settings than ``configs`` asks (only
+    training and probe rows: a CLIP row's folder holds no training config.yaml)."""
+    for cell, row in row_of.items():
+        run_dir = folder / cell
+        if row_kind(study["rows"][row]) == "clip" or not (run_dir / "metrics.json").is_file():
+            continue
+        if not (run_dir / "config.yaml").is_file():
+            continue  # an old or foreign folder: the table reads its metrics as before
+        before, now = runs.load_config(run_dir), configs[cell]
+        changed = [k for k in config_mod.all_keys() if k not in _NOT_COMPARED
+                   and config_mod.get(before, k) != config_mod.get(now, k)]
+        if changed:
+            k = changed[0]
+            more = f" (and {len(changed) - 1} more setting{'s' * (len(changed) > 2)})" if len(changed) > 1 else ""
+            raise UserError(f"{run_dir} finished with {k}={config_mod.get(before, k)}, but this call asks for "
+                            f"{k}={config_mod.get(now, k)}{more}; delete that folder to run the row again, "
+                            "pass another --out, or drop the override to keep the finished run")
 
 
 def _write(folder: Path, study: dict, name: str) -> None:
