@@ -87,3 +87,22 @@ def test_table7_rows_keep_table5s_heads_plus_12_blocks_depth():
         cfg = _row("table5_vit_depth", row)
         assert cfg["model"]["trainable"] == heads12["model"]["trainable"] == "head+blocks:12"
         assert cfg["train"] == heads12["train"] and cfg["aug"]["mixup_alpha"] == 0.2
+
+
+def test_study_data_flag_runs_every_row_on_that_dataset_and_a_key_value_wins(monkeypatch, tmp_path):
+    import fgvc.experiments.study as study_mod
+    from fgvc.cli import main
+
+    asked = {}
+
+    def fake_run_study(name, overrides, **kwargs):
+        _, study = read_study(name)
+        asked.update({row: row_config(study, row, overrides).data.name for row in study["rows"]})
+        (tmp_path / "table.md").write_text("")
+        return tmp_path
+
+    monkeypatch.setattr(study_mod, "run_study", fake_run_study)
+    assert main(["study", "table4_tricks", "--data", "dogs", "data.root=x"]) == 0
+    assert set(asked.values()) == {"dogs"} and len(asked) == 8
+    assert main(["study", "table4_tricks", "--data", "dogs", "data.root=x", "data.name=synthbirds"]) == 0
+    assert set(asked.values()) == {"synthbirds"}

@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("study", help="shipped study name (see fgvc/configs/studies) or a YAML file")
     st.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every row, e.g. data.root=DIR")
     st.add_argument("--only", help="comma-separated row names to run")
+    st.add_argument("--data", metavar="NAME", help="run every row on dataset NAME (the same as data.name=NAME; "
+                    "a key=value override given too wins), e.g. table4_tricks on dogs")
     st.add_argument("--out", default="runs", help="parent folder of the study folder (default: runs)")
     st.add_argument("--quiet", action="store_true")
     st.add_argument("--seeds", help="run every row once per seed (train.seed=S, folder <row>/seed<S>), e.g. 0,1,2 "

@@ -284,7 +284,8 @@ def cmd_study(args) -> int:
                                 cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, time_min=args.time_min,
                                 array_parallelism=args.array_parallelism, account=args.account, qos=args.qos,
                                 constraint=args.constraint, setup=args.setup)
-    folder = run_study(args.study, args.overrides, only=only, out=args.out, progress=not args.quiet,
+    overrides = ([f"data.name={args.data}"] if args.data else []) + list(args.overrides)  # key=value wins
+    folder = run_study(args.study, overrides, only=only, out=args.out, progress=not args.quiet,
                        launcher=args.launcher, launch_options=options, detach=args.detach, seeds=args.seeds)
     if args.detach and args.launcher != "sequential":
         print(folder)
