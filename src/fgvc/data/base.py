@@ -289,3 +289,25 @@ def find_folder(root: Path, subfolders: tuple[str, ...], marker: str, layout: st
     found = detect_layout(root)
     hint = LAYOUT_HINT[found] if found and found != layout else how_to_get
     raise UserError(f"{root} holds no {marker}: expected {expected}; {hint}")
+
+
+def load_mat(path: Path, how_to_fix: str, squeeze_me: bool = False) -> dict:
+    """``scipy.io.loadmat`` of a dataset's .mat file; UserError (ending with ``how_to_fix``) when it is
+    missing or not a MATLAB file."""
+    from scipy.io import loadmat
+
+    if not path.is_file():
+        raise UserError(f"{path} is missing; {how_to_fix}")
+    try:
+        return loadmat(str(path), squeeze_me=squeeze_me)
+    except Exception as e:  # scipy raises several types for a non-MAT file
+        raise UserError(f"{path} cannot be read as a MATLAB .mat file ({e.__class__.__name__}: {e}); "
+                        f"{how_to_fix}") from None
+
+
+def mat_entry(path: Path, mat: dict, key: str, expected: str):
+    """``mat[key]``, or UserError naming the keys the file does have (``expected`` says which file it should be)."""
+    if key not in mat:
+        found = ", ".join(k for k in mat if not k.startswith("__")) or "none"
+        raise UserError(f"{path} has no key {key!r} (found {found}); expected {expected}")
+    return mat[key]

@@ -23,6 +23,8 @@ from fgvc.data.base import (
     Sample,
     check_classes_have_images,
     find_folder,
+    load_mat,
+    mat_entry,
     pixel_corners_to_box,
     split_dataset,
 )
@@ -43,17 +45,8 @@ def find_base(root: Path) -> Path:
 
 
 def _loadmat(path: Path, key: str) -> np.ndarray:
-    from scipy.io import loadmat
-
-    try:
-        mat = loadmat(str(path), squeeze_me=True)
-    except Exception as e:  # scipy raises several types for a non-MAT file
-        raise UserError(f"{path} cannot be read as a MATLAB .mat file ({e.__class__.__name__}: {e}); "
-                        "get the file again") from None
-    if key not in mat:
-        found = ", ".join(k for k in mat if not k.startswith("__")) or "none"
-        raise UserError(f"{path} has no key {key!r} (found {found}); is it the Stanford Cars devkit file?")
-    return np.atleast_1d(mat[key])
+    mat = load_mat(path, f"get the file again: {HOW_TO_GET}", squeeze_me=True)
+    return np.atleast_1d(mat_entry(path, mat, key, "the Stanford Cars devkit file"))
 
 
 def read_class_names(path: Path) -> list[str]:

@@ -19,7 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fgvc.data.base import FineGrainedDataset, Sample, check_classes_have_images, find_folder, split_dataset
+from fgvc.data.base import (
+    FineGrainedDataset,
+    Sample,
+    check_classes_have_images,
+    find_folder,
+    load_mat,
+    mat_entry,
+    split_dataset,
+)
 from fgvc.errors import UserError
 
 FOLDER = "flowers-102"
@@ -56,10 +64,7 @@ def find_base(root: Path) -> Path:
 
 def _numbers(path: Path, key: str, mat: dict, low: int, high: int, what: str, note: str = "") -> list[int]:
     """The integers of ``mat[key]``, each in [low, high]; UserError naming the file, key and entry otherwise."""
-    if key not in mat:
-        found = ", ".join(k for k in mat if not k.startswith("__")) or "none"
-        raise UserError(f"{path} has no key {key!r} (found {found}); expected the official Flowers-102 file")
-    values = np.asarray(mat[key]).reshape(-1)
+    values = np.asarray(mat_entry(path, mat, key, "the official Flowers-102 file")).reshape(-1)
     out = []
     for i, v in enumerate(values, start=1):
         x = float(v) if np.asarray(v).dtype.kind in "buif" else math.nan
@@ -71,15 +76,7 @@ def _numbers(path: Path, key: str, mat: dict, low: int, high: int, what: str, no
 
 
 def _loadmat(path: Path) -> dict:
-    from scipy.io import loadmat
-
-    if not path.is_file():
-        raise UserError(f"{path} is missing; the Flowers-102 layout needs imagelabels.mat and setid.mat: {HOW_TO_GET}")
-    try:
-        return loadmat(str(path))
-    except Exception as e:  # scipy raises several types for a non-MAT file
-        raise UserError(f"{path} cannot be read as a MATLAB .mat file ({e.__class__.__name__}: {e}); "
-                        "download it again") from None
+    return load_mat(path, f"the Flowers-102 layout needs imagelabels.mat and setid.mat: {HOW_TO_GET}")
 
 
 def read_all(root: Path) -> tuple[list[Sample], list[Sample], list[str], Path]:
