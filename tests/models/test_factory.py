@@ -49,6 +49,16 @@ def test_pretrained_weights_come_from_torchvisions_cache(tmp_path, monkeypatch):
     assert torch.equal(model.net.conv1.weight, reference.conv1.weight)
     assert torch.equal(model.net.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
     assert model.head.out_features == 5  # the ImageNet head is replaced
+    # metrics.json's pretraining source names and hashes that very file (DESIGN: source and sha256)
+    from fgvc import config
+    from fgvc.models.weights import pretraining_source, sha256_file
+
+    cfg = config.apply(config.Config(), {"model.name": "resnet18", "model.pretrained": "true"})
+    cached = cache / weights.url.rsplit("/", 1)[-1]
+    assert pretraining_source(cfg) == {"source": "torchvision", "name": "resnet18", "file": cached.name,
+                                       "sha256": sha256_file(cached)}
+    cached.unlink()  # not cached (a run that read it elsewhere): no hash is claimed
+    assert pretraining_source(cfg)["sha256"] is None
 
 
 def test_pretrained_offline_and_not_cached_names_file_and_folder(tmp_path, monkeypatch):

@@ -94,7 +94,6 @@ def timm_weights_file(name: str) -> str | None:
     """
     import timm
     from timm.models import get_pretrained_cfg
-    from timm.models._hub import _get_safe_alternatives, hf_split
 
     cfg = get_pretrained_cfg(name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
@@ -103,13 +102,10 @@ def timm_weights_file(name: str) -> str | None:
         raise UserError(f"timm model {name!r} has no downloadable pretrained weights{hint}; "
                         "use model.pretrained=false or pick a tagged name")
     if cfg.hf_hub_id:
-        repo_id, revision = hf_split(cfg.hf_hub_id)
-        filename = cfg.hf_hub_filename or "pytorch_model.bin"
-        names = ([] if filename.endswith(".safetensors") else list(_get_safe_alternatives(filename))) + [filename]
-        for candidate in names:
-            hit = hf_cached(repo_id, candidate, revision)
-            if hit:
-                return hit
+        repo_id, revision, names = _timm_hf_files(cfg)
+        hit = _first_cached(repo_id, names, revision)
+        if hit:
+            return hit
         endpoint = hf_endpoint()
         folder = hf_repo_folder(repo_id)
         where = (f"{' or '.join(names)} of the Hugging Face repository {repo_id} ({endpoint}/{repo_id}) belongs in "
@@ -130,6 +126,43 @@ def timm_weights_file(name: str) -> str | None:
         raise UserError(f"pretrained weights for timm model {name!r} are not cached and {cfg.url} cannot be "
                         f"reached: download it and put {filename} in {cached.parent}, or use model.pretrained=false")
     return None  # timm downloads it into torch's hub cache
+
+
+def _timm_hf_files(cfg) -> tuple[str, str | None, list[str]]:
+    """(repository, revision, file names in timm's order of preference) of a timm pretrained_cfg on the hub."""
+    from timm.models._hub import _get_safe_alternatives, hf_split
+
+    repo_id, revision = hf_split(cfg.hf_hub_id)
+    filename = cfg.hf_hub_filename or "pytorch_model.bin"
+    return repo_id, revision, ([] if filename.endswith(".safetensors") else list(_get_safe_alternatives(filename))) + [filename]
+
+
+def _first_cached(repo_id: str, names: list[str], revision: str | None) -> str | None:
+    return next((hit for n in names if (hit := hf_cached(repo_id, n, revision))), None)
+
+
+def cached_weights_file(name: str) -> Path | None:
+    """The cached file the pretrained torchvision or timm model ``name`` loads, or None; never downloads.
+
+    The same places ``fgvc.models.factory`` reads: torch's hub cache for torchvision (and URL-served
+    timm weights), the Hugging Face cache for timm weights with a hub repository."""
+    from fgvc.models.factory import TORCHVISION_MODELS
+
+    if name in TORCHVISION_MODELS:
+        url = TORCHVISION_MODELS[name][1].url
+    else:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+        if cfg is None:
+            return None
+        if cfg.hf_hub_id:
+            repo_id, revision, names = _timm_hf_files(cfg)
+            hit = _first_cached(repo_id, names, revision)
+            return Path(hit) if hit else None
+        url = cfg.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlsplit(url or "").path)
+    return cached if url and cached.is_file() else None
 
 
 def _hf_download(name: str, repo_id: str, names: list[str], revision: str | None, endpoint: str, where: str) -> str:

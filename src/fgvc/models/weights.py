@@ -11,6 +11,7 @@ and sha256 are recorded as the run's pretraining source.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -178,9 +179,30 @@ def pretraining_source(cfg) -> dict:
         from fgvc.models.factory import TORCHVISION_MODELS, is_clip
 
         if is_clip(m.name):
-            return {"source": "open_clip", "name": m.name, "pretrained": cfg.clip.pretrained}
-        return {"source": "torchvision" if m.name in TORCHVISION_MODELS else "timm", "name": m.name}
+            from fgvc.clip.classifier import open_clip_name
+            from fgvc.clip.models import cached_weights
+
+            found = cached_weights(open_clip_name(m.name), cfg.clip.pretrained, cfg.clip.cache_dir or None)
+            source = {"source": "open_clip", "name": m.name, "pretrained": cfg.clip.pretrained}
+        else:
+            from fgvc.models.hub import cached_weights_file
+
+            found = cached_weights_file(m.name)
+            source = {"source": "torchvision" if m.name in TORCHVISION_MODELS else "timm", "name": m.name}
+        # the file the weights were read from, hashed: a hub tag can be re-uploaded, the bytes cannot
+        return {**source, "file": Path(found).name if found else None,
+                "sha256": _sha256_once(str(found), *_stamp(found)) if found else None}
     return {"source": "scratch"}
+
+
+def _stamp(path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_once(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)  # a study's rows share a backbone: hash its file once (per size and mtime)
 
 
 __all__ = ["SUFFIXES", "load_weights_file", "pretraining_source", "read_state_dict", "sha256_file"]
