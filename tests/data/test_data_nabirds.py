@@ -59,6 +59,7 @@ BAD = {
     "bad box": ("bounding_boxes.txt", lambda ls: [ls[0].split()[0] + " 1 1 0 5"] + ls[1:],
                 ["bounding_boxes.txt line 1", "width"]),
     "duplicate id": ("images.txt", lambda ls: ls + [ls[0]], ["images.txt line 19", "already appears on line 1"]),
+    "duplicate class id": ("classes.txt", lambda ls: ls + ["22 Sparrows"], ["classes.txt line 7", "class id 22"]),
     "path outside": ("images.txt", lambda ls: [ls[0].split()[0] + " ../x.jpg"] + ls[1:], ["'../x.jpg'"]),
 }
 

@@ -68,8 +68,12 @@ def read_all(root: Path) -> tuple[list[Sample], list[Sample], list[str], Path]:
                       lambda n, f: _int(p_split, n, f[0], "<image_id> <is_training_image 1|0>", (0, 1)))
     if not p_cls.is_file():
         raise UserError(f"{p_cls} is missing; the NABirds layout needs {', '.join(REQUIRED)} in {base}")
-    classes = {_class_id(p_cls, n, cid, "<class_id> <class name>"): (name, n)
-               for n, (cid, name) in _rows(p_cls, "<class_id> <class name>", 2, text_last=True)}
+    classes: dict[int, tuple[str, int]] = {}
+    for n, (cid, name) in _rows(p_cls, "<class_id> <class name>", 2, text_last=True):
+        k = _class_id(p_cls, n, cid, "<class_id> <class name>")
+        if k in classes:
+            raise UserError(f"{p_cls} line {n}: class id {k} already appears on line {classes[k][1]}; ids must be unique")
+        classes[k] = (name, n)
     boxes = (_table(p_box, "<image_id> <x> <y> <width> <height>", 5, lambda n, f: _box(p_box, n, f))
              if p_box.is_file() else None)
     for other, path in ((labels, p_lab), (is_train, p_split)) + (((boxes, p_box),) if boxes else ()):
