@@ -103,6 +103,18 @@ def training_protocol(cfg, train_ds, val_ds, test_ds, *, precision: str, device:
     }
 
 
+def run_protocol(task: str, dataset: str, split_sizes: dict, *, pretrained: dict, device: str,
+                 transform=None, seed: int | None = None, precision: str = "32-true", **fields) -> dict:
+    """The ``protocol`` block of a run that is not a classifier training run (a linear probe, a label
+    match, a GAN): the same fields where they apply; ``transform`` is the pipeline that scored the
+    images (its crop fields are read from it, none without one); ``fields`` adds task-specific ones."""
+    crop = eval_crop(transform) if transform is not None else {"input_size": None, "resize_shorter_side": None,
+                                                               "crop_ratio": None}
+    return {"task": task, "dataset": dataset, "split_sizes": split_sizes, **fields, **crop, "tta": "none",
+            "pretrained": pretrained, "seed": seed, "precision": precision, "device": device,
+            "fgvc_version": _version(), "git_commit": git_commit()}
+
+
 def clip_protocol(metrics: dict) -> dict:
     """The ``protocol`` block of a CLIP run (zero-shot, linear probe, fine-tuning), from the facts its
     metrics.json holds; a field the run does not record is None (CLIP uses open_clip's own preprocessing,

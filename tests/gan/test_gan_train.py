@@ -78,6 +78,9 @@ def test_run_directory_holds_config_losses_samples_checkpoints_and_metrics(tiny_
     assert metrics["final_d_loss"] == pytest.approx(sum(r["d_loss"] for r in _losses(tiny_run)) / 4, abs=1e-5)
     meta = json.loads((tiny_run / "meta.json").read_text())
     assert meta["class_names"] == ["red_blob", "green_blob", "blue_blob"]
+    p = metrics["protocol"]
+    assert p["task"] == "gan" and p["split_sizes"] == {cfg.data.split: metrics["train_images"]}
+    assert p["seed"] == cfg.seed and p["pretrained"] == {"source": "scratch"} and p["generated_size"] == 32
     folder = latest_checkpoint(tiny_run)
     assert folder.name == "iter_000004"
     assert {p.name for p in folder.iterdir()} == {"G.safetensors", "G_ema.safetensors", "D.safetensors", "state.pt"}

@@ -34,6 +34,30 @@ def test_probe_run_writes_its_metrics_and_learns(tmp_path, tiny_synthbirds_root)
     assert saved == m and m["task"] == "linear_probe" and m["feature_dim"] == 512
     assert m["pretrained"] == {"source": "scratch"}
     assert m["train_acc"] > 1 / 4  # random features of 4 classes still separate the training images
+    # the protocol block a study table and the report compare across rows, true for this run
+    p = m["protocol"]
+    assert p["task"] == "linear_probe" and p["dataset"] == "synthbirds" and p["pretrained"] == m["pretrained"]
+    assert p["split_sizes"] == {"train": m["train_images"], "val": m["val_images"], "test": m["test_images"]}
+    assert p["val_draw"]["source"] == "carved from train" and p["seed"] == cfg.train.seed
+    assert p["input_size"] == 32 and p["crop_ratio"] == pytest.approx(0.875, abs=0.02)
+
+
+def test_label_match_records_its_protocol(tmp_path, tiny_synthbirds_root):
+    from safetensors.torch import save_file
+
+    from fgvc.data import build_dataset
+    from fgvc.models.factory import create_model
+    from fgvc.models.labelmatch import run_label_match
+
+    names = build_dataset("synthbirds", tiny_synthbirds_root, "test").class_names
+    (tmp_path / "labels.txt").write_text("\n".join(names[::-1]) + "\n")
+    save_file(create_model("test_resnet", len(names)).net.state_dict(), tmp_path / "w.safetensors")
+    m = run_label_match(tmp_path / "w.safetensors", tmp_path / "labels.txt", "synthbirds", tiny_synthbirds_root,
+                        tmp_path / "out", model_name="test_resnet", image_size=32, progress=False)
+    p = m["protocol"]
+    assert p["task"] == "label_match" and p["split_sizes"] == {"test": len(build_dataset(
+        "synthbirds", tiny_synthbirds_root, "test"))}
+    assert p["pretrained"]["sha256"] == m["pretrained"]["sha256"] and p["input_size"] == 32
 
 
 def test_probe_without_arguments_is_one_sentence(capsys):

@@ -31,6 +31,7 @@ from fgvc.gan.checkpoint import (
 from fgvc.gan.config import GanConfig, dump_gan_config, validate_gan_config
 from fgvc.gan.networks import Discriminator, Generator, count_parameters
 from fgvc.gan.synthesize import META_FILE, read_meta, save_sample_grid
+from fgvc.protocol import run_protocol
 from fgvc.runs import save_figure, write_json_atomic, write_text_atomic
 
 GRID_COLUMNS = 8  # fixed noise vectors per class row in the sample grids
@@ -178,6 +179,9 @@ def _metrics(config: GanConfig, done: int, seconds: float, history: list, meta: 
         "batch_size": config.batch_size, "n_dis": config.n_dis, "train_images": meta["train_images"],
         "generator_parameters": count_parameters(G), "discriminator_parameters": count_parameters(D),
         "device": str(device),
+        "protocol": run_protocol("gan", config.data.name, {config.data.split: meta["train_images"]},
+                                 pretrained={"source": "scratch"}, device=str(device), seed=config.seed,
+                                 generated_size=meta["image_size"]),
     }
 
 

@@ -110,6 +110,10 @@ def run_label_match(weights: str | Path, labels: str | Path, dataset_name: str, 
         k: origin[k] for k in ("file", "sha256")}}, "dataset": dataset_name, "split": split,
         "dataset_classes": len(dataset.class_names), "image_size": image_size, **scores,
         "matches": {dataset.class_names[i]: label_list[j] for i, j in sorted(mapping.items())}}
+    from fgvc.protocol import run_protocol
+
+    metrics["protocol"] = run_protocol("label_match", dataset_name, {split: len(dataset)},
+                                       pretrained=metrics["pretrained"], device="cpu", transform=dataset.transform)
     out = Path(out)
     runs.write_json_atomic(out / "metrics.json", metrics)
     return metrics

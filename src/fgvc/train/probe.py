@@ -22,6 +22,7 @@ from fgvc.clip.probe import fit_linear_probe, probe_accuracy
 from fgvc.data import build_dataset
 from fgvc.data.transforms import eval_transform
 from fgvc.models.weights import pretraining_source
+from fgvc.protocol import run_protocol, val_draw
 from fgvc.train.devices import resolve_device
 
 
@@ -63,6 +64,10 @@ def run_probe(cfg: config_mod.Config, out: str | Path, batch_size: int = 64, pro
                "feature_dim": int(data["train"][0].shape[1]), "image_size": d.image_size,
                "train_images": len(splits["train"]), "val_images": len(splits["val"]),
                "test_images": len(splits["test"]), "seconds": round(time.perf_counter() - t0, 2), "device": device}
+    metrics["protocol"] = run_protocol(
+        "linear_probe", d.name, {s: len(ds) for s, ds in splits.items()}, pretrained=metrics["pretrained"],
+        device=device, transform=splits["test"].transform, seed=cfg.train.seed,
+        val_draw=val_draw(splits["val"], d.val_fraction, cfg.train.seed))
     out = Path(out)
     runs.write_text_atomic(out / "config.yaml", config_mod.dump(cfg))
     runs.write_json_atomic(out / "classes.json", class_names)
