@@ -144,6 +144,9 @@ def test_info_names_the_dataset_and_model_not_the_folder(client, run64):
     assert info["test_acc"] == runs.read_metrics(run64)["test_acc"] and info["max_bytes"] == MAX_BYTES
     assert dataset_title("cub200", "../shared/data/birds50") == "birds50 (CUB layout)"
     assert dataset_title("cub200", "data/CUB_200_2011") == "CUB-200-2011 birds"
+    from fgvc.data import DATASETS
+
+    assert all(dataset_title(name, "data") != name for name in DATASETS if name != "folder")  # each has a title
     assert class_label("017.Cardinal_Grosbeak") == "Cardinal Grosbeak (17)" and class_label("tabby") == "tabby"
 
 

@@ -36,7 +36,9 @@ ATTACK = "fgsm"  # the demo's slider: one step, so the page answers at once (fgv
 
 # how the demo's headline names datasets and models (others: the registry name as it is)
 DATASET_TITLES = {"cub200": "CUB-200-2011 birds", "dogs": "Stanford Dogs", "synthbirds": "Generated birds",
-                  "synthdogs": "Generated dogs"}
+                  "synthdogs": "Generated dogs", "aircraft": "FGVC-Aircraft variants",
+                  "aircraft_family": "FGVC-Aircraft families", "aircraft_manufacturer": "FGVC-Aircraft manufacturers",
+                  "cars": "Stanford Cars", "nabirds": "NABirds", "flowers102": "Oxford Flowers-102"}
 MODEL_TITLES = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50", "resnet101": "ResNet-101",
                 "resnet152": "ResNet-152", "resnext101_32x8d": "ResNeXt-101 32x8d", "vit_b_16": "ViT-B/16",
                 "vit_l_16": "ViT-L/16", "mobilenetv2_100": "MobileNetV2", "tf_mobilenetv2_100": "MobileNetV2",
