@@ -198,7 +198,13 @@ def _read_json(path: Path):
 
 
 def load(run_dir: str | Path, checkpoint: str = "best"):
-    """``(model, class_names)``: the run's model on [0, 1] images, in eval mode, on the CPU."""
+    """``(model, class_names)``: the run's model on [0, 1] images, in eval mode, on the CPU.
+
+    ``model`` maps (B, 3, H, W) float images in [0, 1] (H = W = the run's data.image_size) to (B, C)
+    logits, C = ``len(class_names)``; it normalises inside, in the memory order it trained in.
+    ``checkpoint``: ``best`` (the epoch with the best val top-1) or ``last``. UserError (one
+    sentence) when ``run_dir`` is not a run folder, its config.yaml, classes.json or checkpoint is
+    missing or damaged, or the weights do not fit the model its config names."""
     from fgvc.models import create_model
     from fgvc.models.factory import is_clip
 

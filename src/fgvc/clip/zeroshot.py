@@ -33,10 +33,15 @@ from fgvc.train.devices import resolve_device
 @torch.no_grad()
 def zeroshot_weights(clip_model, tokenizer, class_names: list[str], templates: list[str] | str,
                      descriptions: list[list[str]] | None = None, batch_size: int = 256) -> torch.Tensor:
-    """(C, D) class weights, rows unit norm: the normalised mean of each class's normalised prompt embeddings.
+    """(C, D) class weights, rows unit norm: the normalised mean of each class's normalised prompt embeddings
+    (prompt ensembling, Radford et al. 2021, CLIP §3.1.4); C = len(class_names), D the width of the
+    joint image-text embedding (512 for ViT-B/32). Scores are unit image features @ weights.T (cosines).
 
-    ``class_names`` are used as written (clean them first); ``descriptions[c]`` adds
-    extra prompts for class c, averaged with the templated ones.
+    ``templates``: a list of strings with one ``{}``, or the name of a shipped set
+    (fgvc.clip.prompts). ``class_names`` are used as written (clean them first);
+    ``descriptions[c]`` adds extra prompts for class c, averaged with the templated ones.
+    UserError for an unknown template set or a prompt longer than the tokenizer's context
+    (it would be cut silently).
     """
     if not isinstance(templates, list):
         templates = resolve_templates(templates)

@@ -129,7 +129,12 @@ def iterate(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, eps: float,
 
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, targeted: bool = False,
          loss_fn: LossFn = ce_sum) -> Tensor:
-    """FGSM (Goodfellow et al. 2015): clip(x + eps * sign(grad_x loss), 0, 1); x in [0, 1], eps in pixel units."""
+    """FGSM (Goodfellow et al. 2015): clip(x + eps * sign(grad_x loss), 0, 1).
+
+    ``x``: (B, C, H, W) float images in [0, 1]; ``y``: (B,) int64 labels (the targets with
+    ``targeted``); ``eps`` in [0, 1] pixel units (8/255 is 8 grey levels). Returns x_adv of x's shape
+    with |x_adv - x|_inf <= eps, the model's train/eval modes restored. UserError for eps outside
+    [0, 1] or images outside [0, 1]."""
     eps = check_eps(eps)
     check_images(x)
     with eval_with_grad(model):
@@ -146,7 +151,8 @@ def default_ifgsm_steps(eps: float) -> int:
 def ifgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float | None = None,
           steps: int | None = None, targeted: bool = False, loss_fn: LossFn = ce_sum) -> Tensor:
     """I-FGSM / BIM (Kurakin et al. 2017) from x: alpha and steps default to ``ATTACKS["ifgsm"]``'s
-    (1/255 and min(255 eps + 4, 1.25*255 eps))."""
+    (1/255 and min(255 eps + 4, 1.25*255 eps)). Shapes, units and errors as ``fgsm``; every step is
+    projected back to the eps-ball around x and to [0, 1], so |x_adv - x|_inf <= eps."""
     a = resolve_attack("ifgsm", eps, alpha, steps)
     check_images(x)
     with eval_with_grad(model):
@@ -171,8 +177,9 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float | None 
     """PGD (Madry et al. 2018): uniform start in the eps-ball, then steps of alpha; defaults from
     ``ATTACKS["pgd"]`` (10 steps of 2.5 eps / steps).
 
-    Returns the last iterate. ``generator`` (on x's device) makes the random start
-    reproducible; without it the global RNG is used.
+    Returns the last iterate, projected to the eps-ball around x and to [0, 1] after every step
+    (|x_adv - x|_inf <= eps). Shapes, units and errors as ``fgsm``. ``generator`` (on x's device)
+    makes the random start reproducible; without it the global RNG is used.
     """
     a = resolve_attack("pgd", eps, alpha, steps)
     check_images(x)
