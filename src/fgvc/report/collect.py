@@ -16,7 +16,7 @@ import yaml
 
 from fgvc.protocol import differing_fields, flatten
 
-# metrics.json "task" -> report section; a classifier run writes no task (its protocol says classifier)
+# metrics.json "task" -> report section; a classifier run writes "classifier" (runs from before it: no task)
 CLIP_TASKS = ("zeroshot", "clip_finetune", "clip_linear_probe", "label_match", "linear_probe")
 GAN_META = "meta.json"  # fgvc.gan.synthesize.META_FILE: class names and architecture of a GAN run
 _MARKERS = ("metrics.json", "config.yaml", "history.csv", GAN_META)
