@@ -28,7 +28,7 @@ from fgvc.data.base import (
     pixel_corners_to_box,
     split_dataset,
 )
-from fgvc.data.cub import _rows
+from fgvc.data.cub import read_rows
 from fgvc.errors import UserError
 
 FOLDER = "fgvc-aircraft-2013b"  # what the official archive extracts to
@@ -48,7 +48,7 @@ def _names(path: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"{path} is missing; the FGVC-Aircraft layout lists one class name per line there: "
                         f"extract the archive again or {HOW_TO_GET}")
-    names = [line.strip() for _, (line,) in _rows(path, "<class name>", 1, text_last=True)]
+    names = [line.strip() for _, (line,) in read_rows(path, "<class name>", 1, text_last=True)]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise UserError(f"{path} lists class {dup!r} twice; list each class once")
@@ -62,7 +62,7 @@ def _list(path: Path, index: dict[str, int], names_path: Path) -> dict[str, tupl
                         f"{HOW_TO_GET}")
     expected = "<image_id> <class name>"
     out: dict[str, tuple[int, int]] = {}
-    for n, (image_id, name) in _rows(path, expected, 2, text_last=True):
+    for n, (image_id, name) in read_rows(path, expected, 2, text_last=True):
         if not _ID.match(image_id):
             raise UserError(f"{path} line {n}: image id {image_id!r} must be letters, digits, '-' or '_'")
         if name not in index:
@@ -79,7 +79,7 @@ def _boxes(path: Path) -> dict[str, tuple[float, float, float, float]] | None:
         return None
     expected = "<image_id> <xmin> <ymin> <xmax> <ymax>"
     out = {}
-    for n, (image_id, *corners) in _rows(path, expected, 5):
+    for n, (image_id, *corners) in read_rows(path, expected, 5):
         try:
             out[image_id] = pixel_corners_to_box(*(float(v) for v in corners))
         except ValueError:

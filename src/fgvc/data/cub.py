@@ -53,7 +53,7 @@ def find_base(root: Path) -> Path:
                     f"{FOLDER}/ or that folder itself{hint}")
 
 
-def _rows(path: Path, expected: str, ncols: int, text_last: bool = False) -> list[tuple[int, list[str]]]:
+def read_rows(path: Path, expected: str, ncols: int, text_last: bool = False) -> list[tuple[int, list[str]]]:
     """Non-blank lines of ``path`` as (line number, fields); BOM and CRLF are fine; bad lines name the line."""
     if not path.is_file():
         raise UserError(f"{path} is missing; the CUB layout needs {', '.join(REQUIRED)} in {path.parent}")
@@ -78,7 +78,7 @@ def _rows(path: Path, expected: str, ncols: int, text_last: bool = False) -> lis
     return out
 
 
-def _int(path: Path, n: int, value: str, expected: str, allowed=None) -> int:
+def parse_int(path: Path, n: int, value: str, expected: str, allowed=None) -> int:
     try:
         v = int(value)
     except ValueError:
@@ -92,15 +92,15 @@ def _int(path: Path, n: int, value: str, expected: str, allowed=None) -> int:
 def _id_table(path: Path, expected: str, ncols: int, parse, text_last: bool = False) -> tuple[dict, dict]:
     """({image id: parse(line number, other fields)}, {image id: line number}); duplicate ids name both lines."""
     table, lines = {}, {}
-    for n, fields in _rows(path, expected, ncols, text_last):
-        i = _int(path, n, fields[0], expected)
+    for n, fields in read_rows(path, expected, ncols, text_last):
+        i = parse_int(path, n, fields[0], expected)
         if i in table:
             raise UserError(f"{path} line {n}: id {i} already appears on line {lines[i]}; ids must be unique")
         table[i], lines[i] = parse(n, fields[1:]), n
     return table, lines
 
 
-def _same_ids(images: tuple[dict, dict], other: tuple[dict, dict], images_path: Path, other_path: Path) -> None:
+def check_same_ids(images: tuple[dict, dict], other: tuple[dict, dict], images_path: Path, other_path: Path) -> None:
     a, b = set(images[0]), set(other[0])
     if a - b:
         i = min(a - b)
@@ -111,7 +111,7 @@ def _same_ids(images: tuple[dict, dict], other: tuple[dict, dict], images_path: 
         raise UserError(f"{other_path} line {other[1][i]}: image id {i} is not in {images_path}")
 
 
-def _box(path: Path, n: int, fields: list[str]) -> tuple[float, float, float, float]:
+def parse_box(path: Path, n: int, fields: list[str]) -> tuple[float, float, float, float]:
     try:
         x, y, w, h = (float(v) for v in fields)
     except ValueError:
@@ -122,7 +122,7 @@ def _box(path: Path, n: int, fields: list[str]) -> tuple[float, float, float, fl
     return x, y, w, h
 
 
-def _relative_path(path: Path, n: int, fields: list[str]) -> str:
+def relative_path(path: Path, n: int, fields: list[str]) -> str:
     rel = fields[0].replace("\\", "/")
     parts = PurePosixPath(rel).parts
     if rel.startswith("/") or (parts and parts[0].endswith(":")) or ".." in parts:
@@ -136,17 +136,17 @@ def read_all(root: Path) -> tuple[list[Sample], list[Sample], list[str], Path]:
     base = find_base(root)
     p_img, p_lab, p_split, p_cls = (base / f for f in REQUIRED)
     p_box = base / "bounding_boxes.txt"
-    images = _id_table(p_img, "<image_id> <relative/path.jpg>", 2, lambda n, f: _relative_path(p_img, n, f),
+    images = _id_table(p_img, "<image_id> <relative/path.jpg>", 2, lambda n, f: relative_path(p_img, n, f),
                        text_last=True)
     labels = _id_table(p_lab, "<image_id> <class_id>", 2,
-                       lambda n, f: _int(p_lab, n, f[0], "<image_id> <class_id>"))
+                       lambda n, f: parse_int(p_lab, n, f[0], "<image_id> <class_id>"))
     is_train = _id_table(p_split, "<image_id> <is_training_image 1|0>", 2,
-                         lambda n, f: _int(p_split, n, f[0], "<image_id> <is_training_image 1|0>", (0, 1)))
+                         lambda n, f: parse_int(p_split, n, f[0], "<image_id> <is_training_image 1|0>", (0, 1)))
     classes = _id_table(p_cls, "<class_id> <NNN.Class_name>", 2, lambda n, f: f[0], text_last=True)
-    boxes = (_id_table(p_box, "<image_id> <x> <y> <width> <height>", 5, lambda n, f: _box(p_box, n, f))
+    boxes = (_id_table(p_box, "<image_id> <x> <y> <width> <height>", 5, lambda n, f: parse_box(p_box, n, f))
              if p_box.is_file() else None)
     for other, path in ((labels, p_lab), (is_train, p_split)) + (((boxes, p_box),) if boxes else ()):
-        _same_ids(images, other, p_img, path)
+        check_same_ids(images, other, p_img, path)
     first_line: dict[str, int] = {}
     for i in sorted(images[0]):  # one file under two ids would be counted twice (perhaps in train and test)
         n = first_line.setdefault(images[0][i], images[1][i])

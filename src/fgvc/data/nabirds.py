@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from fgvc.data.base import FineGrainedDataset, Sample, check_classes_have_images, find_folder, split_dataset
-from fgvc.data.cub import _box, _int, _relative_path, _rows, _same_ids
+from fgvc.data.cub import check_same_ids, parse_box, parse_int, read_rows, relative_path
 from fgvc.errors import UserError
 
 FOLDER = "nabirds"
@@ -39,7 +39,7 @@ def _table(path: Path, expected: str, ncols: int, parse, text_last: bool = False
     if not path.is_file():
         raise UserError(f"{path} is missing; the NABirds layout needs {', '.join(REQUIRED)} in {path.parent}")
     table, lines = {}, {}
-    for n, fields in _rows(path, expected, ncols, text_last):
+    for n, fields in read_rows(path, expected, ncols, text_last):
         i = fields[0]
         if not _UUID.match(i):
             raise UserError(f"{path} line {n}: image id {i!r} must be letters, digits and '-'")
@@ -50,7 +50,7 @@ def _table(path: Path, expected: str, ncols: int, parse, text_last: bool = False
 
 
 def _class_id(path: Path, n: int, value: str, expected: str) -> int:
-    # NABirds numbers its classes from 0 (the root, "Birds"); cub._int wants ids from 1
+    # NABirds numbers its classes from 0 (the root, "Birds"); cub.parse_int wants ids from 1
     if not value.isdigit():
         raise UserError(f"{path} line {n}: expected '{expected}', got {value!r} where a class id (0, 1, ...) belongs")
     return int(value)
@@ -61,23 +61,23 @@ def read_all(root: Path) -> tuple[list[Sample], list[Sample], list[str], Path]:
     base = find_base(root)
     p_img, p_lab, p_split, p_cls = (base / f for f in REQUIRED)
     p_box = base / "bounding_boxes.txt"
-    images = _table(p_img, "<image_id> <relative/path.jpg>", 2, lambda n, f: _relative_path(p_img, n, f),
+    images = _table(p_img, "<image_id> <relative/path.jpg>", 2, lambda n, f: relative_path(p_img, n, f),
                     text_last=True)
     labels = _table(p_lab, "<image_id> <class_id>", 2, lambda n, f: _class_id(p_lab, n, f[0], "<image_id> <class_id>"))
     is_train = _table(p_split, "<image_id> <is_training_image 1|0>", 2,
-                      lambda n, f: _int(p_split, n, f[0], "<image_id> <is_training_image 1|0>", (0, 1)))
+                      lambda n, f: parse_int(p_split, n, f[0], "<image_id> <is_training_image 1|0>", (0, 1)))
     if not p_cls.is_file():
         raise UserError(f"{p_cls} is missing; the NABirds layout needs {', '.join(REQUIRED)} in {base}")
     classes: dict[int, tuple[str, int]] = {}
-    for n, (cid, name) in _rows(p_cls, "<class_id> <class name>", 2, text_last=True):
+    for n, (cid, name) in read_rows(p_cls, "<class_id> <class name>", 2, text_last=True):
         k = _class_id(p_cls, n, cid, "<class_id> <class name>")
         if k in classes:
             raise UserError(f"{p_cls} line {n}: class id {k} already appears on line {classes[k][1]}; ids must be unique")
         classes[k] = (name, n)
-    boxes = (_table(p_box, "<image_id> <x> <y> <width> <height>", 5, lambda n, f: _box(p_box, n, f))
+    boxes = (_table(p_box, "<image_id> <x> <y> <width> <height>", 5, lambda n, f: parse_box(p_box, n, f))
              if p_box.is_file() else None)
     for other, path in ((labels, p_lab), (is_train, p_split)) + (((boxes, p_box),) if boxes else ()):
-        _same_ids(images, other, p_img, path)
+        check_same_ids(images, other, p_img, path)
     first: dict[str, int] = {}
     for i, rel in images[0].items():
         n = first.setdefault(rel, images[1][i])
