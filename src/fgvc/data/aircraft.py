@@ -9,9 +9,9 @@ converted by ``pixel_corners_to_box``). The benchmark level is the 100 variants 
 
 Splits: papers train on the official ``trainval`` list and report the official ``test``;
 fgvc's ``test`` is that test list, and ``val`` is carved from ``trainval`` like every other
-loader (``val_fraction`` of each class, stratified, seeded), ``train`` the rest, so
-``data.val_fraction=0`` trains on exactly what papers train on. The official train/val halves
-are not used. The images keep their 20 px copyright banner at the bottom.
+loader (``val_fraction`` of each class, stratified, seeded), ``train`` the rest (fgvc train
+keeps a val split for model selection, so it trains on 1 - val_fraction of the papers' images).
+The official train/val halves are not used. The images keep their 20 px copyright banner at the bottom.
 """
 
 from __future__ import annotations
