@@ -43,6 +43,7 @@ from fgvc.train.state import (
     open_run_dir,
     restore,
     resume_changes,
+    with_absolute_paths,
 )
 from fgvc.train.summary import metrics_table, plot_curves
 from fgvc.train.tricks import Tricks, build_tricks, train_inputs
@@ -77,6 +78,7 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
 def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progress: bool) -> Path:
     t_start = time.perf_counter()
     config_mod.check_training(cfg)
+    cfg = with_absolute_paths(cfg)  # `fgvc eval RUN` from another folder still finds the data
     changes = resume_changes(cfg, run_dir) if resume else {}
     fabric, precision = setup_fabric(cfg)
     seed_all(cfg.train.seed)

@@ -80,6 +80,17 @@ class TrainState:
                 "train_images": self.train_images, "resumes": self.resumes}
 
 
+def with_absolute_paths(cfg: config_mod.Config) -> config_mod.Config:
+    """``cfg`` with data.root (and data.generated_root, when set) made absolute against the current
+    folder, so that a run's config.yaml finds its data from wherever the run is read later."""
+    import copy
+    import os
+
+    values = {k: os.path.abspath(os.path.expanduser(config_mod.get(cfg, k))) for k in ("data.root", "data.generated_root")
+              if config_mod.get(cfg, k)}
+    return config_mod.apply(copy.deepcopy(cfg), values)  # a copy: the caller's config (a study's row) stays as given
+
+
 def resume_changes(cfg: config_mod.Config, run_dir: str | Path) -> dict[str, list]:
     """{key: [value in the run's config.yaml, value now]} for the keys ``cfg`` changes on resume. Once an
     epoch has finished, a key outside RESUMABLE_KEYS is refused: it could not take effect, and
@@ -87,7 +98,7 @@ def resume_changes(cfg: config_mod.Config, run_dir: str | Path) -> dict[str, lis
     run_dir = runs.check_run_dir(run_dir)
     if not (run_dir / "checkpoints" / "last_state.pt").is_file():
         return {}  # no finished epoch: the run starts over, every setting takes effect
-    before = runs.load_config(run_dir)
+    before = with_absolute_paths(runs.load_config(run_dir))  # a run from before they were absolute
     changed = {k: [config_mod.get(before, k), config_mod.get(cfg, k)] for k in config_mod.all_keys()
                if config_mod.get(before, k) != config_mod.get(cfg, k)}
     refused = [k for k in changed if k not in RESUMABLE_KEYS]
