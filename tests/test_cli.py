@@ -105,3 +105,20 @@ def test_a_bad_data_root_is_not_preceded_by_lightnings_precision_banner(tmp_path
         logger.removeHandler(handler)
     assert not [m for m in seen if "Mixed Precision" in m], seen  # the error is the only thing the user reads
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "model.name=resnet18"], "fgvc train --resume RUN_DIR"),
+    (["gan", "train", "iterations=2"], "fgvc gan train --resume RUN_DIR"),
+    (["study", "table1_depth", "data.root=x"], "the same `fgvc study` command continues"),
+])
+def test_an_interrupted_long_command_says_how_to_continue(monkeypatch, capsys, argv, words):
+    import fgvc.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.HANDLERS, argv[0], interrupted)
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("fgvc: interrupted") and words in err and err.count("\n") == 1

@@ -330,8 +330,17 @@ def main(argv: list[str] | None = None) -> int:
         _leave_process_group()
         return 2
     except KeyboardInterrupt:
-        print("fgvc: interrupted", file=sys.stderr)
+        hint = INTERRUPTED_HINTS.get(args.command if args.command != "gan" else f"gan {args.gan_command}", "")
+        print(f"fgvc: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+# what continues a long command after ^C: finished epochs, study rows and GAN checkpoints are kept
+INTERRUPTED_HINTS = {
+    "train": "; finished epochs are kept: `fgvc train --resume RUN_DIR` (the run directory printed above) continues",
+    "study": "; finished rows are kept: the same `fgvc study` command continues with the row that was running",
+    "gan train": "; `fgvc gan train --resume RUN_DIR` continues from the last checkpoint (saved every checkpoint_every iterations)",
+}
 
 
 def _leave_process_group() -> None:
