@@ -73,8 +73,10 @@ def curves_figure(history: list[dict], run_name: str):
 
 
 def metrics_table(metrics: dict) -> str:
-    """A short human-readable table of the headline metrics."""
-    rows = [("train acc", "train_acc"), ("val acc", "val_acc"), ("test acc", "test_acc"),
+    """A short human-readable table of the headline metrics: train and val accuracy are those of the
+    best epoch (the checkpoint that is tested), which the labels say, not of the last one."""
+    at = f" (epoch {metrics['best_epoch']})" if metrics.get("best_epoch") is not None else ""
+    rows = [(f"train acc{at}", "train_acc"), (f"val acc{at}", "val_acc"), ("test acc", "test_acc"),
             ("test top-5", "test_top5"), ("best epoch", "best_epoch"), ("epochs run", "epochs_run"),
             ("seconds", "seconds"), ("train img/s", "train_images_per_second"),
             ("params (trainable)", "params_trainable")]
@@ -82,5 +84,5 @@ def metrics_table(metrics: dict) -> str:
     for label, key in rows:
         v = metrics.get(key)
         text = f"{v:.4f}" if isinstance(v, float) and key.endswith(("acc", "top5")) else str(v)
-        lines.append(f"  {label:<20} {text}")
+        lines.append(f"  {label:<22} {text}")
     return "\n".join(lines)
