@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from fgvc import calibration, runs
+from fgvc.errors import UserError
 
 
 def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, unknown: str | Path | None = None,
@@ -33,20 +34,22 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
       the classes of the run's dataset that its ``data.classes`` left out; open-set scores vs the split's
       images (``fgvc.openset``).
 
-    Bad input (not a run directory, unknown TTA mode, a folder without images) raises UserError before
-    anything is scored."""
+    Bad input (not a run directory, unknown TTA mode, a folder without images, a damaged
+    metrics.json) raises UserError before anything is scored."""
     from fgvc.metrics import class_report, confusion_matrix, plot_confusion
     from fgvc.protocol import eval_crop
 
     run = runs.Run(run_dir)
     run_dir, name = run.dir, run.dir.resolve().name
+    metrics = _read_metrics(run)  # everything eval reads is read before any scoring
     if tta is not None:
         from fgvc.tta import check_mode
 
         check_mode(tta)
-    unknown_set = _unknown_set(run, unknown, split) if unknown is not None else None  # checked before any scoring
+    unknown_set = _unknown_set(run, unknown, split) if unknown is not None else None
+    sets = {s: run.dataset(s) for s in dict.fromkeys((split, "val", "test"))}
     scorer = Scorer(run, device, precision, progress)
-    main_set = run.dataset(split)
+    main_set = sets[split]
     main = scorer(main_set, desc=split)
     result = {k: main[k] for k in ("loss", "acc", "top5", "n")}
     result["precision"] = scorer.precision
@@ -54,7 +57,7 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
     report = class_report(conf, run.class_names)
     del report["confusions"]  # the top 20 are enough in the JSON; the plot shows them all
     result.update(report)
-    protocol = {**(run.metrics.get("protocol") or {}), **eval_crop(main_set.transform), "tta": "none",
+    protocol = {**(metrics.get("protocol") or {}), **eval_crop(main_set.transform), "tta": "none",
                 "precision": scorer.precision, "device": str(scorer.fabric.device), "split": split}
     result["protocol"] = protocol
 
@@ -62,7 +65,7 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
     scored = {split: main}
     for other in ("val", "test"):
         if other not in scored:
-            scored[other] = scorer(run.dataset(other), desc=other)
+            scored[other] = scorer(sets[other], desc=other)
     cal = calibration.calibrate(scored["val"]["logits"], scored["val"]["labels"], scored["test"]["logits"],
                                 scored["test"]["labels"])
     result["calibration"] = cal
@@ -89,6 +92,24 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
     runs.write_json_atomic(files["json"], result)
     result["files"] = {k: str(v) for k, v in files.items()}
     return result
+
+
+def _read_metrics(run: runs.Run) -> dict:
+    """metrics.json ({} while the run has not finished); a damaged one is a UserError that says how to
+    rebuild it, raised before anything is scored."""
+    path = run.dir / "metrics.json"
+    try:
+        metrics = runs.read_metrics(run.dir)
+    except UserError:
+        metrics = None
+    if isinstance(metrics, dict):
+        return metrics
+    if (run.dir / "checkpoints" / "last_state.pt").is_file():
+        fix = (f"rewrite it with fgvc train --resume {run.dir} (it scores the best checkpoint again and retrains "
+               "no finished epoch), then evaluate again")
+    else:
+        fix = "the run has no checkpoints/last_state.pt to rebuild it from; delete it to evaluate the run as unfinished"
+    raise UserError(f"{path} is damaged (not a JSON object of training results); {fix}")
 
 
 class Scorer:
