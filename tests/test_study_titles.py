@@ -46,3 +46,31 @@ def test_a_one_epoch_study_title_says_epoch():
 
     title = ran_title("table - 96 px, 20 epochs", [{"data.image_size": 32, "train.epochs": 1}])
     assert title == "table - 32 px, 1 epoch"
+
+
+def test_a_title_names_the_model_pretraining_and_data_an_override_swapped_in():
+    from fgvc.experiments.study import ran_title
+
+    defined = [{"model.name": "resnet50", "model.pretrained": True, "data.name": "cub200"}] * 2
+    ran = [{"data.image_size": 32, "train.epochs": 1, "model.name": "resnet18", "model.pretrained": False,
+            "data.name": "synthbirds"}] * 2
+    title = ran_title("Table 4 - training tricks (pretrained ResNet-50)", ran, defined)
+    assert title.endswith("(as run: 32 px, 1 epoch, resnet18, from scratch, synthbirds)")
+    as_defined = [{**r, "model.name": "resnet50", "model.pretrained": True, "data.name": "cub200"} for r in ran]
+    assert ran_title("Table 4 (pretrained ResNet-50)", as_defined, defined).endswith("(as run: 32 px, 1 epoch)")
+    # a study whose rows differ in a setting (Table 1's depths) says nothing about it
+    assert "resnet" not in ran_title("Table 1", [{**ran[0], "model.name": "resnet34"}, ran[0]], defined)
+
+
+def test_the_written_table_title_compares_the_rows_that_ran_with_the_study_s_own(tmp_path, monkeypatch):
+    from fgvc import config
+    from fgvc.experiments import study
+
+    row = tmp_path / "baseline"
+    row.mkdir()
+    (row / "config.yaml").write_text(config.dump(config.load(None, ["model.name=resnet18", "train.epochs=2"])))
+    (row / "metrics.json").write_text("{}")
+    seen = {}
+    monkeypatch.setattr(study, "write_table", lambda folder, rows, columns, title: seen.setdefault("title", title))
+    study._write(tmp_path, {"rows": {"baseline": {}}, "title": "tricks (ResNet-50), 20 epochs"}, "s")
+    assert seen["title"] == "tricks (ResNet-50), 2 epochs (as run: 224 px, resnet18)"

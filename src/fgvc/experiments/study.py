@@ -144,7 +144,8 @@ def row_config(study: dict, row: str, extra: list[str] | dict = ()) -> config_mo
     if base:
         base_path = Path(base) if Path(base).is_file() else config_mod.shipped_config(base)
     extra = extra if isinstance(extra, dict) else config_mod.parse_overrides(list(extra))
-    return config_mod.load(base_path, {**study["overrides"], **study["rows"][row]["overrides"], **extra})
+    return config_mod.load(base_path, {**study.get("overrides", {}), **study["rows"][row].get("overrides", {}),
+                                       **extra})
 
 
 def clip_row(spec: dict, row: str, cfg: config_mod.Config):
@@ -293,7 +294,10 @@ def _write(folder: Path, study: dict, name: str) -> None:
     rows, seeds = list(study["rows"]), study.get("seeds")
     columns = study.get("columns") or ["train_acc", "val_acc", "test_acc"]
     cells = [cell_dir(r, s) for r in rows for s in (seeds or [None])]
-    title = ran_title(study.get("title", name), _ran_configs(folder, cells))
+    ran = _ran_configs(folder, cells)
+    defined = [{k: config_mod.get(row_config(study, r), k) for k in _TITLE_KEYS} for r in rows
+               if row_kind(study["rows"][r]) != "clip"] if ran else []
+    title = ran_title(study.get("title", name), ran, defined)
     if seeds:
         write_seed_table(folder, rows, seeds, columns, title)
     else:
@@ -302,7 +306,7 @@ def _write(folder: Path, study: dict, name: str) -> None:
 
 # settings a study title may state; the title is corrected to what the rows' config.yaml say ran
 _TITLE_KEYS = {"data.image_size": "{} px", "train.epochs": "{} epochs", "model.name": "{}",
-               "train.batch_size": "batch {}", "data.name": "{}"}
+               "train.batch_size": "batch {}", "data.name": "{}", "model.pretrained": "{}"}
 
 
 def _ran_configs(folder: Path, rows: list[str]) -> list[dict]:
@@ -319,10 +323,11 @@ def _ran_configs(folder: Path, rows: list[str]) -> list[dict]:
     return configs
 
 
-def ran_title(title: str, configs: list[dict]) -> str:
+def ran_title(title: str, configs: list[dict], defined: list[dict] = ()) -> str:
     """The study title with the settings that ran: "96 px" / "20 epochs" in the shipped title become the
     values every finished row used ("varying px" when rows differ), and a "(as run: ...)" tail names
-    the image size and epochs when the title does not."""
+    the image size and epochs when the title does not, and the model, pretraining and dataset when
+    every row ran one that none of the study's own rows (``defined``, its rows without overrides) names."""
     import re
 
     def common(key):
@@ -341,6 +346,10 @@ def ran_title(title: str, configs: list[dict]) -> str:
             title = re.sub(pattern, text, title)
         else:
             said.append(text)
+    for key in ("model.name", "model.pretrained", "data.name") if defined else ():
+        value = common(key)
+        if value is not None and value not in {d[key] for d in defined}:
+            said.append(("pretrained" if value else "from scratch") if key == "model.pretrained" else str(value))
     return f"{title} (as run: {', '.join(said)})" if said else title
 
 
