@@ -78,9 +78,21 @@ def _candidates(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def command_path(run_dir: Path) -> str:
+    """The run directory as a user pastes it into a command: relative to the current directory when it is
+    below it, else absolute."""
+    path = Path(run_dir).resolve()
+    try:
+        return path.relative_to(Path.cwd().resolve()).as_posix() or "."
+    except ValueError:
+        return str(path)
+
+
 def _unfinished_note(run_dir: Path, kind: str, metrics: dict, config: dict, history: list[dict],
                      damaged: bool) -> str | None:
-    """What is known about a run that did not finish; None when it finished."""
+    """What is known about a run that did not finish, and the command that continues it; None when it
+    finished. ``fgvc train --resume`` continues from checkpoints/last_state.pt, or starts the run over in
+    its folder with its config.yaml when no epoch finished."""
     if kind == "gan":
         planned = config.get("iterations")
         done = metrics.get("iterations")
@@ -88,7 +100,7 @@ def _unfinished_note(run_dir: Path, kind: str, metrics: dict, config: dict, hist
             return None
         ckpt = (run_dir / "checkpoints" / "latest").is_file()
         said = f"{done} of {planned} iterations" if isinstance(done, int) else f"no finished checkpoint of {planned} iterations"
-        return said + (f"; continue with fgvc gan train --resume {run_dir.name}" if ckpt else "")
+        return said + (f"; continue with fgvc gan train --resume {command_path(run_dir)}" if ckpt else "")
     if metrics and not damaged:
         return None
     planned = (config.get("train") or {}).get("epochs") if isinstance(config.get("train"), dict) else None
@@ -101,12 +113,23 @@ def _unfinished_note(run_dir: Path, kind: str, metrics: dict, config: dict, hist
     else:
         what += f"; no epoch{of} finished"
     if (run_dir / "checkpoints" / "last_state.pt").is_file():
-        what += f"; continue with fgvc train --resume {run_dir.name}"
+        what += (f"; rewrite metrics.json with fgvc train --resume {command_path(run_dir)}" if damaged and not
+                 history_left(config, history) else f"; continue with fgvc train --resume {command_path(run_dir)}")
+    elif (run_dir / "config.yaml").is_file():
+        what += (f"; no checkpoint to continue from: start it over with fgvc train --resume {command_path(run_dir)}"
+                 " (epoch 1, its config.yaml)")
     return what
 
 
+def history_left(config: dict, history: list[dict]) -> bool:
+    """Whether history.csv shows fewer epochs than config.yaml's train.epochs (True when unknown)."""
+    planned = (config.get("train") or {}).get("epochs") if isinstance(config.get("train"), dict) else None
+    return not (isinstance(planned, int) and history and history[-1]["epoch"] >= planned)
+
+
 def collect_runs(root: Path) -> list[dict]:
-    """Every run directory below ``root``: dicts with ``name`` (path relative to root), ``dir``, ``kind``
+    """Every run directory below ``root``: dicts with ``name`` (path relative to root), ``dir``,
+    ``command_path`` (the folder as a command takes it, see ``command_path``), ``kind``
     ('classifier', 'clip', 'gan' or 'other'), ``metrics`` ({} when missing), ``config`` (config.yaml as
     a mapping), ``settings`` (see ``settings``), ``history`` (history.csv rows) and ``unfinished`` (None, or a sentence of what is
     known). A folder whose only marker is a damaged metrics.json is not a run (a foreign file)."""
@@ -122,7 +145,7 @@ def collect_runs(root: Path) -> list[dict]:
         config, history = read_config(run_dir), read_history(run_dir)
         kind = _kind(run_dir, metrics)
         found.append({"name": run_dir.relative_to(root).as_posix() if run_dir != root else run_dir.name,
-                      "dir": run_dir, "kind": kind, "metrics": metrics, "config": config,
+                      "dir": run_dir, "command_path": command_path(run_dir), "kind": kind, "metrics": metrics, "config": config,
                       "settings": settings(kind, config), "history": history,
                       "unfinished": _unfinished_note(run_dir, kind, metrics, config, history, damaged)})
     return found
