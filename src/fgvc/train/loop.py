@@ -101,7 +101,7 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
         model = torch.compile(model)
     model, optimizer = fabric.setup(model, optimizer)
     loaders = build_loaders(fabric, splits, cfg, even=tricks.even_batches,
-                            least=2 if bn_trains or tricks.even_batches else 1)
+                            least=2 if bn_trains or tricks.even_batches else 1, progress=not quiet)
     scheduler, per_step = build_scheduler(cfg, optimizer, len(loaders.train))
     scores = {"autocast": fabric.autocast, "reduce": partial(sum_over_processes, fabric),
               "batches": partial(all_or_none, fabric)}

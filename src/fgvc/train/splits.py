@@ -100,11 +100,12 @@ class Loaders:
     generator: torch.Generator  # the one-process shuffle's generator, seeded per epoch
 
 
-def build_loaders(fabric: Fabric, splits: Splits, cfg: config_mod.Config, even: bool, least: int) -> Loaders:
+def build_loaders(fabric: Fabric, splits: Splits, cfg: config_mod.Config, even: bool, least: int,
+                  progress: bool = True) -> Loaders:
     """Loaders of one process's shards. Several devices (DDP): train.batch_size is per device; each
     process trains on its own shuffled shard (reshuffled per epoch from the seed, so resume stays
     exact) and evaluates an unpadded shard of val/test whose sums are added up across processes.
-    ``even``/``least``: see ``TrainBatches``."""
+    ``even``/``least``: see ``TrainBatches``; ``progress``: the image cache's bars (off for --quiet)."""
     rank, world, bs = fabric.global_rank, fabric.world_size, cfg.train.batch_size
     workers = resolve_num_workers(cfg.data.num_workers, fabric.device.type == "cuda")
     if world > min(len(splits.val), len(splits.test)):
@@ -115,7 +116,7 @@ def build_loaders(fabric: Fabric, splits: Splits, cfg: config_mod.Config, even: 
 
         splits.train, splits.val, splits.test = cache_datasets(
             [splits.train, splits.val, splits.test], cfg.data.cache, cfg.data.cache_budget_gb,
-            cfg.data.cache_dir or None, workers, progress=fabric.is_global_zero, log=fabric.print)
+            cfg.data.cache_dir or None, workers, progress=progress and fabric.is_global_zero, log=fabric.print)
     generator = torch.Generator()
     sampler = EpochSampler(DistributedSampler(splits.train, world, rank, shuffle=True, seed=cfg.train.seed)
                            if world > 1 else RandomSampler(splits.train, generator=generator))
