@@ -9,6 +9,7 @@ See docs/evaluation.md.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -34,8 +35,12 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
       the classes of the run's dataset that its ``data.classes`` left out; open-set scores vs the split's
       images (``fgvc.openset``).
 
-    Bad input (not a run directory, unknown TTA mode, a folder without images, a damaged
-    metrics.json) raises UserError before anything is scored."""
+    - ``checkpoint``: which weights were scored (``fgvc.scored_checkpoint``: their epoch, sha256 and size);
+      `fgvc report` leaves the evaluation out once the run's best checkpoint is another one. A run that
+      has not finished (no metrics.json) is scored with its best checkpoint so far, said on stderr.
+
+    Bad input (not a run directory, unknown TTA mode, a folder without images, a damaged metrics.json, no
+    best checkpoint yet) raises UserError before anything is scored."""
     from fgvc.metrics import class_report, confusion_matrix, plot_confusion
     from fgvc.protocol import eval_crop
 
@@ -48,11 +53,14 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
         check_mode(tta)
     unknown_set = _unknown_set(run, unknown, split) if unknown is not None else None
     sets = {s: run.dataset(s) for s in dict.fromkeys((split, "val", "test"))}
-    scorer = Scorer(run, device, precision, progress)
+    checkpoint, scorer = _load_best(run, metrics, device, precision, progress)
+    if not metrics:
+        _say_unfinished(run, checkpoint)
     main_set = sets[split]
     main = scorer(main_set, desc=split)
     result = {k: main[k] for k in ("loss", "acc", "top5", "n")}
     result["precision"] = scorer.precision
+    result["checkpoint"] = checkpoint
     conf = confusion_matrix(main["labels"], main["predicted"], len(run.class_names))
     report = class_report(conf, run.class_names)
     del report["confusions"]  # the top 20 are enough in the JSON; the plot shows them all
@@ -110,6 +118,33 @@ def _read_metrics(run: runs.Run) -> dict:
     else:
         fix = "the run has no checkpoints/last_state.pt to rebuild it from; delete it to evaluate the run as unfinished"
     raise UserError(f"{path} is damaged (not a JSON object of training results); {fix}")
+
+
+def _load_best(run: runs.Run, metrics: dict, device: str, precision: str, progress: bool):
+    """(``checkpoint`` record, Scorer) of the run's best checkpoint: the record describes the very file the
+    Scorer loaded (a run still training may replace best.safetensors meanwhile: then both are read again)."""
+    from fgvc import scored_checkpoint
+
+    path = run.dir / scored_checkpoint.BEST
+    if not path.is_file():
+        raise UserError(f"{run.dir} has no {scored_checkpoint.BEST} yet (no epoch has finished); evaluate it "
+                        "after its first epoch")
+    for _ in range(3):
+        before = scored_checkpoint.file_identity(path)
+        checkpoint = scored_checkpoint.record(run.dir, metrics)
+        scorer = Scorer(run, device, precision, progress)
+        if scored_checkpoint.file_identity(path) == before:
+            return checkpoint, scorer
+    raise UserError(f"{path} kept changing while it was read (is the run training?); evaluate it again")
+
+
+def _say_unfinished(run: runs.Run, checkpoint: dict) -> None:
+    """An unfinished run is scored, with a plain line on stderr saying which checkpoint."""
+    epochs = run.config.train.epochs
+    which = f"epoch {checkpoint['epoch']} of {epochs}" if checkpoint["epoch"] else f"an unknown epoch of {epochs}"
+    print(f"note: {run.dir} has not finished training (no metrics.json): scoring its best checkpoint so far, from "
+          f"{which}; fgvc report shows this evaluation only while that checkpoint stays the best, so evaluate "
+          "again when training has finished", file=sys.stderr)
 
 
 class Scorer:

@@ -127,6 +127,25 @@ def history_left(config: dict, history: list[dict]) -> bool:
     return not (isinstance(planned, int) and history and history[-1]["epoch"] >= planned)
 
 
+def evaluations(entry: dict) -> list[dict]:
+    """The run's eval_<split>.json files `fgvc eval` wrote: dicts with ``split``, ``path``, ``result`` (the
+    parsed file) and ``stale`` (None, or why the file does not describe the run's current best checkpoint:
+    `fgvc eval` ran while the run was training and a later epoch became the best, see
+    ``fgvc.scored_checkpoint``). Unreadable files and files without an accuracy are left out."""
+    from fgvc.scored_checkpoint import history_best_epoch, stale_reason
+
+    if "evaluations" in entry:  # read (and the checkpoint hashed) once per report
+        return entry["evaluations"]
+    found, current = [], {"epoch": entry["metrics"].get("best_epoch") or history_best_epoch(entry["dir"])}
+    for path in sorted(entry["dir"].glob("eval_*.json")):
+        result = read_json(path)
+        if isinstance(result, dict) and "acc" in result:
+            found.append({"split": path.stem[len("eval_"):], "path": path, "result": result,
+                          "stale": stale_reason(result, path, entry["dir"], current)})
+    entry["evaluations"] = found
+    return found
+
+
 def collect_runs(root: Path) -> list[dict]:
     """Every run directory below ``root``: dicts with ``name`` (path relative to root), ``dir``,
     ``command_path`` (the folder as a command takes it, see ``command_path``), ``kind``

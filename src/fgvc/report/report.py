@@ -18,7 +18,7 @@ from fgvc import runs
 from fgvc.errors import UserError
 from fgvc.protocol import differing_fields, flatten
 from fgvc.report import figures, page
-from fgvc.report.collect import collect_runs, config_differences, differing_values, read_json
+from fgvc.report.collect import collect_runs, config_differences, differing_values, evaluations
 from fgvc.report.paper import paper_comparison
 from fgvc.report.sections import cell, fmt, gan_pictures, link, picture, run_pictures, table
 
@@ -147,20 +147,23 @@ def _num(value) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else ""
 
 
-def _eval_rows(entries: list[dict]) -> list[list[str]]:
-    """One row per eval_<split>.json that `fgvc eval` wrote: accuracy, TTA beside it, calibration, open set."""
-    rows = []
+def _eval_rows(entries: list[dict]) -> tuple[list[list[str]], list[str]]:
+    """One row per eval_<split>.json that `fgvc eval` wrote of the run's current best checkpoint: accuracy,
+    TTA beside it, calibration, open set; and a sentence per stale file (of an earlier checkpoint), left out."""
+    rows, stale = [], []
     for e in entries:
-        for path in sorted(e["dir"].glob("eval_*.json")):
-            ev = read_json(path)
-            if not isinstance(ev, dict) or "acc" not in ev:
+        for found in evaluations(e):
+            ev = found["result"]
+            if found["stale"]:
+                stale.append(f"{cell(e['name'])} eval_{found['split']}.json ({found['stale']}; run "
+                             f"fgvc eval {cell(e['command_path'])} --split {found['split']} again)")
                 continue
             tta = ev.get("tta") or {}
             cal = (ev.get("calibration") or {}).get("test") or {}
             before, after = cal.get("before") or {}, cal.get("after") or {}
             scores = (ev.get("openset") or {}).get("scores") or {}
             rows.append([
-                e["name"], path.stem[len("eval_"):], fmt(ev.get("acc")),
+                e["name"] + (" (unfinished run)" if e["unfinished"] else ""), found["split"], fmt(ev.get("acc")),
                 f"{fmt(tta.get('acc'))} ({tta.get('mode')})" if tta else "",
                 f"{fmt(before.get('ece'))} -> {fmt(after.get('ece'))}" if cal else "",
                 f"{_num(before.get('nll'))} -> {_num(after.get('nll'))}" if cal else "",  # nats: may pass 1
@@ -168,17 +171,23 @@ def _eval_rows(entries: list[dict]) -> list[list[str]]:
                 " / ".join(fmt((scores.get(k) or {}).get("auroc")) for k in ("msp", "energy", "max_logit"))
                 if scores else "",
             ])
-    return rows
+    return rows, stale
 
 
 def _eval_section(entries: list[dict]) -> list[str]:
-    rows = _eval_rows(entries)
-    if not rows:
+    rows, stale = _eval_rows(entries)
+    if not rows and not stale:
         return []
-    return ["## Evaluations (fgvc eval)", "",
-            table(["run", "split", "acc", "TTA acc (mode)", "test ECE before -> after", "test NLL before -> after",
-                   "T (fitted on val)", "unknown AUROC msp / energy / max logit"], rows), "",
-            "The plain accuracy is the single centre crop; TTA accuracy is reported beside it with its mode.", ""]
+    lines = ["## Evaluations (fgvc eval)", ""]
+    if rows:
+        lines += [table(["run", "split", "acc", "TTA acc (mode)", "test ECE before -> after",
+                         "test NLL before -> after", "T (fitted on val)", "unknown AUROC msp / energy / max logit"],
+                        rows), "",
+                  "The plain accuracy is the single centre crop; TTA accuracy is reported beside it with its mode.", ""]
+    if stale:
+        lines += ["Left out, stale (an evaluation of another checkpoint than the run's best now): "
+                  + "; ".join(stale) + ".", ""]
+    return lines
 
 
 def build_markdown(root: Path, out: Path) -> str:
@@ -221,7 +230,7 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"{root} is not a folder; pass the folder holding your run directories (e.g. runs)")
-    out = Path(out).expanduser() if out else root
+    out = runs.check_out_dir(out, "--out") if out else root
     out.mkdir(parents=True, exist_ok=True)
     text = build_markdown(root, out)
     html, _, _ = page.render(text, f"fgvc report: {root.resolve().name}", out)

@@ -101,12 +101,20 @@ def attack_sections(run_dir: Path, out: Path) -> list[str]:
 def run_pictures(entry: dict, out: Path) -> list[str]:
     """The ``##`` section of one classifier run: every picture the analyses wrote into its directory, the
     localisation table and the attack sweeps; [] when the run has none of them."""
+    from fgvc.report.collect import evaluations
+
     d = entry["dir"]
     lines = picture(d / "curves.png", out, "Training curves: loss and accuracy per epoch, best epoch and lr drops marked")
+    # an evaluation of an earlier best checkpoint is left out, its pictures with it
+    stale = {e["split"] for e in evaluations(entry) if e["stale"]}
     for path in sorted(d.glob("confusion_*.png")):
-        lines += picture(path, out, f"Confusion matrix on the {path.stem.removeprefix('confusion_')} split (fgvc eval)")
-    lines += picture(d / "reliability.png", out, "Reliability diagram: confidence against accuracy (fgvc eval)")
+        if path.stem.removeprefix("confusion_") not in stale:
+            lines += picture(path, out, f"Confusion matrix on the {path.stem.removeprefix('confusion_')} split (fgvc eval)")
+    if not stale:  # written by every evaluation, whichever split: shown only when none is stale
+        lines += picture(d / "reliability.png", out, "Reliability diagram: confidence against accuracy (fgvc eval)")
     for path in sorted(d.glob("openset_*.png")):
+        if path.stem.removeprefix("openset_") in stale:
+            continue
         lines += picture(path, out, f"Unknown-species rejection on the {path.stem.removeprefix('openset_')} split "
                                     "(fgvc eval --unknown)")
     explain = picture(d / "explain" / "grid.png", out,
