@@ -1,0 +1,168 @@
+"""Loop settings that a mutation audit could break without any test failing: dropout, resume of the
+schedule, frozen BatchNorm, data.generated_ratio and the per-epoch seed.
+
+Each test reads what a real run did (the model it built, history.csv, the checkpoint, what the model
+was fed), so it fails when its setting stops reaching the loop.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from fgvc import config, runs
+from fgvc.data import build_dataset
+from fgvc.train import loop, train
+
+FAST = ["model.name=test_resnet", "data.image_size=16", "data.num_workers=0", "data.name=synthbirds",
+        "train.batch_size=8", "train.lr=1e-3", "train.patience=0", "train.precision=32-true"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cfg(root, out, *extra):
+    return config.load(None, [*FAST, f"data.root={root}", f"out={out}", *extra])
+
+
+def _history(run_dir) -> list[dict]:
+    with open(run_dir / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --- 1. model.dropout reaches the model the loop builds ---
+
+def test_dropout_sits_before_a_torchvision_head(tiny_synthbirds_root, tmp_path):
+    model = loop.build_model(_cfg(tiny_synthbirds_root, tmp_path, "model.name=resnet18", "model.dropout=0.3"), 4)
+    fc = model.net.fc
+    assert isinstance(fc, nn.Sequential) and isinstance(fc[0], nn.Dropout) and fc[0].p == pytest.approx(0.3)
+    assert fc[1] is model.head
+
+
+def _two_forwards(model, train_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    model.train(train_mode)
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = model(x)
+        torch.manual_seed(2)
+        b = model(x)
+    return a, b
+
+
+def test_dropout_reaches_a_timm_model(tiny_synthbirds_root, tmp_path):
+    torch.manual_seed(0)
+    model = loop.build_model(_cfg(tiny_synthbirds_root, tmp_path, "model.dropout=0.3"), 4)
+    a, b = _two_forwards(model, train_mode=True)
+    assert not torch.allclose(a, b), "train-mode forwards agree: model.dropout never reached the timm model"
+    a, b = _two_forwards(model, train_mode=False)
+    assert torch.equal(a, b)
+    # the control: without dropout the same two train-mode forwards agree
+    torch.manual_seed(0)
+    plain = loop.build_model(_cfg(tiny_synthbirds_root, tmp_path, "model.dropout=0"), 4)
+    a, b = _two_forwards(plain, train_mode=True)
+    assert torch.allclose(a, b)
+
+
+# --- 3. resume restores the schedule ---
+
+def test_resume_restores_a_schedule_that_moves_after_the_resume_point(tiny_synthbirds_root, tmp_path):
+    extra = ["train.epochs=3", "train.milestones=[2]", "train.gamma=0.5"]
+    full = train(_cfg(tiny_synthbirds_root, tmp_path / "full", *extra), progress=False)
+    # interrupted after its first epoch: the run's state is that of epoch 1 of 3
+    part = train(_cfg(tiny_synthbirds_root, tmp_path / "part", "train.epochs=1", *extra[1:]), progress=False)
+    (part / "metrics.json").unlink()
+    (part / "config.yaml").write_text(config.dump(_cfg(tiny_synthbirds_root, tmp_path / "part", *extra)))
+    resumed = train(runs.load_config(part), run_dir=part, resume=True, progress=False)
+    lrs = [float(r["lr"]) for r in _history(full)]
+    assert lrs == pytest.approx([1e-3, 1e-3, 5e-4])  # the schedule moves after the resume point
+    assert [float(r["lr"]) for r in _history(resumed)] == pytest.approx(lrs)
+    a = runs.load_weights(full / "checkpoints/last.safetensors")
+    b = runs.load_weights(resumed / "checkpoints/last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- 4. frozen BatchNorm stays frozen in the real loop ---
+
+def test_a_frozen_backbone_keeps_its_batchnorm_statistics(tiny_synthbirds_root, tmp_path, monkeypatch):
+    built = {}
+    real_build = loop.build_model
+
+    def capture(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        built.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(loop, "build_model", capture)
+    run = train(_cfg(tiny_synthbirds_root, tmp_path, "model.trainable=fc", "train.epochs=1"), progress=False)
+    saved = runs.load_weights(run / "checkpoints/last.safetensors")
+    assert set(saved) <= set(built)
+    stats = [k for k in saved if k.endswith(("running_mean", "running_var"))]
+    assert len(stats) >= 4
+    changed = [k for k in stats if not torch.equal(saved[k], built[k])]
+    assert not changed, f"frozen BatchNorm layers updated their statistics: {changed[:3]}"
+    # the head did train, so the run was not a no-op
+    assert not torch.equal(saved["net.fc.weight"], built["net.fc.weight"])
+
+
+# --- 5. data.generated_ratio reaches the train split ---
+
+@pytest.fixture()
+def generated_root(tiny_synthbirds_root, tmp_path):
+    names = build_dataset("synthbirds", tiny_synthbirds_root, "train").class_names
+    root = tmp_path / "generated"
+    for i, name in enumerate(names):
+        folder = root / "train" / name
+        folder.mkdir(parents=True)
+        for k in range(20):
+            Image.new("RGB", (32, 32), (60 * i, 255 - 60 * i, 10 * k)).save(folder / f"g{k}.png")
+    return root
+
+
+def test_generated_ratio_sets_how_many_generated_images_train(tiny_synthbirds_root, generated_root, tmp_path):
+    cfg = _cfg(tiny_synthbirds_root, tmp_path, "train.epochs=1", "data.train_source=real+generated",
+               f"data.generated_root={generated_root}", "data.generated_ratio=0.5")
+    real = len(build_dataset("synthbirds", tiny_synthbirds_root, "train", None, cfg.data.val_fraction,
+                             cfg.train.seed))
+    assert 80 > real  # 80 generated images: ratio 1.0 would take `real` of them, 0.5 half as many
+    metrics = json.loads((train(cfg, progress=False) / "metrics.json").read_text())
+    assert metrics["train_images"] == real + round(0.5 * real)
+
+
+# --- 12. each epoch draws its own random stream ---
+# Host augmentation is seeded per image from (seed, epoch, index) (fgvc.data.seeding); the per-epoch
+# seed of the loop is what gives dropout (and Mixup/CutMix) fresh draws each epoch.
+
+def test_each_epoch_drops_out_other_features(tiny_synthbirds_root, tmp_path, monkeypatch):
+    masks: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real_build = loop.build_model
+
+    def build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        dropout = model.net.fc[0]
+
+        def record(module, inputs, output):
+            if module.training:
+                # (kept, live): which features dropout kept, and where the input was nonzero to tell
+                masks.append(((output != 0).detach().cpu(), (inputs[0] != 0).detach().cpu()))
+        dropout.register_forward_hook(record)
+        return model
+
+    monkeypatch.setattr(loop, "build_model", build)
+    train(_cfg(tiny_synthbirds_root, tmp_path, "model.name=resnet18", "model.dropout=0.5", "train.epochs=2"),
+          progress=False)
+    assert len(masks) % 2 == 0
+    (kept1, live1), (kept2, live2) = masks[0], masks[len(masks) // 2]  # first steps of epochs 1 and 2
+    live = live1 & live2
+    assert live.sum() > 100 and not kept1[live].all()
+    assert not torch.equal(kept1[live], kept2[live]), "epoch 2 dropped out exactly the features epoch 1 did"
