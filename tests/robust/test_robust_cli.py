@@ -91,3 +91,20 @@ def test_pgd_training_keeps_its_alpha_and_steps():
 
     cfg = config.apply(config.Config(), {"adv.attack": "pgd", "adv.alpha": "0.01", "adv.steps": "3"})
     check_adv_settings(cfg.adv)  # both are used by PGD: nothing to refuse
+
+
+def test_a_bad_compare_run_is_refused_before_any_model_loads(tiny_run, tmp_path, monkeypatch, capsys):
+    from fgvc import runs
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before --compare was checked")
+
+    monkeypatch.setattr(runs, "load", no_model)
+    assert main(["attack", str(tiny_run), "--compare", str(tmp_path / "nope"), "--limit", "4"]) == 2
+    assert "nope" in capsys.readouterr().err
+    unfinished = tmp_path / "unfinished"  # a run folder whose first epoch never finished: no checkpoint
+    unfinished.mkdir()
+    for name in ("config.yaml", "classes.json"):
+        (unfinished / name).write_bytes((tiny_run / name).read_bytes())
+    assert main(["attack", str(tiny_run), "--compare", str(unfinished), "--limit", "4"]) == 2
+    assert "no checkpoints/best.safetensors" in capsys.readouterr().err

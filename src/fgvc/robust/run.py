@@ -24,22 +24,31 @@ from fgvc.robust.plots import attack_images, plot_accuracy_vs_eps, save_gallery
 from fgvc.robust.sweep import evaluate_attack, format_eps, markdown_table
 
 
-def _sweep_run(run_dir: Path, attack: str, eps_list, split: str, limit: int | None, alpha, steps,
-               device: torch.device, progress: bool, precision: str) -> tuple[dict, list[str]]:
+def _prepare(run_dir: Path, split: str, limit: int | None, device: torch.device, precision: str):
+    """(run, dataset, precision) of a run to attack, every file it needs checked and no model loaded yet, so
+    that a bad run directory (``--compare`` too) is one sentence before any sweep."""
     from fgvc.train.devices import analysis_precision
 
-    precision = analysis_precision(precision, device, run_dir)
     run = runs.Run(run_dir)
-    model, class_names, cfg = run.model(), run.class_names, run.config
+    if not (run.dir / "checkpoints" / "best.safetensors").is_file():
+        raise UserError(f"{run.dir} has no checkpoints/best.safetensors (no epoch finished); attack a run that "
+                        "has trained at least one epoch")
+    precision = analysis_precision(precision, device, run.dir)
     dataset = run.dataset(split)
     if limit is not None and limit < len(dataset):
         # evenly spaced, so a limited attack still covers every class (splits are sorted by class)
         dataset = torch.utils.data.Subset(dataset, [i * len(dataset) // limit for i in range(limit)])
-    loader = torch.utils.data.DataLoader(dataset, batch_size=64,
-                                         num_workers=resolve_num_workers(cfg.data.num_workers, device.type == "cuda"))
-    result = evaluate_attack(model, loader, attack, eps_list, alpha=alpha, steps=steps, device=device,
+    return run, dataset, precision
+
+
+def _sweep_run(prepared, attack: str, eps_list, alpha, steps, device: torch.device,
+               progress: bool) -> tuple[dict, list[str]]:
+    run, dataset, precision = prepared
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64, num_workers=resolve_num_workers(
+        run.config.data.num_workers, device.type == "cuda"))
+    result = evaluate_attack(run.model(), loader, attack, eps_list, alpha=alpha, steps=steps, device=device,
                              progress=progress, precision=precision)
-    return result, class_names
+    return result, run.class_names
 
 
 def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: str = "test",
@@ -65,15 +74,18 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
         raise UserError(f"--limit {limit}: attack at least 1 image, or leave --limit out for the whole split")
     eps_list = SEED_EPS if eps_list is None else eps_list
     device = resolve_device(device)
-    result, class_names = _sweep_run(run_dir, attack, eps_list, split, limit, alpha, steps, device, progress,
-                                     precision)
+    # both runs checked (folders, checkpoints, data, precision) before any model loads
+    prepared = _prepare(run_dir, split, limit, device, precision)
+    if compare:
+        compare = runs.check_run_dir(compare)
+        compared = _prepare(compare, split, limit, device, precision)
+    result, class_names = _sweep_run(prepared, attack, eps_list, alpha, steps, device, progress)
     out = run_dir / "attack"
     out.mkdir(exist_ok=True)
     curves = {run_dir.resolve().name: result["accuracy"]}  # resolved: `fgvc attack .` has a name too
     precisions = {run_dir.resolve().name: result["precision"]}  # each run attacked in its own (--precision run)
     if compare:
-        compare = runs.check_run_dir(compare)
-        other, _ = _sweep_run(compare, attack, eps_list, split, limit, alpha, steps, device, progress, precision)
+        other, _ = _sweep_run(compared, attack, eps_list, alpha, steps, device, progress)
         label = compare.resolve().name
         if label in curves:  # two runs in folders of the same name: label them by their full paths
             curves = {str(run_dir.resolve()): result["accuracy"]}
