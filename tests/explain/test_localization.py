@@ -89,6 +89,44 @@ def test_test_resnet_trained_on_squares_localises_better_than_random():
 
 
 def test_a_method_whose_maps_are_all_flat_shows_n_a_and_counts_them():
-    flat = {"energy_in_box": float("nan"), "pointing_game": 0.0, "box_area_share": 0.441, "n": 24, "n_empty": 24}
+    flat = {"energy_in_box": float("nan"), "pointing_game": float("nan"), "box_area_share": 0.441, "n": 24,
+            "n_empty": 24}
     row = format_table({"cam": flat}).splitlines()[-1]
-    assert row == "| cam | n/a | 0.441 | 0.000 | 24 (24 flat maps) |" and "nan" not in row
+    assert row == "| cam | n/a | 0.441 | n/a | 24 (24 flat maps) |" and "nan" not in row
+
+
+class _PickFirstChannel(torch.nn.Module):
+    """A CAM model whose one feature channel is the image's first channel (a 1x1 conv), pooled, weighted +1 for
+    class 0: the class-0 map is that channel, so a test sets each map's peak, or makes it flat (all zero)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Conv2d(3, 1, 1)
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(1, 2)
+        with torch.no_grad():
+            self.features.weight.copy_(torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1))
+            self.features.bias.zero_()
+            self.fc.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+def test_flat_maps_are_left_out_of_the_pointing_game_as_of_energy_in_box():
+    from fgvc.models.factory import Classifier
+
+    model = Classifier(_PickFirstChannel(), "first_channel", "resnet", "fc", "features", mean=(0.0,) * 3,
+                       std=(1.0,) * 3)
+    x = torch.zeros(8, 3, 4, 4)
+    x[0::2, 0, 2, 2] = 1.0  # images 0, 2, 4, 6: a peak at (row 2, col 2); 1, 3, 5, 7: all zero (flat)
+    boxes = torch.tensor([[2.0, 2.0, 3.0, 3.0]]).repeat(8, 1)  # the peak's pixel: every non-flat map hits
+    out = evaluate_localization(model, [(x, torch.zeros(8, dtype=torch.long), boxes)], ["cam"], progress=False)
+    r = out["cam"]
+    assert r["n"] == 8 and r["n_empty"] == 4
+    assert r["pointing_game"] == 1.0  # 4 hits of the 4 maps with a peak; flat maps as misses gave 0.5
+    assert r["energy_in_box"] == pytest.approx(1.0)
+    all_flat = evaluate_localization(model, [(x[1::2], torch.zeros(4, dtype=torch.long), boxes[:4])], ["cam"],
+                                     progress=False)["cam"]
+    assert all_flat["n_empty"] == 4 and math.isnan(all_flat["pointing_game"]) and math.isnan(all_flat["energy_in_box"])

@@ -11,6 +11,9 @@ the scores use the union of its boxes, so a hit on any instance counts.
 - pointing game (Zhang et al. 2016): whether the map's maximum falls inside the box
   (optionally grown by a tolerance). A uniformly random point hits with probability
   equal to the area share.
+
+A flat (all-zero) map has neither a mass nor a peak: ``evaluate_localization`` leaves it out of
+both scores alike and counts it in ``n_empty`` (both scores are NaN when every map is flat).
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ def energy_in_box(heatmap: Tensor, box: Sequence[float] | Tensor) -> float:
 def pointing_game(heatmap: Tensor, box: Sequence[float] | Tensor, tolerance_px: float = 0) -> bool:
     """Whether the map's maximum lies in the box grown by ``tolerance_px`` (pixels).
 
-    Tied maxima (a plateau) point at their mean position; an all-zero map points nowhere and misses.
+    Tied maxima (a plateau) point at their mean position; an all-zero map points nowhere and misses
+    (``evaluate_localization`` leaves such flat maps out of the hit rate instead of counting them as misses).
     """
     m = torch.as_tensor(heatmap).detach().float()
     if m.dim() != 2:
@@ -95,12 +99,15 @@ def evaluate_localization(model: nn.Module, loader: Iterable, methods: Sequence[
     given its class), ``"pred"`` the predicted one. Images without a box (NaN) are
     skipped; ``limit`` caps the number of images scored. Returns ``{method: {energy_in_box,
     pointing_game, box_area_share, n, n_empty}}`` with fractions in [0, 1]; ``n_empty``
-    counts all-zero maps (left out of the energy mean, counted as misses).
+    counts flat (all-zero) maps, which have no mass and no peak: left out of the energy mean and
+    of the pointing-game hit rate alike (both NaN when every map is flat). ``box_area_share`` is
+    the mean over all ``n`` images.
     """
     if target not in ("label", "pred"):
         raise ValueError(f"target must be 'label' or 'pred', got {target!r}")
     model = model.to(device)
     sums = {m: {"energy": 0.0, "n_energy": 0, "hits": 0, "share": 0.0, "n": 0, "n_empty": 0} for m in methods}
+    # n_energy: the maps with mass, which are also the ones with a peak (the pointing game's images)
     seen = 0
     bar = None
     if progress:
@@ -129,10 +136,10 @@ def evaluate_localization(model: nn.Module, loader: Iterable, methods: Sequence[
                     e = energy_in_box(heatmap, box)
                     if math.isnan(e):
                         s["n_empty"] += 1
-                    else:
+                    else:  # a flat map has no peak either: it is no pointing-game miss
                         s["energy"] += e
                         s["n_energy"] += 1
-                    s["hits"] += pointing_game(heatmap, box, tolerance_px)
+                        s["hits"] += pointing_game(heatmap, box, tolerance_px)
                     s["share"] += box_area_share(box, h, w)
                     s["n"] += 1
             seen += len(images)
@@ -144,7 +151,7 @@ def evaluate_localization(model: nn.Module, loader: Iterable, methods: Sequence[
     return {
         m: {
             "energy_in_box": s["energy"] / s["n_energy"] if s["n_energy"] else math.nan,
-            "pointing_game": s["hits"] / s["n"] if s["n"] else math.nan,
+            "pointing_game": s["hits"] / s["n_energy"] if s["n_energy"] else math.nan,
             "box_area_share": s["share"] / s["n"] if s["n"] else math.nan,
             "n": s["n"],
             "n_empty": s["n_empty"],
@@ -154,14 +161,15 @@ def evaluate_localization(model: nn.Module, loader: Iterable, methods: Sequence[
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """A Markdown table: one row per method, energy in box vs the box's area share (chance), pointing game."""
+    """A Markdown table: one row per method, energy in box vs the box's area share (chance), pointing game;
+    n/a where every map was flat (the images column counts the flat maps)."""
     lines = [
         "| method | energy in box | box area share (chance) | pointing game | images |",
         "|---|---:|---:|---:|---:|",
     ]
     for method, r in results.items():
         empty = r.get("n_empty", 0)  # maps with no mass (flat): energy in box is undefined for them
-        energy = "n/a" if math.isnan(r["energy_in_box"]) else f"{r['energy_in_box']:.3f}"
-        lines.append(f"| {method} | {energy} | {r['box_area_share']:.3f} | {r['pointing_game']:.3f} | {r['n']}"
+        energy, pointing = ("n/a" if math.isnan(r[k]) else f"{r[k]:.3f}" for k in ("energy_in_box", "pointing_game"))
+        lines.append(f"| {method} | {energy} | {r['box_area_share']:.3f} | {pointing} | {r['n']}"
                      + (f" ({empty} flat maps)" if empty else "") + " |")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ where it lies and report.html can embed the same files.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -26,6 +27,8 @@ def fmt(value) -> str:
     """Accuracies and other fractions with 4 decimals, larger numbers with 1; None as ''."""
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, float) and math.isnan(value):  # a score undefined for every image (flat maps)
+        return "n/a"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) <= 1.0 else f"{value:.1f}"
     return "" if value is None else str(value)
