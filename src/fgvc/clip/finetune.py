@@ -30,6 +30,13 @@ def wise_ft(zeroshot_state: dict, finetuned_state: dict, alpha: float) -> dict:
     }
 
 
+def choose_alpha(curve: list[dict]) -> dict:
+    """The row of ``curve`` (dicts with ``alpha``, ``val_acc``, ``test_acc``) whose val top-1 is best, the
+    larger alpha on a tie; a missing val score (an empty val split) counts as 0. Test accuracy never
+    decides: it is what the chosen alpha reports (Wortsman et al. 2022 choose alpha on held-out data)."""
+    return max(curve, key=lambda r: (r["val_acc"] or 0.0, r["alpha"]))
+
+
 def score_wise_ft(run_dir: str | Path, progress: bool = True, device: str = "auto") -> dict:
     """Score a finished CLIP run along WiSE-FT's path, for each alpha of its ``clip.wise_ft_alphas``:
     val and test top-1 of ``wise_ft(zero-shot, best checkpoint, alpha)``, in the precision the run trained in.
@@ -64,7 +71,7 @@ def score_wise_ft(run_dir: str | Path, progress: bool = True, device: str = "aut
             val = "-" if row["val_acc"] is None else f"{row['val_acc']:.4f}"
             print(f"WiSE-FT alpha {alpha:g}: val top-1 {val}, test top-1 {row['test_acc']:.4f}")
     scorer.model.load_state_dict(finetuned)
-    chosen = max(curve, key=lambda r: (r["val_acc"] or 0.0, r["alpha"]))
+    chosen = choose_alpha(curve)
     runs.write_csv_atomic(run.dir / "wise_ft.csv", curve, ["alpha", "val_acc", "test_acc", "test_top5"])
     metrics.update(wise_ft=curve, wise_ft_alpha=chosen["alpha"], wise_ft_test_acc=chosen["test_acc"],
                    zeroshot_test_acc=next((r["test_acc"] for r in curve if r["alpha"] == 0.0), None))
@@ -126,4 +133,4 @@ def run_finetune(model_name: str, pretrained: str | None, dataset_name: str, roo
     return runs.read_metrics(run_dir)
 
 
-__all__ = ["ALPHAS", "finetune_config", "run_finetune", "score_wise_ft", "wise_ft"]
+__all__ = ["ALPHAS", "choose_alpha", "finetune_config", "run_finetune", "score_wise_ft", "wise_ft"]
