@@ -68,3 +68,23 @@ def test_an_eval_file_from_before_checkpoint_records_is_stale_only_when_the_best
     later = (run / "eval_test.json").stat().st_mtime_ns + 10**9
     os.utime(best, ns=(later, later))
     assert "rewritten after" in scored_checkpoint.stale_reason({"acc": 0.5}, run / "eval_test.json", run, {})
+
+
+def test_a_best_checkpoint_replaced_while_it_is_read_is_read_again(tiny_run, tmp_path, monkeypatch):
+    """Training writes a new best.safetensors between the hash and the model load: the record must describe
+    the weights that were scored, so both are read again."""
+    import fgvc.evaluation as evaluation
+
+    run = _copy(tiny_run, tmp_path)
+    real_scorer, calls = evaluation.Scorer, []
+
+    def scorer_while_training(*args, **kwargs):
+        if not calls:
+            _new_best(run, epoch=1)  # the file the hash read is replaced before the weights are loaded
+        calls.append(1)
+        return real_scorer(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "Scorer", scorer_while_training)
+    result = eval_run(run, progress=False)
+    assert len(calls) == 2
+    assert result["checkpoint"]["sha256"] == scored_checkpoint.sha256(run / "checkpoints" / "best.safetensors")
