@@ -27,6 +27,7 @@ def run_demo(out: Path, epochs: int | None = None) -> Path:
     from fgvc.robust.run import attack_run
     from fgvc.train import metrics_table, train
 
+    out = runs.check_out_dir(out, "--out")
     root = out / "synthbirds"
     if not (root / "CUB_200_2011").is_dir():
         print(f"1/5 generating synthbirds in {root} ...")

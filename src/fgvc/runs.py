@@ -140,9 +140,27 @@ def load_weights(path: Path) -> dict:
         raise UserError(f"weights file {path} is not a valid safetensors file ({e})") from None
 
 
-def new_run_dir(out: str | Path, model: str, data: str) -> Path:
-    """``out/<YYYYmmdd-HHMMSS>-<data>-<model>``, made unique with a suffix."""
-    out = Path(out).expanduser()
+def check_out_dir(path: str | Path, what: str) -> Path:
+    """``path`` (expanded) when it can be an output folder: it is one, or nothing exists there yet.
+
+    Raises UserError naming ``what`` (the option or key, e.g. ``--out`` or ``out``) when ``path``, or a
+    folder above it, is an existing file. Nothing is created: callers check before any work and make
+    the folder when they write."""
+    path = Path(path).expanduser()
+    for p in (path, *path.parents):
+        if p.is_dir():
+            break
+        if p.exists() or p.is_symlink():  # a file, or a link to nothing
+            where = f"{path} is a file" if p == path else f"{path} lies under {p}, which is a file"
+            raise UserError(f"{what} {where}, not a folder; pass a folder (new or existing) as {what}, or move "
+                            f"the file away")
+    return path
+
+
+def new_run_dir(out: str | Path, model: str, data: str, what: str = "out") -> Path:
+    """``out/<YYYYmmdd-HHMMSS>-<data>-<model>``, made unique with a suffix; UserError when ``out`` is a
+    file (``check_out_dir``)."""
+    out = check_out_dir(out, what)
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{data}-{model}".replace("/", "_").replace(":", "_")
     path = out / stem
     n = 1

@@ -51,6 +51,7 @@ def run_audit(name: str, root, out=None, what: str | None = None, against=(), th
     Bad input (unknown dataset or audit, missing folder, run without checkpoint, folds < 2, a class
     with fewer images than folds) raises UserError before anything is computed or written."""
     t0 = time.perf_counter()
+    out = runs.check_out_dir(out if out else Path("audit") / name, "--out")  # a file there: refused before any work
     audits = parse_what(what, run, model_name)
     threshold = duplicates.DEFAULT_THRESHOLD if threshold is None else threshold
     hash_names = duplicates.parse_hashes(hashes)
@@ -65,7 +66,6 @@ def run_audit(name: str, root, out=None, what: str | None = None, against=(), th
         if run is None and not model_name:
             raise UserError("the label-noise audit needs features: pass --run RUN_DIR or --model NAME "
                             "(with --weights FILE for local pretrained weights)")
-    out = Path(out) if out else Path("audit") / name
     summary = {"dataset": name, "root": str(root), "audits": list(audits), "train_images": len(train),
                "test_images": len(test), "classes": len(class_names)}
     if "duplicates" in audits:

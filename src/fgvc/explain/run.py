@@ -65,6 +65,8 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
 
     say = log or (lambda _msg: None)
     run_dir = runs.check_run_dir(run_dir)
+    if out_dir is not None:  # a file there: refused before the model loads
+        runs.check_out_dir(out_dir, "--out")
     names, explicit = parse_methods(methods)
     if limit < 1 and not images:
         raise UserError(f"--limit must be 1 or more, got {limit}")

@@ -24,7 +24,7 @@ from fgvc.gan.checkpoint import (
     make_temp_dir,
 )
 from fgvc.gan.networks import Generator
-from fgvc.runs import write_bytes_atomic
+from fgvc.runs import check_out_dir, write_bytes_atomic
 
 META_FILE = "meta.json"  # class names and architecture of a GAN run
 
@@ -185,7 +185,7 @@ def sample_dataset(run_dir: str | Path, per_class: int, out_dir: str | Path, see
     """
     if per_class < 1:
         raise UserError(f"--per-class must be 1 or more, got {per_class}")
-    out_dir = Path(out_dir)
+    out_dir = check_out_dir(out_dir, "--out")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"output folder {out_dir} already exists and is not empty; choose a new --out folder or remove it")
     meta = read_meta(run_dir)

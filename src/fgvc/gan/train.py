@@ -32,7 +32,7 @@ from fgvc.gan.config import GanConfig, dump_gan_config, validate_gan_config
 from fgvc.gan.networks import Discriminator, Generator, count_parameters
 from fgvc.gan.synthesize import META_FILE, read_meta, save_sample_grid
 from fgvc.protocol import run_protocol
-from fgvc.runs import save_figure, write_json_atomic, write_text_atomic
+from fgvc.runs import check_out_dir, save_figure, write_json_atomic, write_text_atomic
 
 GRID_COLUMNS = 8  # fixed noise vectors per class row in the sample grids
 FINAL_WINDOW = 100  # iterations averaged for the final losses in metrics.json
@@ -108,7 +108,7 @@ def _build_dataset(config: GanConfig) -> Dataset:
 
 
 def _new_run_dir(config: GanConfig) -> Path:
-    base = Path(config.out).expanduser() / f"gan-{config.data.name}-{config.data.image_size}px-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = check_out_dir(config.out, "out") / f"gan-{config.data.name}-{config.data.image_size}px-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir, n = base, 1
     while run_dir.exists():
         n += 1
@@ -240,6 +240,8 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
     from fgvc.train.devices import resolve_device  # the one --device resolver
 
     device = resolve_device(config.device)
+    if resume is None:  # out= a file: refused before any data is read
+        check_out_dir(config.out, "out")
     images, labels, class_names = _training_images(config, dataset)
     n_classes = len(class_names)
     meta = {"class_names": class_names, "n_classes": n_classes, "image_size": config.data.image_size, "ch": config.ch,

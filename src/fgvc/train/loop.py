@@ -80,6 +80,8 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     config_mod.check_training(cfg)
     cfg = with_absolute_paths(cfg)  # `fgvc eval RUN` from another folder still finds the data
     changes = resume_changes(cfg, run_dir) if resume else {}
+    if run_dir is None:  # out= a file: refused before any data is read or model built
+        runs.check_out_dir(cfg.out, "out")
     fabric, precision = setup_fabric(cfg)
     seed_all(cfg.train.seed)
     quiet = not (progress and fabric.is_global_zero)

@@ -1,0 +1,64 @@
+"""Output folders from a new-user review: an output path that is a file (or lies under one) is one
+sentence before any work, for every command that makes a folder."""
+
+from __future__ import annotations
+
+import pytest
+from reliability_helpers import one_line_error
+
+from fgvc.cli import main
+
+TINY = ["model.name=resnet18", "data.name=synthbirds", "data.image_size=32", "data.num_workers=0",
+        "train.batch_size=16", "train.epochs=1"]
+
+
+@pytest.fixture
+def afile(tmp_path):
+    path = tmp_path / "afile"
+    path.write_text("x\n")
+    return path
+
+
+def _refused(capsys, argv, what: str, path) -> str:
+    assert main([str(a) for a in argv]) == 2
+    line = one_line_error(capsys.readouterr())
+    assert f"{what} {path}" in line and "file, not a folder" in line, line
+    return line
+
+
+def _only_the_file(tmp_path, afile):
+    assert sorted(p.name for p in tmp_path.iterdir()) == [afile.name]
+    assert afile.read_text() == "x\n"
+
+
+# the dataset root does not exist: a command that read data before checking its output folder
+# would stop on the data instead
+@pytest.mark.parametrize("argv", [
+    ["train", *TINY, "data.root={missing}", "out={out}", "--quiet"],
+    ["gan", "train", "data.root={missing}", "data.image_size=32", "iterations=1", "out={out}", "--quiet"],
+], ids=["train", "gan"])
+@pytest.mark.parametrize("under", [False, True], ids=["file", "under-file"])
+def test_out_key_naming_a_file_is_one_sentence_before_any_data_is_read(argv, under, tmp_path, afile, capsys):
+    out = afile / "sub" if under else afile
+    argv = [a.format(missing=tmp_path / "missing", out=out) for a in argv]
+    line = _refused(capsys, argv, "out", out)
+    assert ("lies under" in line) == under
+    _only_the_file(tmp_path, afile)
+
+
+@pytest.mark.parametrize("argv", [
+    ["data", "audit", "synthbirds", "--root", "{missing}", "--out", "{out}", "--quiet"],
+    ["report", "{tmp}", "--out", "{out}"],
+    ["gan", "sample", "{missing}", "--per-class", "1", "--out", "{out}"],
+    ["demo", "--out", "{out}"],
+], ids=["audit", "report", "sample", "demo"])
+def test_dash_dash_out_naming_a_file_is_one_sentence_before_any_work(argv, tmp_path, afile, capsys):
+    out = afile / "sub"  # a folder under a file: mkdir's NotADirectoryError before
+    argv = [a.format(missing=tmp_path / "missing", out=out, tmp=tmp_path) for a in argv]
+    _refused(capsys, argv, "--out", out)
+    _only_the_file(tmp_path, afile)
+
+
+def test_explain_out_naming_a_file_is_one_sentence(tiny_run, tmp_path, afile, capsys):
+    _refused(capsys, ["explain", tiny_run, "--limit", "1", "--out", afile], "--out", afile)
+    assert not (tiny_run / "explain").exists()
