@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "model.pretrained), weight decay chosen on val; prints test top-1.")
     probe.add_argument("config", nargs="?", help="YAML file or shipped recipe name")
     probe.add_argument("overrides", nargs="*", metavar="key=value", help="config keys, e.g. model.weights=FILE")
-    probe.add_argument("--out", help="output folder (default: runs/probe-<data>-<model>)")
+    probe.add_argument("--out", help="output folder, refused when it holds a finished probe (default: a new folder "
+                       "OUT/probe-<data>-<model>, with -2, -3, ... when taken; OUT is the config key out, runs)")
     probe.add_argument("--quiet", action="store_true", help="no progress bars")
 
     weights = sub.add_parser("weights", help="pretrained weights from local files: import TensorFlow Lite, "

@@ -191,14 +191,16 @@ def cmd_zeroshot(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from fgvc.train.probe import run_probe
+    from fgvc.train.probe import check_probe_out, new_probe_dir, run_probe
 
     config, overrides = _split_config_and_overrides(args.config, args.overrides)
     if not config and not overrides:
         raise UserError("fgvc probe needs a recipe or key=value overrides, e.g. `fgvc probe model.name=resnet50 "
                         "model.pretrained=true data.root=data`")
     cfg = _load_train_config(config, overrides)
-    out = args.out or f"runs/probe-{cfg.data.name}-{cfg.model.name}"
+    # like `fgvc train`: out=DIR is the parent of a new folder; --out names the folder itself; a finished
+    # probe is never overwritten
+    out = check_probe_out(args.out, "--out") if args.out else new_probe_dir(cfg)
     m = run_probe(cfg, out, progress=not args.quiet)
     print(f"linear probe on {m['feature_dim']}-d features of {cfg.model.name}: test top-1 {m['test_acc']:.4f} "
           f"(val {m['val_acc']:.4f}, weight decay {m['weight_decay']:g}, {m['seconds']:.0f} s)")

@@ -1,5 +1,7 @@
-"""Output folders from a new-user review: an output path that is a file (or lies under one) is one
-sentence before any work, for every command that makes a folder."""
+"""Output folders and small CLI faults from a new-user review: an output path that is a file is one
+sentence before any work (every command that makes a folder), a probe never overwrites a finished
+one and honours `out=`, de-duplicated model hints, CLI wording for `data synth`, no empty folder
+left by a failed `data prepare`, `predict --topk 0` refused, `data synth` progress."""
 
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ def _only_the_file(tmp_path, afile):
 @pytest.mark.parametrize("argv", [
     ["train", *TINY, "data.root={missing}", "out={out}", "--quiet"],
     ["gan", "train", "data.root={missing}", "data.image_size=32", "iterations=1", "out={out}", "--quiet"],
-], ids=["train", "gan"])
+    ["probe", *TINY, "data.root={missing}", "out={out}", "--quiet"],
+], ids=["train", "gan", "probe"])
 @pytest.mark.parametrize("under", [False, True], ids=["file", "under-file"])
 def test_out_key_naming_a_file_is_one_sentence_before_any_data_is_read(argv, under, tmp_path, afile, capsys):
     out = afile / "sub" if under else afile
@@ -47,11 +50,12 @@ def test_out_key_naming_a_file_is_one_sentence_before_any_data_is_read(argv, und
 
 
 @pytest.mark.parametrize("argv", [
+    ["probe", *TINY, "data.root={missing}", "--out", "{out}", "--quiet"],
     ["data", "audit", "synthbirds", "--root", "{missing}", "--out", "{out}", "--quiet"],
     ["report", "{tmp}", "--out", "{out}"],
     ["gan", "sample", "{missing}", "--per-class", "1", "--out", "{out}"],
     ["demo", "--out", "{out}"],
-], ids=["audit", "report", "sample", "demo"])
+], ids=["probe", "audit", "report", "sample", "demo"])
 def test_dash_dash_out_naming_a_file_is_one_sentence_before_any_work(argv, tmp_path, afile, capsys):
     out = afile / "sub"  # a folder under a file: mkdir's NotADirectoryError before
     argv = [a.format(missing=tmp_path / "missing", out=out, tmp=tmp_path) for a in argv]
@@ -62,3 +66,18 @@ def test_dash_dash_out_naming_a_file_is_one_sentence_before_any_work(argv, tmp_p
 def test_explain_out_naming_a_file_is_one_sentence(tiny_run, tmp_path, afile, capsys):
     _refused(capsys, ["explain", tiny_run, "--limit", "1", "--out", afile], "--out", afile)
     assert not (tiny_run / "explain").exists()
+
+
+def test_probe_honours_out_and_never_overwrites_a_finished_probe(tiny_synthbirds_root, tmp_path, capsys):
+    argv = ["probe", *TINY, f"data.root={tiny_synthbirds_root}", f"out={tmp_path / 'p'}", "--quiet"]
+    assert main(argv) == 0
+    first = tmp_path / "p" / "probe-synthbirds-resnet18"
+    assert capsys.readouterr().out.splitlines()[-1] == str(first)
+    before = (first / "metrics.json").read_bytes()
+    assert main(argv) == 0  # a rerun: a new folder beside it, like `fgvc train`
+    assert capsys.readouterr().out.splitlines()[-1] == str(first) + "-2"
+    assert (first / "metrics.json").read_bytes() == before
+    assert main([*argv, "--out", str(first)]) == 2  # --out at a finished probe: refused, untouched
+    line = one_line_error(capsys.readouterr())
+    assert "finished probe" in line and "--out" in line
+    assert (first / "metrics.json").read_bytes() == before

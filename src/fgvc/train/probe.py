@@ -21,6 +21,7 @@ from fgvc import runs
 from fgvc.clip.probe import fit_linear_probe, probe_accuracy
 from fgvc.data import build_dataset
 from fgvc.data.transforms import eval_transform
+from fgvc.errors import UserError
 from fgvc.models.weights import pretraining_source
 from fgvc.protocol import run_protocol, val_draw
 from fgvc.train.devices import resolve_device
@@ -41,12 +42,37 @@ def head_inputs(model, loader, device="cpu", progress: bool = False, desc: str =
     return torch.cat(feats), torch.cat(labels)
 
 
+def check_probe_out(out: str | Path, what: str = "out") -> Path:
+    """``out`` (expanded) when a probe may write there: not a file, and not a finished probe (its
+    metrics.json), which is never overwritten. UserError naming ``what`` (``out`` or ``--out``) otherwise."""
+    out = runs.check_out_dir(out, what)
+    if (out / "metrics.json").is_file():
+        raise UserError(f"{out} already holds a finished probe (metrics.json); pass another {what}, or delete "
+                        "the folder to probe again")
+    return out
+
+
+def new_probe_dir(cfg: config_mod.Config) -> Path:
+    """Where a probe without an explicit folder goes: ``<cfg.out>/probe-<data>-<model>``, or with a ``-2``,
+    ``-3``, ... suffix when that exists (a new folder, as `fgvc train` makes under ``out``). Nothing is
+    created; UserError when ``cfg.out`` is a file."""
+    parent = runs.check_out_dir(cfg.out, "out")
+    stem = f"probe-{cfg.data.name}-{cfg.model.name}".replace("/", "_").replace(":", "_")
+    path, n = parent / stem, 1
+    while path.exists():
+        n += 1
+        path = parent / f"{stem}-{n}"
+    return path
+
+
 def run_probe(cfg: config_mod.Config, out: str | Path, batch_size: int = 64, progress: bool = True) -> dict:
     """Fit and score a linear probe on the frozen backbone ``cfg`` describes (model.name, model.weights
-    or model.pretrained, data.*); writes ``out/metrics.json`` (task ``linear_probe``) and returns it."""
+    or model.pretrained, data.*); writes ``out/metrics.json`` (task ``linear_probe``) and returns it.
+    UserError before any work when ``out`` is a file or already holds a finished probe."""
     from fgvc.train.loop import build_model  # the same weights loading as training
 
     t0 = time.perf_counter()
+    out = check_probe_out(out)
     d = cfg.data
     splits = {s: build_dataset(d.name, d.root, s, eval_transform(d.image_size), d.val_fraction, cfg.train.seed,
                                classes=d.classes) for s in ("train", "val", "test")}
@@ -68,11 +94,10 @@ def run_probe(cfg: config_mod.Config, out: str | Path, batch_size: int = 64, pro
         "linear_probe", d.name, {s: len(ds) for s, ds in splits.items()}, pretrained=metrics["pretrained"],
         device=device, transform=splits["test"].transform, seed=cfg.train.seed,
         val_draw=val_draw(splits["val"], d.val_fraction, cfg.train.seed))
-    out = Path(out)
     runs.write_text_atomic(out / "config.yaml", config_mod.dump(cfg))
     runs.write_json_atomic(out / "classes.json", class_names)
     runs.write_json_atomic(out / "metrics.json", metrics)
     return metrics
 
 
-__all__ = ["head_inputs", "run_probe"]
+__all__ = ["check_probe_out", "head_inputs", "new_probe_dir", "run_probe"]
