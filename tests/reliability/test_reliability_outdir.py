@@ -9,6 +9,7 @@ import pytest
 from reliability_helpers import one_line_error
 
 from fgvc.cli import main
+from fgvc.errors import UserError
 
 TINY = ["model.name=resnet18", "data.name=synthbirds", "data.image_size=32", "data.num_workers=0",
         "train.batch_size=16", "train.epochs=1"]
@@ -81,3 +82,13 @@ def test_probe_honours_out_and_never_overwrites_a_finished_probe(tiny_synthbirds
     line = one_line_error(capsys.readouterr())
     assert "finished probe" in line and "--out" in line
     assert (first / "metrics.json").read_bytes() == before
+
+
+def test_model_name_hint_names_each_model_once():
+    from fgvc.models import create_model
+
+    with pytest.raises(UserError) as e:
+        create_model("resnet19", 4)
+    line = str(e.value)
+    hint = line.split("did you mean ")[1].split("?")[0].split(" or ")
+    assert "resnet18" in hint and len(hint) == len(set(hint)), line

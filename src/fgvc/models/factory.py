@@ -117,7 +117,8 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, dropout:
         return _timm_model(name, num_classes, pretrained, dropout, image_size)
     if "." in name and name.split(".")[0] in timm.list_models():  # timm name with a pretrained tag
         return _timm_model(name, num_classes, pretrained, dropout, image_size)
-    close = difflib.get_close_matches(name, list(TORCHVISION_MODELS) + timm.list_models(), n=3)
+    # torchvision's names are timm's too (resnet18): each name once, or a hint repeats it
+    close = difflib.get_close_matches(name, list(dict.fromkeys([*TORCHVISION_MODELS, *timm.list_models()])), n=3)
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
     raise UserError(f"unknown model {name!r}{hint}; use {', '.join(TORCHVISION_MODELS)} or any timm model name")
 
