@@ -8,6 +8,7 @@ import torch
 
 from fgvc import runs
 from fgvc.data.transforms import load_eval_image
+from fgvc.errors import UserError
 
 
 def top_classes(logits: torch.Tensor, class_names: list[str], topk: int = 5) -> list[dict]:
@@ -21,7 +22,10 @@ def top_classes(logits: torch.Tensor, class_names: list[str], topk: int = 5) -> 
 
 @torch.no_grad()
 def predict_files(run_dir: str | Path, images: list[str | Path], topk: int = 5) -> list[dict]:
-    """[{'image', 'top': [{'class', 'index', 'prob'}, ...]}] with probabilities in [0, 1]."""
+    """[{'image', 'top': [{'class', 'index', 'prob'}, ...]}] with probabilities in [0, 1]; ``topk`` larger than
+    the number of classes gives them all. UserError when ``topk`` < 1 (before the model loads)."""
+    if topk < 1:
+        raise UserError(f"--topk {topk} asks for no classes; pass --topk 1 or more (default 5)")
     model, class_names = runs.load(run_dir)
     size = runs.load_config(run_dir).data.image_size
     results = []

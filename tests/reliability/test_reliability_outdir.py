@@ -5,6 +5,8 @@ left by a failed `data prepare`, `predict --topk 0` refused, `data synth` progre
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from reliability_helpers import one_line_error
 
@@ -92,3 +94,11 @@ def test_model_name_hint_names_each_model_once():
     line = str(e.value)
     hint = line.split("did you mean ")[1].split("?")[0].split(" or ")
     assert "resnet18" in hint and len(hint) == len(set(hint)), line
+
+
+def test_predict_refuses_topk_below_one_and_caps_a_large_one(tiny_run, tiny_synthbirds_root, capsys):
+    image = next((tiny_synthbirds_root / "CUB_200_2011" / "images").rglob("*.jpg"))
+    assert main(["predict", str(tiny_run), str(image), "--topk", "0"]) == 2
+    assert "--topk" in one_line_error(capsys.readouterr())
+    assert main(["predict", str(tiny_run), str(image), "--topk", "50", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["top"]) == 4  # all 4 classes
