@@ -96,6 +96,18 @@ def test_model_name_hint_names_each_model_once():
     assert "resnet18" in hint and len(hint) == len(set(hint)), line
 
 
+def test_failed_prepare_removes_only_the_folders_it_made(tmp_path, capsys):
+    url = "http://127.0.0.1:9/CUB_200_2011.tgz"  # port 9 (discard): connection refused, no network needed
+    root = tmp_path / "new" / "data"
+    assert main(["data", "prepare", "cub200", "--root", str(root), "--url", url]) == 2
+    one_line_error(capsys.readouterr())
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert main(["data", "prepare", "cub200", "--root", str(kept), "--url", url]) == 2
+    assert kept.is_dir()  # it existed before: never removed
+
+
 def test_predict_refuses_topk_below_one_and_caps_a_large_one(tiny_run, tiny_synthbirds_root, capsys):
     image = next((tiny_synthbirds_root / "CUB_200_2011" / "images").rglob("*.jpg"))
     assert main(["predict", str(tiny_run), str(image), "--topk", "0"]) == 2

@@ -176,6 +176,16 @@ def _check_member(m: tarfile.TarInfo, archive: Path) -> None:
                     "or malicious, so delete it and download it from a trusted source")
 
 
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while each is empty: never a folder that holds anything (a
+    partial download stays, to be resumed), never one above them."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or gone
+            return
+
+
 def safe_extract(archive: Path, dest: Path) -> None:
     """Extract a tar archive (any compression) into ``dest``, refusing unsafe members (UserError naming it)."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -266,10 +276,15 @@ def prepare(name: str, root, url: str | None = None, md5=None, progress: bool = 
     if target.exists():
         raise UserError(f"{target} exists but does not hold a complete {name} dataset; remove it (or "
                         "choose another --root) and run again")
+    created = [p for p in (root, *root.parents) if not p.exists()]  # deepest first: the folders made here
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".fgvc-extract-*"):  # left by a run that was killed while extracting
         shutil.rmtree(stale, ignore_errors=True)
-    archives = [(download(u, root / f, m, progress), into) for f, u, m, into in jobs]
+    try:
+        archives = [(download(u, root / f, m, progress), into) for f, u, m, into in jobs]
+    except BaseException:  # no network, a bad URL, Ctrl-C: the folders made above go, if still empty
+        _remove_empty(created)
+        raise
     tmp = root / f".fgvc-extract-{uuid.uuid4().hex[:8]}"
     try:
         for archive, into in archives:
