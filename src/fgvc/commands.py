@@ -24,6 +24,7 @@ def cmd_data(args) -> int:
     if args.data_command == "synth":
         from fgvc.data import synthetic
 
+        synthetic.check_target(args.root, args.overwrite, "--root", "--overwrite")  # the CLI's own wording
         path = synthetic.generate(args.root, classes=args.classes, per_class=args.per_class, size=args.size,
                                   seed=args.seed, layout=args.layout, overwrite=args.overwrite)
         print(f"wrote synthbirds ({args.classes} classes, {args.per_class} images each, {args.layout} layout) to {path}")

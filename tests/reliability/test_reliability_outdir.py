@@ -11,6 +11,7 @@ import pytest
 from reliability_helpers import one_line_error
 
 from fgvc.cli import main
+from fgvc.data import synthetic
 from fgvc.errors import UserError
 
 TINY = ["model.name=resnet18", "data.name=synthbirds", "data.image_size=32", "data.num_workers=0",
@@ -55,14 +56,15 @@ def test_out_key_naming_a_file_is_one_sentence_before_any_data_is_read(argv, und
 @pytest.mark.parametrize("argv", [
     ["probe", *TINY, "data.root={missing}", "--out", "{out}", "--quiet"],
     ["data", "audit", "synthbirds", "--root", "{missing}", "--out", "{out}", "--quiet"],
+    ["data", "synth", "--root", "{out}", "--classes", "2", "--per-class", "4", "--size", "32"],
     ["report", "{tmp}", "--out", "{out}"],
     ["gan", "sample", "{missing}", "--per-class", "1", "--out", "{out}"],
     ["demo", "--out", "{out}"],
-], ids=["probe", "audit", "report", "sample", "demo"])
+], ids=["probe", "audit", "synth", "report", "sample", "demo"])
 def test_dash_dash_out_naming_a_file_is_one_sentence_before_any_work(argv, tmp_path, afile, capsys):
     out = afile / "sub"  # a folder under a file: mkdir's NotADirectoryError before
     argv = [a.format(missing=tmp_path / "missing", out=out, tmp=tmp_path) for a in argv]
-    _refused(capsys, argv, "--out", out)
+    _refused(capsys, argv, "--root" if "synth" in argv else "--out", out)
     _only_the_file(tmp_path, afile)
 
 
@@ -94,6 +96,15 @@ def test_model_name_hint_names_each_model_once():
     line = str(e.value)
     hint = line.split("did you mean ")[1].split("?")[0].split(" or ")
     assert "resnet18" in hint and len(hint) == len(set(hint)), line
+
+
+def test_synth_says_overwrite_in_the_callers_words(tiny_synthbirds_root, capsys):
+    assert main(["data", "synth", "--root", str(tiny_synthbirds_root)]) == 2
+    line = one_line_error(capsys.readouterr())
+    assert "--overwrite" in line and "overwrite=True" not in line, line
+    with pytest.raises(UserError) as e:
+        synthetic.generate(tiny_synthbirds_root, classes=2, per_class=4, size=32)
+    assert "overwrite=True" in str(e.value) and "--overwrite" not in str(e.value)
 
 
 def test_failed_prepare_removes_only_the_folders_it_made(tmp_path, capsys):

@@ -313,16 +313,22 @@ def _write_dogs(tmp: Path, items, n_classes: int, size: int) -> None:
         })
 
 
-def _check_target(root: Path, overwrite: bool) -> None:
-    if root.exists() and not root.is_dir():
-        raise UserError(f"{root} is a file; pass a folder as the dataset root")
+def check_target(root, overwrite: bool, root_name: str = "root", overwrite_name: str = "overwrite=True") -> Path:
+    """``root`` (expanded) when ``generate`` may write there: a new or empty folder, or a generated
+    dataset with ``overwrite``. UserError otherwise, naming the arguments as the caller spells them
+    (``root_name`` / ``overwrite_name``: the API's ``root`` / ``overwrite=True``, the CLI's ``--root`` /
+    ``--overwrite``)."""
+    from fgvc.runs import check_out_dir
+
+    root = check_out_dir(root, root_name)
     if root.is_dir() and any(root.iterdir()):
         if not overwrite:
-            raise UserError(f"{root} is not empty; choose another --root or pass overwrite=True "
-                            "(--overwrite) to replace a generated dataset there")
+            raise UserError(f"{root} is not empty; choose another {root_name} or pass {overwrite_name} "
+                            "to replace a generated dataset there")
         if not (root / MARKER).is_file():
             raise UserError(f"{root} is not empty and holds no {MARKER}, so it is not a generated "
-                            "dataset; refusing to delete it: choose another --root")
+                            f"dataset; refusing to delete it: choose another {root_name}")
+    return root
 
 
 def generate(root, classes: int = 10, per_class: int = 40, size: int = 64, seed: int = 0,
@@ -333,6 +339,7 @@ def generate(root, classes: int = 10, per_class: int = 40, size: int = 64, seed:
     ``Images/``, ``lists/`` and ``Annotation/``. ``test_fraction`` of each class is official test.
     The dataset is built in a hidden folder beside ``root`` and renamed into place at the end,
     so an interrupted run never leaves a half dataset.
+    UserError when ``root`` is a file, or a non-empty folder without ``overwrite`` (``check_target``).
     """
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -348,8 +355,7 @@ def generate(root, classes: int = 10, per_class: int = 40, size: int = 64, seed:
         raise UserError(f"size={size} px is too small to draw a bird; use 32 or more")
     if seed < 0:
         raise UserError(f"seed={seed} is negative; use a seed >= 0")
-    root = Path(root).expanduser()
-    _check_target(root, overwrite)
+    root = check_target(root, overwrite)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.fgvc-tmp-{uuid.uuid4().hex[:8]}"
     old = None
