@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--layout", choices=["cub", "dogs"], default="cub")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --root")
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
     info = dsub.add_parser("info", help="classes, split sizes and unreadable files of a dataset")
     info.add_argument("name")
     info.add_argument("--root", required=True)

@@ -26,7 +26,8 @@ def cmd_data(args) -> int:
 
         synthetic.check_target(args.root, args.overwrite, "--root", "--overwrite")  # the CLI's own wording
         path = synthetic.generate(args.root, classes=args.classes, per_class=args.per_class, size=args.size,
-                                  seed=args.seed, layout=args.layout, overwrite=args.overwrite)
+                                  seed=args.seed, layout=args.layout, overwrite=args.overwrite,
+                                  progress=not args.quiet)
         print(f"wrote synthbirds ({args.classes} classes, {args.per_class} images each, {args.layout} layout) to {path}")
         return 0
     if args.data_command == "prepare":

@@ -107,6 +107,16 @@ def test_synth_says_overwrite_in_the_callers_words(tiny_synthbirds_root, capsys)
     assert "overwrite=True" in str(e.value) and "--overwrite" not in str(e.value)
 
 
+def test_synth_shows_progress_unless_quiet(tmp_path, capsys):
+    assert main(["data", "synth", "--root", str(tmp_path / "a"), "--classes", "2", "--per-class", "4",
+                 "--size", "32"]) == 0
+    err = capsys.readouterr().err
+    assert "synthbirds:" in err and "img" in err, err  # the bar: "synthbirds: 50%| 4/8 [..., 52img/s]"
+    assert main(["data", "synth", "--root", str(tmp_path / "b"), "--classes", "2", "--per-class", "4",
+                 "--size", "32", "--quiet"]) == 0
+    assert "synthbirds:" not in capsys.readouterr().err
+
+
 def test_failed_prepare_removes_only_the_folders_it_made(tmp_path, capsys):
     url = "http://127.0.0.1:9/CUB_200_2011.tgz"  # port 9 (discard): connection refused, no network needed
     root = tmp_path / "new" / "data"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 from fgvc.errors import UserError
 
@@ -332,13 +333,14 @@ def check_target(root, overwrite: bool, root_name: str = "root", overwrite_name:
 
 
 def generate(root, classes: int = 10, per_class: int = 40, size: int = 64, seed: int = 0,
-             layout: str = "cub", test_fraction: float = 0.5, overwrite: bool = False) -> Path:
+             layout: str = "cub", test_fraction: float = 0.5, overwrite: bool = False,
+             progress: bool = False) -> Path:
     """Write ``classes`` x ``per_class`` square ``size``-px JPEG birds under ``root``; return ``root``.
 
     ``layout`` 'cub' writes ``root/CUB_200_2011/`` (with bounding_boxes.txt), 'dogs' writes
     ``Images/``, ``lists/`` and ``Annotation/``. ``test_fraction`` of each class is official test.
     The dataset is built in a hidden folder beside ``root`` and renamed into place at the end,
-    so an interrupted run never leaves a half dataset.
+    so an interrupted run never leaves a half dataset. ``progress``: a tqdm bar over the images.
     UserError when ``root`` is a file, or a non-empty folder without ``overwrite`` (``check_target``).
     """
     if layout not in LAYOUTS:
@@ -361,7 +363,8 @@ def generate(root, classes: int = 10, per_class: int = 40, size: int = 64, seed:
     old = None
     try:
         tmp.mkdir()
-        items = _items(classes, per_class, size, seed, n_test)
+        items = tqdm(_items(classes, per_class, size, seed, n_test), total=classes * per_class, desc="synthbirds",
+                     unit="img", disable=not progress, leave=False)
         if layout == "cub":
             _write_cub(tmp, items, classes)
         else:
