@@ -122,3 +122,20 @@ def test_an_interrupted_long_command_says_how_to_continue(monkeypatch, capsys, a
     assert cli.main(argv) == 130
     err = capsys.readouterr().err
     assert err.startswith("fgvc: interrupted") and words in err and err.count("\n") == 1
+
+
+def test_eval_prints_no_lightning_precision_banner(tiny_run, tmp_path):
+    import logging
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")  # eval writes into the run: not the shared one
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("lightning_fabric.utilities.rank_zero")
+    logger.addHandler(handler)
+    try:
+        assert main(["eval", str(run), "--split", "val", "--precision", "bf16-mixed", "--device", "cpu"]) == 0
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in seen if "Mixed Precision" in m], seen

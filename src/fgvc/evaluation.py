@@ -152,15 +152,13 @@ class Scorer:
     with the analysis precision (mixed precision also casts the inputs, not only the forward)."""
 
     def __init__(self, run: runs.Run, device: str, precision: str, progress: bool):
-        from lightning_fabric import Fabric
-
         from fgvc.data import resolve_num_workers
-        from fgvc.train.devices import analysis_precision, resolve_device
+        from fgvc.train.devices import analysis_precision, quiet_fabric, resolve_device
 
         device = resolve_device(device)
         self.precision = analysis_precision(precision, device, run.dir)
         self.model = run.model()
-        self.fabric = Fabric(accelerator=device.type, devices=[device.index] if device.index is not None else 1,
+        self.fabric = quiet_fabric(accelerator=device.type, devices=[device.index] if device.index is not None else 1,
                              precision=self.precision)
         self.net = self.fabric.setup_module(self.model)
         self.batch_size, self.progress = run.config.train.batch_size * 2, progress

@@ -155,3 +155,20 @@ def autocast(precision: str, device: torch.device):
     if precision == "16-mixed":
         return torch.autocast(device.type, dtype=torch.float16)
     return contextlib.nullcontext()
+
+
+def quiet_fabric(**kwargs):
+    """``lightning_fabric.Fabric(**kwargs)`` without its "Using bfloat16 Automatic Mixed Precision"
+    banner on stderr: it comes before fgvc has checked anything, and fgvc states the precision itself
+    (the run directory line of training; eval's JSON)."""
+    import logging
+
+    from lightning_fabric import Fabric
+
+    rank_zero = logging.getLogger("lightning_fabric.utilities.rank_zero")
+    level = rank_zero.level
+    rank_zero.setLevel(logging.WARNING)
+    try:
+        return Fabric(**kwargs)
+    finally:
+        rank_zero.setLevel(level)

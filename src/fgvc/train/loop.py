@@ -9,7 +9,6 @@ commits), ``devices.py`` (device and precision), ``summary.py`` (curves.png, the
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 import time
@@ -29,7 +28,7 @@ from fgvc.models import apply_trainable, count_parameters, create_model, train_m
 from fgvc.models.batchnorm import prepare_batchnorm
 from fgvc.models.factory import is_clip
 from fgvc.models.weights import pretraining_source
-from fgvc.train.devices import check_accelerator, resolve_channels_last, resolve_precision
+from fgvc.train.devices import check_accelerator, quiet_fabric, resolve_channels_last, resolve_precision
 from fgvc.train.evaluate import evaluate
 from fgvc.train.loggers import ExperimentLog, open_loggers, optimizer_steps
 from fgvc.train.optim import build_optimizer, build_scheduler
@@ -214,15 +213,8 @@ def setup_fabric(cfg: config_mod.Config) -> tuple[Fabric, str]:
     """A launched Fabric on the configured devices, and the precision that runs."""
     check_accelerator(cfg.train.accelerator, cfg.train.devices)
     precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
-    # Lightning announces the precision on stderr as it starts, before fgvc has checked the data; the
-    # run directory line says it instead, after every check that can fail has passed
-    rank_zero = logging.getLogger("lightning_fabric.utilities.rank_zero")
-    level = rank_zero.level
-    rank_zero.setLevel(logging.WARNING)
-    try:
-        fabric = Fabric(accelerator=cfg.train.accelerator, devices=cfg.train.devices, precision=precision)
-    finally:
-        rank_zero.setLevel(level)
+    # the run directory line states the precision, after every check that can fail has passed
+    fabric = quiet_fabric(accelerator=cfg.train.accelerator, devices=cfg.train.devices, precision=precision)
     fabric.launch()
     if precision == "bf16-mixed" and cfg.train.precision in ("16", "16-mixed"):
         fabric.print(f"train.precision={cfg.train.precision} runs as bf16-mixed on a CPU (CPU autocast has no fp16); "
