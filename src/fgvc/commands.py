@@ -20,6 +20,13 @@ def _split_config_and_overrides(config: str | None, overrides: list[str]) -> tup
     return config, overrides
 
 
+def _check_out(out) -> None:
+    """--out (or its default) naming a file, or under one: one sentence before any work (fgvc.runs)."""
+    from fgvc.runs import check_out_dir
+
+    check_out_dir(out, "--out")
+
+
 def cmd_data(args) -> int:
     if args.data_command == "synth":
         from fgvc.data import synthetic
@@ -180,6 +187,7 @@ def cmd_zeroshot(args) -> int:
 
     tag = Path(args.templates).stem if Path(args.templates).is_file() else args.templates
     out = args.out or f"runs/zeroshot-{args.data}-{args.model}-{args.pretrained}-{tag}".replace("/", "_").replace(":", "_")
+    _check_out(out)
     metrics = run_zeroshot(args.model, args.pretrained, args.data, args.root, out, split=args.split,
                            templates=args.templates, descriptions=args.descriptions, batch_size=args.batch_size,
                            device=args.device, num_workers=args.num_workers, use_cache=not args.no_cache,
@@ -211,6 +219,8 @@ def cmd_probe(args) -> int:
 
 
 def cmd_weights(args) -> int:
+    if args.out:
+        _check_out(args.out)
     if args.weights_command == "import":
         from fgvc.models.tflite import import_tflite
 
@@ -263,6 +273,7 @@ def cmd_clip(args) -> int:
 
     out = args.out or f"runs/clip-{args.clip_command}-{args.data}-{args.model}-{args.pretrained}".replace(
         "/", "_").replace(":", "_")
+    _check_out(out)
     common = dict(templates=args.templates, batch_size=args.batch_size, device=args.device,
                   num_workers=args.num_workers, download=not args.offline)
     if args.clip_command == "probe":
@@ -279,6 +290,7 @@ def cmd_clip(args) -> int:
 def cmd_study(args) -> int:
     from fgvc.experiments.study import run_study
 
+    _check_out(args.out)
     only = [r.strip() for r in args.only.split(",")] if args.only else None
     options = None
     if args.launcher != "sequential":

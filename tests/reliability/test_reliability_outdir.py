@@ -60,7 +60,14 @@ def test_out_key_naming_a_file_is_one_sentence_before_any_data_is_read(argv, und
     ["report", "{tmp}", "--out", "{out}"],
     ["gan", "sample", "{missing}", "--per-class", "1", "--out", "{out}"],
     ["demo", "--out", "{out}"],
-], ids=["probe", "audit", "synth", "report", "sample", "demo"])
+    ["zeroshot", "--data", "synthbirds", "--root", "{missing}", "--offline", "--out", "{out}"],
+    ["clip", "probe", "--data", "synthbirds", "--root", "{missing}", "--offline", "--out", "{out}"],
+    ["weights", "zeroshot", "{missing}", "--labels", "{missing}", "--data", "synthbirds", "--root", "{missing}",
+     "--out", "{out}"],
+    ["weights", "import", "{missing}.tflite", "--out", "{out}"],
+    ["study", "table1_depth", "--out", "{out}"],
+], ids=["probe", "audit", "synth", "report", "sample", "demo", "zeroshot", "clip", "weights-zeroshot",
+        "weights-import", "study"])
 def test_dash_dash_out_naming_a_file_is_one_sentence_before_any_work(argv, tmp_path, afile, capsys):
     out = afile / "sub"  # a folder under a file: mkdir's NotADirectoryError before
     argv = [a.format(missing=tmp_path / "missing", out=out, tmp=tmp_path) for a in argv]
