@@ -66,12 +66,13 @@ def test_out_key_naming_a_file_is_one_sentence_before_any_data_is_read(argv, und
      "--out", "{out}"],
     ["weights", "import", "{missing}.tflite", "--out", "{out}"],
     ["study", "table1_depth", "--out", "{out}"],
+    ["data", "prepare", "cub200", "--root", "{out}", "--url", "http://127.0.0.1:9/CUB_200_2011.tgz"],
 ], ids=["probe", "audit", "synth", "report", "sample", "demo", "zeroshot", "clip", "weights-zeroshot",
-        "weights-import", "study"])
+        "weights-import", "study", "prepare"])
 def test_dash_dash_out_naming_a_file_is_one_sentence_before_any_work(argv, tmp_path, afile, capsys):
     out = afile / "sub"  # a folder under a file: mkdir's NotADirectoryError before
     argv = [a.format(missing=tmp_path / "missing", out=out, tmp=tmp_path) for a in argv]
-    _refused(capsys, argv, "--root" if "synth" in argv else "--out", out)
+    _refused(capsys, argv, argv[argv.index(str(out)) - 1], out)  # --out, or --root for data synth / prepare
     _only_the_file(tmp_path, afile)
 
 

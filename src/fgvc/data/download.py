@@ -251,9 +251,9 @@ def prepare(name: str, root, url: str | None = None, md5=None, progress: bool = 
     """
     if name not in NAMES and name not in MANUAL:
         raise UserError(f"cannot prepare {name!r}; choose one of {', '.join(NAMES + tuple(MANUAL))}")
-    root = Path(root).expanduser()
-    if root.exists() and not root.is_dir():
-        raise UserError(f"{root} is a file; pass a folder as --root")
+    from fgvc.runs import check_out_dir
+
+    root = check_out_dir(root, "--root")  # a file, or under one: one sentence before any download
     if _ready(name, root):
         _say(progress, f"{name} is already prepared in {root}; nothing to do")
         return root
