@@ -266,3 +266,17 @@ def test_weights_import_writes_safetensors_that_fgvc_and_timm_load_alike(tmp_pat
         assert torch.allclose(plain((x - info["mean"][0]) / info["std"][0]), ref, atol=1e-4)
     assert main(["weights", "import", str(out), "--out", str(tmp_path)]) == 2  # not a .tflite: one sentence
     assert "need no import" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make", [lambda tmp: tmp / "missing.tflite", lambda tmp: tmp])
+def test_a_missing_tflite_file_is_one_sentence(tmp_path, capsys, make):
+    from fgvc.cli import main
+
+    path = make(tmp_path)
+    if path.is_dir():
+        path = path / "folder.tflite"
+        path.mkdir()
+    assert main(["weights", "import", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

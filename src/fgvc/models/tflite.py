@@ -72,10 +72,13 @@ class Graph:
 def read_graph(path: str | Path) -> Graph:
     """Parse and dequantise a .tflite file (cached per path, size and mtime: a changed file is read again).
 
-    Errors (UserError): the file is not a TensorFlow Lite flatbuffer, or uses an operator
-    outside ``SUPPORTED_OPS`` (the MobileNet family's).
+    Errors (UserError): the file is missing, is not a TensorFlow Lite flatbuffer, or uses an
+    operator outside ``SUPPORTED_OPS`` (the MobileNet family's).
     """
     path = Path(path).expanduser()
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise UserError(f"TensorFlow Lite file {path} {what}; check the path to the .tflite file")
     st = path.stat()
     return _parse_cached(str(path.resolve()), st.st_size, st.st_mtime)
 
