@@ -134,3 +134,43 @@ def test_run_files_and_folders_get_the_modes_open_and_mkdir_give(tiny_run, tmp_p
     folders = [tiny_run / "checkpoints" / "iter_000004", samples, samples / "train" / "red_blob"]
     assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o666 & ~umask}
     assert {stat.S_IMODE(p.stat().st_mode) for p in folders} == {0o777 & ~umask}
+
+
+def test_a_first_interrupt_saves_a_checkpoint_that_resumes_where_an_uninterrupted_run_ends(blobs, tmp_path,
+                                                                                            monkeypatch, capsys):
+    import signal
+
+    import fgvc.gan.train as gan_train
+
+    full = train_gan(tiny_config(tmp_path / "a", iterations=4, decay_start=1.0), blobs, progress=False)
+    real_iteration, calls = gan_train.train_iteration, []
+
+    def interrupted_in_the_second(*args):
+        calls.append(1)
+        if len(calls) == 2:  # ^C in the middle of iteration 2, far from the next periodic checkpoint (100)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_iteration(*args)
+
+    monkeypatch.setattr(gan_train, "train_iteration", interrupted_in_the_second)
+    cfg = tiny_config(tmp_path / "b", iterations=4, decay_start=1.0, checkpoint_every=100)
+    with pytest.raises(KeyboardInterrupt):
+        train_gan(cfg, blobs, progress=False)
+    assert "stopping after this iteration" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+    (run,) = (tmp_path / "b" / "runs").iterdir()
+    assert latest_checkpoint(run).name == "iter_000002" and len(calls) == 2
+    monkeypatch.setattr(gan_train, "train_iteration", real_iteration)
+    resumed = train_gan(cfg, blobs, progress=False, resume=run)
+    for name in ("G", "G_ema", "D"):
+        a = load_file(str(latest_checkpoint(full) / f"{name}.safetensors"))
+        b = load_file(str(latest_checkpoint(resumed) / f"{name}.safetensors"))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), name
+
+
+def test_resuming_a_run_without_a_checkpoint_says_it_starts_over(blobs, tmp_path, capsys):
+    import shutil
+
+    run = train_gan(tiny_config(tmp_path, iterations=1), blobs, progress=False)
+    shutil.rmtree(run / "checkpoints")  # as a run stopped before its first checkpoint leaves it
+    train_gan(tiny_config(tmp_path, iterations=1), blobs, progress=True, resume=run)
+    assert "has no checkpoint yet: training starts at iteration 0" in capsys.readouterr().err

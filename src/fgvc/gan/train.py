@@ -11,6 +11,9 @@ import copy
 import csv
 import dataclasses
 import io
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -251,6 +254,8 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
     G, D, G_ema, opt_g, opt_d = _build(config, n_classes, device)
     noise_rng = torch.Generator().manual_seed(config.seed + 1)
     folder = latest_checkpoint(run_dir) if resume is not None else None
+    if resume is not None and folder is None and progress:
+        print(f"{run_dir} has no checkpoint yet: training starts at iteration 0", file=sys.stderr)
     start, batches_seen, seconds, history = _restore(folder, run_dir, {"G": G, "G_ema": G_ema, "D": D},
                                                      opt_g, opt_d, noise_rng)
 
@@ -277,39 +282,69 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
                        hparam_metrics=("step/d_loss", "step/g_loss"))
     log.log_hparams(dataclasses.asdict(config))
     bar = tqdm(total=config.iterations, initial=start, disable=not progress, desc="gan", unit="it")
-    for it in range(start, config.iterations):
-        tick = time.perf_counter()
-        for opt in (opt_g, opt_d):
-            for group in opt.param_groups:
-                group["lr"] = config.lr * lr_factor(it, config.iterations, config.decay_start)
-        batches = [real.batch(k, device) for k in range(batches_seen, batches_seen + config.n_dis)]
-        batches_seen += config.n_dis
-        d_loss, g_loss = train_iteration(G, D, opt_g, opt_d, batches, noise)
-        # a warm-up on the decay keeps short runs' EMA from averaging in the random init
-        update_ema(G_ema, G, min(config.ema_decay, (1 + it) / (10 + it)))
-        done = it + 1
-        history.append((done, d_loss, g_loss))
-        log.log_step(done, {"d_loss": d_loss, "g_loss": g_loss}, opt_g.param_groups[0]["lr"])
-        bar.update(1)
-        bar.set_postfix(d=f"{d_loss:.3f}", g=f"{g_loss:.3f}")
-        last = done == config.iterations
-        if last or (config.sample_every and done % config.sample_every == 0):
-            save_sample_grid(G_ema, grid_classes, fixed_z, run_dir / "samples" / f"iter_{done:06d}.png",
-                             class_names=class_names, title=f"{run_dir.name}: generated samples at iteration {done} "
-                             "(EMA generator; a row per class, the same noise in each column)")
-        if last or done % config.checkpoint_every == 0:
-            seconds, tick = seconds + time.perf_counter() - tick, time.perf_counter()
-            save_checkpoint(run_dir, done, {"G": G, "G_ema": G_ema, "D": D}, {
-                "iteration": done, "batches_seen": batches_seen, "seconds": seconds,
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "noise_rng": noise_rng.get_state(),
-                "config": dataclasses.asdict(config),
-            }, keep=config.keep_checkpoints)
-            _write_losses(run_dir, history)
-            write_metrics(done)
-            log.flush()  # the logs hold every iteration up to the checkpoint a resume starts from
-        seconds += time.perf_counter() - tick  # wall time of updates, grids and checkpoints
+    with StopRequest() as stop:  # ^C: finish the iteration, save a checkpoint, then stop
+        for it in range(start, config.iterations):
+            tick = time.perf_counter()
+            for opt in (opt_g, opt_d):
+                for group in opt.param_groups:
+                    group["lr"] = config.lr * lr_factor(it, config.iterations, config.decay_start)
+            batches = [real.batch(k, device) for k in range(batches_seen, batches_seen + config.n_dis)]
+            batches_seen += config.n_dis
+            d_loss, g_loss = train_iteration(G, D, opt_g, opt_d, batches, noise)
+            # a warm-up on the decay keeps short runs' EMA from averaging in the random init
+            update_ema(G_ema, G, min(config.ema_decay, (1 + it) / (10 + it)))
+            done = it + 1
+            history.append((done, d_loss, g_loss))
+            log.log_step(done, {"d_loss": d_loss, "g_loss": g_loss}, opt_g.param_groups[0]["lr"])
+            bar.update(1)
+            bar.set_postfix(d=f"{d_loss:.3f}", g=f"{g_loss:.3f}")
+            last = done == config.iterations
+            if last or (config.sample_every and done % config.sample_every == 0):
+                save_sample_grid(G_ema, grid_classes, fixed_z, run_dir / "samples" / f"iter_{done:06d}.png",
+                                 class_names=class_names, title=f"{run_dir.name}: generated samples at iteration {done} "
+                                 "(EMA generator; a row per class, the same noise in each column)")
+            if last or done % config.checkpoint_every == 0 or stop.asked:
+                seconds, tick = seconds + time.perf_counter() - tick, time.perf_counter()
+                save_checkpoint(run_dir, done, {"G": G, "G_ema": G_ema, "D": D}, {
+                    "iteration": done, "batches_seen": batches_seen, "seconds": seconds,
+                    "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "noise_rng": noise_rng.get_state(),
+                    "config": dataclasses.asdict(config),
+                }, keep=config.keep_checkpoints)
+                _write_losses(run_dir, history)
+                write_metrics(done)
+                log.flush()  # the logs hold every iteration up to the checkpoint a resume starts from
+                if stop.asked and not last:
+                    bar.close()
+                    raise KeyboardInterrupt  # after the checkpoint: --resume continues from this iteration
+            seconds += time.perf_counter() - tick  # wall time of updates, grids and checkpoints
     bar.close()
     log.close()
     if start >= config.iterations:  # nothing left to train: still leave consistent summary files
         write_metrics(start)
     return run_dir
+
+
+class StopRequest:
+    """SIGINT while training: the first ^C asks the loop to finish its iteration, save a checkpoint and
+    stop (``asked``), so that no work since the last periodic checkpoint is lost (checkpoint_every is
+    500 iterations, about half an hour on a CPU); a second ^C stops at once. Only in the main thread,
+    where Python delivers signals; elsewhere it changes nothing."""
+
+    def __init__(self):
+        self.asked, self._previous = False, None
+
+    def _ask(self, signum, frame):
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        print("\nfgvc: stopping after this iteration to save a checkpoint (^C again stops at once)",
+              file=sys.stderr)
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._ask)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
