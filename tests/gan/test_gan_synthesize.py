@@ -95,3 +95,26 @@ def test_real_vs_generated_rows_hold_the_classes_real_images_then_a_gap_then_gen
     assert torch.all(grid[:, :, block:block + 16] == 1.0)  # the white gap
     with pytest.raises(UserError, match="fewer than the 99"):
         save_real_vs_generated(load_generator(tiny_run), images, labels, [0], n=99, path=tmp_path / "g.png")
+
+
+def test_class_names_with_a_slash_sample_and_mix_back_into_their_classes(tiny_run, tmp_path):
+    # Stanford Cars has 'Ram C/V Cargo Van Minivan 2012', FGVC-Aircraft 'F/A-18'
+    import shutil
+
+    from fgvc.data.base import FineGrainedDataset, Sample
+    from fgvc.data.generated import mix_generated
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    meta = json.loads((run / "meta.json").read_text())
+    names = ["Ram C/V Cargo Van Minivan 2012", "F/A-18", "100% blue"]
+    (run / "meta.json").write_text(json.dumps({**meta, "class_names": names}))
+    out = sample_dataset(run, per_class=2, out_dir=tmp_path / "generated")
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["100%25 blue", "F%2FA-18",
+                                                                 "Ram C%2FV Cargo Van Minivan 2012"]
+    real = FineGrainedDataset([Sample(tmp_path / "x.jpg", i) for i in range(3)], names, None, name="cars",
+                              split="train")
+    mixed = mix_generated(real, out, "generated")
+    by_label = {}
+    for s in mixed.samples:
+        by_label.setdefault(s.label, set()).add(s.path.parent.name)
+    assert by_label == {0: {"Ram C%2FV Cargo Van Minivan 2012"}, 1: {"F%2FA-18"}, 2: {"100%25 blue"}}

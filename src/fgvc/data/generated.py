@@ -10,6 +10,7 @@ classes by name, so a generator trained on the same dataset lines up.
 from __future__ import annotations
 
 import random
+from urllib.parse import unquote
 from pathlib import Path
 
 from fgvc.data.base import FineGrainedDataset, Sample
@@ -34,7 +35,8 @@ def mix_generated(real: FineGrainedDataset, generated_root: str | Path, source: 
                         "`fgvc gan sample RUN_DIR --per-class N --out DIR`")
     index = {name: i for i, name in enumerate(real.class_names)}
     generated, seen = [], {}  # one `seen` for all class folders: a link between two of them is refused
-    for name, folder in class_dirs(split_dir).items():
+    for folder_name, folder in class_dirs(split_dir).items():
+        name = unquote(folder_name)  # `fgvc gan sample` percent-encodes '/' and '%' (gan.synthesize.class_folder)
         if name not in index:
             raise UserError(f"generated class folder {folder} matches no class of the real dataset; "
                             "sample from a GAN trained on the same dataset")

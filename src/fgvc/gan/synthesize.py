@@ -170,9 +170,16 @@ def save_real_vs_generated(generator: Generator, real_images: Tensor, real_label
     return Path(path)
 
 
+def class_folder(name: str) -> str:
+    """The folder name of class ``name`` in a sampled dataset: '%', '/' and the OS separator
+    percent-encoded (Stanford Cars' 'Ram C/V Cargo Van Minivan 2012', FGVC-Aircraft's 'F/A-18'), so
+    ``urllib.parse.unquote`` gives the class name back (fgvc.data.generated does)."""
+    return name.replace("%", "%25").replace("/", "%2F").replace(os.sep, "%" + format(ord(os.sep), "02X"))
+
+
 def _check_class_names(names: list[str]) -> None:
     for name in names:
-        if not name or name in (".", "..") or "/" in name or (os.sep in name) or "\0" in name:
+        if not name or name in (".", "..") or "\0" in name:
             raise UserError(f"class name {name!r} cannot be a folder name; rename the class in the training data")
 
 
@@ -198,7 +205,7 @@ def sample_dataset(run_dir: str | Path, per_class: int, out_dir: str | Path, see
     tmp = make_temp_dir(out_dir.parent, f".{out_dir.name}.")
     try:
         for label, name in enumerate(names):
-            folder = tmp / "train" / name
+            folder = tmp / "train" / class_folder(name)
             folder.mkdir(parents=True)
             # one seed per class keeps a class's images the same when per_class grows
             images = sample(generator, [label], per_class, seed=seed * 1_000_003 + label, batch_size=batch_size)
