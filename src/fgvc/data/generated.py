@@ -10,8 +10,8 @@ classes by name, so a generator trained on the same dataset lines up.
 from __future__ import annotations
 
 import random
-from urllib.parse import unquote
 from pathlib import Path
+from urllib.parse import unquote
 
 from fgvc.data.base import FineGrainedDataset, Sample
 from fgvc.data.folder import class_dirs, image_files
