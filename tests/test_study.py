@@ -106,3 +106,39 @@ def test_study_data_flag_runs_every_row_on_that_dataset_and_a_key_value_wins(mon
     assert set(asked.values()) == {"dogs"} and len(asked) == 8
     assert main(["study", "table4_tricks", "--data", "dogs", "data.root=x", "data.name=synthbirds"]) == 0
     assert set(asked.values()) == {"synthbirds"}
+
+
+def test_a_finished_row_as_training_wrote_it_is_the_run_asked_for(tmp_path, monkeypatch, capsys):
+    # training fills in model.weights_sha256 and makes paths absolute; --resume may have changed the batch size
+    import copy
+    import json
+
+    from fgvc import config
+    from fgvc.experiments.study import check_finished_cells
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "s.yaml"
+    path.write_text("rows:\n  a: [model.weights=w.safetensors, data.generated_root=SAMPLES]\n  b: []\n")
+    _, study = read_study(str(path))
+    asked = {row: row_config(study, row, ["data.root=data"]) for row in study["rows"]}
+    for row, (key, value) in {"a": ("model.weights_sha256", "ab" * 32), "b": ("train.batch_size", 8)}.items():
+        ran = config.apply(copy.deepcopy(asked[row]), {key: value, "data.root": str(tmp_path / "data"),
+                                                        "data.generated_root": str(tmp_path / "SAMPLES") if row == "a"
+                                                        else ""})
+        (tmp_path / "out" / row).mkdir(parents=True)
+        (tmp_path / "out" / row / "config.yaml").write_text(config.dump(ran))
+        resumes = [{"epoch": 3, "changed": {"train.batch_size": [16, 8]}}] if row == "b" else []
+        (tmp_path / "out" / row / "metrics.json").write_text(json.dumps({"test_acc": 0.5, "resumes": resumes}))
+    check_finished_cells(tmp_path / "out", {"a": "a", "b": "b"}, study, asked)  # nothing refused
+    assert "b: finished with train.batch_size=8, changed on --resume; kept" in capsys.readouterr().out
+    asked["a"] = row_config(study, "a", ["data.root=data", "model.weights_sha256=" + "cd" * 32])
+    with pytest.raises(UserError, match="model.weights_sha256="):  # a hash the user gives is compared
+        check_finished_cells(tmp_path / "out", {"a": "a"}, study, asked)
+
+
+def test_study_data_flag_is_refused_where_rows_choose_their_dataset(capsys):
+    from fgvc.cli import main
+
+    assert main(["study", "table9_datasets", "--data", "aircraft", "data.root=x"]) == 2
+    err = capsys.readouterr().err
+    assert "chooses the dataset per row" in err and "dogs_resnext101" in err and err.count("\n") == 1

@@ -300,6 +300,14 @@ def cmd_study(args) -> int:
                                 cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, time_min=args.time_min,
                                 array_parallelism=args.array_parallelism, account=args.account, qos=args.qos,
                                 constraint=args.constraint, setup=args.setup)
+    if args.data:  # Table 9's rows choose their own dataset: --data would run every one on a single one
+        from fgvc.experiments.study import read_study
+
+        name, study = read_study(args.study)
+        own = [r for r, spec in study["rows"].items() if "data.name" in spec.get("overrides", {})]
+        if own:
+            raise UserError(f"study {name} chooses the dataset per row ({', '.join(own[:3])}); --data {args.data} "
+                            "would run every row on one: drop --data, or pass data.name= to mean exactly that")
     overrides = ([f"data.name={args.data}"] if args.data else []) + list(args.overrides)  # key=value wins
     folder = run_study(args.study, overrides, only=only, out=args.out, progress=not args.quiet,
                        launcher=args.launcher, launch_options=options, detach=args.detach, seeds=args.seeds)

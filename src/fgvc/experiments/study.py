@@ -278,15 +278,21 @@ def check_finished_cells(folder: Path, row_of: dict[str, str], study: dict,
             continue
         if not (run_dir / "config.yaml").is_file():
             continue  # an old or foreign folder: the table reads its metrics as before
-        before, now = runs.load_config(run_dir), configs[cell]
-        changed = [k for k in config_mod.all_keys() if k not in _NOT_COMPARED
-                   and config_mod.get(before, k) != config_mod.get(now, k)]
+        from fgvc.train.state import config_differences
+
+        differ = config_differences(runs.load_config(run_dir), configs[cell])
+        # settings the user changed with `fgvc train --resume RUN key=value` (say a smaller batch after
+        # running out of GPU memory) are the run's own: kept, and said
+        resumed = {k for r in (runs.read_metrics(run_dir) or {}).get("resumes") or [] for k in r.get("changed", {})}
+        for k in sorted(resumed & set(differ)):
+            print(f"{cell}: finished with {k}={differ[k][0]}, changed on --resume; kept")
+        changed = [k for k in differ if k not in _NOT_COMPARED and k not in resumed]
         if changed:
-            k = changed[0]
+            k, (was, asked) = changed[0], differ[changed[0]]
             more = f" (and {len(changed) - 1} more setting{'s' * (len(changed) > 2)})" if len(changed) > 1 else ""
-            raise UserError(f"{run_dir} finished with {k}={config_mod.get(before, k)}, but this call asks for "
-                            f"{k}={config_mod.get(now, k)}{more}; delete that folder to run the row again, "
-                            "pass another --out, or drop the override to keep the finished run")
+            raise UserError(f"{run_dir} finished with {k}={was}, but this call asks for {k}={asked}{more}; "
+                            "delete that folder to run the row again, pass another --out, or drop the "
+                            "override to keep the finished run")
 
 
 def _write(folder: Path, study: dict, name: str) -> None:

@@ -91,6 +91,16 @@ def with_absolute_paths(cfg: config_mod.Config) -> config_mod.Config:
     return config_mod.apply(copy.deepcopy(cfg), values)  # a copy: the caller's config (a study's row) stays as given
 
 
+def config_differences(before: config_mod.Config, now: config_mod.Config) -> dict[str, list]:
+    """{key: [value in a run's config.yaml (``before``), value asked now]} for the keys that differ, read as
+    training writes them: paths absolute (a run from before they were), and model.weights_sha256 only when
+    ``now`` names one (training fills it in from the file it loads)."""
+    before, now = with_absolute_paths(before), with_absolute_paths(now)
+    return {k: [config_mod.get(before, k), config_mod.get(now, k)] for k in config_mod.all_keys()
+            if config_mod.get(before, k) != config_mod.get(now, k)
+            and not (k == "model.weights_sha256" and not config_mod.get(now, k))}
+
+
 def resume_changes(cfg: config_mod.Config, run_dir: str | Path) -> dict[str, list]:
     """{key: [value in the run's config.yaml, value now]} for the keys ``cfg`` changes on resume. Once an
     epoch has finished, a key outside RESUMABLE_KEYS is refused: it could not take effect, and
@@ -98,9 +108,7 @@ def resume_changes(cfg: config_mod.Config, run_dir: str | Path) -> dict[str, lis
     run_dir = runs.check_run_dir(run_dir)
     if not (run_dir / "checkpoints" / "last_state.pt").is_file():
         return {}  # no finished epoch: the run starts over, every setting takes effect
-    before = with_absolute_paths(runs.load_config(run_dir))  # a run from before they were absolute
-    changed = {k: [config_mod.get(before, k), config_mod.get(cfg, k)] for k in config_mod.all_keys()
-               if config_mod.get(before, k) != config_mod.get(cfg, k)}
+    changed = config_differences(runs.load_config(run_dir), cfg)
     refused = [k for k in changed if k not in RESUMABLE_KEYS]
     if refused:
         what = ", ".join(f"{k}={changed[k][1]} (the run has {k}={changed[k][0]})" for k in refused)
