@@ -38,12 +38,15 @@ def clip_run(tiny_model_name, weights, synthbirds_root, tmp_path_factory):
     return out, metrics
 
 
-def test_fine_tuning_moves_well_above_the_zero_shot_head_it_starts_from(clip_run):
+def test_fine_tuning_moves_well_above_the_zero_shot_head_it_starts_from(clip_run, weights):
+    from fgvc.models.weights import sha256_file
+
     out, metrics = clip_run
     assert metrics["task"] == "clip_finetune" and metrics["epochs_run"] == 8
     assert metrics["test_acc"] >= metrics["zeroshot_test_acc"] + 0.25, metrics["wise_ft"]
     assert metrics["test_acc"] >= 3 / 8, metrics  # chance is 1/8
     assert metrics["protocol"]["pretrained"]["source"] == "open_clip"
+    assert metrics["pretrained"]["sha256"] == sha256_file(weights)  # the weights file given as the tag, hashed
     # the loop's contract: history, best checkpoint, resumable state, curves
     assert (out / "history.csv").read_text().count("\n") == 9
     assert (out / "checkpoints" / "best.safetensors").is_file() and (out / "checkpoints" / "last_state.pt").is_file()

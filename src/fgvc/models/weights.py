@@ -182,7 +182,10 @@ def pretraining_source(cfg) -> dict:
             from fgvc.clip.classifier import open_clip_name
             from fgvc.clip.models import cached_weights
 
-            found = cached_weights(open_clip_name(m.name), cfg.clip.pretrained, cfg.clip.cache_dir or None)
+            tag = cfg.clip.pretrained
+            local = Path(tag).expanduser() if tag else None  # a weights file given as the tag
+            found = local if local is not None and local.is_file() else \
+                cached_weights(open_clip_name(m.name), tag, cfg.clip.cache_dir or None)
             source = {"source": "open_clip", "name": m.name, "pretrained": cfg.clip.pretrained}
         else:
             from fgvc.models.hub import cached_weights_file
