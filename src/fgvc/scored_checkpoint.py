@@ -58,15 +58,14 @@ def record(run_dir: Path, metrics: dict) -> dict:
 def stale_reason(evaluation: dict, eval_path: Path, run_dir: Path, current: dict) -> str | None:
     """Why an ``eval_<split>.json`` does not describe the run's current best checkpoint, or None when it does.
     ``current``: a dict per run, the current checkpoint's ``epoch`` when known; its sha256 is cached in it. An evaluation
-    written before fgvc recorded checkpoints counts as stale only when best.safetensors is newer than it."""
+    written before fgvc recorded checkpoints is taken as it is: file times cannot tell (a plain ``cp -r`` of a run
+    makes best.safetensors newer than every file beside it)."""
     path = Path(run_dir) / BEST
     if not path.is_file():
         return "the run has no checkpoints/best.safetensors any more"
     scored = evaluation.get("checkpoint")
     if not isinstance(scored, dict) or not scored.get("sha256"):
-        if path.stat().st_mtime_ns > Path(eval_path).stat().st_mtime_ns:
-            return "checkpoints/best.safetensors was rewritten after this evaluation"
-        return None
+        return None  # from before the record: shown, as fgvc always did
     if "sha256" not in current:
         current["sha256"] = sha256(path)
     if scored["sha256"] == current["sha256"]:
