@@ -12,7 +12,6 @@ and sha256 are recorded as the run's pretraining source.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import pickle
@@ -32,11 +31,10 @@ _HEAD_ALIASES = {"fc.1": ("fc",), "heads.1": ("heads.head",)}
 
 
 def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """Hex SHA-256 of a file's bytes (fgvc.scored_checkpoint.sha256, which eval uses without torch)."""
+    from fgvc.scored_checkpoint import sha256
+
+    return sha256(Path(path))
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
