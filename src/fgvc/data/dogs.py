@@ -26,7 +26,7 @@ from fgvc.data.base import (
     check_split,
     detect_layout,
     readable_name,
-    stratified_split,
+    split_dataset,
 )
 from fgvc.errors import UserError
 
@@ -195,17 +195,9 @@ def load(root, split: str, transform=None, *, val_fraction: float = 0.1, seed: i
     """Split 'train' (official train minus val), 'val' (``val_fraction`` of each class of official
     train, seeded) or 'test' (official test) of the Stanford-Dogs-layout dataset under ``root``."""
     check_split(split)
-    if not 0 <= val_fraction < 1:
-        raise UserError(f"val_fraction={val_fraction} is out of range; use a value in [0, 1)")
     train, test, names, base = read_all(Path(root))
-    keep, val = stratified_split(train, val_fraction, seed)
-    samples = {"train": keep, "val": val, "test": test}[split]
-    missing = [s.path for s in samples if not s.path.is_file()]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise UserError(f"image {missing[0]} listed in the lists/*.mat files does not exist{more}; "
-                        f"the dataset is incomplete: extract images.tar again or {HOW_TO_GET}")
-    return FineGrainedDataset(samples, names, transform, name="dogs", split=split, root=base)
+    return split_dataset(train, test, names, base, split, transform, val_fraction=val_fraction, seed=seed,
+                         name="dogs", how_to_get=f"extract images.tar again or {HOW_TO_GET}")
 
 
 __all__ = ["load", "read_all", "read_box", "read_boxes", "read_list", "readable_name"]
