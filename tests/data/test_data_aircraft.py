@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from benchmark_layouts import AIRCRAFT, write_aircraft
-from test_data_download import Server, _tar
+from test_data_download import _tar
 
 from fgvc.cli import main
 from fgvc.data import aircraft, build_dataset, download, info
@@ -136,14 +136,6 @@ def test_missing_files_and_wrong_roots_say_what_to_do(air_copy, cub_root, tmp_pa
 def test_without_images_box_there_are_no_boxes(air_copy):
     (air_copy["data"] / "images_box.txt").unlink()
     assert not aircraft.load(air_copy["root"], "test").has_boxes
-
-
-@pytest.fixture
-def server():
-    s = Server()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
 
 
 def test_prepare_downloads_and_extracts_without_a_known_md5(server, air, tmp_path):

@@ -61,14 +61,6 @@ class Server:
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
 
-@pytest.fixture
-def server():
-    s = Server()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
-
-
 def _tar(entries: dict[str, Path | bytes], mode: str = "w:gz", extra=()) -> bytes:
     """An archive of {name in archive: folder/file on disk or bytes}; ``extra`` = raw TarInfo members."""
     buf = io.BytesIO()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from benchmark_layouts import write_flowers
 from scipy.io import savemat
-from test_data_download import Server, _md5, _tar
+from test_data_download import _md5, _tar
 
 from fgvc.cli import main
 from fgvc.data import build_dataset, download, flowers, info
@@ -82,14 +82,6 @@ def test_missing_image_and_wrong_roots(flo, flo_copy, cub_root, tmp_path):
     (tmp_path / "e").mkdir()
     with pytest.raises(UserError, match=r"holds no imagelabels\.mat.*robots\.ox\.ac\.uk"):
         flowers.load(tmp_path / "e", "train")
-
-
-@pytest.fixture
-def server():
-    s = Server()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
 
 
 def test_prepare_downloads_the_archive_and_both_mat_files(server, flo, tmp_path):
