@@ -19,9 +19,24 @@ def generated_root(tiny_synthbirds_root, tmp_path):
     for i, name in enumerate(names):
         folder = root / "train" / name
         folder.mkdir(parents=True)
-        for k in range(5):
-            Image.new("RGB", (32, 32), (60 * i, 255 - 60 * i, 40 * k)).save(folder / f"g{k}.png")
+        for k in range(PER_CLASS):
+            Image.new("RGB", (32, 32), (60 * i, 255 - 60 * i, 12 * k)).save(folder / f"g{k}.png")
     return root
+
+
+PER_CLASS = 20  # more generated images than real ones: a ratio of 1.0 and of 0.5 take different counts
+
+
+def test_generated_ratio_sets_how_many_generated_images_train(tiny_synthbirds_root, generated_root, tmp_path):
+    cfg = config.load(None, ["model.name=test_resnet", "data.image_size=32", "train.epochs=1", "data.num_workers=0",
+                             "data.name=synthbirds", f"data.root={tiny_synthbirds_root}", f"out={tmp_path}",
+                             "data.train_source=real+generated", f"data.generated_root={generated_root}",
+                             "data.generated_ratio=0.5"])
+    real = len(build_dataset("synthbirds", tiny_synthbirds_root, "train", None, cfg.data.val_fraction,
+                             cfg.train.seed))
+    assert 4 * PER_CLASS > real  # ratio 1.0 would take `real` generated images, 0.5 half as many
+    metrics = json.loads((train(cfg, progress=False) / "metrics.json").read_text())
+    assert metrics["train_images"] == real + round(0.5 * real)
 
 
 def test_sources_give_real_real_plus_generated_and_generated_only(tiny_synthbirds_root, generated_root):
@@ -30,7 +45,7 @@ def test_sources_give_real_real_plus_generated_and_generated_only(tiny_synthbird
     mixed = mix_generated(real, generated_root, "real+generated", ratio=0.5)
     assert len(mixed) == len(real) + round(0.5 * len(real))
     only = mix_generated(real, generated_root, "generated")
-    assert len(only) == 5 * len(real.class_names)
+    assert len(only) == PER_CLASS * len(real.class_names)
     # labels follow the class folder names
     for sample in only.samples:
         assert sample.path.parent.name == real.class_names[sample.label]
@@ -48,7 +63,7 @@ def test_training_on_generated_only_tests_on_the_real_split(tiny_synthbirds_root
                              "data.name=synthbirds", f"data.root={tiny_synthbirds_root}", f"out={tmp_path}",
                              "data.train_source=generated", f"data.generated_root={generated_root}"])
     metrics = json.loads((train(cfg, progress=False) / "metrics.json").read_text())
-    assert metrics["train_images"] == 20
+    assert metrics["train_images"] == PER_CLASS * len(build_dataset("synthbirds", tiny_synthbirds_root, "train").class_names)
     real_test = build_dataset("synthbirds", tiny_synthbirds_root, "test")
     assert metrics["test_images"] == len(real_test)
 

@@ -8,15 +8,12 @@ was fed), so it fails when its setting stops reaching the loop.
 from __future__ import annotations
 
 import csv
-import json
 
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from fgvc import config, runs
-from fgvc.data import build_dataset
 from fgvc.train import loop, train
 
 FAST = ["model.name=test_resnet", "data.image_size=16", "data.num_workers=0", "data.name=synthbirds",
@@ -115,28 +112,7 @@ def test_a_frozen_backbone_keeps_its_batchnorm_statistics(tiny_synthbirds_root, 
     assert not torch.equal(saved["net.fc.weight"], built["net.fc.weight"])
 
 
-# --- 5. data.generated_ratio reaches the train split ---
-
-@pytest.fixture()
-def generated_root(tiny_synthbirds_root, tmp_path):
-    names = build_dataset("synthbirds", tiny_synthbirds_root, "train").class_names
-    root = tmp_path / "generated"
-    for i, name in enumerate(names):
-        folder = root / "train" / name
-        folder.mkdir(parents=True)
-        for k in range(20):
-            Image.new("RGB", (32, 32), (60 * i, 255 - 60 * i, 10 * k)).save(folder / f"g{k}.png")
-    return root
-
-
-def test_generated_ratio_sets_how_many_generated_images_train(tiny_synthbirds_root, generated_root, tmp_path):
-    cfg = _cfg(tiny_synthbirds_root, tmp_path, "train.epochs=1", "data.train_source=real+generated",
-               f"data.generated_root={generated_root}", "data.generated_ratio=0.5")
-    real = len(build_dataset("synthbirds", tiny_synthbirds_root, "train", None, cfg.data.val_fraction,
-                             cfg.train.seed))
-    assert 80 > real  # 80 generated images: ratio 1.0 would take `real` of them, 0.5 half as many
-    metrics = json.loads((train(cfg, progress=False) / "metrics.json").read_text())
-    assert metrics["train_images"] == real + round(0.5 * real)
+# --- 5. data.generated_ratio: tests/train/test_generated_mix.py ---
 
 
 # --- 12. each epoch draws its own random stream ---
