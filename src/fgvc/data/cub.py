@@ -18,6 +18,7 @@ from fgvc.data.base import (
     Sample,
     check_classes_have_images,
     check_split,
+    check_val_fraction,
     detect_layout,
     stratified_split,
 )
@@ -184,8 +185,7 @@ def load(root, split: str, transform=None, *, val_fraction: float = 0.1, seed: i
     """Split 'train' (official train minus val), 'val' (``val_fraction`` of each class of official
     train, seeded) or 'test' (official test) of the CUB-layout dataset under ``root``."""
     check_split(split)
-    if not 0 <= val_fraction < 1:
-        raise UserError(f"val_fraction={val_fraction} is out of range; use a value in [0, 1)")
+    check_val_fraction(val_fraction)
     train, test, names, base = read_all(Path(root))
     keep, val = stratified_split(train, val_fraction, seed)
     samples = {"train": keep, "val": val, "test": test}[split]

@@ -21,6 +21,7 @@ from fgvc.data.base import (
     Sample,
     check_classes_have_images,
     check_split,
+    check_val_fraction,
     detect_layout,
     stratified_split,
 )
@@ -111,8 +112,7 @@ def _check_root(root: Path) -> None:
 def load(root, split: str, transform=None, *, val_fraction: float = 0.1, seed: int = 0) -> FineGrainedDataset:
     """Split 'train', 'val' or 'test' of an image-folder tree under ``root``; boxes are None."""
     check_split(split)
-    if not 0 <= val_fraction < 1:
-        raise UserError(f"val_fraction={val_fraction} is out of range; use a value in [0, 1)")
+    check_val_fraction(val_fraction)
     root = Path(root).expanduser()
     _check_root(root)
     dirs = {s: class_dirs(root / s) for s in ("train", "val", "test") if (root / s).is_dir()}
