@@ -28,7 +28,7 @@ def __getattr__(name):
     if name in _SUBPACKAGES:
         return importlib.import_module(f"fgvc.{name}")
     if name == "load":
-        from fgvc.runs import load
+        from fgvc.api import load
 
         return load
     raise AttributeError(f"module 'fgvc' has no attribute {name!r}")

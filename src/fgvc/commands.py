@@ -88,6 +88,7 @@ def _load_train_config(config: str | None, overrides: list[str]):
 
 def cmd_train(args) -> int:
     from fgvc import runs
+    from fgvc.clip.finetune import after_training
     from fgvc.train import is_main_process, metrics_table, train
 
     if args.keys:
@@ -107,11 +108,12 @@ def cmd_train(args) -> int:
             raise UserError(f"--resume continues with the run's own config.yaml; pass only key=value overrides, "
                             f"not {config}")
         cfg = config_mod.load(runs.check_run_dir(args.resume) / "config.yaml", overrides)
-        run_dir = train(cfg, run_dir=args.resume, resume=True, progress=not args.quiet)
+        run_dir = train(cfg, run_dir=args.resume, resume=True, progress=not args.quiet,
+                        after=after_training(cfg, not args.quiet))
     else:
         config, overrides = _split_config_and_overrides(args.config, args.overrides)
         cfg = _load_train_config(config, overrides)
-        run_dir = train(cfg, progress=not args.quiet)
+        run_dir = train(cfg, progress=not args.quiet, after=after_training(cfg, not args.quiet))
     if not is_main_process():  # train.devices > 1: the first process reports
         return 0
     print(metrics_table(runs.read_metrics(run_dir)))
@@ -269,7 +271,8 @@ def cmd_gan(args) -> int:
 
 
 def cmd_clip(args) -> int:
-    from fgvc.clip import run_finetune, run_linear_probe
+    from fgvc.clip import run_linear_probe
+    from fgvc.clip.finetune import run_finetune
 
     out = args.out or f"runs/clip-{args.clip_command}-{args.data}-{args.model}-{args.pretrained}".replace(
         "/", "_").replace(":", "_")

@@ -67,7 +67,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | 32-true | bf16-mixed | 16-mixed
     devices: int = 1
     accelerator: str = "auto"  # auto | cpu | cuda
-    channels_last: str = "auto"  # auto | true | false: CNN weights channels-last (fgvc.train.devices.resolve_channels_last)
+    channels_last: str = "auto"  # auto | true | false: CNN weights channels-last (fgvc.devices.resolve_channels_last)
     compile: bool = False  # torch.compile the model (first steps slower while it compiles)
     loggers: str = ""  # experiment logs under <run>/logs/: csv,tensorboard,mlflow,wandb (fgvc.train.loggers); "" none
 

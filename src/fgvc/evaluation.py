@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from fgvc import calibration, runs
+from fgvc import api, calibration, runs
 from fgvc.errors import UserError
 
 
@@ -23,7 +23,7 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
     """Evaluate ``run_dir`` on ``split`` as training scored it (same pipeline, batches and precision) and
     return the result written to ``eval_<split>.json``; accuracies are fractions in [0, 1].
 
-    ``device``: auto | cpu | cuda[:N] (``fgvc.train.devices.resolve_device``). ``precision``: ``run`` (the
+    ``device``: auto | cpu | cuda[:N] (``fgvc.devices.resolve_device``). ``precision``: ``run`` (the
     precision the run trained in, from its metrics.json) or 32-true | bf16-mixed | 16-mixed; mixed precision
     runs only where the device supports it natively, else 32-true (``analysis_precision``). The precision
     used is recorded as ``precision`` (and in ``protocol``).
@@ -44,7 +44,7 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
     from fgvc.metrics import class_report, confusion_matrix, plot_confusion
     from fgvc.protocol import eval_crop
 
-    run = runs.Run(run_dir)
+    run = api.Run(run_dir)
     run_dir, name = run.dir, run.dir.resolve().name
     metrics = _read_metrics(run)  # everything eval reads is read before any scoring
     if tta is not None:
@@ -102,7 +102,7 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
     return result
 
 
-def _read_metrics(run: runs.Run) -> dict:
+def _read_metrics(run: api.Run) -> dict:
     """metrics.json ({} while the run has not finished); a damaged one is a UserError that says how to
     rebuild it, raised before anything is scored."""
     path = run.dir / "metrics.json"
@@ -120,7 +120,7 @@ def _read_metrics(run: runs.Run) -> dict:
     raise UserError(f"{path} is damaged (not a JSON object of training results); {fix}")
 
 
-def _load_best(run: runs.Run, metrics: dict, device: str, precision: str, progress: bool):
+def _load_best(run: api.Run, metrics: dict, device: str, precision: str, progress: bool):
     """(``checkpoint`` record, Scorer) of the run's best checkpoint: the record describes the very file the
     Scorer loaded (a run still training may replace best.safetensors meanwhile: then both are read again)."""
     from fgvc import scored_checkpoint
@@ -138,7 +138,7 @@ def _load_best(run: runs.Run, metrics: dict, device: str, precision: str, progre
     raise UserError(f"{path} kept changing while it was read (is the run training?); evaluate it again")
 
 
-def _say_unfinished(run: runs.Run, checkpoint: dict) -> None:
+def _say_unfinished(run: api.Run, checkpoint: dict) -> None:
     """An unfinished run is scored, with a plain line on stderr saying which checkpoint."""
     epochs = run.config.train.epochs
     which = f"epoch {checkpoint['epoch']} of {epochs}" if checkpoint["epoch"] else f"an unknown epoch of {epochs}"
@@ -151,9 +151,9 @@ class Scorer:
     """Scores datasets with a run's best checkpoint as training did: the run's batch size, and Fabric
     with the analysis precision (mixed precision also casts the inputs, not only the forward)."""
 
-    def __init__(self, run: runs.Run, device: str, precision: str, progress: bool):
+    def __init__(self, run: api.Run, device: str, precision: str, progress: bool):
         from fgvc.data import resolve_num_workers
-        from fgvc.train.devices import analysis_precision, quiet_fabric, resolve_device
+        from fgvc.devices import analysis_precision, quiet_fabric, resolve_device
 
         device = resolve_device(device)
         self.precision = analysis_precision(precision, device, run.dir)
@@ -173,7 +173,7 @@ class Scorer:
                         progress=self.progress, desc=desc, predictions=True, logits=True)
 
 
-def _unknown_set(run: runs.Run, unknown: str | Path, split: str = "test"):
+def _unknown_set(run: api.Run, unknown: str | Path, split: str = "test"):
     """Images of classes the model never saw: a folder, or ``heldout`` (the classes data.classes left out,
     from the same ``split`` as the known images)."""
     from fgvc.data.base import FineGrainedDataset
@@ -185,7 +185,7 @@ def _unknown_set(run: runs.Run, unknown: str | Path, split: str = "test"):
                               split="unknown", root=Path(unknown))
 
 
-def _tta_result(run: runs.Run, scorer: Scorer, split: str, tta: str, main: dict, protocol: dict) -> dict:
+def _tta_result(run: api.Run, scorer: Scorer, split: str, tta: str, main: dict, protocol: dict) -> dict:
     """Test-time augmentation accuracy beside (never instead of) the plain one."""
     from fgvc.tta import TTA_MODES, TTAModel, tta_transform
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fgvc import runs
+from fgvc import api
 from fgvc.data.transforms import eval_preprocessing
 from fgvc.errors import UserError
 
@@ -100,7 +100,7 @@ def export_model(run_dir: str | Path, fmt: str | None = None, out: str | Path | 
         raise UserError(f"--tolerance must be a positive number, got {tolerance}")
     if fmt == "onnx":
         _require_onnx()
-    source = runs.Run(run_dir)
+    source = api.Run(run_dir)
     run_dir, cfg, class_names, size = source.dir, source.config, source.class_names, source.image_size
     out = _resolve_out(run_dir, fmt, out)
     # contiguous weights: an exported graph is a file for other runtimes, not for training's kernels

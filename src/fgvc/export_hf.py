@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fgvc import runs
+from fgvc import api
 from fgvc.data.transforms import eval_preprocessing, resize_side
 from fgvc.errors import UserError
 from fgvc.models.factory import is_clip
@@ -134,7 +134,7 @@ def export_hf(run_dir: str | Path, out: str | Path | None = None, tolerance: flo
 
     if not tolerance > 0:
         raise UserError(f"--tolerance must be a positive number, got {tolerance}")
-    run = runs.Run(run_dir)
+    run = api.Run(run_dir)
     run_dir = run.dir
     out = Path(out).expanduser() if out is not None else run_dir / "export" / "hf"
     if out.exists() and not out.is_dir():

@@ -126,7 +126,8 @@ def row_kind(spec: dict) -> str:
 
 
 def _clip_tasks() -> dict:
-    from fgvc.clip import run_finetune, run_linear_probe, run_zeroshot
+    from fgvc.clip import run_linear_probe, run_zeroshot
+    from fgvc.clip.finetune import run_finetune
 
     return {"zeroshot": run_zeroshot, "clip_probe": run_linear_probe, "clip_finetune": run_finetune}
 
@@ -194,6 +195,7 @@ def train_row(row: str, spec, cfg: config_mod.Config, run_dir: Path, progress: b
     """One row's run into ``run_dir`` (a training run resumes from its last committed epoch).
     The sequential study and every launcher's job (fgvc.experiments.launch.run_row) run rows here.
     With ``seeds`` (a seeded study) the run's metrics.json protocol records its seed and the study's seeds."""
+    from fgvc.clip.finetune import after_training
     from fgvc.train import train
 
     if row_kind(spec) == "probe":  # a linear probe on the frozen backbone of the row's config (fgvc.train.probe)
@@ -207,7 +209,7 @@ def train_row(row: str, spec, cfg: config_mod.Config, run_dir: Path, progress: b
         fn(out_dir=run_dir, progress=progress, **kwargs)
     else:
         resume = (run_dir / "checkpoints" / "last_state.pt").is_file()
-        train(cfg, run_dir=run_dir, resume=resume, progress=progress)
+        train(cfg, run_dir=run_dir, resume=resume, progress=progress, after=after_training(cfg, progress))
     if seeds:
         record_seed(run_dir, cfg.train.seed, seeds)
 

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save
 from torch.utils.data import DataLoader, Subset
 
-from fgvc import runs
+from fgvc import api, runs
 from fgvc.errors import UserError
 from fgvc.explain.cam import METHODS, check_cam, explain, supports_cam
 from fgvc.explain.localization import evaluate_localization, format_table
@@ -57,11 +57,11 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
     computed, logged and written to ``localization.json``. ``data_root`` overrides the
     run's ``data.root`` (a run moved to another machine). ``device``: auto | cpu | cuda[:N];
     ``precision``: ``run`` (the precision the run trained in, where the device supports it; see
-    ``fgvc.train.devices.analysis_precision``) or 32-true | bf16-mixed | 16-mixed: the forwards run under
+    ``fgvc.devices.analysis_precision``) or 32-true | bf16-mixed | 16-mixed: the forwards run under
     that autocast. Returns a summary dict (with the ``device`` and ``precision`` used).
     """
     from fgvc.data.base import readable_name
-    from fgvc.train.devices import analysis_precision, autocast, resolve_device
+    from fgvc.devices import analysis_precision, autocast, resolve_device
 
     say = log or (lambda _msg: None)
     run_dir = runs.check_run_dir(run_dir)
@@ -72,7 +72,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         raise UserError(f"--limit must be 1 or more, got {limit}")
     device = resolve_device(device)
     precision = analysis_precision(precision, device, run_dir)
-    run = runs.Run(run_dir)
+    run = api.Run(run_dir)
     model, class_names, cfg = run.model().to(device).eval(), run.class_names, run.config
     notes = []
     if "cam" in names and not supports_cam(model):
@@ -133,7 +133,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
     }
 
 
-def _inputs(run: runs.Run, images, split: str, limit: int, data_root):
+def _inputs(run: api.Run, images, split: str, limit: int, data_root):
     """(x (N, 3, S, S) in [0, 1], labels (None for files), stems, boxes, dataset or None): the image files
     decoded as predict and evaluation do, or ``limit`` images spread evenly over the run's ``split``."""
     from fgvc.data.transforms import load_eval_image
@@ -161,7 +161,7 @@ def _maps(model, x, names: list[str], explicit: bool, batch_size: int, device, p
           model_name: str):
     """({method: (N, H, W) maps of the predicted class}, predicted indices, their probabilities). CAM that
     fails its GAP + linear check on the real logits is dropped with a note unless asked for by name."""
-    from fgvc.train.devices import autocast
+    from fgvc.devices import autocast
 
     maps: dict[str, list[torch.Tensor]] = {m: [] for m in names}
     preds, probs = [], []

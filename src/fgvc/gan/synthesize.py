@@ -198,7 +198,7 @@ def sample_dataset(run_dir: str | Path, per_class: int, out_dir: str | Path, see
     meta = read_meta(run_dir)
     names = list(meta["class_names"])
     _check_class_names(names)
-    from fgvc.train.devices import resolve_device  # the one --device resolver
+    from fgvc.devices import resolve_device  # the one --device resolver
 
     generator = load_generator(run_dir, ema=ema, device=resolve_device(device))
     out_dir.parent.mkdir(parents=True, exist_ok=True)

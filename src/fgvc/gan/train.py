@@ -240,7 +240,7 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
         from fgvc.train.loggers import require_installed
 
         require_installed(config.loggers, key="loggers")
-    from fgvc.train.devices import resolve_device  # the one --device resolver
+    from fgvc.devices import resolve_device  # the one --device resolver
 
     device = resolve_device(config.device)
     if resume is None:  # out= a file: refused before any data is read

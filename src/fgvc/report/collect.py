@@ -8,13 +8,13 @@ are read, and a file that cannot be read is reported, never a reason to stop the
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import yaml
 
 from fgvc.protocol import differing_fields, flatten
+from fgvc.runs import read_history
 
 # metrics.json "task" -> report section; a classifier run writes "classifier" (runs from before it: no task)
 CLIP_TASKS = ("zeroshot", "clip_finetune", "clip_linear_probe", "label_match", "linear_probe")
@@ -39,22 +39,6 @@ def read_config(run_dir: Path) -> dict:
     except (yaml.YAMLError, UnicodeDecodeError, OSError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def read_history(run_dir: Path) -> list[dict]:
-    """history.csv rows with numbers as floats (epoch as int); [] when missing or unreadable."""
-    path = Path(run_dir) / "history.csv"
-    if not path.is_file():
-        return []
-    rows = []
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                rows.append({k: (int(float(v)) if k == "epoch" else float(v)) for k, v in row.items()
-                             if k and v not in (None, "")})
-    except (ValueError, OSError, UnicodeDecodeError):
-        return rows  # the epochs read before a damaged line
-    return [r for r in rows if "epoch" in r]
 
 
 def _kind(run_dir: Path, metrics: dict) -> str:

@@ -60,9 +60,9 @@ def attack_images(model, attack: str, settings: Mapping[float, Mapping], device=
     precision (eps 0: the clean images and their predictions)."""
     import torch
 
+    from fgvc.devices import autocast
     from fgvc.models.freeze import eval_with_grad
     from fgvc.robust.attacks import resolve_attack
-    from fgvc.train.devices import autocast
 
     def run(x: Tensor, y: Tensor, eps: float) -> tuple[Tensor, Tensor]:
         x, y = x.to(device), y.to(device)

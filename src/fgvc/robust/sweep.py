@@ -132,7 +132,7 @@ def evaluate_attack(model: nn.Module, loader: Iterable, attack: str = "fgsm",
     settings = {eps: spec.settings() for eps, spec in specs.items()}
     device = torch.device(device)
     model.to(device)
-    from fgvc.train.devices import autocast  # fgvc.train imports the loop: only when a sweep runs
+    from fgvc.devices import autocast  # fgvc.train imports the loop: only when a sweep runs
     generator = torch.Generator(device=device).manual_seed(seed) if specs[eps_values[0]].random_start else None
     correct = dict.fromkeys(eps_values, 0)
     gallery: dict[float, list[dict]] = {eps: [] for eps in eps_values}

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fgvc import runs
+from fgvc import api
 from fgvc.data.transforms import load_eval_image
 from fgvc.errors import ImageTooLarge, UnreadableImage, UserError
 from fgvc.predict import top_classes
@@ -104,7 +104,7 @@ class Predictor:
     and are thread-safe (one lock around the model: Grad-CAM's hooks live on it)."""
 
     def __init__(self, run_dir: str | Path, decode_slots: int = DECODE_SLOTS):
-        run = runs.Run(run_dir)
+        run = api.Run(run_dir)
         self.run_dir, self.config, self.class_names = run.dir, run.config, run.class_names
         self.model = run.model()
         self.image_size = run.image_size

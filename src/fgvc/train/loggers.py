@@ -175,13 +175,13 @@ def open_loggers(spec: str, run_dir: str | Path, *, start_step: int = 0, main: b
     ``start_step``: steps already logged by an earlier process of this run (0 for a new run); a
     resumed run keeps the logs up to it and continues after it (CSV rows past it are dropped,
     TensorBoard purges later events). ``main``: whether this is the first process (default:
-    ``fgvc.train.loop.is_main_process()``); the others get an ``ExperimentLog`` that does nothing.
+    ``fgvc.devices.is_main_process()``); the others get an ``ExperimentLog`` that does nothing.
     ``hparam_metrics``: the tags TensorBoard's HPARAMS tab shows beside the hyper-parameters.
     Raises UserError for an unknown name or a logger whose package is missing.
     """
     names = require_installed(spec, key)
     if main is None:
-        from fgvc.train.loop import is_main_process
+        from fgvc.devices import is_main_process
 
         main = is_main_process()
     if not names or not main:

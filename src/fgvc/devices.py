@@ -157,6 +157,12 @@ def autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
+def is_main_process() -> bool:
+    """False in the extra processes of a multi-device run, which should stay quiet."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def quiet_fabric(**kwargs):
     """``lightning_fabric.Fabric(**kwargs)`` without its "Using bfloat16 Automatic Mixed Precision"
     banner on stderr: it comes before fgvc has checked anything, and fgvc states the precision itself
