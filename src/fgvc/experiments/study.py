@@ -48,6 +48,7 @@ from fgvc import config as config_mod
 from fgvc import runs
 from fgvc.errors import UserError
 from fgvc.experiments.seeds import cell_dir, parse_seeds, record_seed, write_seed_table
+from fgvc.train.checks import check_names
 
 STUDY_DIR = Path(__file__).resolve().parent.parent / "configs" / "studies"
 
@@ -242,6 +243,7 @@ def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None =
             seed_override = {} if seed is None else {"train.seed": seed}
             configs[cell_dir(r, seed)] = row_config(study, r, {**extra, **seed_override})
     for cell, row in row_of.items():  # CLIP rows checked here too, before anything trains or is submitted
+        check_names(configs[cell])  # attack and logger names: the training preflight's, for every row
         if row_kind(study["rows"][row]) == "clip":
             clip_row(study["rows"][row], row, configs[cell])
     folder = Path(out).expanduser() / name

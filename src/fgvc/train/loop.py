@@ -35,6 +35,7 @@ from fgvc.devices import (
 from fgvc.errors import UnreadableImage, UserError, message
 from fgvc.models import count_parameters, train_mode
 from fgvc.models.batchnorm import prepare_batchnorm
+from fgvc.train.checks import check_training
 from fgvc.train.evaluate import evaluate
 from fgvc.train.loggers import ExperimentLog, open_loggers, optimizer_steps
 from fgvc.train.optim import build_optimizer, build_scheduler
@@ -80,7 +81,7 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
 
 def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progress: bool) -> Path:
     t_start = time.perf_counter()
-    config_mod.check_training(cfg)
+    check_training(cfg)
     cfg = with_absolute_paths(cfg)  # `fgvc eval RUN` from another folder still finds the data
     changes = resume_changes(cfg, run_dir) if resume else {}
     if run_dir is None:  # out= a file: refused before any data is read or model built
