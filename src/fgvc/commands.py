@@ -98,7 +98,7 @@ def cmd_train(args) -> int:
         # the defaults alone are a 100-epoch ResNet-50 run: never start that by accident
         raise UserError("fgvc train needs a recipe or key=value overrides, e.g. `fgvc train synthbirds_cpu "
                         "data.root=data/synthbirds`; shipped recipes: "
-                        + ", ".join(name for name, _ in _shipped_recipes())
+                        + ", ".join(name for name, _ in shipped_recipes())
                         + "; `fgvc train --help` explains them and `fgvc train --keys` lists every key")
     if args.resume:
         from fgvc import config as config_mod
@@ -224,7 +224,7 @@ def cmd_weights(args) -> int:
     if args.out:
         _check_out(args.out)
     if args.weights_command == "import":
-        from fgvc.models.tflite import import_tflite
+        from fgvc.pretrained import import_tflite
 
         if not str(args.file).endswith(".tflite"):
             raise UserError(f"fgvc weights import reads TensorFlow Lite files (.tflite), got {args.file}; "
@@ -232,7 +232,7 @@ def cmd_weights(args) -> int:
         path = import_tflite(args.file, args.out, model_name=args.model, labels=args.labels)
         print(f"wrote {path} and {path.with_suffix('.json')}; train with model.name={args.model} model.weights={path}")
         return 0
-    from fgvc.models.labelmatch import run_label_match
+    from fgvc.pretrained import run_label_match
 
     out = args.out or f"runs/labelmatch-{args.data}-{Path(args.file).stem}"
     m = run_label_match(args.file, args.labels, args.data, args.root, out, model_name=args.model, split=args.split,
@@ -364,7 +364,7 @@ HANDLERS = {
 }
 
 
-def _shipped_recipes() -> list[tuple[str, str]]:
+def shipped_recipes() -> list[tuple[str, str]]:
     """(name, first description line) of each shipped recipe in fgvc/configs."""
     base = Path(__file__).parent / "configs"
     recipes = []

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fgvc import api
+from fgvc import api, runs
 from fgvc.data.transforms import eval_preprocessing, resize_side
 from fgvc.errors import UserError
 from fgvc.models.factory import is_clip
@@ -49,7 +49,7 @@ _NOT_OURS = ("tag", "hf_hub_id", "hf_hub_filename", "url", "file", "source", "li
 
 def twin(model: nn.Module, image_size: int) -> tuple[str, dict, dict]:
     """``(timm architecture, model_args, state_dict with timm's keys)`` of an fgvc Classifier."""
-    from fgvc.models.factory import TF_PORTS, TORCHVISION_MODELS, _takes_img_size
+    from fgvc.models.factory import TF_PORTS, TORCHVISION_MODELS, takes_img_size
 
     name, num_classes = model.name, model.head.out_features
     state = {k: v.detach().clone().contiguous() for k, v in model.net.state_dict().items()}
@@ -66,7 +66,7 @@ def twin(model: nn.Module, image_size: int) -> tuple[str, dict, dict]:
         arch, extra = TF_PORTS[name]
         return arch, {"num_classes": num_classes, **extra}, state
     args = {"num_classes": num_classes}
-    if _takes_img_size(type(model.net)):  # as fgvc built it (fgvc.models.factory._timm_model)
+    if takes_img_size(type(model.net)):  # as fgvc built it (fgvc.models.factory._timm_model)
         args["img_size"] = image_size
     return name.split(".")[0], args, state
 
@@ -159,9 +159,7 @@ def export_hf(run_dir: str | Path, out: str | Path | None = None, tolerance: flo
         raise UserError(f"{cfg.model.name}'s weights do not fit timm's {arch} ({_one_line(e)}); "
                         f"export with --format pt2 or onnx instead; {unchanged}") from None
 
-    from fgvc.export import staging_dir
-
-    tmp = staging_dir(out)
+    tmp = runs.staging_dir(out)
     old = None
     try:
         try:

@@ -140,6 +140,16 @@ def load_weights(path: Path) -> dict:
         raise UserError(f"weights file {path} is not a valid safetensors file ({e})") from None
 
 
+def staging_dir(out: Path) -> Path:
+    """A new hidden folder beside ``out`` to write into before the rename that publishes it."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise UserError(f"cannot write into {out.parent} ({e.strerror or e.__class__.__name__}); "
+                        "fix the folder's permissions or pass another --out") from None
+
+
 def check_out_dir(path: str | Path, what: str) -> Path:
     """``path`` (expanded) when it can be an output folder: it is one, or nothing exists there yet.
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 
 from fgvc import api, runs
 from fgvc.errors import UserError
-from fgvc.explain.cam import METHODS, check_cam, explain, supports_cam
+from fgvc.explain.cam import METHODS, check_cam, explain, resolve_layer, supports_cam, to_grid
 from fgvc.explain.localization import evaluate_localization, format_table
 from fgvc.explain.overlay import save_grid, save_panel
 
@@ -201,10 +201,8 @@ USEFUL_SIDE = 7  # a last feature map of about 7x7 or more (ResNets at 224 px) g
 
 def feature_map_side(model, x: torch.Tensor) -> tuple[int, int] | None:
     """(h, w) of the last feature map (the layer CAM and Grad-CAM use) for input ``x``; None if unknown."""
-    from fgvc.explain.cam import _resolve_layer, _to_grid
-
     try:
-        module, name = _resolve_layer(model, None)
+        module, name = resolve_layer(model, None)
     except UserError:
         return None
     outputs = []
@@ -213,7 +211,7 @@ def feature_map_side(model, x: torch.Tensor) -> tuple[int, int] | None:
         with torch.no_grad():
             model(x)
         t = outputs[0][0] if isinstance(outputs[0], (tuple, list)) else outputs[0]
-        grid = _to_grid(model, t, x.shape[-2:], name, module)
+        grid = to_grid(model, t, x.shape[-2:], name, module)
     except (UserError, IndexError, RuntimeError, TypeError):
         return None
     finally:

@@ -167,7 +167,7 @@ def _timm_model(name, num_classes, pretrained, dropout, image_size, **overrides)
     arch = name.split(".")[0]
     kwargs = {"num_classes": num_classes, "drop_rate": dropout, **overrides}
     probe = _timm_probe(name, arch, kwargs)
-    if _takes_img_size(type(probe)):
+    if takes_img_size(type(probe)):
         # fixed-size families (ViT, DeiT, BEiT, EVA, swin, swinv2, MaxViT, CoaT, ...) size their
         # position tables and windows by it; timm resamples pretrained tables to it when loading
         kwargs["img_size"] = image_size
@@ -216,7 +216,7 @@ def _timm_probe(name, arch, kwargs):
         raise _size_error(name, kwargs.get("img_size"), e) from None
 
 
-def _takes_img_size(cls) -> bool:
+def takes_img_size(cls) -> bool:
     """Whether a timm model class's constructor (or a base class it passes **kwargs on to) takes img_size."""
     for c in cls.__mro__:
         if "__init__" not in vars(c):
