@@ -27,7 +27,7 @@ LAYERS = [
     ("api", ["fgvc.api"]),
     ("techniques", ["fgvc.train", "fgvc.robust", "fgvc.explain", "fgvc.gan"]),
     ("analyses", ["fgvc.evaluation", "fgvc.calibration", "fgvc.openset", "fgvc.tta", "fgvc.predict",
-                  "fgvc.export", "fgvc.export_hf", "fgvc.serve", "fgvc.audit", "fgvc.clip.finetune", "fgvc.pretrained"]),
+                  "fgvc.export", "fgvc.export_hf", "fgvc.model_card", "fgvc.serve", "fgvc.audit", "fgvc.clip.finetune", "fgvc.pretrained"]),
     ("studies", ["fgvc.experiments", "fgvc.report", "fgvc.demo"]),
     ("commands", ["fgvc.commands"]),
     ("cli", ["fgvc.cli", "fgvc.__main__", "fgvc"]),

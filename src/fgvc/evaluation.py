@@ -16,6 +16,10 @@ import torch
 
 from fgvc import api, calibration, runs
 from fgvc.errors import UserError
+from fgvc.metrics import class_report, confusion_matrix, plot_confusion
+from fgvc.openset import HELDOUT, openset_report, plot_coverage
+from fgvc.protocol import eval_crop
+from fgvc.tta import check_mode
 
 
 def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, unknown: str | Path | None = None,
@@ -41,15 +45,10 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
 
     Bad input (not a run directory, unknown TTA mode, a folder without images, a damaged metrics.json, no
     best checkpoint yet) raises UserError before anything is scored."""
-    from fgvc.metrics import class_report, confusion_matrix, plot_confusion
-    from fgvc.protocol import eval_crop
-
     run = api.Run(run_dir)
     run_dir, name = run.dir, run.dir.resolve().name
     metrics = _read_metrics(run)  # everything eval reads is read before any scoring
     if tta is not None:
-        from fgvc.tta import check_mode
-
         check_mode(tta)
     unknown_set = _unknown_set(run, unknown, split) if unknown is not None else None
     sets = {s: run.dataset(s) for s in dict.fromkeys((split, "val", "test"))}
@@ -82,15 +81,7 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
     if tta is not None:
         result["tta"] = _tta_result(run, scorer, split, tta, main, protocol)
     if unknown_set is not None:
-        from fgvc.openset import HELDOUT, openset_report, plot_coverage
-
-        ood = scorer(unknown_set, desc="unknown")
-        held = {"heldout_classes": unknown_set.class_names} if str(unknown) == HELDOUT else {}
-        result["openset"] = {"unknown_dir": str(unknown), "known_split": split, **held,
-                             **openset_report(main["logits"], main["labels"], ood["logits"])}
-        files["openset"] = plot_coverage(main["logits"], main["labels"], run_dir / f"openset_{split}.png",
-                                         {k: v["auroc"] for k, v in result["openset"]["scores"].items()},
-                                         title=f"{name}: {split} vs {Path(unknown).name}")
+        result["openset"], files["openset"] = _openset_result(scorer, unknown_set, unknown, main, split, run_dir)
 
     # figures first, the JSON last: its presence means the evaluation finished
     plot_confusion(conf, run.class_names, files["confusion"], title=f"{name}: {split} split")
@@ -100,6 +91,20 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
     runs.write_json_atomic(files["json"], result)
     result["files"] = {k: str(v) for k, v in files.items()}
     return result
+
+
+def _openset_result(scorer: Scorer, unknown_set, unknown: str | Path, main: dict, split: str,
+                    run_dir: Path) -> tuple[dict, Path]:
+    """(the ``openset`` block, its coverage plot): the unknown images scored against ``main``, the scores
+    of the known ``split``."""
+    ood = scorer(unknown_set, desc="unknown")
+    held = {"heldout_classes": unknown_set.class_names} if str(unknown) == HELDOUT else {}
+    block = {"unknown_dir": str(unknown), "known_split": split, **held,
+             **openset_report(main["logits"], main["labels"], ood["logits"])}
+    plot = plot_coverage(main["logits"], main["labels"], run_dir / f"openset_{split}.png",
+                         {k: v["auroc"] for k, v in block["scores"].items()},
+                         title=f"{run_dir.resolve().name}: {split} vs {Path(unknown).name}")
+    return block, plot
 
 
 def _read_metrics(run: api.Run) -> dict:

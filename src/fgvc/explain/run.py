@@ -18,6 +18,9 @@ from safetensors.torch import save
 from torch.utils.data import DataLoader, Subset
 
 from fgvc import api, runs
+from fgvc.data.base import readable_name
+from fgvc.data.transforms import load_eval_image
+from fgvc.devices import analysis_precision, autocast, resolve_device
 from fgvc.errors import UserError
 from fgvc.explain.cam import METHODS, check_cam, explain, resolve_layer, supports_cam, to_grid
 from fgvc.explain.localization import evaluate_localization, format_table
@@ -60,9 +63,6 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
     ``fgvc.devices.analysis_precision``) or 32-true | bf16-mixed | 16-mixed: the forwards run under
     that autocast. Returns a summary dict (with the ``device`` and ``precision`` used).
     """
-    from fgvc.data.base import readable_name
-    from fgvc.devices import analysis_precision, autocast, resolve_device
-
     say = log or (lambda _msg: None)
     run_dir = runs.check_run_dir(run_dir)
     if out_dir is not None:  # a file there: refused before the model loads
@@ -111,17 +111,8 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
 
     results, table = None, None
     if localization and dataset is not None and dataset.has_boxes:
-        dataset.return_boxes = True
-        subset = dataset if localization_limit is None else Subset(dataset, range(min(localization_limit, len(dataset))))
-        loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
-        with autocast(precision, device):
-            results = evaluate_localization(model, loader, names, device=device, progress=log is not None)
-        table = format_table(results)
-        runs.write_json_atomic(out / "localization.json", {
-            "split": split, "target": "label", "image_size": cfg.data.image_size, "precision": precision,
-            "methods": {m: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                        for m, r in results.items()},
-        })
+        results, table = _localization(model, dataset, names, split, out, cfg.data.image_size, localization_limit,
+                                       batch_size, device, precision, progress=log is not None)
         say(f"localisation on {split} ({results[names[0]]['n']} images, true class explained):")
         say(table)
     return {
@@ -133,11 +124,26 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
     }
 
 
+def _localization(model, dataset, names: list[str], split: str, out: Path, image_size: int, limit: int | None,
+                  batch_size: int, device, precision: str, progress: bool) -> tuple[dict, str]:
+    """(scores per method, their table) of the maps of the true class against the boxes of ``dataset``
+    (the first ``limit`` images, all with None), written to ``out/localization.json``."""
+    dataset.return_boxes = True
+    subset = dataset if limit is None else Subset(dataset, range(min(limit, len(dataset))))
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
+    with autocast(precision, device):
+        results = evaluate_localization(model, loader, names, device=device, progress=progress)
+    runs.write_json_atomic(out / "localization.json", {
+        "split": split, "target": "label", "image_size": image_size, "precision": precision,
+        "methods": {m: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                    for m, r in results.items()},
+    })
+    return results, format_table(results)
+
+
 def _inputs(run: api.Run, images, split: str, limit: int, data_root):
     """(x (N, 3, S, S) in [0, 1], labels (None for files), stems, boxes, dataset or None): the image files
     decoded as predict and evaluation do, or ``limit`` images spread evenly over the run's ``split``."""
-    from fgvc.data.transforms import load_eval_image
-
     cfg = run.config
     if images:
         paths = [Path(p).expanduser() for p in images]
@@ -161,8 +167,6 @@ def _maps(model, x, names: list[str], explicit: bool, batch_size: int, device, p
           model_name: str):
     """({method: (N, H, W) maps of the predicted class}, predicted indices, their probabilities). CAM that
     fails its GAP + linear check on the real logits is dropped with a note unless asked for by name."""
-    from fgvc.devices import autocast
-
     maps: dict[str, list[torch.Tensor]] = {m: [] for m in names}
     preds, probs = [], []
     for start in range(0, len(x), batch_size):

@@ -81,11 +81,7 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
 
 def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progress: bool) -> Path:
     t_start = time.perf_counter()
-    check_training(cfg)
-    cfg = with_absolute_paths(cfg)  # `fgvc eval RUN` from another folder still finds the data
-    changes = resume_changes(cfg, run_dir) if resume else {}
-    if run_dir is None:  # out= a file: refused before any data is read or model built
-        runs.check_out_dir(cfg.out, "out")
+    cfg, changes = preflight(cfg, run_dir, resume)
     fabric, precision = setup_fabric(cfg)
     seed_all(cfg.train.seed)
     quiet = not (progress and fabric.is_global_zero)
@@ -113,17 +109,9 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
               "batches": partial(all_or_none, fabric)}
 
     # --- run directory: fresh, or resumed from its last finished epoch ---
-    run_dir = open_run_dir(fabric, cfg, run_dir, resume, class_names)
+    run_dir, state, log = start_run(fabric, cfg, run_dir, resume, changes, class_names, raw_model, optimizer,
+                                    scheduler, precision)
     ckpt = run_dir / "checkpoints"
-    state = restore(run_dir, cfg, changes, raw_model, optimizer, scheduler) if resume else TrainState()
-    # config.yaml on resume: with its overrides, and a comment naming each change and its first epoch
-    first_process_writes(fabric, runs.write_text_atomic, run_dir / "config.yaml", config_text(cfg, state.resumes))
-    first_process_writes(fabric, runs.write_json_atomic, run_dir / "classes.json", class_names)
-    fabric.print(f"run directory: {run_dir}  ({precision} on {fabric.device}"
-                 + (f", {fabric.world_size} processes)" if fabric.world_size > 1 else ")"))
-    # train.loggers: process 0 writes <run>/logs/; a resumed run continues from its optimizer's step count
-    log = open_loggers(cfg.train.loggers, run_dir, start_step=optimizer_steps(optimizer), main=fabric.is_global_zero)
-    log.log_hparams(config_mod.to_dict(cfg))
 
     for epoch in range(state.epoch + 1, cfg.train.epochs):
         if state.stops_before(epoch, cfg.train):
@@ -170,6 +158,34 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     first_process_writes(fabric, runs.write_json_atomic, run_dir / "metrics.json", metrics)
     log.close()
     return run_dir  # metrics.json exists for every process by now
+
+
+def preflight(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool) -> tuple[config_mod.Config, dict]:
+    """(the config with absolute data paths, the keys a resume changes): every check of the config, the
+    output folder and a resumed run's changes, before any data is read or model built."""
+    check_training(cfg)
+    cfg = with_absolute_paths(cfg)  # `fgvc eval RUN` from another folder still finds the data
+    changes = resume_changes(cfg, run_dir) if resume else {}
+    if run_dir is None:  # out= a file: refused before any data is read or model built
+        runs.check_out_dir(cfg.out, "out")
+    return cfg, changes
+
+
+def start_run(fabric: Fabric, cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, changes: dict,
+              class_names: list[str], raw_model, optimizer, scheduler, precision: str) -> tuple[Path, TrainState, ExperimentLog]:
+    """(run directory, training state, experiment log) of a fresh run, or of a resumed one at its last
+    finished epoch, with config.yaml and classes.json written by the first process."""
+    run_dir = open_run_dir(fabric, cfg, run_dir, resume, class_names)
+    state = restore(run_dir, cfg, changes, raw_model, optimizer, scheduler) if resume else TrainState()
+    # config.yaml on resume: with its overrides, and a comment naming each change and its first epoch
+    first_process_writes(fabric, runs.write_text_atomic, run_dir / "config.yaml", config_text(cfg, state.resumes))
+    first_process_writes(fabric, runs.write_json_atomic, run_dir / "classes.json", class_names)
+    fabric.print(f"run directory: {run_dir}  ({precision} on {fabric.device}"
+                 + (f", {fabric.world_size} processes)" if fabric.world_size > 1 else ")"))
+    # train.loggers: process 0 writes <run>/logs/; a resumed run continues from its optimizer's step count
+    log = open_loggers(cfg.train.loggers, run_dir, start_step=optimizer_steps(optimizer), main=fabric.is_global_zero)
+    log.log_hparams(config_mod.to_dict(cfg))
+    return run_dir, state, log
 
 
 def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks: Tricks, epoch: int,
