@@ -18,12 +18,12 @@ from tqdm import tqdm
 
 from fgvc import config as config_mod
 from fgvc import runs
+from fgvc.api import build_model, pretraining_source
 from fgvc.data import build_dataset
 from fgvc.data.transforms import eval_transform
 from fgvc.devices import resolve_device
 from fgvc.errors import UserError
 from fgvc.models.linear_probe import fit_linear_probe, probe_accuracy
-from fgvc.models.weights import pretraining_source
 from fgvc.protocol import run_protocol, val_draw
 
 
@@ -69,7 +69,6 @@ def run_probe(cfg: config_mod.Config, out: str | Path, batch_size: int = 64, pro
     """Fit and score a linear probe on the frozen backbone ``cfg`` describes (model.name, model.weights
     or model.pretrained, data.*); writes ``out/metrics.json`` (task ``linear_probe``) and returns it.
     UserError before any work when ``out`` is a file or already holds a finished probe."""
-    from fgvc.api import build_model  # the same weights loading as training
 
     t0 = time.perf_counter()
     out = check_probe_out(out)
