@@ -78,7 +78,7 @@ def test_attack_and_explain_run_in_the_runs_precision_with_fp32_images(tiny_run,
         spies.append(spy_on_autocast(model))
         return model, names
 
-    monkeypatch.setattr(runs, "load", spied_load)
+    monkeypatch.setattr(api, "load", spied_load)
     result = attack_run(tiny_run, "pgd", [0.0, 0.03], split="val", limit=6, steps=2, progress=False)
     assert result["precision"] == "bf16-mixed" and spies[0] and all(spies[0])
     record = json.loads((tiny_run / "attack" / "pgd_val_n6.json").read_text())

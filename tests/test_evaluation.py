@@ -42,7 +42,7 @@ def _wrap_loaded_model(monkeypatch, wrapper):
         model, names = load(run_dir, checkpoint)
         return wrapper(model).eval(), names
 
-    monkeypatch.setattr(runs, "load", wrapped_load)
+    monkeypatch.setattr(api, "load", wrapped_load)
 
 
 def _eval(capsys, *argv):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from fgvc import runs
 from fgvc.errors import UserError
 
 
@@ -113,8 +114,6 @@ def supports_bf16(device: torch.device) -> bool:
 def run_precision(run_dir: str | Path) -> str:
     """The precision a run trained in: its metrics.json ``precision``, else its config's ``train.precision``
     resolved for the device it names (``train.accelerator``), else 32-true."""
-    from fgvc import runs
-
     try:
         recorded = runs.read_metrics(run_dir).get("precision")
     except (OSError, ValueError, AttributeError, UserError):

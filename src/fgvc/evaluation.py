@@ -14,12 +14,16 @@ from pathlib import Path
 
 import torch
 
-from fgvc import api, calibration, runs
+from fgvc import api, calibration, runs, scored_checkpoint
+from fgvc.data import resolve_num_workers
+from fgvc.data.base import FineGrainedDataset
+from fgvc.devices import analysis_precision, quiet_fabric, resolve_device
 from fgvc.errors import UserError
 from fgvc.metrics import class_report, confusion_matrix, plot_confusion
-from fgvc.openset import HELDOUT, openset_report, plot_coverage
+from fgvc.openset import HELDOUT, heldout_dataset, openset_report, plot_coverage, unknown_samples
 from fgvc.protocol import eval_crop
-from fgvc.tta import check_mode
+from fgvc.train import evaluate
+from fgvc.tta import TTA_MODES, TTAModel, check_mode, tta_transform
 
 
 def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, unknown: str | Path | None = None,
@@ -128,8 +132,6 @@ def _read_metrics(run: api.Run) -> dict:
 def _load_best(run: api.Run, metrics: dict, device: str, precision: str, progress: bool):
     """(``checkpoint`` record, Scorer) of the run's best checkpoint: the record describes the very file the
     Scorer loaded (a run still training may replace best.safetensors meanwhile: then both are read again)."""
-    from fgvc import scored_checkpoint
-
     path = run.dir / scored_checkpoint.BEST
     if not path.is_file():
         raise UserError(f"{run.dir} has no {scored_checkpoint.BEST} yet (no epoch has finished); evaluate it "
@@ -157,9 +159,6 @@ class Scorer:
     with the analysis precision (mixed precision also casts the inputs, not only the forward)."""
 
     def __init__(self, run: api.Run, device: str, precision: str, progress: bool):
-        from fgvc.data import resolve_num_workers
-        from fgvc.devices import analysis_precision, quiet_fabric, resolve_device
-
         device = resolve_device(device)
         self.precision = analysis_precision(precision, device, run.dir)
         self.model = run.model()
@@ -171,8 +170,6 @@ class Scorer:
 
     def __call__(self, dataset, net=None, desc: str = "eval") -> dict:
         """``fgvc.train.evaluate`` over ``dataset`` with predictions and logits (``net``: another wrapper)."""
-        from fgvc.train import evaluate
-
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, num_workers=self.workers)
         return evaluate(net or self.net, loader, autocast=self.fabric.autocast, device=self.fabric.device,
                         progress=self.progress, desc=desc, predictions=True, logits=True)
@@ -181,9 +178,6 @@ class Scorer:
 def _unknown_set(run: api.Run, unknown: str | Path, split: str = "test"):
     """Images of classes the model never saw: a folder, or ``heldout`` (the classes data.classes left out,
     from the same ``split`` as the known images)."""
-    from fgvc.data.base import FineGrainedDataset
-    from fgvc.openset import HELDOUT, heldout_dataset, unknown_samples
-
     if str(unknown) == HELDOUT:  # a run on every class has none held out: one sentence
         return heldout_dataset(run.config, run.eval_transform, split)
     return FineGrainedDataset(unknown_samples(unknown), ["unknown"], run.eval_transform, name="unknown",
@@ -192,8 +186,6 @@ def _unknown_set(run: api.Run, unknown: str | Path, split: str = "test"):
 
 def _tta_result(run: api.Run, scorer: Scorer, split: str, tta: str, main: dict, protocol: dict) -> dict:
     """Test-time augmentation accuracy beside (never instead of) the plain one."""
-    from fgvc.tta import TTA_MODES, TTAModel, tta_transform
-
     views = scorer(run.dataset(split, tta_transform(run.image_size, tta)),
                    scorer.fabric.setup_module(TTAModel(scorer.model, tta)), desc=f"{split} {tta}")
     return {"mode": tta, "views": TTA_MODES[tta], "aggregation": "mean of softmax probabilities",

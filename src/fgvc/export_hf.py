@@ -32,7 +32,7 @@ from fgvc import api, runs
 from fgvc.data.transforms import eval_preprocessing, resize_side
 from fgvc.errors import UserError
 from fgvc.model_card import model_card
-from fgvc.models.factory import is_clip
+from fgvc.models.factory import TF_PORTS, TORCHVISION_MODELS, is_clip, takes_img_size
 
 FILES = ("config.json", "model.safetensors", "README.md")
 CHECK_BATCHES = (1, 3)
@@ -50,8 +50,6 @@ _NOT_OURS = ("tag", "hf_hub_id", "hf_hub_filename", "url", "file", "source", "li
 
 def twin(model: nn.Module, image_size: int) -> tuple[str, dict, dict]:
     """``(timm architecture, model_args, state_dict with timm's keys)`` of an fgvc Classifier."""
-    from fgvc.models.factory import TF_PORTS, TORCHVISION_MODELS, takes_img_size
-
     name, num_classes = model.name, model.head.out_features
     state = {k: v.detach().clone().contiguous() for k, v in model.net.state_dict().items()}
     if name in TORCHVISION_MODELS:

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fgvc import config as config_mod
-from fgvc.clip.models import check_model_name, load_clip, preprocess_cfg
+from fgvc.clip import models as clip_models
+from fgvc.clip.models import check_model_name, preprocess_cfg
 from fgvc.clip.models import image_size as tower_size
 from fgvc.clip.prompts import load_descriptions, match_descriptions, prompt_names, resolve_templates
 from fgvc.clip.zeroshot import zeroshot_weights
@@ -107,7 +108,7 @@ def zeroshot_classifier(cfg: config_mod.Config, class_names: list[str]) -> Class
     descriptions = None
     if c.descriptions:
         descriptions = match_descriptions(load_descriptions(c.descriptions), class_names, cfg.data.name)
-    clip_model, _, tokenizer = load_clip(open_clip_name(cfg.model.name), c.pretrained or None,
+    clip_model, _, tokenizer = clip_models.load_clip(open_clip_name(cfg.model.name), c.pretrained or None,
                                          cache_dir=c.cache_dir or None, download=not c.offline)
     with torch.no_grad():
         head = zeroshot_weights(clip_model, tokenizer, prompt_names(class_names, cfg.data.name), templates,

@@ -59,6 +59,7 @@ from fgvc.experiments.rows import (
 from fgvc.experiments.seeds import cell_dir, parse_seeds
 from fgvc.experiments.tables import ran_title, write_table, write_tables
 from fgvc.train.checks import check_names
+from fgvc.train.state import config_differences
 
 
 def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None = None,
@@ -126,8 +127,6 @@ def check_finished_cells(folder: Path, row_of: dict[str, str], study: dict,
             continue
         if not (run_dir / "config.yaml").is_file():
             continue  # an old or foreign folder: the table reads its metrics as before
-        from fgvc.train.state import config_differences
-
         differ = config_differences(runs.load_config(run_dir), configs[cell])
         # settings the user changed with `fgvc train --resume RUN key=value` (say a smaller batch after
         # running out of GPU memory) are the run's own: kept, and said

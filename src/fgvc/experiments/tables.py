@@ -10,6 +10,7 @@ from fgvc import runs
 from fgvc.errors import UserError
 from fgvc.experiments.rows import row_config, row_kind
 from fgvc.experiments.seeds import cell_dir, write_seed_table
+from fgvc.protocol import differing_fields, flatten
 
 
 def write_tables(folder: Path, study: dict, name: str) -> None:
@@ -81,8 +82,6 @@ def ran_title(title: str, configs: list[dict], defined: list[dict] = ()) -> str:
 def write_table(folder: Path, rows: list[str], columns: list[str], title: str) -> str:
     """Markdown + CSV of the finished rows' metrics, read from their run directories only. Protocol fields
     (metrics.json ``protocol``, see fgvc.protocol) that differ between the rows get a ``protocol.*`` column."""
-    from fgvc.protocol import differing_fields, flatten
-
     finished = {row: m for row in rows if (m := runs.read_metrics(folder / row))}
     differ = differing_fields([m.get("protocol") for m in finished.values()])
     header = ["row", *columns, "epochs_run", "seconds", "device", *(f"protocol.{k}" for k in differ)]

@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from fgvc.data import build_dataset
+from fgvc.data.transforms import eval_transform
 from fgvc.devices import resolve_device
 from fgvc.errors import UserError
 from fgvc.gan.batches import RealBatches, load_into_memory
@@ -106,9 +108,6 @@ def train_iteration(G: Generator, D: Discriminator, opt_g: torch.optim.Optimizer
 
 def _build_dataset(config: GanConfig) -> Dataset:
     # imported here so the GAN package loads even where the data package is not importable
-    from fgvc.data import build_dataset
-    from fgvc.data.transforms import eval_transform
-
     d = config.data
     return build_dataset(d.name, d.root, d.split, eval_transform(d.image_size), d.val_fraction, config.seed)
 

@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fgvc.errors import UserError
+from fgvc.models.factory import TF_PORTS
 
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "AVERAGE_POOL_2D", "RESHAPE",
                  "SOFTMAX", "QUANTIZE", "DEQUANTIZE")
@@ -178,8 +179,6 @@ def state_dict_for(model, path: str | Path) -> dict[str, torch.Tensor]:
     Errors (UserError): the model is not built with 'SAME' padding for this file, or its
     convolutions do not match the file's in number, shape or stride.
     """
-    from fgvc.models.factory import TF_PORTS
-
     path = Path(path).expanduser()
     if model.name not in TF_PORTS:
         raise UserError(f"TensorFlow Lite weights need TensorFlow's 'SAME' padding: use model.name="

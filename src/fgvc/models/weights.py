@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from fgvc.errors import UserError
+from fgvc.models import tflite
+from fgvc.scored_checkpoint import sha256
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SUFFIXES = (".safetensors", *PICKLE_SUFFIXES, ".tflite")
@@ -32,8 +34,6 @@ _HEAD_ALIASES = {"fc.1": ("fc",), "heads.1": ("heads.head",)}
 
 def sha256_file(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes (fgvc.scored_checkpoint.sha256, which eval uses without torch)."""
-    from fgvc.scored_checkpoint import sha256
-
     return sha256(Path(path))
 
 
@@ -108,8 +108,6 @@ def load_weights_file(model, path: str | Path, expected_sha256: str = "") -> dic
                         "model.weights_sha256 asks for; the file changed: use the original file or clear "
                         "model.weights_sha256")
     if path.suffix.lower() == ".tflite":
-        from fgvc.models import tflite
-
         state, meta = tflite.state_dict_for(model, path), tflite.input_normalization(path)
         meta = {"mean": json.dumps(meta[0]), "std": json.dumps(meta[1]), "fgvc.batchnorm": "folded"}
         fmt = "tflite"

@@ -19,16 +19,16 @@ import torch
 
 from fgvc import api, runs
 from fgvc.data import resolve_num_workers
+from fgvc.devices import analysis_precision, resolve_device
 from fgvc.errors import UserError
+from fgvc.robust.attacks import ATTACKS, resolve_attack
 from fgvc.robust.plots import attack_images, plot_accuracy_vs_eps, save_gallery
-from fgvc.robust.sweep import evaluate_attack, format_eps, markdown_table
+from fgvc.robust.sweep import SEED_EPS, evaluate_attack, format_eps, markdown_table
 
 
 def _prepare(run_dir: Path, split: str, limit: int | None, device: torch.device, precision: str):
     """(run, dataset, precision) of a run to attack, every file it needs checked and no model loaded yet, so
     that a bad run directory (``--compare`` too) is one sentence before any sweep."""
-    from fgvc.devices import analysis_precision
-
     run = api.Run(run_dir)
     if not (run.dir / "checkpoints" / "best.safetensors").is_file():
         raise UserError(f"{run.dir} has no checkpoints/best.safetensors (no epoch finished); attack a run that "
@@ -60,10 +60,6 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
     ``device``: auto | cpu | cuda[:N]; ``precision``: ``run`` (each run's own, where the device supports
     it; ``fgvc.devices.analysis_precision``) or 32-true | bf16-mixed | 16-mixed, recorded in the JSON.
     """
-    from fgvc.devices import resolve_device
-    from fgvc.robust.attacks import ATTACKS, resolve_attack
-    from fgvc.robust.sweep import SEED_EPS
-
     run_dir = runs.check_run_dir(run_dir)
     spec = resolve_attack(attack, 0.0, alpha, steps)  # a bad name or setting: one sentence before any model loads
     for flag, value, takes in (("--alpha", alpha, "takes_alpha"), ("--steps", steps, "takes_steps")):

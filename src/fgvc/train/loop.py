@@ -25,6 +25,8 @@ from tqdm import tqdm
 from fgvc import config as config_mod
 from fgvc import runs
 from fgvc.api import build_model, pretraining_source, run_task
+from fgvc.data import build_dataset
+from fgvc.data.transforms import eval_transform
 from fgvc.devices import (
     check_accelerator,
     is_main_process,
@@ -35,6 +37,7 @@ from fgvc.devices import (
 from fgvc.errors import UnreadableImage, UserError, message
 from fgvc.models import count_parameters, train_mode
 from fgvc.models.batchnorm import prepare_batchnorm
+from fgvc.protocol import training_protocol
 from fgvc.train.checks import check_training
 from fgvc.train.evaluate import evaluate
 from fgvc.train.loggers import ExperimentLog, open_loggers, optimizer_steps
@@ -250,9 +253,6 @@ def setup_model(cfg: config_mod.Config, class_names: list[str], resume: bool, pr
     # BatchNorm folded into the convolutions (TensorFlow Lite weights) has placeholder statistics:
     # re-estimate them on training images, or keep BatchNorm frozen (fgvc.models.batchnorm); a resumed
     # run's statistics come with its checkpoint
-    from fgvc.data import build_dataset
-    from fgvc.data.transforms import eval_transform
-
     bn_mode = prepare_batchnorm(model, cfg, lambda: build_dataset(
         d.name, d.root, "train", eval_transform(d.image_size), d.val_fraction, cfg.train.seed, d.classes),
         measure=not resume, progress=progress)
@@ -267,8 +267,6 @@ def final_metrics(cfg: config_mod.Config, state: TrainState, test: dict, splits:
                   precision: str, bn_mode: str, counts: dict) -> dict:
     """metrics.json of a training run (the schema in DESIGN.md; accuracies are fractions in [0, 1]):
     train/val scores of the best epoch, test scores of its checkpoint, speed, and the protocol."""
-    from fgvc.protocol import training_protocol  # the choices behind these numbers (docs/evaluation.md)
-
     best = state.best_row()
     metrics = {
         "task": run_task(cfg),
