@@ -9,9 +9,14 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import fgvc.train
 from fgvc import config as config_mod
+from fgvc.clip import run_linear_probe, run_zeroshot
+from fgvc.clip.finetune import after_training, finetune_config, run_finetune
+from fgvc.data import resolve_num_workers
 from fgvc.errors import UserError
 from fgvc.experiments.seeds import parse_seeds, record_seed
+from fgvc.train.probe import run_probe
 
 STUDY_DIR = Path(__file__).resolve().parent.parent / "configs" / "studies"
 
@@ -90,9 +95,6 @@ def row_kind(spec: dict) -> str:
 
 
 def _clip_tasks() -> dict:
-    from fgvc.clip import run_linear_probe, run_zeroshot
-    from fgvc.clip.finetune import run_finetune
-
     return {"zeroshot": run_zeroshot, "clip_probe": run_linear_probe, "clip_finetune": run_finetune}
 
 
@@ -117,8 +119,6 @@ def clip_row(spec: dict, row: str, cfg: config_mod.Config):
     """(function, keyword arguments) of a CLIP row, checked against the function's signature."""
     import torch
 
-    from fgvc.data import resolve_num_workers
-
     spec = dict(spec)
     tasks = _clip_tasks()
     task = spec.pop("task", None)
@@ -133,8 +133,6 @@ def clip_row(spec: dict, row: str, cfg: config_mod.Config):
         raise UserError(f"study row {row!r}: name the CLIP model, e.g. model: ViT-B-16")
     fn = tasks[task]
     if task == "clip_finetune":  # run_finetune passes its keyword arguments on to the config it trains
-        from fgvc.clip.finetune import finetune_config
-
         fn_params = {**inspect.signature(finetune_config).parameters, **inspect.signature(fn).parameters}
     else:
         fn_params = inspect.signature(fn).parameters
@@ -159,12 +157,7 @@ def train_row(row: str, spec, cfg: config_mod.Config, run_dir: Path, progress: b
     """One row's run into ``run_dir`` (a training run resumes from its last committed epoch).
     The sequential study and every launcher's job (fgvc.experiments.launch.run_row) run rows here.
     With ``seeds`` (a seeded study) the run's metrics.json protocol records its seed and the study's seeds."""
-    from fgvc.clip.finetune import after_training
-    from fgvc.train import train
-
     if row_kind(spec) == "probe":  # a linear probe on the frozen backbone of the row's config (fgvc.train.probe)
-        from fgvc.train.probe import run_probe
-
         run_probe(cfg, run_dir, progress=progress)
     elif row_kind(spec) == "clip":
         fn, kwargs = clip_row(spec, row, cfg)
@@ -173,6 +166,6 @@ def train_row(row: str, spec, cfg: config_mod.Config, run_dir: Path, progress: b
         fn(out_dir=run_dir, progress=progress, **kwargs)
     else:
         resume = (run_dir / "checkpoints" / "last_state.pt").is_file()
-        train(cfg, run_dir=run_dir, resume=resume, progress=progress, after=after_training(cfg, progress))
+        fgvc.train.train(cfg, run_dir=run_dir, resume=resume, progress=progress, after=after_training(cfg, progress))
     if seeds:
         record_seed(run_dir, cfg.train.seed, seeds)
