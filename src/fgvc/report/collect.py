@@ -13,8 +13,10 @@ from pathlib import Path
 
 import yaml
 
+from fgvc import config as config_mod
 from fgvc.protocol import differing_fields, flatten
 from fgvc.runs import read_history
+from fgvc.scored_checkpoint import history_best_epoch, stale_reason
 
 # metrics.json "task" -> report section; a classifier run writes "classifier" (runs from before it: no task)
 CLIP_TASKS = ("zeroshot", "clip_finetune", "clip_linear_probe", "label_match", "linear_probe")
@@ -116,8 +118,6 @@ def evaluations(entry: dict) -> list[dict]:
     parsed file) and ``stale`` (None, or why the file does not describe the run's current best checkpoint:
     `fgvc eval` ran while the run was training and a later epoch became the best, see
     ``fgvc.scored_checkpoint``). Unreadable files and files without an accuracy are left out."""
-    from fgvc.scored_checkpoint import history_best_epoch, stale_reason
-
     if "evaluations" in entry:  # read (and the checkpoint hashed) once per report
         return entry["evaluations"]
     found, current = [], {"epoch": entry["metrics"].get("best_epoch") or history_best_epoch(entry["dir"])}
@@ -164,12 +164,10 @@ def _defaults(kind: str) -> dict:
     """Flat default config of fgvc's classifier (``fgvc.config.Config``) or GAN (``GanConfig``) runs."""
     import dataclasses
 
-    if kind == "gan":
+    if kind == "gan":  # the GAN package (and the training stack it uses) loads only for a GAN run
         from fgvc.gan.config import GanConfig
 
         return flatten(dataclasses.asdict(GanConfig()))
-    from fgvc import config as config_mod
-
     return flatten(config_mod.to_dict(config_mod.Config()))
 
 

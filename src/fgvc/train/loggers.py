@@ -27,7 +27,9 @@ from typing import Any
 
 import yaml
 
+from fgvc.devices import is_main_process
 from fgvc.errors import UserError
+from fgvc.runs import write_text_atomic
 
 # name -> (the packages it can write through, in order of preference; what to pip install)
 LOGGERS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -114,8 +116,6 @@ class ExperimentLog:
         if not self.loggers:
             return
         if self.hparams_file is not None:
-            from fgvc.runs import write_text_atomic
-
             write_text_atomic(self.hparams_file, yaml.safe_dump(config, sort_keys=False))
         params = flat_hparams(config)
         for logger in self.loggers:
@@ -181,8 +181,6 @@ def open_loggers(spec: str, run_dir: str | Path, *, start_step: int = 0, main: b
     """
     names = require_installed(spec, key)
     if main is None:
-        from fgvc.devices import is_main_process
-
         main = is_main_process()
     if not names or not main:
         return ExperimentLog()
@@ -275,8 +273,6 @@ def _lightning_logger_base():
 
 def _run_id(save_dir: Path, make) -> str:
     """The id stored in ``save_dir/run_id``, or ``make()``'s, stored."""
-    from fgvc.runs import write_text_atomic
-
     path = save_dir / "run_id"
     if path.is_file():
         return path.read_text(encoding="utf-8").strip()
