@@ -7,7 +7,7 @@ One AdamW step (forward, backward, update) on random images of the given size, t
 of 3 steps after one warm-up step, in fp32 and bf16 autocast, for each memory order, the two orders
 of a precision one right after the other (this machine's speed drifts). Runs on the first CUDA GPU
 when there is one (fp32 there is TF32 off, torch's default), else on the CPU. The results decide
-what ``train.channels_last=auto`` picks (``fgvc.train.devices.resolve_channels_last``). Prints a
+what ``train.channels_last=auto`` picks (``fgvc.devices.resolve_channels_last``). Prints a
 Markdown row per setting; results in benchmarks/results/channels_last.md.
 """
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from fgvc import config
+from fgvc.devices import resolve_channels_last, resolve_precision
 from fgvc.models import create_model
 from fgvc.train import train
-from fgvc.train.devices import resolve_channels_last, resolve_precision
 
 
 def bare_images_per_second(model_name, classes, size, batch, precision, device, steps, warmup=3,

@@ -50,8 +50,8 @@ def measure(model_name: str, batch: int, size: int, steps: int, precision: str) 
     """One backbone and batch in this process: peak memory and img/s of ``steps`` training steps."""
     import torch
 
+    from fgvc.devices import resolve_channels_last, resolve_precision
     from fgvc.models import create_model
-    from fgvc.train.devices import resolve_channels_last, resolve_precision
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve_precision(precision, device)

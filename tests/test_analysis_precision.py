@@ -5,11 +5,10 @@ import json
 import pytest
 import torch
 
-from fgvc import runs
+from fgvc import api, devices, runs
 from fgvc.cli import build_parser, main
+from fgvc.devices import analysis_precision, autocast, resolve_device
 from fgvc.errors import UserError
-from fgvc.train import devices
-from fgvc.train.devices import analysis_precision, autocast, resolve_device
 
 CPU = torch.device("cpu")
 needs_bf16 = pytest.mark.skipif(not devices.supports_bf16(CPU), reason="this CPU has no bf16 instructions")
@@ -72,14 +71,14 @@ def test_attack_and_explain_run_in_the_runs_precision_with_fp32_images(tiny_run,
     from fgvc.robust.run import attack_run
 
     spies = []
-    load = runs.load
+    load = api.load
 
     def spied_load(run_dir, checkpoint="best"):
         model, names = load(run_dir, checkpoint)
         spies.append(spy_on_autocast(model))
         return model, names
 
-    monkeypatch.setattr(runs, "load", spied_load)
+    monkeypatch.setattr(api, "load", spied_load)
     result = attack_run(tiny_run, "pgd", [0.0, 0.03], split="val", limit=6, steps=2, progress=False)
     assert result["precision"] == "bf16-mixed" and spies[0] and all(spies[0])
     record = json.loads((tiny_run / "attack" / "pgd_val_n6.json").read_text())

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fgvc import runs
+from fgvc import api, runs
 from fgvc.cli import main
 from fgvc.openset import auroc, coverage_curve, fpr_at_tpr, ood_scores, openset_report
 from fgvc.tta import TTAModel, tta_transform
@@ -36,13 +36,13 @@ class DarkIsUnsure(torch.nn.Module):
 
 
 def _wrap_loaded_model(monkeypatch, wrapper):
-    load = runs.load
+    load = api.load
 
     def wrapped_load(run_dir, checkpoint="best"):
         model, names = load(run_dir, checkpoint)
         return wrapper(model).eval(), names
 
-    monkeypatch.setattr(runs, "load", wrapped_load)
+    monkeypatch.setattr(api, "load", wrapped_load)
 
 
 def _eval(capsys, *argv):

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from fgvc import export, runs
+from fgvc import api, export, runs
 from fgvc.cli import main
 from fgvc.errors import UserError
 from fgvc.models import create_model
@@ -36,7 +36,7 @@ def _needs(fmt):
 
 
 def _assert_same_logits(run_dir, fmt, path, batches=(1, 3)):
-    model, _ = runs.load(run_dir)
+    model, _ = api.load(run_dir)
     size = runs.load_config(run_dir).data.image_size
     run = _run_in_plain_runtime(fmt, path)
     for b in batches:

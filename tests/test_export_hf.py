@@ -10,7 +10,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from fgvc import export, export_hf, runs
+from fgvc import api, export, export_hf, runs
 from fgvc.cli import main
 from fgvc.data.transforms import load_eval_image
 from fgvc.errors import UserError
@@ -21,7 +21,7 @@ ATOL = 1e-4
 
 def _logits_agree(run_dir, net, batches=(1, 3)):
     """``net`` (a bare timm / torchvision network) on normalised inputs vs the fgvc run's model on [0, 1]."""
-    model, _ = runs.load(run_dir)
+    model, _ = api.load(run_dir)
     size = runs.load_config(run_dir).data.image_size
     net.eval()
     for b in batches:
@@ -61,7 +61,7 @@ def test_resnet_folder_layout_config_and_keys(resnet_export, tiny_run):
     assert config["architecture"] == "resnet18" and config["num_classes"] == 4 and config["label_names"] == classes
     assert config["model_args"] == {"num_classes": 4}
     p = config["pretrained_cfg"]
-    model, _ = runs.load(tiny_run)
+    model, _ = api.load(tiny_run)
     assert p["input_size"] == [3, 32, 32] and p["num_classes"] == 4 and p["interpolation"] == "bilinear"
     assert p["mean"] == pytest.approx(model.normalize.mean.flatten().tolist())
     assert p["std"] == pytest.approx(model.normalize.std.flatten().tolist())
@@ -109,7 +109,7 @@ def test_model_card_and_its_plain_pytorch_snippet_give_fgvc_logits(resnet_export
     monkeypatch.chdir(work)
     scope = {}
     exec(compile(snippet, "README.md", "exec"), scope)  # prints the class; defines model and logits
-    model, classes = runs.load(tiny_run)
+    model, classes = api.load(tiny_run)
     x = load_eval_image(image, 32)  # fgvc's own evaluation input
     with torch.no_grad():
         expected = model(x)

@@ -16,7 +16,7 @@ def test_help_does_not_import_torch(argv):
 
 def test_fgvc_load_is_still_there():
     import fgvc
-    from fgvc.runs import load
+    from fgvc.api import load
 
     assert fgvc.load is load
 

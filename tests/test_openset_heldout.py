@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fgvc import config, runs
+from fgvc import api, config
 from fgvc.cli import main
 from fgvc.data import build_dataset
 from fgvc.data.subset import heldout_classes, parse_classes
@@ -76,7 +76,7 @@ def half_run(colour_root, tmp_path_factory):
 
 
 def test_training_on_a_subset_trains_on_exactly_those_classes(half_run):
-    model, names = runs.load(half_run)
+    model, names = api.load(half_run)
     assert names == ["0_red", "1_green", "2_blue"]
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 3)  # a head of 3 classes
     sizes = json.loads((half_run / "metrics.json").read_text())["protocol"]["split_sizes"]
@@ -95,11 +95,10 @@ def test_heldout_classes_are_the_unknowns_and_score_above_chance(half_run, capsy
 
 
 def test_heldout_unknowns_come_from_the_split_of_the_known_images(half_run, capsys):
-    from fgvc import runs
     from fgvc.data import build_dataset
     from fgvc.openset import heldout_dataset
 
-    run = runs.Run(half_run)
+    run = api.Run(half_run)
     d = run.config.data
     for split in ("val", "test"):
         unknown = heldout_dataset(run.config, run.eval_transform, split)

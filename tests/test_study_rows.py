@@ -79,7 +79,7 @@ def test_a_mapping_row_reaches_training_in_the_study_and_in_a_launched_job(tmp_p
 
     trained = {}
 
-    def fake_train(cfg, run_dir, resume=False, progress=True):
+    def fake_train(cfg, run_dir, resume=False, progress=True, after=None):
         trained[run_dir.name] = cfg
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.json").write_text(json.dumps({"train_acc": 0.5 if cfg.aug.geometric else 0.25}))

@@ -16,18 +16,18 @@ def test_study_title_states_the_settings_that_ran():
 
 
 def test_study_plot_title_is_wrapped_not_cut(tmp_path, monkeypatch):
-    from fgvc.experiments import study
+    from fgvc.experiments import tables
 
     figures = []
-    monkeypatch.setattr(study.runs, "save_figure", lambda fig, path, **kw: figures.append(fig))
+    monkeypatch.setattr(tables.runs, "save_figure", lambda fig, path, **kw: figures.append(fig))
     title = "birds50 - training tricks, resnet18 from scratch, 64 px, 2 epochs, and a tail that runs past ninety chars"
-    study._plot_table([{"row": "a", "test_acc": 0.5}], ["test_acc"], title, tmp_path / "t.png")
+    tables._plot_table([{"row": "a", "test_acc": 0.5}], ["test_acc"], title, tmp_path / "t.png")
     assert figures[0].axes[0].get_title().replace("\n", " ") == title
 
 
 def test_study_table_title_reads_the_rows_config(tmp_path, monkeypatch):
     from fgvc import config
-    from fgvc.experiments import study
+    from fgvc.experiments import tables
 
     row = tmp_path / "baseline"
     row.mkdir()
@@ -35,9 +35,9 @@ def test_study_table_title_reads_the_rows_config(tmp_path, monkeypatch):
     (row / "config.yaml").write_text(config.dump(cfg))
     (row / "metrics.json").write_text("{}")
     seen = {}
-    monkeypatch.setattr(study, "write_table", lambda folder, rows, columns, title: seen.setdefault("title", title))
-    study._write(tmp_path, {"rows": {"baseline": {}, "not_run": {}},
-                            "title": "birds50 - tricks, resnet18 from scratch, 96 px, 20 epochs"}, "s")
+    monkeypatch.setattr(tables, "write_table", lambda folder, rows, columns, title: seen.setdefault("title", title))
+    tables.write_tables(tmp_path, {"rows": {"baseline": {}, "not_run": {}},
+                                   "title": "birds50 - tricks, resnet18 from scratch, 96 px, 20 epochs"}, "s")
     assert seen["title"] == "birds50 - tricks, resnet18 from scratch, 64 px, 2 epochs"
 
 
@@ -64,13 +64,13 @@ def test_a_title_names_the_model_pretraining_and_data_an_override_swapped_in():
 
 def test_the_written_table_title_compares_the_rows_that_ran_with_the_study_s_own(tmp_path, monkeypatch):
     from fgvc import config
-    from fgvc.experiments import study
+    from fgvc.experiments import tables
 
     row = tmp_path / "baseline"
     row.mkdir()
     (row / "config.yaml").write_text(config.dump(config.load(None, ["model.name=resnet18", "train.epochs=2"])))
     (row / "metrics.json").write_text("{}")
     seen = {}
-    monkeypatch.setattr(study, "write_table", lambda folder, rows, columns, title: seen.setdefault("title", title))
-    study._write(tmp_path, {"rows": {"baseline": {}}, "title": "tricks (ResNet-50), 20 epochs"}, "s")
+    monkeypatch.setattr(tables, "write_table", lambda folder, rows, columns, title: seen.setdefault("title", title))
+    tables.write_tables(tmp_path, {"rows": {"baseline": {}}, "title": "tricks (ResNet-50), 20 epochs"}, "s")
     assert seen["title"] == "tricks (ResNet-50), 2 epochs (as run: 224 px, resnet18)"

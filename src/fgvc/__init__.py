@@ -23,12 +23,12 @@ _SUBPACKAGES = ("clip", "data", "experiments", "explain", "export", "gan", "mode
 
 
 def __getattr__(name):
-    # importing torch-heavy subpackages (and fgvc.load's fgvc.runs) only when used keeps `fgvc --help`
+    # importing torch-heavy subpackages (and fgvc.load's fgvc.api) only when used keeps `fgvc --help`
     # free of torch: 0.1 s instead of several seconds (tests/test_cli.py checks that torch stays out)
     if name in _SUBPACKAGES:
         return importlib.import_module(f"fgvc.{name}")
     if name == "load":
-        from fgvc.runs import load
+        from fgvc.api import load
 
         return load
     raise AttributeError(f"module 'fgvc' has no attribute {name!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fgvc.commands import HANDLERS, _shipped_recipes
+from fgvc.commands import HANDLERS, shipped_recipes
 from fgvc.errors import UserError, message
 
 
@@ -304,8 +304,8 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_epilog() -> str:
-    width = max((len(name) for name, _ in _shipped_recipes()), default=0)
-    lines = [f"  {name:<{width}}  {about}" for name, about in _shipped_recipes()]
+    width = max((len(name) for name, _ in shipped_recipes()), default=0)
+    lines = [f"  {name:<{width}}  {about}" for name, about in shipped_recipes()]
     return ("shipped recipes (fgvc train NAME key=value ...):\n" + "\n".join(lines) + "\n\n"
             "config keys: `fgvc train --keys` prints every key with its default (README, \"Configuration\").\n"
             "examples:\n"

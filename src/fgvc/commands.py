@@ -88,6 +88,7 @@ def _load_train_config(config: str | None, overrides: list[str]):
 
 def cmd_train(args) -> int:
     from fgvc import runs
+    from fgvc.clip.finetune import after_training
     from fgvc.train import is_main_process, metrics_table, train
 
     if args.keys:
@@ -97,7 +98,7 @@ def cmd_train(args) -> int:
         # the defaults alone are a 100-epoch ResNet-50 run: never start that by accident
         raise UserError("fgvc train needs a recipe or key=value overrides, e.g. `fgvc train synthbirds_cpu "
                         "data.root=data/synthbirds`; shipped recipes: "
-                        + ", ".join(name for name, _ in _shipped_recipes())
+                        + ", ".join(name for name, _ in shipped_recipes())
                         + "; `fgvc train --help` explains them and `fgvc train --keys` lists every key")
     if args.resume:
         from fgvc import config as config_mod
@@ -107,11 +108,12 @@ def cmd_train(args) -> int:
             raise UserError(f"--resume continues with the run's own config.yaml; pass only key=value overrides, "
                             f"not {config}")
         cfg = config_mod.load(runs.check_run_dir(args.resume) / "config.yaml", overrides)
-        run_dir = train(cfg, run_dir=args.resume, resume=True, progress=not args.quiet)
+        run_dir = train(cfg, run_dir=args.resume, resume=True, progress=not args.quiet,
+                        after=after_training(cfg, not args.quiet))
     else:
         config, overrides = _split_config_and_overrides(args.config, args.overrides)
         cfg = _load_train_config(config, overrides)
-        run_dir = train(cfg, progress=not args.quiet)
+        run_dir = train(cfg, progress=not args.quiet, after=after_training(cfg, not args.quiet))
     if not is_main_process():  # train.devices > 1: the first process reports
         return 0
     print(metrics_table(runs.read_metrics(run_dir)))
@@ -222,7 +224,7 @@ def cmd_weights(args) -> int:
     if args.out:
         _check_out(args.out)
     if args.weights_command == "import":
-        from fgvc.models.tflite import import_tflite
+        from fgvc.pretrained import import_tflite
 
         if not str(args.file).endswith(".tflite"):
             raise UserError(f"fgvc weights import reads TensorFlow Lite files (.tflite), got {args.file}; "
@@ -230,7 +232,7 @@ def cmd_weights(args) -> int:
         path = import_tflite(args.file, args.out, model_name=args.model, labels=args.labels)
         print(f"wrote {path} and {path.with_suffix('.json')}; train with model.name={args.model} model.weights={path}")
         return 0
-    from fgvc.models.labelmatch import run_label_match
+    from fgvc.pretrained import run_label_match
 
     out = args.out or f"runs/labelmatch-{args.data}-{Path(args.file).stem}"
     m = run_label_match(args.file, args.labels, args.data, args.root, out, model_name=args.model, split=args.split,
@@ -269,7 +271,8 @@ def cmd_gan(args) -> int:
 
 
 def cmd_clip(args) -> int:
-    from fgvc.clip import run_finetune, run_linear_probe
+    from fgvc.clip import run_linear_probe
+    from fgvc.clip.finetune import run_finetune
 
     out = args.out or f"runs/clip-{args.clip_command}-{args.data}-{args.model}-{args.pretrained}".replace(
         "/", "_").replace(":", "_")
@@ -361,7 +364,7 @@ HANDLERS = {
 }
 
 
-def _shipped_recipes() -> list[tuple[str, str]]:
+def shipped_recipes() -> list[tuple[str, str]]:
     """(name, first description line) of each shipped recipe in fgvc/configs."""
     base = Path(__file__).parent / "configs"
     recipes = []

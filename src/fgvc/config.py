@@ -67,7 +67,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | 32-true | bf16-mixed | 16-mixed
     devices: int = 1
     accelerator: str = "auto"  # auto | cpu | cuda
-    channels_last: str = "auto"  # auto | true | false: CNN weights channels-last (fgvc.train.devices.resolve_channels_last)
+    channels_last: str = "auto"  # auto | true | false: CNN weights channels-last (fgvc.devices.resolve_channels_last)
     compile: bool = False  # torch.compile the model (first steps slower while it compiles)
     loggers: str = ""  # experiment logs under <run>/logs/: csv,tensorboard,mlflow,wandb (fgvc.train.loggers); "" none
 
@@ -117,13 +117,6 @@ class Config:
 # data.classes as a list: 0-based indices and inclusive ranges, comma-separated (fgvc.data.subset)
 CLASS_LIST = re.compile(r"\s*\d+\s*(-\s*\d+\s*)?(,\s*\d+\s*(-\s*\d+\s*)?)*")
 
-def _train_attacks() -> list[str]:
-    """``none`` and the attacks adversarial training can use (the registry imports torch: only when needed)."""
-    from fgvc.robust.attacks import attack_names
-
-    return ["none", *attack_names(trainable=True)]
-
-
 # Range checks: key -> (predicate, what is expected, or a function giving it). Checked after every load.
 _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[], str]]] = {
     "data.image_size": (lambda v: 8 <= v <= 4096, "an integer between 8 and 4096"),
@@ -160,7 +153,6 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[],
     "aug.mixup_alpha": (lambda v: v >= 0, "0 (off) or a positive alpha"),
     "aug.cutmix_alpha": (lambda v: v >= 0, "0 (off) or a positive alpha"),
     "aug.label_smoothing": (lambda v: 0 <= v < 1, "a value in [0, 1)"),
-    "adv.attack": (lambda v: v == "none" or v in _train_attacks(), lambda: "one of " + ", ".join(_train_attacks())),
     "adv.eps": (lambda v: 0 <= v <= 1, "a pixel budget in [0, 1]"),
     "adv.alpha": (lambda v: 0 <= v <= 1, "a step size in [0, 1] (0 = default)"),
     "adv.steps": (lambda v: v >= 1, "1 or more"),
@@ -319,33 +311,7 @@ def validate(cfg: Config) -> Config:
         value = str(getattr(getattr(cfg, section), key)).strip().lower()
         setattr(getattr(cfg, section), key, yes if value in _YES else no if value in _NO else value)
     check_ranges(cfg, _CHECKS)
-    if cfg.train.loggers:  # a did-you-mean sentence for a misspelt logger, before anything runs
-        from fgvc.train.loggers import parse_loggers
-
-        parse_loggers(cfg.train.loggers)
     return cfg
-
-
-def check_training(cfg: Config) -> None:
-    """Cross-key checks of a training config, run before anything is written."""
-    if cfg.train.loggers:  # here, not in validate: a finished run's config.yaml loads without mlflow
-        from fgvc.train.loggers import require_installed
-
-        require_installed(cfg.train.loggers)
-    if cfg.adv.attack != "none":
-        from fgvc.robust.training import check_adv_settings
-
-        check_adv_settings(cfg.adv)
-    if cfg.train.warmup > 0 and cfg.train.schedule != "cosine":
-        raise UserError(f"train.warmup={cfg.train.warmup} warms up the cosine schedule only; set "
-                        "train.schedule=cosine or train.warmup=0")
-    mixing = [k for k in ("aug.mixup_alpha", "aug.cutmix_alpha") if get(cfg, k) > 0]
-    if mixing and cfg.train.batch_size % 2:
-        # timm's Mixup/CutMix pairs each image with its mirror in the batch, so batches must be even
-        even = cfg.train.batch_size + 1
-        raise UserError(f"{mixing[0]}={get(cfg, mixing[0])} needs an even train.batch_size (Mixup and CutMix pair "
-                        f"the images of a batch), got train.batch_size={cfg.train.batch_size}; set "
-                        f"train.batch_size={even} or {mixing[0]}=0")
 
 
 def get(cfg: Config, key: str) -> Any:

@@ -8,6 +8,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from fgvc import config as config_mod
+from fgvc import runs
+from fgvc.data import synthetic
+from fgvc.explain.run import explain_run
+from fgvc.report import write_report
+from fgvc.robust.run import attack_run
+from fgvc.train import metrics_table, train
+
 # The demo's recipe: resnet18 from scratch on generated birds, small enough for a laptop CPU.
 DEMO_DEFAULTS = {
     "classes": 8, "per_class": 80, "size": 64,
@@ -19,14 +27,6 @@ DEMO_DEFAULTS = {
 def run_demo(out: Path, epochs: int | None = None) -> Path:
     """Run the demo under ``out`` (``synthbirds/``, ``runs/``; generated data is reused when present);
     ``epochs`` overrides the recipe's 12. Returns the run directory; prints each step and the next commands."""
-    from fgvc import config as config_mod
-    from fgvc import runs
-    from fgvc.data import synthetic
-    from fgvc.explain.run import explain_run
-    from fgvc.report import write_report
-    from fgvc.robust.run import attack_run
-    from fgvc.train import metrics_table, train
-
     out = runs.check_out_dir(out, "--out")
     root = out / "synthbirds"
     if not (root / "CUB_200_2011").is_dir():

@@ -14,8 +14,16 @@ from pathlib import Path
 
 import torch
 
-from fgvc import calibration, runs
+from fgvc import api, calibration, runs, scored_checkpoint
+from fgvc.data import resolve_num_workers
+from fgvc.data.base import FineGrainedDataset
+from fgvc.devices import analysis_precision, quiet_fabric, resolve_device
 from fgvc.errors import UserError
+from fgvc.metrics import class_report, confusion_matrix, plot_confusion
+from fgvc.openset import HELDOUT, heldout_dataset, openset_report, plot_coverage, unknown_samples
+from fgvc.protocol import eval_crop
+from fgvc.train import evaluate
+from fgvc.tta import TTA_MODES, TTAModel, check_mode, tta_transform
 
 
 def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, unknown: str | Path | None = None,
@@ -23,7 +31,7 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
     """Evaluate ``run_dir`` on ``split`` as training scored it (same pipeline, batches and precision) and
     return the result written to ``eval_<split>.json``; accuracies are fractions in [0, 1].
 
-    ``device``: auto | cpu | cuda[:N] (``fgvc.train.devices.resolve_device``). ``precision``: ``run`` (the
+    ``device``: auto | cpu | cuda[:N] (``fgvc.devices.resolve_device``). ``precision``: ``run`` (the
     precision the run trained in, from its metrics.json) or 32-true | bf16-mixed | 16-mixed; mixed precision
     runs only where the device supports it natively, else 32-true (``analysis_precision``). The precision
     used is recorded as ``precision`` (and in ``protocol``).
@@ -41,15 +49,10 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
 
     Bad input (not a run directory, unknown TTA mode, a folder without images, a damaged metrics.json, no
     best checkpoint yet) raises UserError before anything is scored."""
-    from fgvc.metrics import class_report, confusion_matrix, plot_confusion
-    from fgvc.protocol import eval_crop
-
-    run = runs.Run(run_dir)
+    run = api.Run(run_dir)
     run_dir, name = run.dir, run.dir.resolve().name
     metrics = _read_metrics(run)  # everything eval reads is read before any scoring
     if tta is not None:
-        from fgvc.tta import check_mode
-
         check_mode(tta)
     unknown_set = _unknown_set(run, unknown, split) if unknown is not None else None
     sets = {s: run.dataset(s) for s in dict.fromkeys((split, "val", "test"))}
@@ -82,15 +85,7 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
     if tta is not None:
         result["tta"] = _tta_result(run, scorer, split, tta, main, protocol)
     if unknown_set is not None:
-        from fgvc.openset import HELDOUT, openset_report, plot_coverage
-
-        ood = scorer(unknown_set, desc="unknown")
-        held = {"heldout_classes": unknown_set.class_names} if str(unknown) == HELDOUT else {}
-        result["openset"] = {"unknown_dir": str(unknown), "known_split": split, **held,
-                             **openset_report(main["logits"], main["labels"], ood["logits"])}
-        files["openset"] = plot_coverage(main["logits"], main["labels"], run_dir / f"openset_{split}.png",
-                                         {k: v["auroc"] for k, v in result["openset"]["scores"].items()},
-                                         title=f"{name}: {split} vs {Path(unknown).name}")
+        result["openset"], files["openset"] = _openset_result(scorer, unknown_set, unknown, main, split, run_dir)
 
     # figures first, the JSON last: its presence means the evaluation finished
     plot_confusion(conf, run.class_names, files["confusion"], title=f"{name}: {split} split")
@@ -102,7 +97,21 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
     return result
 
 
-def _read_metrics(run: runs.Run) -> dict:
+def _openset_result(scorer: Scorer, unknown_set, unknown: str | Path, main: dict, split: str,
+                    run_dir: Path) -> tuple[dict, Path]:
+    """(the ``openset`` block, its coverage plot): the unknown images scored against ``main``, the scores
+    of the known ``split``."""
+    ood = scorer(unknown_set, desc="unknown")
+    held = {"heldout_classes": unknown_set.class_names} if str(unknown) == HELDOUT else {}
+    block = {"unknown_dir": str(unknown), "known_split": split, **held,
+             **openset_report(main["logits"], main["labels"], ood["logits"])}
+    plot = plot_coverage(main["logits"], main["labels"], run_dir / f"openset_{split}.png",
+                         {k: v["auroc"] for k, v in block["scores"].items()},
+                         title=f"{run_dir.resolve().name}: {split} vs {Path(unknown).name}")
+    return block, plot
+
+
+def _read_metrics(run: api.Run) -> dict:
     """metrics.json ({} while the run has not finished); a damaged one is a UserError that says how to
     rebuild it, raised before anything is scored."""
     path = run.dir / "metrics.json"
@@ -120,11 +129,9 @@ def _read_metrics(run: runs.Run) -> dict:
     raise UserError(f"{path} is damaged (not a JSON object of training results); {fix}")
 
 
-def _load_best(run: runs.Run, metrics: dict, device: str, precision: str, progress: bool):
+def _load_best(run: api.Run, metrics: dict, device: str, precision: str, progress: bool):
     """(``checkpoint`` record, Scorer) of the run's best checkpoint: the record describes the very file the
     Scorer loaded (a run still training may replace best.safetensors meanwhile: then both are read again)."""
-    from fgvc import scored_checkpoint
-
     path = run.dir / scored_checkpoint.BEST
     if not path.is_file():
         raise UserError(f"{run.dir} has no {scored_checkpoint.BEST} yet (no epoch has finished); evaluate it "
@@ -138,7 +145,7 @@ def _load_best(run: runs.Run, metrics: dict, device: str, precision: str, progre
     raise UserError(f"{path} kept changing while it was read (is the run training?); evaluate it again")
 
 
-def _say_unfinished(run: runs.Run, checkpoint: dict) -> None:
+def _say_unfinished(run: api.Run, checkpoint: dict) -> None:
     """An unfinished run is scored, with a plain line on stderr saying which checkpoint."""
     epochs = run.config.train.epochs
     which = f"epoch {checkpoint['epoch']} of {epochs}" if checkpoint["epoch"] else f"an unknown epoch of {epochs}"
@@ -151,10 +158,7 @@ class Scorer:
     """Scores datasets with a run's best checkpoint as training did: the run's batch size, and Fabric
     with the analysis precision (mixed precision also casts the inputs, not only the forward)."""
 
-    def __init__(self, run: runs.Run, device: str, precision: str, progress: bool):
-        from fgvc.data import resolve_num_workers
-        from fgvc.train.devices import analysis_precision, quiet_fabric, resolve_device
-
+    def __init__(self, run: api.Run, device: str, precision: str, progress: bool):
         device = resolve_device(device)
         self.precision = analysis_precision(precision, device, run.dir)
         self.model = run.model()
@@ -166,29 +170,22 @@ class Scorer:
 
     def __call__(self, dataset, net=None, desc: str = "eval") -> dict:
         """``fgvc.train.evaluate`` over ``dataset`` with predictions and logits (``net``: another wrapper)."""
-        from fgvc.train import evaluate
-
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, num_workers=self.workers)
         return evaluate(net or self.net, loader, autocast=self.fabric.autocast, device=self.fabric.device,
                         progress=self.progress, desc=desc, predictions=True, logits=True)
 
 
-def _unknown_set(run: runs.Run, unknown: str | Path, split: str = "test"):
+def _unknown_set(run: api.Run, unknown: str | Path, split: str = "test"):
     """Images of classes the model never saw: a folder, or ``heldout`` (the classes data.classes left out,
     from the same ``split`` as the known images)."""
-    from fgvc.data.base import FineGrainedDataset
-    from fgvc.openset import HELDOUT, heldout_dataset, unknown_samples
-
     if str(unknown) == HELDOUT:  # a run on every class has none held out: one sentence
         return heldout_dataset(run.config, run.eval_transform, split)
     return FineGrainedDataset(unknown_samples(unknown), ["unknown"], run.eval_transform, name="unknown",
                               split="unknown", root=Path(unknown))
 
 
-def _tta_result(run: runs.Run, scorer: Scorer, split: str, tta: str, main: dict, protocol: dict) -> dict:
+def _tta_result(run: api.Run, scorer: Scorer, split: str, tta: str, main: dict, protocol: dict) -> dict:
     """Test-time augmentation accuracy beside (never instead of) the plain one."""
-    from fgvc.tta import TTA_MODES, TTAModel, tta_transform
-
     views = scorer(run.dataset(split, tta_transform(run.image_size, tta)),
                    scorer.fabric.setup_module(TTAModel(scorer.model, tta)), desc=f"{split} {tta}")
     return {"mode": tta, "views": TTA_MODES[tta], "aggregation": "mean of softmax probabilities",

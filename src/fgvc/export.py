@@ -24,7 +24,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -32,9 +31,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fgvc import runs
+from fgvc import api, runs
 from fgvc.data.transforms import eval_preprocessing
 from fgvc.errors import UserError
+from fgvc.export_hf import export_hf
 
 # format -> file suffix; onnx first: the one runtime-neutral format, and the default
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
@@ -90,8 +90,6 @@ def export_model(run_dir: str | Path, fmt: str | None = None, out: str | Path | 
     if fmt not in ALL_FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(ALL_FORMATS)}")
     if fmt == "hf":  # a folder for timm / the Hugging Face hub, checked by timm loading it back
-        from fgvc.export_hf import export_hf
-
         if str(batch).strip().lower() != "dynamic":
             raise UserError("--batch does not apply to --format hf (the folder holds weights, any batch works)")
         return export_hf(run_dir, out, tolerance=tolerance, checkpoint=checkpoint)
@@ -100,7 +98,7 @@ def export_model(run_dir: str | Path, fmt: str | None = None, out: str | Path | 
         raise UserError(f"--tolerance must be a positive number, got {tolerance}")
     if fmt == "onnx":
         _require_onnx()
-    source = runs.Run(run_dir)
+    source = api.Run(run_dir)
     run_dir, cfg, class_names, size = source.dir, source.config, source.class_names, source.image_size
     out = _resolve_out(run_dir, fmt, out)
     # contiguous weights: an exported graph is a file for other runtimes, not for training's kernels
@@ -110,7 +108,7 @@ def export_model(run_dir: str | Path, fmt: str | None = None, out: str | Path | 
     check_batches = (fixed_batch,) if fixed_batch else (1, 3)
     unchanged = f"nothing was written (the previous {out.name}, if any, is unchanged)"
     fix = f"try --format {' or '.join(f for f in FORMATS if f != fmt)}{'' if fixed_batch else ' or a fixed --batch N'}"
-    tmp = staging_dir(out)
+    tmp = runs.staging_dir(out)
     try:
         staged = tmp / out.name
         try:
@@ -172,16 +170,6 @@ def verify(model: nn.Module, run: Callable, size: int, num_classes: int, batches
 
 def _batch_dim():
     return torch.export.Dim("batch", min=1)
-
-
-def staging_dir(out: Path) -> Path:
-    """A new hidden folder beside ``out`` to write into before the rename that publishes it."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as e:
-        raise UserError(f"cannot write into {out.parent} ({e.strerror or e.__class__.__name__}); "
-                        "fix the folder's permissions or pass another --out") from None
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, dynamic: bool) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from fgvc import runs
+from fgvc.data.base import readable_name
 
 
 def confusion_matrix(labels: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -67,8 +68,6 @@ def confusion_figure(conf: torch.Tensor, class_names: list[str], title: str = ""
 
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, MaxNLocator
-
-    from fgvc.data.base import readable_name
 
     rates = conf.float() / conf.sum(1, keepdim=True).clamp(min=1)
     n = len(class_names)

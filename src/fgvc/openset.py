@@ -27,6 +27,10 @@ from pathlib import Path
 import torch
 
 from fgvc import runs
+from fgvc.data import build_dataset
+from fgvc.data.base import IMAGE_EXTENSIONS, Sample
+from fgvc.data.folder import image_files
+from fgvc.data.subset import heldout_classes, select_classes
 from fgvc.errors import UserError
 
 SCORES = ("msp", "energy", "max_logit")
@@ -125,9 +129,6 @@ def heldout_dataset(cfg, transform, split: str = "test"):
     restricted to the classes ``cfg.data.classes`` left out (fgvc.data.subset.heldout_classes), through
     ``transform``: the unknown images of a run trained on a subset of its dataset's classes. UserError
     when the run trained on every class."""
-    from fgvc.data import build_dataset
-    from fgvc.data.subset import heldout_classes, select_classes
-
     d = cfg.data
     every = build_dataset(d.name, d.root, split, transform, d.val_fraction, cfg.train.seed)
     return select_classes(every, heldout_classes(d.classes, len(every.class_names)))
@@ -136,9 +137,6 @@ def heldout_dataset(cfg, transform, split: str = "test"):
 def unknown_samples(folder: str | Path) -> list:
     """``Sample``s (label 0, unused) of every image file below ``folder``, recursively; a missing folder or one
     without images is a UserError."""
-    from fgvc.data.base import IMAGE_EXTENSIONS, Sample
-    from fgvc.data.folder import image_files
-
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise UserError(f"--unknown {folder} is not a folder; pass a folder of images of classes the model never "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from fgvc import runs
+from fgvc import api, runs
 from fgvc.data.transforms import load_eval_image
 from fgvc.errors import UserError
 
@@ -26,7 +26,7 @@ def predict_files(run_dir: str | Path, images: list[str | Path], topk: int = 5) 
     the number of classes gives them all. UserError when ``topk`` < 1 (before the model loads)."""
     if topk < 1:
         raise UserError(f"--topk {topk} asks for no classes; pass --topk 1 or more (default 5)")
-    model, class_names = runs.load(run_dir)
+    model, class_names = api.load(run_dir)
     size = runs.load_config(run_dir).data.image_size
     results = []
     for image in images:

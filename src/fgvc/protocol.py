@@ -83,7 +83,7 @@ def training_protocol(cfg, train_ds, val_ds, test_ds, *, precision: str, device:
 
     ``train_ds``, ``val_ds``, ``test_ds`` are the datasets the run scored (their lengths after unreadable
     images were left out and generated ones mixed in); the crop fields come from ``test_ds.transform``, the
-    pipeline that produced the test number. ``pretrained`` is ``fgvc.models.weights.pretraining_source(cfg)``;
+    pipeline that produced the test number. ``pretrained`` is ``fgvc.api.pretraining_source(cfg)``;
     ``precision`` and ``device`` are those that ran."""
     d = cfg.data
     return {

@@ -140,6 +140,16 @@ def load_weights(path: Path) -> dict:
         raise UserError(f"weights file {path} is not a valid safetensors file ({e})") from None
 
 
+def staging_dir(out: Path) -> Path:
+    """A new hidden folder beside ``out`` to write into before the rename that publishes it."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise UserError(f"cannot write into {out.parent} ({e.strerror or e.__class__.__name__}); "
+                        "fix the folder's permissions or pass another --out") from None
+
+
 def check_out_dir(path: str | Path, what: str) -> Path:
     """``path`` (expanded) when it can be an output folder: it is one, or nothing exists there yet.
 
@@ -194,17 +204,25 @@ def load_class_names(run_dir: str | Path) -> list[str]:
     return names
 
 
-def _trained_channels_last(run_dir: Path) -> bool:
-    """metrics.json ``channels_last`` (train.channels_last as it ran); False when missing or unreadable."""
-    try:
-        return bool(read_metrics(run_dir).get("channels_last"))
-    except (UserError, AttributeError):  # damaged, or not a mapping: the weights still load
-        return False
-
-
 def read_metrics(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "metrics.json"
     return _read_json(path) if path.is_file() else {}
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """history.csv rows with numbers as floats (epoch as int); [] when missing or unreadable."""
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return []
+    rows = []
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                rows.append({k: (int(float(v)) if k == "epoch" else float(v)) for k, v in row.items()
+                             if k and v not in (None, "")})
+    except (ValueError, OSError, UnicodeDecodeError):
+        return rows  # the epochs read before a damaged line
+    return [r for r in rows if "epoch" in r]
 
 
 def _read_json(path: Path):
@@ -213,107 +231,3 @@ def _read_json(path: Path):
     except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UserError(f"{path} cannot be read as JSON ({e.__class__.__name__}); the run directory is "
                         "damaged") from None
-
-
-def load(run_dir: str | Path, checkpoint: str = "best"):
-    """``(model, class_names)``: the run's model on [0, 1] images, in eval mode, on the CPU.
-
-    ``model`` maps (B, 3, H, W) float images in [0, 1] (H = W = the run's data.image_size) to (B, C)
-    logits, C = ``len(class_names)``; it normalises inside, in the memory order it trained in.
-    ``checkpoint``: ``best`` (the epoch with the best val top-1) or ``last``. UserError (one
-    sentence) when ``run_dir`` is not a run folder, its config.yaml, classes.json or checkpoint is
-    missing or damaged, or the weights do not fit the model its config names."""
-    from fgvc.models import create_model
-    from fgvc.models.factory import is_clip
-
-    run_dir = check_run_dir(run_dir)
-    cfg = load_config(run_dir)
-    class_names = load_class_names(run_dir)
-    if is_clip(cfg.model.name):  # QuickGELU or not comes with the pretrained tag, not the weights
-        from fgvc.clip.classifier import clip_classifier
-
-        model = clip_classifier(cfg.model.name, len(class_names), cfg.model.dropout, cfg.data.image_size,
-                                pretrained=cfg.clip.pretrained if cfg.model.pretrained else "")
-    else:
-        model = create_model(cfg.model.name, len(class_names), pretrained=False, dropout=cfg.model.dropout,
-                             image_size=cfg.data.image_size)
-    state = load_weights(run_dir / "checkpoints" / f"{checkpoint}.safetensors")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"checkpoint in {run_dir} does not match model {cfg.model.name} "
-                        f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
-    if _trained_channels_last(run_dir):  # the memory order it trained and was tested in: the same kernels
-        model = model.to(memory_format=torch.channels_last)
-    return model.eval(), class_names
-
-
-class Run:
-    """A training run directory read once: what every analysis of it needs (eval, predict, explain,
-    attack, serve, export, audits), so none of them re-derives the config, the classes, the eval
-    pipeline or the splits on its own.
-
-    ``Run(run_dir)`` checks the folder (config.yaml, classes.json) and raises UserError with the fix
-    when it is not a run. ``model()`` builds the network from a checkpoint; ``dataset(split)`` is the
-    split the run trained and scored on (its data.name, root, val_fraction, classes and seed);
-    ``eval_transform`` the one evaluation preprocessing (fgvc.data.transforms); ``precision`` the
-    precision it trained in; ``write_json`` / ``write_text`` / ``save_figure`` write atomically into it.
-    """
-
-    def __init__(self, run_dir: str | Path):
-        self.dir = check_run_dir(run_dir)
-        self.config = load_config(self.dir)
-        self.class_names = load_class_names(self.dir)
-
-    def __repr__(self) -> str:
-        return f"Run({str(self.dir)!r})"
-
-    @property
-    def metrics(self) -> dict:
-        """metrics.json ({} while the run has not finished)."""
-        return read_metrics(self.dir)
-
-    @property
-    def image_size(self) -> int:
-        return self.config.data.image_size
-
-    @property
-    def eval_transform(self):
-        """PIL image -> float (3, S, S) in [0, 1], S = data.image_size: resize the short side to
-        S / 0.875, centre crop (fgvc.data.transforms.eval_transform)."""
-        from fgvc.data.transforms import eval_transform
-
-        return eval_transform(self.image_size)
-
-    @property
-    def precision(self) -> str:
-        """The precision the run trained in (metrics.json), else what train.precision resolves to here."""
-        if self.metrics.get("precision"):
-            return self.metrics["precision"]
-        from fgvc.train.devices import resolve_precision
-
-        return resolve_precision(self.config.train.precision, self.config.train.accelerator)
-
-    def dataset(self, split: str, transform=None, root: str | Path | None = None):
-        """The run's ``split`` ('train', 'val' or 'test'), through the eval pipeline unless ``transform``
-        is given; ``root`` reads the same dataset from another folder (it moved)."""
-        from fgvc.data import config_split
-
-        cfg = self.config
-        if root is not None:
-            cfg = config_mod.apply(config_mod.load(self.dir / "config.yaml"), {"data.root": str(root)})
-        return config_split(cfg, split, self.eval_transform if transform is None else transform)
-
-    def model(self, checkpoint: str = "best"):
-        """The run's network on [0, 1] images, eval mode, on the CPU (``checkpoint``: best or last)."""
-        return load(self.dir, checkpoint)[0]
-
-    def write_json(self, name: str, data) -> Path:
-        write_json_atomic(self.dir / name, data)
-        return self.dir / name
-
-    def write_text(self, name: str, text: str) -> Path:
-        write_text_atomic(self.dir / name, text)
-        return self.dir / name
-
-    def save_figure(self, fig, name: str, **kwargs) -> Path:
-        return save_figure(fig, self.dir / name, **kwargs)

@@ -5,7 +5,7 @@ still training) is never shown as the run's evaluation.
 The record (``eval_<split>.json`` ``checkpoint``): ``file`` (relative to the run directory), ``sha256``
 and ``bytes`` of the weights file read, ``epoch`` (1-based epoch whose weights they are: metrics.json
 ``best_epoch``, or for an unfinished run the best val_acc epoch of history.csv; None when unknown) and
-``run_finished`` (whether metrics.json existed). Reads files only (no torch).
+``run_finished`` (whether metrics.json existed). Reads files only (history.csv through ``fgvc.runs``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+
+from fgvc.runs import read_history
 
 BEST = "checkpoints/best.safetensors"
 
@@ -35,8 +37,6 @@ def file_identity(path: Path) -> tuple:
 def history_best_epoch(run_dir: Path) -> int | None:
     """1-based epoch of the first highest val_acc in history.csv (what training kept as best.safetensors:
     it replaces the best only on a strictly higher val_acc); None when history.csv is missing or unreadable."""
-    from fgvc.report.collect import read_history
-
     best, epoch = None, None
     for row in read_history(Path(run_dir)):
         acc = row.get("val_acc")

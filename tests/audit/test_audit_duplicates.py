@@ -80,7 +80,7 @@ def test_against_finds_a_planted_copy_in_another_folder(planted, tmp_path):
 def test_run_accuracy_recomputed_without_duplicated_test_images(planted, tmp_path):
     import torch
 
-    from fgvc import runs
+    from fgvc import api, runs
     from fgvc.data import build_dataset
     from fgvc.data.transforms import eval_transform
 
@@ -91,7 +91,7 @@ def test_run_accuracy_recomputed_without_duplicated_test_images(planted, tmp_pat
                  "--out", str(out), "--quiet"]) == 0
     acc = json.loads((out / "summary.json").read_text())["duplicates"]["accuracy"]
     test = build_dataset("folder", root, "test", eval_transform(runs.load_config(tiny_run).data.image_size))
-    model, _ = runs.load(tiny_run)
+    model, _ = api.load(tiny_run)
     with torch.no_grad():
         correct = [int(model(x[None]).argmax(1)) == y for x, y in test]
     kept = [ok for ok, s in zip(correct, test.samples) if s.path.resolve() not in expected]

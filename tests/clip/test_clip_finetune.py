@@ -4,7 +4,8 @@ import torch
 from tinyclip import make_tiny_clip
 
 from fgvc.clip.finetune import wise_ft
-from fgvc.clip.probe import fit_linear_probe, probe_accuracy, run_linear_probe
+from fgvc.clip.probe import run_linear_probe
+from fgvc.models.linear_probe import fit_linear_probe, probe_accuracy
 
 
 def test_wise_ft_interpolates_every_float_weight():

@@ -7,14 +7,15 @@ import pytest
 import torch
 from tinyclip import make_tiny_clip
 
-from fgvc import config, runs
+from fgvc import api, config, runs
+from fgvc.api import build_model
 from fgvc.cli import main
 from fgvc.clip.classifier import clip_classifier
 from fgvc.clip.finetune import finetune_config, run_finetune, score_wise_ft, wise_ft
 from fgvc.clip.prompts import prompt_names
 from fgvc.clip.zeroshot import zeroshot_weights
 from fgvc.errors import UserError
-from fgvc.train import build_model, evaluate
+from fgvc.train import evaluate
 
 EXACT = ["train.precision=32-true"]  # fp32 everywhere: scores compared across runs and scorers are equal
 
@@ -54,7 +55,7 @@ def test_fine_tuning_moves_well_above_the_zero_shot_head_it_starts_from(clip_run
 
 def test_the_head_starts_as_the_scaled_text_embeddings_of_the_prompts(clip_run, tiny_model_name, tokenizer):
     out, _ = clip_run
-    run = runs.Run(out)
+    run = api.Run(out)
     model = build_model(run.config, 8, run.class_names)
     clip = make_tiny_clip(seed=1)
     names = prompt_names(run.class_names, "synthbirds")
@@ -65,7 +66,7 @@ def test_the_head_starts_as_the_scaled_text_embeddings_of_the_prompts(clip_run, 
 
 def test_wise_ft_path_ends_at_the_zero_shot_and_the_fine_tuned_model(clip_run):
     out, metrics = clip_run
-    run = runs.Run(out)
+    run = api.Run(out)
     curve = metrics["wise_ft"]
     assert [r["alpha"] for r in curve] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert curve[-1]["test_acc"] == metrics["test_acc"]  # alpha 1 is the best checkpoint
@@ -79,7 +80,7 @@ def test_wise_ft_path_ends_at_the_zero_shot_and_the_fine_tuned_model(clip_run):
 
 def test_wise_ft_interpolates_between_two_real_checkpoints(clip_run):
     out, _ = clip_run
-    run = runs.Run(out)
+    run = api.Run(out)
     zs, ft = build_model(run.config, 8, run.class_names).state_dict(), run.model().state_dict()
     mid = wise_ft(zs, ft, 0.5)
     key = "net.visual.conv1.weight"
@@ -91,7 +92,7 @@ def test_every_analysis_reads_a_clip_run(clip_run, capsys):
     assert main(["eval", str(out), "--device", "cpu", "--precision", "32-true"]) == 0
     assert json.loads((out / "eval_test.json").read_text())["acc"] == pytest.approx(metrics["test_acc"])
     assert main(["attack", str(out), "--eps", "0,0.1", "--limit", "8", "--device", "cpu"]) == 0
-    model, names = runs.load(out)
+    model, names = api.load(out)
     assert model.name.startswith("clip:") and len(names) == 8
     from fgvc.explain import gradcam  # on the last block's tokens, as for any ViT
 

@@ -51,7 +51,8 @@ def test_pretrained_weights_come_from_torchvisions_cache(tmp_path, monkeypatch):
     assert model.head.out_features == 5  # the ImageNet head is replaced
     # metrics.json's pretraining source names and hashes that very file (DESIGN: source and sha256)
     from fgvc import config
-    from fgvc.models.weights import pretraining_source, sha256_file
+    from fgvc.api import pretraining_source
+    from fgvc.models.weights import sha256_file
 
     cfg = config.apply(config.Config(), {"model.name": "resnet18", "model.pretrained": "true"})
     cached = cache / weights.url.rsplit("/", 1)[-1]

@@ -107,7 +107,8 @@ def test_cached_timm_weights_load_without_the_network(hf, tmp_path, monkeypatch)
     assert torch.equal(model.net.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
     assert model.head.out_features == 3
     from fgvc import config
-    from fgvc.models.weights import pretraining_source, sha256_file
+    from fgvc.api import pretraining_source
+    from fgvc.models.weights import sha256_file
 
     cfg = config.apply(config.Config(), {"model.name": "test_vit", "model.pretrained": "true"})
     assert pretraining_source(cfg)["sha256"] == sha256_file(snapshot / "model.safetensors")

@@ -47,7 +47,7 @@ def test_label_match_records_its_protocol(tmp_path, tiny_synthbirds_root):
 
     from fgvc.data import build_dataset
     from fgvc.models.factory import create_model
-    from fgvc.models.labelmatch import run_label_match
+    from fgvc.pretrained import run_label_match
 
     names = build_dataset("synthbirds", tiny_synthbirds_root, "test").class_names
     (tmp_path / "labels.txt").write_text("\n".join(names[::-1]) + "\n")

@@ -166,8 +166,8 @@ def test_tflite_weights_refuse_a_model_without_same_padding():
 
 @needs_weights
 def test_imported_model_normalisation_is_honoured_by_predict_explain_attack_and_onnx(tmp_path, tiny_synthbirds_root):
+    from fgvc import api
     from fgvc import config as config_mod
-    from fgvc import runs
     from fgvc.explain import gradcam
     from fgvc.robust import fgsm
     from fgvc.train import train
@@ -177,11 +177,11 @@ def test_imported_model_normalisation_is_honoured_by_predict_explain_attack_and_
                                  "train.epochs=1", "train.batch_size=8", "data.num_workers=0",
                                  "train.precision=32-true", "model.trainable=head", f"out={tmp_path / 'runs'}"])
     run = train(cfg, progress=False)
-    model, _ = runs.load(run)
+    model, _ = api.load(run)
     # model.batchnorm=auto re-estimated the folded placeholder statistics (variance 1 - eps) on the images
     assert json.loads((run / "metrics.json").read_text())["batchnorm"] == "reestimate"
     assert not torch.allclose(model.net.bn1.running_var, torch.full_like(model.net.bn1.running_var, 1 - 1e-5))
-    # every consumer loads the run through runs.load: the file's normalisation travels in the checkpoint
+    # every consumer loads the run through api.load: the file's normalisation travels in the checkpoint
     assert torch.allclose(model.normalize.mean, torch.full((1, 3, 1, 1), 128 / 255))
     x = torch.rand(2, 3, 32, 32)
     y = model(x).argmax(1)

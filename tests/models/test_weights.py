@@ -123,8 +123,8 @@ def test_missing_file_unknown_suffix_and_changed_file(tmp_path):
 
 
 def test_training_from_a_file_records_its_origin(tmp_path, tiny_synthbirds_root):
+    from fgvc import api, runs
     from fgvc import config as config_mod
-    from fgvc import runs
     from fgvc.train import train
 
     src = _resnet(1000)
@@ -141,7 +141,7 @@ def test_training_from_a_file_records_its_origin(tmp_path, tiny_synthbirds_root)
     assert saved.model.weights_sha256 == sha256_file(path)
     assert metrics["batchnorm"] == "train"  # plain BatchNorm for weights that are not folded
     # the frozen backbone is the file's, bit for bit
-    model, _ = runs.load(run)
+    model, _ = api.load(run)
     assert torch.equal(model.net.conv1.weight, src.net.conv1.weight)
     # a later run that names another sha256 is refused before it trains
     cfg.model.weights_sha256 = "0" * 64

@@ -15,10 +15,10 @@ import torch
 from reliability_helpers import FAST, one_line_error
 from torch.utils.data import DistributedSampler, SequentialSampler
 
-from fgvc import config, runs
+from fgvc import config, devices, runs
 from fgvc.cli import main
 from fgvc.data import build_dataset, synthetic
-from fgvc.train import devices, splits
+from fgvc.train import splits
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fgvc import runs
+from fgvc import api, runs
 from fgvc.cli import main
 from fgvc.data import synthetic
 from fgvc.data.base import FineGrainedDataset, Sample
@@ -98,7 +98,7 @@ def test_every_path_feeds_the_model_the_same_input(big_images_run, tmp_path, mon
 
     size = runs.load_config(big_images_run).data.image_size
     images = [_exif_jpeg(tmp_path / f"phone{i}.jpg", i) for i in range(3)] + [_rgba_png(tmp_path / "cutout.png")]
-    model, class_names = runs.load(big_images_run)
+    model, class_names = api.load(big_images_run)
 
     # what training's val/test scoring and `fgvc eval` feed the model: the dataset path
     ds = FineGrainedDataset([Sample(p, 0) for p in images], class_names, eval_transform(size))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from reliability_helpers import FAST, history_without_timing, metrics_without_timing, one_line_error
 
-from fgvc import config, runs
+from fgvc import api, config, runs
 from fgvc.cli import main
 from fgvc.errors import UserError
 from fgvc.train import train, tricks
@@ -161,7 +161,7 @@ def test_disk_full_while_checkpointing_keeps_the_best_checkpoint_and_resumes(tin
     run_dir = _only_run(tmp_path)
     ckpt = run_dir / "checkpoints"
     assert sorted(p.name for p in ckpt.iterdir()) == ["best.safetensors", "last.safetensors", "last_state.pt"]
-    model, _ = runs.load(run_dir)  # the best checkpoint of epoch 1 loads
+    model, _ = api.load(run_dir)  # the best checkpoint of epoch 1 loads
     assert runs.load_state(ckpt / "last_state.pt")["epoch"] == 0
     assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
     _assert_same_run(run_dir, reference)
@@ -188,7 +188,7 @@ def test_nan_or_inf_loss_stops_with_a_sentence_and_keeps_the_last_good_checkpoin
     run_dir = _only_run(tmp_path)
     state = runs.load_state(run_dir / "checkpoints" / "last_state.pt")
     assert state["epoch"] == 0 and len(state["history"]) == 1
-    model, _ = runs.load(run_dir)
+    model, _ = api.load(run_dir)
     assert all(torch.isfinite(p).all() for p in model.state_dict().values())
 
 

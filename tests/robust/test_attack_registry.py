@@ -13,6 +13,7 @@ from fgvc.cli import build_parser
 from fgvc.errors import UserError
 from fgvc.robust.sweep import evaluate_attack
 from fgvc.robust.training import adversarial_loss
+from fgvc.train.checks import check_names
 
 
 def attack_action():
@@ -33,11 +34,13 @@ def test_cli_attack_choices_are_exactly_the_registry():
 def test_config_check_accepts_exactly_the_trainable_registry_names():
     trainable = [name for name, spec in attacks.ATTACKS.items() if spec.trainable]
     assert trainable == attacks.attack_names(trainable=True) and {"fgsm", "rs-fgsm", "pgd"} <= set(trainable)
-    for name in ["none", *trainable]:
-        assert config_mod.load(overrides=[f"adv.attack={name}"]).adv.attack == name
+    for name in ["none", *trainable]:  # the training preflight owns the attack names, not fgvc.config
+        cfg = config_mod.load(overrides=[f"adv.attack={name}"])
+        check_names(cfg)
+        assert cfg.adv.attack == name
     for name in [n for n in attacks.ATTACKS if n not in trainable] + ["deepfool"]:
         with pytest.raises(UserError, match="adv.attack.*one of none, " + ", ".join(trainable)):
-            config_mod.load(overrides=[f"adv.attack={name}"])
+            check_names(config_mod.load(overrides=[f"adv.attack={name}"]))
 
 
 def test_a_name_added_to_the_registry_reaches_cli_config_sweep_and_training(monkeypatch, random_cnn):
@@ -46,7 +49,7 @@ def test_a_name_added_to_the_registry_reaches_cli_config_sweep_and_training(monk
     monkeypatch.setitem(attacks.ATTACKS, "pgd-alias", extra)
     _, action = attack_action()
     assert "pgd-alias" in action.choices
-    assert config_mod.load(overrides=["adv.attack=pgd-alias"]).adv.attack == "pgd-alias"
+    check_names(config_mod.load(overrides=["adv.attack=pgd-alias"]))
     torch.manual_seed(0)
     x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
     result = evaluate_attack(random_cnn, DataLoader(TensorDataset(x, y), batch_size=4), "pgd-alias", [0.05],

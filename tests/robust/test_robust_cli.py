@@ -94,12 +94,12 @@ def test_pgd_training_keeps_its_alpha_and_steps():
 
 
 def test_a_bad_compare_run_is_refused_before_any_model_loads(tiny_run, tmp_path, monkeypatch, capsys):
-    from fgvc import runs
+    from fgvc import api
 
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before --compare was checked")
 
-    monkeypatch.setattr(runs, "load", no_model)
+    monkeypatch.setattr(api, "load", no_model)
     assert main(["attack", str(tiny_run), "--compare", str(tmp_path / "nope"), "--limit", "4"]) == 2
     assert "nope" in capsys.readouterr().err
     unfinished = tmp_path / "unfinished"  # a run folder whose first epoch never finished: no checkpoint

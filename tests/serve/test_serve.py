@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fgvc import runs
+from fgvc import api, runs
 from fgvc.cli import main
 from fgvc.data.transforms import load_eval_image
 from fgvc.explain import gradcam
@@ -90,7 +90,7 @@ def test_predict_equals_fgvc_predict(client, run64, image):
 
 
 def test_explain_is_the_gradcam_overlay_of_the_top_class_or_the_asked_one(client, run64, image):
-    model, names = runs.load(run64)
+    model, names = api.load(run64)
     x = load_eval_image(image, 64)
     best = int(model(x)[0].argmax())
     for target in (None, (best + 1) % len(names)):
@@ -107,7 +107,7 @@ def test_explain_is_the_gradcam_overlay_of_the_top_class_or_the_asked_one(client
 
 
 def test_attack_is_fgsm_against_the_top_class_and_the_top5_is_the_attacked_images(client, run64, image):
-    model, _ = runs.load(run64)
+    model, _ = api.load(run64)
     x = load_eval_image(image, 64)
     best = int(model(x)[0].argmax())
     x_adv = fgsm(model, x, torch.tensor([best]), 8 / 255)

@@ -31,8 +31,8 @@ def test_train_compile_compiles_the_model_that_trains(tiny_synthbirds_root, tmp_
 
 @pytest.mark.slow
 def test_a_compiled_run_trains_and_its_checkpoint_loads_into_a_plain_model(tiny_synthbirds_root, tmp_path):
+    from fgvc.api import build_model
     from fgvc.train import train
-    from fgvc.train.loop import build_model
 
     cfg = config.load(None, [*BASE, f"data.root={tiny_synthbirds_root}", "train.compile=true", f"out={tmp_path}"])
     run_dir = train(cfg, progress=False)

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from fgvc import config, runs
+from fgvc import api, config, runs
 from fgvc.errors import UserError
 from fgvc.train import train
 
@@ -45,7 +45,7 @@ def test_run_directory_holds_the_contract(tiny_synthbirds_root, tmp_path):
     assert (run_dir / "curves.png").stat().st_size > 1000
     assert config.load(run_dir / "config.yaml").train.epochs == 2
     assert json.loads((run_dir / "classes.json").read_text())[0].startswith("001.")
-    model, names = runs.load(run_dir)
+    model, names = api.load(run_dir)
     assert not model.training and len(names) == 4
 
 
@@ -79,11 +79,11 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tiny_synthbirds_root, 
 
 def test_init_from_reproduces_the_source_backbone(tiny_synthbirds_root, tmp_path):
     source = train(_cfg(tiny_synthbirds_root, tmp_path / "src", "train.epochs=1"), progress=False)
-    from fgvc.train.loop import build_model
+    from fgvc.api import build_model
 
     cfg = _cfg(tiny_synthbirds_root, tmp_path, "model.trainable=fc", f"model.init_from={source}")
     model = build_model(cfg, num_classes=3).eval()
-    src_model, _ = runs.load(source)
+    src_model, _ = api.load(source)
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         feats = torch.nn.Sequential(*list(model.net.children())[:-1])(model.normalize(x))
@@ -118,6 +118,6 @@ def test_one_short_run_with_every_trick_on(tiny_synthbirds_root, tmp_path):
 def test_frozen_backbone_run_records_trainable_counts(tiny_synthbirds_root, tmp_path):
     run_dir = train(_cfg(tiny_synthbirds_root, tmp_path, "train.epochs=1", "model.trainable=fc"), progress=False)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    model, _ = runs.load(run_dir)
+    model, _ = api.load(run_dir)
     assert metrics["params_trainable"] == model.head.in_features * 4 + 4  # test_resnet's fc: 96 inputs
     assert metrics["params_total"] == sum(p.numel() for p in model.parameters()) > 300_000

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from fgvc import config, runs
+from fgvc import api, config, runs
 from fgvc.train import loop, train
 
 FAST = ["model.name=test_resnet", "data.image_size=16", "data.num_workers=0", "data.name=synthbirds",
@@ -40,7 +40,7 @@ def _history(run_dir) -> list[dict]:
 # --- 1. model.dropout reaches the model the loop builds ---
 
 def test_dropout_sits_before_a_torchvision_head(tiny_synthbirds_root, tmp_path):
-    model = loop.build_model(_cfg(tiny_synthbirds_root, tmp_path, "model.name=resnet18", "model.dropout=0.3"), 4)
+    model = api.build_model(_cfg(tiny_synthbirds_root, tmp_path, "model.name=resnet18", "model.dropout=0.3"), 4)
     fc = model.net.fc
     assert isinstance(fc, nn.Sequential) and isinstance(fc[0], nn.Dropout) and fc[0].p == pytest.approx(0.3)
     assert fc[1] is model.head
@@ -59,14 +59,14 @@ def _two_forwards(model, train_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_dropout_reaches_a_timm_model(tiny_synthbirds_root, tmp_path):
     torch.manual_seed(0)
-    model = loop.build_model(_cfg(tiny_synthbirds_root, tmp_path, "model.dropout=0.3"), 4)
+    model = api.build_model(_cfg(tiny_synthbirds_root, tmp_path, "model.dropout=0.3"), 4)
     a, b = _two_forwards(model, train_mode=True)
     assert not torch.allclose(a, b), "train-mode forwards agree: model.dropout never reached the timm model"
     a, b = _two_forwards(model, train_mode=False)
     assert torch.equal(a, b)
     # the control: without dropout the same two train-mode forwards agree
     torch.manual_seed(0)
-    plain = loop.build_model(_cfg(tiny_synthbirds_root, tmp_path, "model.dropout=0"), 4)
+    plain = api.build_model(_cfg(tiny_synthbirds_root, tmp_path, "model.dropout=0"), 4)
     a, b = _two_forwards(plain, train_mode=True)
     assert torch.allclose(a, b)
 

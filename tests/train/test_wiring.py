@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from wiring_helpers import StopRun, run_and_spy, scripted_val_accuracy
 
-from fgvc import config, runs
+from fgvc import api, config, runs
 from fgvc.data import build_dataset
 from fgvc.data.transforms import eval_transform
 from fgvc.train import evaluate, train
@@ -204,7 +204,7 @@ def test_train_patience_stops_the_run(early_stopped):
 
 def _test_scores(run_dir, checkpoint):
     cfg = runs.load_config(run_dir)
-    model, _ = runs.load(run_dir, checkpoint)
+    model, _ = api.load(run_dir, checkpoint)
     d = cfg.data
     test = build_dataset(d.name, d.root, "test", eval_transform(d.image_size), d.val_fraction, cfg.train.seed)
     return evaluate(model, torch.utils.data.DataLoader(test, batch_size=64))
@@ -406,7 +406,7 @@ def test_train_channels_last_reaches_the_convolution_weights(make_cfg, baseline,
 def test_channels_last_auto_follows_the_device_precision_and_model():
     from torch import nn
 
-    from fgvc.train.devices import resolve_channels_last
+    from fgvc.devices import resolve_channels_last
 
     cnn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=8))
     vit_like = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.Flatten(), nn.Linear(8, 2))

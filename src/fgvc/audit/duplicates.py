@@ -149,15 +149,15 @@ def accuracy_without(run_dir, name: str, root, excluded: set[str], val_fraction:
                      progress: bool = False) -> dict:
     """Test accuracy of a run's best checkpoint on dataset ``name``'s test split, with every image and
     without the test images whose path is in ``excluded``; the model and pipeline are fgvc eval's
-    (``runs.load``, ``eval_transform``, ``fgvc.train.evaluate``). Fractions in [0, 1]."""
+    (``api.load``, ``eval_transform``, ``fgvc.train.evaluate``). Fractions in [0, 1]."""
     import torch
     from torch.utils.data import DataLoader
 
-    from fgvc import runs
+    from fgvc import api
     from fgvc.data import build_dataset
     from fgvc.train import evaluate
 
-    run = runs.Run(run_dir)
+    run = api.Run(run_dir)
     run_dir, cfg, class_names = run.dir, run.config, run.class_names
     if not (run_dir / "checkpoints" / "best.safetensors").is_file():
         raise UserError(f"run {run_dir} has no checkpoints/best.safetensors; pass a finished run of `fgvc train`")

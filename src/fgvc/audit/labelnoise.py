@@ -5,7 +5,7 @@ Dataset Labels", JAIR 2021; the `cleanlab` library).
 The features are a frozen backbone's (the input of its classification head, ``fgvc.train.probe.head_inputs``),
 of the whole training set (train and val) under the eval transform, extracted once. The training set is cut
 into k stratified folds (scikit-learn's StratifiedKFold); for each fold a linear probe
-(``fgvc.clip.probe.fit_linear_probe``: L2 logistic regression, full-batch L-BFGS) is fitted on the other
+(``fgvc.models.linear_probe.fit_linear_probe``: L2 logistic regression, full-batch L-BFGS) is fitted on the other
 folds and predicts the held-out fold. Its weight decay is swept once, on a random fifth of the first
 fold's training part, and kept for every fold. Every image thus gets probabilities from a probe that never saw its label, and cleanlab's
 ``find_label_issues`` flags the images whose given label the probabilities contradict; they are ranked by
@@ -45,7 +45,7 @@ def oof_probabilities(features: torch.Tensor, labels, num_classes: int, folds: i
     """(N, num_classes) out-of-fold softmax probabilities of linear probes on ``features`` (N, D) with
     integer ``labels`` (N,); each row comes from the probe of the fold that held that image out."""
     from fgvc.audit import require
-    from fgvc.clip.probe import fit_linear_probe
+    from fgvc.models.linear_probe import fit_linear_probe
 
     StratifiedKFold = require("sklearn.model_selection").StratifiedKFold  # noqa: N806 (a class)
 
@@ -84,11 +84,11 @@ def rank_label_issues(labels, pred_probs: np.ndarray) -> tuple[np.ndarray, np.nd
 def backbone(run: str | Path | None, model_name: str | None, weights: str | None, image_size: int):
     """(frozen model whose head input is the feature, input size, description): a run's best checkpoint,
     or ``model_name`` with ``weights`` (a local file, fgvc.models.weights) or timm's pretrained weights."""
+    from fgvc import api
     from fgvc import config as config_mod
-    from fgvc import runs
 
     if run is not None:
-        finished = runs.Run(run)
+        finished = api.Run(run)
         if not (finished.dir / "checkpoints" / "best.safetensors").is_file():
             raise UserError(f"run {finished.dir} has no checkpoints/best.safetensors; pass a finished run of "
                             "`fgvc train`")
@@ -96,7 +96,7 @@ def backbone(run: str | Path | None, model_name: str | None, weights: str | None
     if not model_name:
         raise UserError("the label-noise audit needs features: pass --run RUN_DIR or --model NAME "
                         "(with --weights FILE for local pretrained weights)")
-    from fgvc.train import build_model
+    from fgvc.api import build_model
 
     cfg = config_mod.Config()
     cfg.model.name, cfg.data.image_size = model_name, image_size

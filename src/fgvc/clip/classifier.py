@@ -19,6 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fgvc import config as config_mod
+from fgvc.clip import models as clip_models
+from fgvc.clip.models import check_model_name, preprocess_cfg
+from fgvc.clip.models import image_size as tower_size
+from fgvc.clip.prompts import load_descriptions, match_descriptions, prompt_names, resolve_templates
+from fgvc.clip.zeroshot import zeroshot_weights
 from fgvc.errors import UserError
 from fgvc.models.factory import CLIP_PREFIX, Classifier
 
@@ -60,9 +65,6 @@ def _quick_gelu(model_name: str, tag: str) -> bool:
 
 
 def _wrap(clip_model, name: str, num_classes: int, dropout: float, image_size: int) -> Classifier:
-    from fgvc.clip.models import image_size as tower_size
-    from fgvc.clip.models import preprocess_cfg
-
     size = tower_size(clip_model)
     if image_size != size:
         raise UserError(f"{name} takes {size}x{size} images (its position embeddings are made for them); "
@@ -79,12 +81,10 @@ def clip_classifier(name: str, num_classes: int, dropout: float = 0.0, image_siz
     """The architecture of ``name`` (``clip:<open_clip name>``) with random weights and a random
     ``num_classes`` head, for loading a checkpoint; ``pretrained`` (the run's clip.pretrained) only
     chooses QuickGELU where those weights were trained with it. UserError for an unknown name."""
-    from fgvc.clip.models import _check_model_name
-
     model_name = open_clip_name(name)
     kwargs = {}
     if not model_name.startswith(("hf-hub:", "local-dir:")):
-        _check_model_name(model_name)
+        check_model_name(model_name)
         kwargs["force_quick_gelu"] = _quick_gelu(model_name, pretrained)
     root = logging.getLogger()
     root.addFilter(_random_init_note)  # open_clip warns that no weights were loaded: the checkpoint follows
@@ -103,16 +103,12 @@ def zeroshot_classifier(cfg: config_mod.Config, class_names: list[str]) -> Class
     """CLIP ``cfg.model.name`` with ``cfg.clip.pretrained`` weights and its zero-shot head for ``class_names``
     (prompts from ``clip.templates`` and ``clip.descriptions``, class names cleaned for ``data.name``).
     UserError for a missing weights file or cache entry (offline), a wrong image size, a bad template."""
-    from fgvc.clip.models import load_clip
-    from fgvc.clip.prompts import load_descriptions, match_descriptions, prompt_names, resolve_templates
-    from fgvc.clip.zeroshot import zeroshot_weights
-
     c = cfg.clip
     templates = resolve_templates(c.templates)
     descriptions = None
     if c.descriptions:
         descriptions = match_descriptions(load_descriptions(c.descriptions), class_names, cfg.data.name)
-    clip_model, _, tokenizer = load_clip(open_clip_name(cfg.model.name), c.pretrained or None,
+    clip_model, _, tokenizer = clip_models.load_clip(open_clip_name(cfg.model.name), c.pretrained or None,
                                          cache_dir=c.cache_dir or None, download=not c.offline)
     with torch.no_grad():
         head = zeroshot_weights(clip_model, tokenizer, prompt_names(class_names, cfg.data.name), templates,

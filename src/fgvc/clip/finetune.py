@@ -11,13 +11,15 @@ weights (Wortsman et al. 2022, "Robust fine-tuning of zero-shot models").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from fgvc import api, runs
 from fgvc import config as config_mod
-from fgvc import runs
 from fgvc.errors import UserError
+from fgvc.models.factory import is_clip
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -45,10 +47,10 @@ def score_wise_ft(run_dir: str | Path, progress: bool = True, device: str = "aut
     exactly epoch 0's. Writes ``wise_ft.csv`` and adds to metrics.json ``wise_ft`` (one row per alpha),
     ``wise_ft_alpha`` (best on val; the larger alpha on a tie), ``wise_ft_test_acc`` and
     ``zeroshot_test_acc`` (alpha 0: the zero-shot head under the run's eval pipeline). Returns metrics."""
+    from fgvc.api import build_model
     from fgvc.evaluation import Scorer
-    from fgvc.train import build_model
 
-    run = runs.Run(run_dir)
+    run = api.Run(run_dir)
     cfg, metrics = run.config, run.metrics
     if not metrics:
         raise UserError(f"{run.dir} has not finished training (no metrics.json); finish it with "
@@ -77,6 +79,15 @@ def score_wise_ft(run_dir: str | Path, progress: bool = True, device: str = "aut
                    zeroshot_test_acc=next((r["test_acc"] for r in curve if r["alpha"] == 0.0), None))
     run.write_json("metrics.json", metrics)
     return metrics
+
+
+def after_training(cfg: config_mod.Config, progress: bool = True) -> Callable[[Path], dict] | None:
+    """The step ``fgvc.train.train(after=...)`` runs on a finished run of ``cfg``: ``score_wise_ft`` for a
+    CLIP model with ``clip.wise_ft_alphas``, None for any other run. Every caller of the loop that may
+    train a CLIP config (``fgvc train``, ``fgvc clip finetune``, a study row) passes it."""
+    if not (is_clip(cfg.model.name) and cfg.clip.wise_ft_alphas):
+        return None
+    return lambda run_dir: score_wise_ft(run_dir, progress=progress)
 
 
 def finetune_config(model_name: str, pretrained: str | None, dataset_name: str, root: str | Path,
@@ -129,8 +140,8 @@ def run_finetune(model_name: str, pretrained: str | None, dataset_name: str, roo
     from fgvc.train import train
 
     cfg = finetune_config(model_name, pretrained, dataset_name, root, **kwargs)
-    run_dir = train(cfg, run_dir=out_dir, resume=resume, progress=progress)
+    run_dir = train(cfg, run_dir=out_dir, resume=resume, progress=progress, after=after_training(cfg, progress))
     return runs.read_metrics(run_dir)
 
 
-__all__ = ["ALPHAS", "choose_alpha", "finetune_config", "run_finetune", "score_wise_ft", "wise_ft"]
+__all__ = ["ALPHAS", "after_training", "choose_alpha", "finetune_config", "run_finetune", "score_wise_ft", "wise_ft"]

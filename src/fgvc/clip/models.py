@@ -98,7 +98,8 @@ def _missing_weights(model_name: str, pretrained: str, cache_dir, why: str) -> U
     )
 
 
-def _check_model_name(model_name: str) -> None:
+def check_model_name(model_name: str) -> None:
+    """UserError naming the closest open_clip architectures unless open_clip knows ``model_name``."""
     if open_clip.get_model_config(model_name) is not None:
         return
     close = difflib.get_close_matches(model_name, open_clip.list_models(), n=3)
@@ -150,7 +151,7 @@ def load_clip(model_name: str, pretrained: str | None = "openai", device: str | 
         name = f"local-dir:{folder}"
     else:
         model_name = name = model_name.replace("/", "-")  # ViT-B/32 is how papers write ViT-B-32
-        _check_model_name(model_name)
+        check_model_name(model_name)
         if pretrained and str(pretrained).lower() != "none":
             tag_cfg = open_clip.get_pretrained_cfg(model_name, str(pretrained))
             if tag_cfg:

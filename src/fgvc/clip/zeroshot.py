@@ -25,9 +25,9 @@ from fgvc.clip.prompts import (
     prompt_names,
     resolve_templates,
 )
+from fgvc.devices import resolve_device
 from fgvc.errors import UserError
 from fgvc.metrics import class_report, confusion_matrix
-from fgvc.train.devices import resolve_device
 
 
 @torch.no_grad()

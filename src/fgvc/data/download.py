@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 
 from fgvc.errors import UserError
+from fgvc.runs import check_out_dir
 
 CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
 CUB_MD5 = "97eceeb196236b17998738112f37df78"
@@ -251,8 +252,6 @@ def prepare(name: str, root, url: str | None = None, md5=None, progress: bool = 
     """
     if name not in NAMES and name not in MANUAL:
         raise UserError(f"cannot prepare {name!r}; choose one of {', '.join(NAMES + tuple(MANUAL))}")
-    from fgvc.runs import check_out_dir
-
     root = check_out_dir(root, "--root")  # a file, or under one: one sentence before any download
     if _ready(name, root):
         _say(progress, f"{name} is already prepared in {root}; nothing to do")

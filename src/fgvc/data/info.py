@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from fgvc.data import build_dataset
 from fgvc.data.base import SPLITS, find_unreadable
 
 
@@ -14,8 +15,6 @@ def describe(name: str, root, check: bool = False, val_fraction: float = 0.1, se
     Returns {'name', 'root', 'num_classes', 'splits': {split: n}, 'train_per_class': [min, max],
     'has_boxes', 'examples': [first class names]} plus, with ``check``, 'unreadable': [{'path', 'error'}].
     """
-    from fgvc.data import build_dataset
-
     parts = {s: build_dataset(name, root, s, None, val_fraction=val_fraction, seed=seed) for s in SPLITS}
     train = parts["train"]
     counts = Counter(train.targets)

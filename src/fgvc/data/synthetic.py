@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from fgvc.errors import UserError
+from fgvc.runs import check_out_dir
 
 # (name, RGB) palettes; names become part of the class name
 CROWNS = (("Red", (205, 30, 35)), ("Yellow", (245, 215, 35)), ("Blue", (35, 75, 215)),
@@ -319,8 +320,6 @@ def check_target(root, overwrite: bool, root_name: str = "root", overwrite_name:
     dataset with ``overwrite``. UserError otherwise, naming the arguments as the caller spells them
     (``root_name`` / ``overwrite_name``: the API's ``root`` / ``overwrite=True``, the CLI's ``--root`` /
     ``--overwrite``)."""
-    from fgvc.runs import check_out_dir
-
     root = check_out_dir(root, root_name)
     if root.is_dir() and any(root.iterdir()):
         if not overwrite:

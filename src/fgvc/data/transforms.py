@@ -23,6 +23,7 @@ from typing import BinaryIO
 import torch
 from torchvision.transforms import v2
 
+from fgvc.data import base
 from fgvc.errors import UserError
 
 EVAL_CROP_RATIO = 0.875  # shorter side resized to size / 0.875, then the centre size x size crop
@@ -54,11 +55,9 @@ def eval_transform(size: int) -> Pipeline:
 def load_eval_image(source: str | Path | BinaryIO, size: int) -> torch.Tensor:
     """One image file (or file object) as the model's (1, 3, size, size) input, exactly as evaluation sees it.
     UserError when a path given by the user (fgvc predict, fgvc explain) is not a file."""
-    from fgvc.data.base import read_rgb  # base imports PIL readers; transforms stays light to import
-
     if isinstance(source, str | Path) and not Path(source).is_file():
         raise UserError(f"image {source} is not a file; pass the path of an image file (jpg, png, ...)")
-    return eval_transform(size)(read_rgb(source, decode_min_side(size))).unsqueeze(0)
+    return eval_transform(size)(base.read_rgb(source, decode_min_side(size))).unsqueeze(0)
 
 
 def eval_preprocessing(size: int) -> dict:

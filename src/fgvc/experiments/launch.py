@@ -4,7 +4,7 @@ The rows of a study are independent runs, so they can run at the same time: as p
 this machine (``local``: submitit's LocalExecutor) or as jobs on a SLURM cluster (``slurm``:
 submitit's SlurmExecutor, several rows as one job array). Both launchers submit the same
 pickled call, ``run_row(...)``, which trains the row exactly as the sequential ``fgvc study``
-does (``fgvc.experiments.study.train_row``: resumed from its last finished epoch when one was
+does (``fgvc.experiments.rows.train_row``: resumed from its last finished epoch when one was
 committed) and then writes the study's table if every row of the launch has finished. So:
 
 - a re-run submits only unfinished rows (a row whose ``metrics.json`` exists is skipped), and a
@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fgvc.errors import UserError
+from fgvc.experiments.rows import train_row
+from fgvc.experiments.tables import write_tables
 
 LAUNCHERS = ("sequential", "local", "slurm")
 SUBMITIT_INSTALL = "pip install 'fgvc[cluster]'  (or: pip install submitit)"
@@ -66,14 +68,12 @@ def run_row(name: str, study: dict, row: str, cfg, folder: str, launch_rows: lis
     """One row (or one (row, seed) ``cell``, its folder relative to the study's, e.g. ``row/seed1``) in its own
     process (what every launcher submits); ``launch_rows`` are the cells of the launch; ``study`` as read_study returns
     it (rows already parsed into {dotted key: value}, pickled as such, never re-parsed here). Returns the run directory."""
-    from fgvc.experiments.study import _write, train_row
-
     folder_path = Path(folder)
     run_dir = folder_path / (cell or row)
     if not (run_dir / "metrics.json").is_file():  # finished by an earlier job of a re-submitted array
         train_row(row, study["rows"][row], cfg, run_dir, progress=False, seeds=study.get("seeds"))
     if all((folder_path / r / "metrics.json").is_file() for r in launch_rows):
-        _write(folder_path, study, name)  # the last row to finish writes the table (idempotent, atomic)
+        write_tables(folder_path, study, name)  # the last row to finish writes the table (idempotent, atomic)
     return str(run_dir)
 
 
@@ -146,11 +146,9 @@ def launch_study(name: str, study: dict, rows: list[str], configs: dict, folder:
         if r not in todo:
             print(f"{r}: finished earlier, skipped")
     resources = {r: job_resources(configs[r], options) for r in todo}
-    from fgvc.experiments.study import _write
-
     folder.mkdir(parents=True, exist_ok=True)
     if not todo:
-        _write(folder, study, name)
+        write_tables(folder, study, name)
         return {}
     log_folder = folder / ".submitit"
     executor = make_executor(launcher, log_folder)
@@ -178,7 +176,7 @@ def launch_study(name: str, study: dict, rows: list[str], configs: dict, folder:
         jobs = _run_local(executor, options, resources, args, todo)
     else:
         _wait(jobs)
-    _write(folder, study, name)
+    write_tables(folder, study, name)
     failed = {r: job for r, job in jobs.items() if not (folder / r / "metrics.json").is_file()}
     if failed:
         logs = ", ".join(str(job.paths.stdout) for job in failed.values())

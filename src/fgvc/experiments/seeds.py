@@ -21,6 +21,7 @@ import numpy as np
 
 from fgvc import runs
 from fgvc.errors import UserError
+from fgvc.protocol import differing_fields, flatten
 
 # protocol fields that differ between the seeds of a row by design: never a "differing" column
 SEED_FIELDS = ("seed", "val_draw.seed", "study_seeds")
@@ -76,8 +77,6 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
 def write_seed_table(folder: Path, rows: list[str], seeds: list[int], columns: list[str], title: str) -> str:
     """table.md / table.csv (mean, std, n per row) and table_seeds.csv (one line per finished seed) of a seeded
     study, read from ``folder/<row>/seed<S>/metrics.json`` only; table.png with the spread. Returns table.md."""
-    from fgvc.protocol import differing_fields, flatten
-
     keys = [*columns, "epochs_run", "seconds"]
     cells = {(r, s): m for r in rows for s in seeds if (m := runs.read_metrics(folder / cell_dir(r, s)))}
     differ = [k for k in differing_fields([m.get("protocol") for m in cells.values()]) if k not in SEED_FIELDS]

@@ -57,7 +57,7 @@ def cam(model: nn.Module, x: Tensor, target: Target = None, relu: bool = False) 
         if len(acts) != 1 or not isinstance(acts[0], Tensor) or acts[0].dim() != 4:
             raise UserError(_no_cam(model, "its feature module does not give one (B, C, h, w) map per forward pass"))
         # swin-like stages are (B, h, w, C): read as (B, C, h, w) they would give h channels
-        a = _to_grid(model, acts[0], x.shape[-2:], getattr(model, "feature_path", "feature module"), features).float()
+        a = to_grid(model, acts[0], x.shape[-2:], getattr(model, "feature_path", "feature module"), features).float()
         if a.shape[1] != head.in_features:
             raise UserError(_no_cam(model, f"its last feature map has {a.shape[1]} channels but the final "
                                            f"linear layer takes {head.in_features}"))
@@ -89,7 +89,7 @@ def gradcam(model: nn.Module, x: Tensor, target: Target = None, layer: str | nn.
     """
     if method not in GRADCAM_METHODS:
         raise UserError(f"unknown Grad-CAM method {method!r}; choose one of {', '.join(GRADCAM_METHODS)}")
-    module, name = _resolve_layer(model, layer)
+    module, name = resolve_layer(model, layer)
     with eval_with_grad(model):
         acts: list[Tensor] = []
 
@@ -116,7 +116,7 @@ def gradcam(model: nn.Module, x: Tensor, target: Target = None, layer: str | nn.
         (grad,) = torch.autograd.grad(score, acts[0], allow_unused=True)
         a = acts[0].detach()
         grad = torch.zeros_like(a) if grad is None else grad
-        a, grid_grad = _to_grid(model, a, x.shape[-2:], name, module), _to_grid(model, grad, x.shape[-2:], name, module)
+        a, grid_grad = to_grid(model, a, x.shape[-2:], name, module), to_grid(model, grad, x.shape[-2:], name, module)
         if grad.dim() == 3 and grad.any() and not grid_grad.any():
             # a token-pooled transformer's last block output reaches the head only through the
             # class token: every map would be zero, which says nothing about where the model looks
@@ -213,7 +213,9 @@ def _no_cam(model: nn.Module, why: str) -> str:
             f"({why}); use Grad-CAM instead (gradcam / method 'gradcam' or 'gradcam++')")
 
 
-def _resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> tuple[nn.Module, str]:
+def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> tuple[nn.Module, str]:
+    """(module, name) of the layer a CAM reads: ``layer`` (a module or a dotted name inside the network),
+    or by default the model's last spatial feature map (a ViT's last block). UserError when there is none."""
     net = getattr(model, "net", model)
     if isinstance(layer, nn.Module):
         return layer, type(layer).__name__
@@ -250,7 +252,7 @@ def _layer_examples(net: nn.Module, n: int = 6) -> list[str]:
     return names[-n:]
 
 
-def _to_grid(model: nn.Module, t: Tensor, size, name: str, module: nn.Module | None = None) -> Tensor:
+def to_grid(model: nn.Module, t: Tensor, size, name: str, module: nn.Module | None = None) -> Tensor:
     """A layer's output as a (B, C, h, w) map of the input grid.
 
     (B, C, h, w) stays; (B, h, w, C) (swin, swinv2, MambaOut, Sequencer stages, channels-last

@@ -17,9 +17,12 @@ import torch
 from safetensors.torch import save
 from torch.utils.data import DataLoader, Subset
 
-from fgvc import runs
+from fgvc import api, runs
+from fgvc.data.base import readable_name
+from fgvc.data.transforms import load_eval_image
+from fgvc.devices import analysis_precision, autocast, resolve_device
 from fgvc.errors import UserError
-from fgvc.explain.cam import METHODS, check_cam, explain, supports_cam
+from fgvc.explain.cam import METHODS, check_cam, explain, resolve_layer, supports_cam, to_grid
 from fgvc.explain.localization import evaluate_localization, format_table
 from fgvc.explain.overlay import save_grid, save_panel
 
@@ -57,12 +60,9 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
     computed, logged and written to ``localization.json``. ``data_root`` overrides the
     run's ``data.root`` (a run moved to another machine). ``device``: auto | cpu | cuda[:N];
     ``precision``: ``run`` (the precision the run trained in, where the device supports it; see
-    ``fgvc.train.devices.analysis_precision``) or 32-true | bf16-mixed | 16-mixed: the forwards run under
+    ``fgvc.devices.analysis_precision``) or 32-true | bf16-mixed | 16-mixed: the forwards run under
     that autocast. Returns a summary dict (with the ``device`` and ``precision`` used).
     """
-    from fgvc.data.base import readable_name
-    from fgvc.train.devices import analysis_precision, autocast, resolve_device
-
     say = log or (lambda _msg: None)
     run_dir = runs.check_run_dir(run_dir)
     if out_dir is not None:  # a file there: refused before the model loads
@@ -72,7 +72,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         raise UserError(f"--limit must be 1 or more, got {limit}")
     device = resolve_device(device)
     precision = analysis_precision(precision, device, run_dir)
-    run = runs.Run(run_dir)
+    run = api.Run(run_dir)
     model, class_names, cfg = run.model().to(device).eval(), run.class_names, run.config
     notes = []
     if "cam" in names and not supports_cam(model):
@@ -111,17 +111,8 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
 
     results, table = None, None
     if localization and dataset is not None and dataset.has_boxes:
-        dataset.return_boxes = True
-        subset = dataset if localization_limit is None else Subset(dataset, range(min(localization_limit, len(dataset))))
-        loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
-        with autocast(precision, device):
-            results = evaluate_localization(model, loader, names, device=device, progress=log is not None)
-        table = format_table(results)
-        runs.write_json_atomic(out / "localization.json", {
-            "split": split, "target": "label", "image_size": cfg.data.image_size, "precision": precision,
-            "methods": {m: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                        for m, r in results.items()},
-        })
+        results, table = _localization(model, dataset, names, split, out, cfg.data.image_size, localization_limit,
+                                       batch_size, device, precision, progress=log is not None)
         say(f"localisation on {split} ({results[names[0]]['n']} images, true class explained):")
         say(table)
     return {
@@ -133,11 +124,26 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
     }
 
 
-def _inputs(run: runs.Run, images, split: str, limit: int, data_root):
+def _localization(model, dataset, names: list[str], split: str, out: Path, image_size: int, limit: int | None,
+                  batch_size: int, device, precision: str, progress: bool) -> tuple[dict, str]:
+    """(scores per method, their table) of the maps of the true class against the boxes of ``dataset``
+    (the first ``limit`` images, all with None), written to ``out/localization.json``."""
+    dataset.return_boxes = True
+    subset = dataset if limit is None else Subset(dataset, range(min(limit, len(dataset))))
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
+    with autocast(precision, device):
+        results = evaluate_localization(model, loader, names, device=device, progress=progress)
+    runs.write_json_atomic(out / "localization.json", {
+        "split": split, "target": "label", "image_size": image_size, "precision": precision,
+        "methods": {m: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                    for m, r in results.items()},
+    })
+    return results, format_table(results)
+
+
+def _inputs(run: api.Run, images, split: str, limit: int, data_root):
     """(x (N, 3, S, S) in [0, 1], labels (None for files), stems, boxes, dataset or None): the image files
     decoded as predict and evaluation do, or ``limit`` images spread evenly over the run's ``split``."""
-    from fgvc.data.transforms import load_eval_image
-
     cfg = run.config
     if images:
         paths = [Path(p).expanduser() for p in images]
@@ -161,8 +167,6 @@ def _maps(model, x, names: list[str], explicit: bool, batch_size: int, device, p
           model_name: str):
     """({method: (N, H, W) maps of the predicted class}, predicted indices, their probabilities). CAM that
     fails its GAP + linear check on the real logits is dropped with a note unless asked for by name."""
-    from fgvc.train.devices import autocast
-
     maps: dict[str, list[torch.Tensor]] = {m: [] for m in names}
     preds, probs = [], []
     for start in range(0, len(x), batch_size):
@@ -201,10 +205,8 @@ USEFUL_SIDE = 7  # a last feature map of about 7x7 or more (ResNets at 224 px) g
 
 def feature_map_side(model, x: torch.Tensor) -> tuple[int, int] | None:
     """(h, w) of the last feature map (the layer CAM and Grad-CAM use) for input ``x``; None if unknown."""
-    from fgvc.explain.cam import _resolve_layer, _to_grid
-
     try:
-        module, name = _resolve_layer(model, None)
+        module, name = resolve_layer(model, None)
     except UserError:
         return None
     outputs = []
@@ -213,7 +215,7 @@ def feature_map_side(model, x: torch.Tensor) -> tuple[int, int] | None:
         with torch.no_grad():
             model(x)
         t = outputs[0][0] if isinstance(outputs[0], (tuple, list)) else outputs[0]
-        grid = _to_grid(model, t, x.shape[-2:], name, module)
+        grid = to_grid(model, t, x.shape[-2:], name, module)
     except (UserError, IndexError, RuntimeError, TypeError):
         return None
     finally:

@@ -21,6 +21,7 @@ import yaml
 from fgvc.config import all_keys, check_ranges, flat_dict, load_dataclass
 from fgvc.errors import UserError
 from fgvc.gan.networks import IMAGE_SIZES
+from fgvc.train.loggers import parse_loggers
 
 
 @dataclass
@@ -87,8 +88,6 @@ def validate_gan_config(cfg: GanConfig) -> GanConfig:
     """Range-check every value; raise UserError naming the first bad key."""
     check_ranges(cfg, _CHECKS, what="GAN config")
     if cfg.loggers:  # a did-you-mean sentence for a misspelt logger
-        from fgvc.train.loggers import parse_loggers
-
         parse_loggers(cfg.loggers, key="loggers")
     return cfg
 

@@ -16,6 +16,8 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from fgvc.data.base import readable_name
+from fgvc.devices import resolve_device
 from fgvc.errors import UserError
 from fgvc.gan.checkpoint import (
     latest_checkpoint,
@@ -24,7 +26,7 @@ from fgvc.gan.checkpoint import (
     make_temp_dir,
 )
 from fgvc.gan.networks import Generator
-from fgvc.runs import check_out_dir, write_bytes_atomic
+from fgvc.runs import check_out_dir, save_figure, write_bytes_atomic
 
 META_FILE = "meta.json"  # class names and architecture of a GAN run
 
@@ -112,8 +114,6 @@ def save_sample_grid(generator: Generator, class_ids: Sequence[int], z: Tensor, 
     if class_names is None:
         write_bytes_atomic(path, png_bytes(make_grid(images, nrow=n, padding=2, pad_value=1.0)))
         return path
-    from fgvc.runs import save_figure
-
     rows = [class_names[int(c)] if 0 <= int(c) < len(class_names) else f"class {int(c)}" for c in class_ids]
     return save_figure(sample_grid_figure(images, rows, n, title), Path(path), dpi=100)
 
@@ -124,8 +124,6 @@ def sample_grid_figure(images: Tensor, row_labels: Sequence[str], n: int, title:
     import textwrap
 
     from matplotlib.figure import Figure
-
-    from fgvc.data.base import readable_name
 
     grid = make_grid(images, nrow=n, padding=2, pad_value=1.0)
     rows = len(row_labels)
@@ -198,8 +196,6 @@ def sample_dataset(run_dir: str | Path, per_class: int, out_dir: str | Path, see
     meta = read_meta(run_dir)
     names = list(meta["class_names"])
     _check_class_names(names)
-    from fgvc.train.devices import resolve_device  # the one --device resolver
-
     generator = load_generator(run_dir, ema=ema, device=resolve_device(device))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(out_dir.parent, f".{out_dir.name}.")

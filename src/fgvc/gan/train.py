@@ -22,7 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
+from fgvc.data import build_dataset
+from fgvc.data.transforms import eval_transform
+from fgvc.devices import resolve_device
 from fgvc.errors import UserError
 from fgvc.gan.batches import RealBatches, load_into_memory
 from fgvc.gan.checkpoint import (
@@ -36,6 +40,7 @@ from fgvc.gan.networks import Discriminator, Generator, count_parameters
 from fgvc.gan.synthesize import META_FILE, read_meta, save_sample_grid
 from fgvc.protocol import run_protocol
 from fgvc.runs import check_out_dir, save_figure, write_json_atomic, write_text_atomic
+from fgvc.train.loggers import open_loggers, require_installed
 
 GRID_COLUMNS = 8  # fixed noise vectors per class row in the sample grids
 FINAL_WINDOW = 100  # iterations averaged for the final losses in metrics.json
@@ -103,9 +108,6 @@ def train_iteration(G: Generator, D: Discriminator, opt_g: torch.optim.Optimizer
 
 def _build_dataset(config: GanConfig) -> Dataset:
     # imported here so the GAN package loads even where the data package is not importable
-    from fgvc.data import build_dataset
-    from fgvc.data.transforms import eval_transform
-
     d = config.data
     return build_dataset(d.name, d.root, d.split, eval_transform(d.image_size), d.val_fraction, config.seed)
 
@@ -235,14 +237,7 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
     data section is loaded with ``eval_transform(image_size)``. ``resume`` is an earlier run
     directory: training continues from its latest checkpoint up to ``config.iterations``.
     """
-    validate_gan_config(config)
-    if config.loggers:  # before anything is written (imported here: fgvc.train loads the classifier stack)
-        from fgvc.train.loggers import require_installed
-
-        require_installed(config.loggers, key="loggers")
-    from fgvc.train.devices import resolve_device  # the one --device resolver
-
-    device = resolve_device(config.device)
+    device = _checked_device(config)
     if resume is None:  # out= a file: refused before any data is read
         check_out_dir(config.out, "out")
     images, labels, class_names = _training_images(config, dataset)
@@ -273,10 +268,6 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
     def write_metrics(done: int) -> None:
         write_json_atomic(run_dir / "metrics.json", _metrics(config, done, seconds, history, meta, G, D, device))
 
-    from tqdm.auto import tqdm
-
-    from fgvc.train.loggers import open_loggers
-
     # TensorBoard's HPARAMS tab shows the two losses beside the settings
     log = open_loggers(config.loggers, run_dir, start_step=start, main=True, key="loggers",
                        hparam_metrics=("step/d_loss", "step/g_loss"))
@@ -285,9 +276,7 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
     with StopRequest() as stop:  # ^C: finish the iteration, save a checkpoint, then stop
         for it in range(start, config.iterations):
             tick = time.perf_counter()
-            for opt in (opt_g, opt_d):
-                for group in opt.param_groups:
-                    group["lr"] = config.lr * lr_factor(it, config.iterations, config.decay_start)
+            _set_lr((opt_g, opt_d), config.lr * lr_factor(it, config.iterations, config.decay_start))
             batches = [real.batch(k, device) for k in range(batches_seen, batches_seen + config.n_dis)]
             batches_seen += config.n_dis
             d_loss, g_loss = train_iteration(G, D, opt_g, opt_d, batches, noise)
@@ -305,12 +294,10 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
                                  "(EMA generator; a row per class, the same noise in each column)")
             if last or done % config.checkpoint_every == 0 or stop.asked:
                 seconds, tick = seconds + time.perf_counter() - tick, time.perf_counter()
-                save_checkpoint(run_dir, done, {"G": G, "G_ema": G_ema, "D": D}, {
+                _save(run_dir, config, done, {"G": G, "G_ema": G_ema, "D": D}, {
                     "iteration": done, "batches_seen": batches_seen, "seconds": seconds,
                     "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "noise_rng": noise_rng.get_state(),
-                    "config": dataclasses.asdict(config),
-                }, keep=config.keep_checkpoints)
-                _write_losses(run_dir, history)
+                }, history)
                 write_metrics(done)
                 log.flush()  # the logs hold every iteration up to the checkpoint a resume starts from
                 if stop.asked and not last:
@@ -322,6 +309,28 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
     if start >= config.iterations:  # nothing left to train: still leave consistent summary files
         write_metrics(start)
     return run_dir
+
+
+def _checked_device(config: GanConfig) -> torch.device:
+    """The device ``config.device`` names (the one --device resolver), once the config is valid and its
+    loggers are installed: all checked before anything is written."""
+    validate_gan_config(config)
+    if config.loggers:
+        require_installed(config.loggers, key="loggers")
+    return resolve_device(config.device)
+
+
+def _set_lr(optimizers, lr: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
+def _save(run_dir: Path, config: GanConfig, done: int, nets: dict, state: dict, history: list) -> None:
+    """Checkpoint of iteration ``done`` (``state``: counters, optimizers and the noise stream; the config is
+    added) and losses.csv up to it."""
+    save_checkpoint(run_dir, done, nets, {**state, "config": dataclasses.asdict(config)}, keep=config.keep_checkpoints)
+    _write_losses(run_dir, history)
 
 
 class StopRequest:

@@ -19,6 +19,7 @@ from torchvision import models as tvm
 from torchvision.models.vision_transformer import interpolate_embeddings
 
 from fgvc.errors import UserError
+from fgvc.models import hub
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -97,13 +98,9 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, dropout:
     """A classifier with a fresh ``num_classes`` head, dropout ``dropout`` before it."""
     if num_classes < 1:
         raise UserError(f"a model needs at least one class, got {num_classes}")
-    if is_clip(name):
-        if pretrained:  # the zero-shot head needs class names and prompts: fgvc.train.build_model builds it
-            raise UserError(f"{name} with pretrained weights is built from a config (fgvc.clip.classifier."
-                            "zeroshot_classifier), not by create_model")
-        from fgvc.clip.classifier import clip_classifier
-
-        return clip_classifier(name, num_classes, dropout=dropout, image_size=image_size)
+    if is_clip(name):  # CLIP towers come from open_clip, one floor up: fgvc.api.build_model builds them
+        raise UserError(f"{name} is a CLIP model, built from a config (fgvc.api.build_model, fgvc.clip.classifier), "
+                        "not by create_model")
     if name in TORCHVISION_MODELS:
         return _torchvision_model(name, num_classes, pretrained, dropout, image_size)
     if name in TF_PORTS:
@@ -133,9 +130,7 @@ def _torchvision_state_dict(weights) -> dict:
         except Exception as e:  # a truncated or foreign file: say which and how to fix
             raise UserError(f"pretrained weights {cached} cannot be read ({e.__class__.__name__}); "
                             f"delete it and download {weights.url} again") from None
-    from fgvc.models.hub import reachable
-
-    if not reachable(weights.url):  # urllib has no timeout of its own: a dead network could hang here
+    if not hub.reachable(weights.url):  # urllib has no timeout of its own: a dead network could hang here
         raise UserError(f"pretrained weights {filename} are not cached and {weights.url.split('/')[2]} cannot be "
                         f"reached; download {weights.url} and put it in {cached.parent}")
     try:
@@ -172,7 +167,7 @@ def _timm_model(name, num_classes, pretrained, dropout, image_size, **overrides)
     arch = name.split(".")[0]
     kwargs = {"num_classes": num_classes, "drop_rate": dropout, **overrides}
     probe = _timm_probe(name, arch, kwargs)
-    if _takes_img_size(type(probe)):
+    if takes_img_size(type(probe)):
         # fixed-size families (ViT, DeiT, BEiT, EVA, swin, swinv2, MaxViT, CoaT, ...) size their
         # position tables and windows by it; timm resamples pretrained tables to it when loading
         kwargs["img_size"] = image_size
@@ -181,9 +176,7 @@ def _timm_model(name, num_classes, pretrained, dropout, image_size, **overrides)
     head_path = _find_linear_head(probe)  # refused here, before any weights are fetched or allocated
     meta_error = _forward_error(probe, image_size)
     if pretrained:
-        from fgvc.models.hub import timm_weights_file
-
-        weights = timm_weights_file(name)
+        weights = hub.timm_weights_file(name)
         if weights:  # a local file: timm reads it without touching the network
             kwargs["pretrained_cfg_overlay"] = {"file": weights}
     try:
@@ -223,7 +216,7 @@ def _timm_probe(name, arch, kwargs):
         raise _size_error(name, kwargs.get("img_size"), e) from None
 
 
-def _takes_img_size(cls) -> bool:
+def takes_img_size(cls) -> bool:
     """Whether a timm model class's constructor (or a base class it passes **kwargs on to) takes img_size."""
     for c in cls.__mro__:
         if "__init__" not in vars(c):

@@ -141,15 +141,14 @@ def _first_cached(repo_id: str, names: list[str], revision: str | None) -> str |
     return next((hit for n in names if (hit := hf_cached(repo_id, n, revision))), None)
 
 
-def cached_weights_file(name: str) -> Path | None:
+def cached_weights_file(name: str, torchvision_url: str | None = None) -> Path | None:
     """The cached file the pretrained torchvision or timm model ``name`` loads, or None; never downloads.
 
     The same places ``fgvc.models.factory`` reads: torch's hub cache for torchvision (and URL-served
-    timm weights), the Hugging Face cache for timm weights with a hub repository."""
-    from fgvc.models.factory import TORCHVISION_MODELS
-
-    if name in TORCHVISION_MODELS:
-        url = TORCHVISION_MODELS[name][1].url
+    timm weights), the Hugging Face cache for timm weights with a hub repository. ``torchvision_url``:
+    the weights URL when ``name`` is a torchvision model (``fgvc.models.factory.TORCHVISION_MODELS``)."""
+    if torchvision_url:
+        url = torchvision_url
     else:
         from timm.models import get_pretrained_cfg
 

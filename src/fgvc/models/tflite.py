@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fgvc.errors import UserError
+from fgvc.models.factory import TF_PORTS
 
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "AVERAGE_POOL_2D", "RESHAPE",
                  "SOFTMAX", "QUANTIZE", "DEQUANTIZE")
@@ -178,8 +179,6 @@ def state_dict_for(model, path: str | Path) -> dict[str, torch.Tensor]:
     Errors (UserError): the model is not built with 'SAME' padding for this file, or its
     convolutions do not match the file's in number, shape or stride.
     """
-    from fgvc.models.factory import TF_PORTS
-
     path = Path(path).expanduser()
     if model.name not in TF_PORTS:
         raise UserError(f"TensorFlow Lite weights need TensorFlow's 'SAME' padding: use model.name="
@@ -276,47 +275,3 @@ def reference_forward(path: str | Path, x: torch.Tensor, until: str = "logits") 
 
 __all__ = ["Graph", "input_normalization", "num_classes", "read_graph", "reference_forward", "same_padding",
            "state_dict_for"]
-
-
-def import_tflite(path: str | Path, out: str | Path, model_name: str = "tf_mobilenetv2_100",
-                  labels: str | Path | None = None) -> Path:
-    """Write ``out/<stem>.safetensors`` (timm key names, with mean/std and the folded-BatchNorm mark in
-    its metadata, so ``model.weights=`` and ``timm.create_model(..., pad_type='same')`` both load it)
-    and ``out/<stem>.json`` (model, outputs, normalisation, source sha256, the check against the
-    float graph, labels). Returns the safetensors path."""
-    import json
-
-    from safetensors.torch import save
-
-    from fgvc import runs
-    from fgvc.models.factory import TF_PORTS, create_model
-    from fgvc.models.weights import load_weights_file
-
-    path = Path(path).expanduser()
-    model = create_model(model_name, num_classes(path))
-    origin = load_weights_file(model, path)
-    mean, std = input_normalization(path)
-    # the check: the imported model against the graph run op by op, on smooth random images
-    x = F.interpolate(torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)), size=224,
-                      mode="bilinear", align_corners=False)
-    with torch.no_grad():
-        diff = float((model.eval()(x) - reference_forward(path, x)).abs().max())
-    out = Path(out).expanduser()
-    stem = path.stem
-    meta = {"mean": json.dumps(mean), "std": json.dumps(std), "fgvc.batchnorm": "folded", "fgvc.model": model_name,
-            "source": path.name, "source_sha256": origin["sha256"]}
-    tensors = {k: v.contiguous() for k, v in model.net.state_dict().items()}
-    weights_file = out / f"{stem}.safetensors"
-    runs.write_bytes_atomic(weights_file, save(tensors, metadata=meta))
-    timm_name, timm_kwargs = TF_PORTS[model_name]
-    info = {"model": model_name, "timm_model": timm_name, "timm_kwargs": timm_kwargs,
-            "num_classes": num_classes(path), "input_size": 224, "mean": mean, "std": std,
-            "batchnorm": "folded into the convolution biases (mean 0, variance 1 - eps)",
-            "source": {"file": path.name, "sha256": origin["sha256"]},
-            "max_abs_logit_difference_to_the_float_graph": diff}
-    if labels:
-        from fgvc.models.labelmatch import read_labels
-
-        info["labels"] = read_labels(labels)
-    runs.write_json_atomic(out / f"{stem}.json", info)
-    return weights_file

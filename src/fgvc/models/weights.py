@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from fgvc.errors import UserError
+from fgvc.models import tflite
+from fgvc.scored_checkpoint import sha256
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SUFFIXES = (".safetensors", *PICKLE_SUFFIXES, ".tflite")
@@ -32,8 +34,6 @@ _HEAD_ALIASES = {"fc.1": ("fc",), "heads.1": ("heads.head",)}
 
 def sha256_file(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes (fgvc.scored_checkpoint.sha256, which eval uses without torch)."""
-    from fgvc.scored_checkpoint import sha256
-
     return sha256(Path(path))
 
 
@@ -108,8 +108,6 @@ def load_weights_file(model, path: str | Path, expected_sha256: str = "") -> dic
                         "model.weights_sha256 asks for; the file changed: use the original file or clear "
                         "model.weights_sha256")
     if path.suffix.lower() == ".tflite":
-        from fgvc.models import tflite
-
         state, meta = tflite.state_dict_for(model, path), tflite.input_normalization(path)
         meta = {"mean": json.dumps(meta[0]), "std": json.dumps(meta[1]), "fgvc.batchnorm": "folded"}
         fmt = "tflite"
@@ -166,36 +164,6 @@ def _load_into(model, state: dict[str, torch.Tensor], path: Path) -> str:
     return "loaded" if head_fits else "replaced"
 
 
-def pretraining_source(cfg) -> dict:
-    """Where the starting weights came from, for metrics.json: file + sha256, a cache, a run, or none."""
-    m = cfg.model
-    if m.weights:
-        return {"source": "file", "file": Path(m.weights).name, "sha256": m.weights_sha256}
-    if m.init_from:
-        return {"source": "run", "run": str(m.init_from)}
-    if m.pretrained:
-        from fgvc.models.factory import TORCHVISION_MODELS, is_clip
-
-        if is_clip(m.name):
-            from fgvc.clip.classifier import open_clip_name
-            from fgvc.clip.models import cached_weights
-
-            tag = cfg.clip.pretrained
-            local = Path(tag).expanduser() if tag else None  # a weights file given as the tag
-            found = local if local is not None and local.is_file() else \
-                cached_weights(open_clip_name(m.name), tag, cfg.clip.cache_dir or None)
-            source = {"source": "open_clip", "name": m.name, "pretrained": cfg.clip.pretrained}
-        else:
-            from fgvc.models.hub import cached_weights_file
-
-            found = cached_weights_file(m.name)
-            source = {"source": "torchvision" if m.name in TORCHVISION_MODELS else "timm", "name": m.name}
-        # the file the weights were read from, hashed: a hub tag can be re-uploaded, the bytes cannot
-        return {**source, "file": Path(found).name if found else None,
-                "sha256": _sha256_once(str(found), *_stamp(found)) if found else None}
-    return {"source": "scratch"}
-
-
 def _stamp(path) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
@@ -206,4 +174,9 @@ def _sha256_once(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(path)  # a study's rows share a backbone: hash its file once (per size and mtime)
 
 
-__all__ = ["SUFFIXES", "load_weights_file", "pretraining_source", "read_state_dict", "sha256_file"]
+def sha256_once(path: str | Path) -> str:
+    """``sha256_file(path)``, computed once per file path, size and modification time."""
+    return _sha256_once(str(path), *_stamp(path))
+
+
+__all__ = ["SUFFIXES", "load_weights_file", "read_state_dict", "sha256_file", "sha256_once"]

@@ -8,13 +8,15 @@ are read, and a file that cannot be read is reported, never a reason to stop the
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import yaml
 
+from fgvc import config as config_mod
 from fgvc.protocol import differing_fields, flatten
+from fgvc.runs import read_history
+from fgvc.scored_checkpoint import history_best_epoch, stale_reason
 
 # metrics.json "task" -> report section; a classifier run writes "classifier" (runs from before it: no task)
 CLIP_TASKS = ("zeroshot", "clip_finetune", "clip_linear_probe", "label_match", "linear_probe")
@@ -39,22 +41,6 @@ def read_config(run_dir: Path) -> dict:
     except (yaml.YAMLError, UnicodeDecodeError, OSError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def read_history(run_dir: Path) -> list[dict]:
-    """history.csv rows with numbers as floats (epoch as int); [] when missing or unreadable."""
-    path = Path(run_dir) / "history.csv"
-    if not path.is_file():
-        return []
-    rows = []
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                rows.append({k: (int(float(v)) if k == "epoch" else float(v)) for k, v in row.items()
-                             if k and v not in (None, "")})
-    except (ValueError, OSError, UnicodeDecodeError):
-        return rows  # the epochs read before a damaged line
-    return [r for r in rows if "epoch" in r]
 
 
 def _kind(run_dir: Path, metrics: dict) -> str:
@@ -132,8 +118,6 @@ def evaluations(entry: dict) -> list[dict]:
     parsed file) and ``stale`` (None, or why the file does not describe the run's current best checkpoint:
     `fgvc eval` ran while the run was training and a later epoch became the best, see
     ``fgvc.scored_checkpoint``). Unreadable files and files without an accuracy are left out."""
-    from fgvc.scored_checkpoint import history_best_epoch, stale_reason
-
     if "evaluations" in entry:  # read (and the checkpoint hashed) once per report
         return entry["evaluations"]
     found, current = [], {"epoch": entry["metrics"].get("best_epoch") or history_best_epoch(entry["dir"])}
@@ -180,12 +164,10 @@ def _defaults(kind: str) -> dict:
     """Flat default config of fgvc's classifier (``fgvc.config.Config``) or GAN (``GanConfig``) runs."""
     import dataclasses
 
-    if kind == "gan":
+    if kind == "gan":  # the GAN package (and the training stack it uses) loads only for a GAN run
         from fgvc.gan.config import GanConfig
 
         return flatten(dataclasses.asdict(GanConfig()))
-    from fgvc import config as config_mod
-
     return flatten(config_mod.to_dict(config_mod.Config()))
 
 

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
-from fgvc.report.collect import read_json
+from fgvc.report.collect import evaluations, read_json
 
 
 def cell(value) -> str:
@@ -104,8 +104,6 @@ def attack_sections(run_dir: Path, out: Path) -> list[str]:
 def run_pictures(entry: dict, out: Path) -> list[str]:
     """The ``##`` section of one classifier run: every picture the analyses wrote into its directory, the
     localisation table and the attack sweeps; [] when the run has none of them."""
-    from fgvc.report.collect import evaluations
-
     d = entry["dir"]
     lines = picture(d / "curves.png", out, "Training curves: loss and accuracy per epoch, best epoch and lr drops marked")
     # an evaluation of an earlier best checkpoint is left out, its pictures with it

@@ -9,6 +9,10 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from fgvc.data.base import readable_name
+from fgvc.devices import autocast
+from fgvc.models.freeze import eval_with_grad
+from fgvc.robust.attacks import resolve_attack
 from fgvc.robust.sweep import format_eps
 from fgvc.runs import save_figure
 
@@ -38,8 +42,6 @@ def _name(index: int, class_names: Sequence[str] | None, width: int = 20) -> str
     boundaries (two lines at most, shortened at a word, never mid-word): similar names stay distinct."""
     import re
 
-    from fgvc.data.base import readable_name
-
     if not (class_names and 0 <= index < len(class_names)):
         return f"class {index + 1}"
     raw = class_names[index]
@@ -59,10 +61,6 @@ def attack_images(model, attack: str, settings: Mapping[float, Mapping], device=
     """``f(x, y, eps) -> (x_adv, pred)`` for the gallery: the sweep's attack with its per-eps settings and
     precision (eps 0: the clean images and their predictions)."""
     import torch
-
-    from fgvc.models.freeze import eval_with_grad
-    from fgvc.robust.attacks import resolve_attack
-    from fgvc.train.devices import autocast
 
     def run(x: Tensor, y: Tensor, eps: float) -> tuple[Tensor, Tensor]:
         x, y = x.to(device), y.to(device)

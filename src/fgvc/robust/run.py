@@ -17,19 +17,19 @@ from pathlib import Path
 
 import torch
 
-from fgvc import runs
+from fgvc import api, runs
 from fgvc.data import resolve_num_workers
+from fgvc.devices import analysis_precision, resolve_device
 from fgvc.errors import UserError
+from fgvc.robust.attacks import ATTACKS, resolve_attack
 from fgvc.robust.plots import attack_images, plot_accuracy_vs_eps, save_gallery
-from fgvc.robust.sweep import evaluate_attack, format_eps, markdown_table
+from fgvc.robust.sweep import SEED_EPS, evaluate_attack, format_eps, markdown_table
 
 
 def _prepare(run_dir: Path, split: str, limit: int | None, device: torch.device, precision: str):
     """(run, dataset, precision) of a run to attack, every file it needs checked and no model loaded yet, so
     that a bad run directory (``--compare`` too) is one sentence before any sweep."""
-    from fgvc.train.devices import analysis_precision
-
-    run = runs.Run(run_dir)
+    run = api.Run(run_dir)
     if not (run.dir / "checkpoints" / "best.safetensors").is_file():
         raise UserError(f"{run.dir} has no checkpoints/best.safetensors (no epoch finished); attack a run that "
                         "has trained at least one epoch")
@@ -58,12 +58,8 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
     """Accuracy per eps for the run (and ``compare``); returns {'table', 'files', 'accuracy', 'precision'}.
 
     ``device``: auto | cpu | cuda[:N]; ``precision``: ``run`` (each run's own, where the device supports
-    it; ``fgvc.train.devices.analysis_precision``) or 32-true | bf16-mixed | 16-mixed, recorded in the JSON.
+    it; ``fgvc.devices.analysis_precision``) or 32-true | bf16-mixed | 16-mixed, recorded in the JSON.
     """
-    from fgvc.robust.attacks import ATTACKS, resolve_attack
-    from fgvc.robust.sweep import SEED_EPS
-    from fgvc.train.devices import resolve_device
-
     run_dir = runs.check_run_dir(run_dir)
     spec = resolve_attack(attack, 0.0, alpha, steps)  # a bad name or setting: one sentence before any model loads
     for flag, value, takes in (("--alpha", alpha, "takes_alpha"), ("--steps", steps, "takes_steps")):
@@ -116,7 +112,7 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
     files = [out / f"{name}.json", out / f"{name}.md",
              plot_accuracy_vs_eps(curves, out / f"{name}.png", title=f"Accuracy under {attack.upper()}")]
     if any(result["examples"].values()):
-        model = runs.Run(run_dir).model()  # the gallery attacks its images at every eps: one image per row
+        model = api.Run(run_dir).model()  # the gallery attacks its images at every eps: one image per row
         files.append(save_gallery(result["examples"], class_names, out / f"{name}_gallery.png",
                                   attack_fn=attack_images(model, attack, result["settings"], device,
                                                           precision=result["precision"]),

@@ -19,18 +19,16 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from fgvc.config import AdvConfig
 from fgvc.errors import UserError
 from fgvc.models.freeze import eval_with_grad
-from fgvc.robust.attacks import LossFn, check_images, fgsm, pgd, resolve_attack
+from fgvc.robust.attacks import ATTACKS, LossFn, check_images, fgsm, pgd, resolve_attack
 
 
 def check_adv_settings(adv) -> None:
     """Refuse ``adv.alpha`` / ``adv.steps`` that ``adv.attack`` would silently ignore (``adv`` a
     fgvc.config.AdvConfig), as ``fgvc attack`` refuses ``--alpha`` for FGSM; UserError names the key.
     The seed's Eq. 1 calls its loss weight alpha: that weight is ``adv.loss_weight`` here."""
-    from fgvc.config import AdvConfig
-    from fgvc.robust.attacks import ATTACKS
-
     spec = ATTACKS.get(adv.attack)
     if spec is None:  # "none" (or a bad name, which validate() has refused)
         return

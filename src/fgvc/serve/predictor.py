@@ -20,10 +20,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fgvc import runs
+from fgvc import api
 from fgvc.data.transforms import load_eval_image
 from fgvc.errors import ImageTooLarge, UnreadableImage, UserError
+from fgvc.explain import gradcam
+from fgvc.explain.overlay import overlay
+from fgvc.explain.run import small_feature_map
 from fgvc.predict import top_classes
+from fgvc.robust.attacks import resolve_attack
 
 TOPK = 5
 DECODE_SLOTS = 2  # uploads decoded at once; the others wait (a decoded photo can take hundreds of MB)
@@ -104,7 +108,7 @@ class Predictor:
     and are thread-safe (one lock around the model: Grad-CAM's hooks live on it)."""
 
     def __init__(self, run_dir: str | Path, decode_slots: int = DECODE_SLOTS):
-        run = runs.Run(run_dir)
+        run = api.Run(run_dir)
         self.run_dir, self.config, self.class_names = run.dir, run.config, run.class_names
         self.model = run.model()
         self.image_size = run.image_size
@@ -134,9 +138,6 @@ class Predictor:
     def explain(self, data: bytes, target: int | None = None) -> dict:
         """Grad-CAM of ``target`` (default: the top-1 class) as an overlay PNG at the model's input size,
         with the explained class, the legend's colours and a note when the map cannot localise."""
-        from fgvc.explain import gradcam
-        from fgvc.explain.overlay import overlay
-
         x = self.input(data)
         if target is not None and not 0 <= target < len(self.class_names):
             raise RequestError(422, f"target={target} is not a class index; use 0 to {len(self.class_names) - 1}")
@@ -157,8 +158,6 @@ class Predictor:
     def attack(self, data: bytes, eps_255: float, topk: int = TOPK) -> dict:
         """FGSM with budget ``eps_255`` / 255 against the clean top-1 class: the adversarial image, the
         perturbation (mid-grey = 0, scaled to +-eps), and the top-k before and after."""
-        from fgvc.robust.attacks import resolve_attack
-
         try:
             eps_255 = float(eps_255)
         except (TypeError, ValueError):
@@ -201,7 +200,5 @@ class Predictor:
     def _small_feature_map(self, x: torch.Tensor) -> str | None:
         """fgvc explain's warning when the last feature map is under ~7x7 (computed once per run)."""
         if self._small_map is False:
-            from fgvc.explain.run import small_feature_map
-
             self._small_map = small_feature_map(self.model, x, self.image_size)
         return self._small_map

@@ -27,7 +27,9 @@ from typing import Any
 
 import yaml
 
+from fgvc.devices import is_main_process
 from fgvc.errors import UserError
+from fgvc.runs import write_text_atomic
 
 # name -> (the packages it can write through, in order of preference; what to pip install)
 LOGGERS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -114,8 +116,6 @@ class ExperimentLog:
         if not self.loggers:
             return
         if self.hparams_file is not None:
-            from fgvc.runs import write_text_atomic
-
             write_text_atomic(self.hparams_file, yaml.safe_dump(config, sort_keys=False))
         params = flat_hparams(config)
         for logger in self.loggers:
@@ -175,14 +175,12 @@ def open_loggers(spec: str, run_dir: str | Path, *, start_step: int = 0, main: b
     ``start_step``: steps already logged by an earlier process of this run (0 for a new run); a
     resumed run keeps the logs up to it and continues after it (CSV rows past it are dropped,
     TensorBoard purges later events). ``main``: whether this is the first process (default:
-    ``fgvc.train.loop.is_main_process()``); the others get an ``ExperimentLog`` that does nothing.
+    ``fgvc.devices.is_main_process()``); the others get an ``ExperimentLog`` that does nothing.
     ``hparam_metrics``: the tags TensorBoard's HPARAMS tab shows beside the hyper-parameters.
     Raises UserError for an unknown name or a logger whose package is missing.
     """
     names = require_installed(spec, key)
     if main is None:
-        from fgvc.train.loop import is_main_process
-
         main = is_main_process()
     if not names or not main:
         return ExperimentLog()
@@ -275,8 +273,6 @@ def _lightning_logger_base():
 
 def _run_id(save_dir: Path, make) -> str:
     """The id stored in ``save_dir/run_id``, or ``make()``'s, stored."""
-    from fgvc.runs import write_text_atomic
-
     path = save_dir / "run_id"
     if path.is_file():
         return path.read_text(encoding="utf-8").strip()

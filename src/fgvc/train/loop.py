@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -23,12 +24,21 @@ from tqdm import tqdm
 
 from fgvc import config as config_mod
 from fgvc import runs
+from fgvc.api import build_model, pretraining_source, run_task
+from fgvc.data import build_dataset
+from fgvc.data.transforms import eval_transform
+from fgvc.devices import (
+    check_accelerator,
+    is_main_process,
+    quiet_fabric,
+    resolve_channels_last,
+    resolve_precision,
+)
 from fgvc.errors import UnreadableImage, UserError, message
-from fgvc.models import apply_trainable, count_parameters, create_model, train_mode
+from fgvc.models import count_parameters, train_mode
 from fgvc.models.batchnorm import prepare_batchnorm
-from fgvc.models.factory import is_clip
-from fgvc.models.weights import pretraining_source
-from fgvc.train.devices import check_accelerator, quiet_fabric, resolve_channels_last, resolve_precision
+from fgvc.protocol import training_protocol
+from fgvc.train.checks import check_training
 from fgvc.train.evaluate import evaluate
 from fgvc.train.loggers import ExperimentLog, open_loggers, optimizer_steps
 from fgvc.train.optim import build_optimizer, build_scheduler
@@ -49,18 +59,16 @@ from fgvc.train.tricks import Tricks, build_tricks, train_inputs
 
 
 def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: bool = False,
-          progress: bool = True) -> Path:
+          progress: bool = True, after: Callable[[Path], object] | None = None) -> Path:
     """Train a classifier as ``cfg`` says; returns the run directory it wrote (config.yaml,
     classes.json, history.csv, metrics.json, curves.png, checkpoints/). ``resume`` continues
-    ``run_dir`` from its last finished epoch. Raises UserError for what the user can fix."""
+    ``run_dir`` from its last finished epoch. ``after(run_dir)``: a step the first process runs on the
+    finished run (CLIP fine-tuning scores WiSE-FT there, fgvc.clip.finetune.after_training). Raises
+    UserError for what the user can fix."""
     try:
         run_dir = fit(cfg, run_dir, resume, progress)
-        if is_clip(cfg.model.name) and cfg.clip.wise_ft_alphas and is_main_process():
-            from fgvc.clip.finetune import (
-                score_wise_ft,  # the zero-shot -> fine-tuned path, scored on val and test
-            )
-
-            score_wise_ft(run_dir, progress=progress)
+        if after is not None and is_main_process():
+            after(run_dir)
         return run_dir
     except torch.cuda.OutOfMemoryError:
         bs = cfg.train.batch_size
@@ -76,11 +84,7 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
 
 def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progress: bool) -> Path:
     t_start = time.perf_counter()
-    config_mod.check_training(cfg)
-    cfg = with_absolute_paths(cfg)  # `fgvc eval RUN` from another folder still finds the data
-    changes = resume_changes(cfg, run_dir) if resume else {}
-    if run_dir is None:  # out= a file: refused before any data is read or model built
-        runs.check_out_dir(cfg.out, "out")
+    cfg, changes = preflight(cfg, run_dir, resume)
     fabric, precision = setup_fabric(cfg)
     seed_all(cfg.train.seed)
     quiet = not (progress and fabric.is_global_zero)
@@ -108,17 +112,9 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
               "batches": partial(all_or_none, fabric)}
 
     # --- run directory: fresh, or resumed from its last finished epoch ---
-    run_dir = open_run_dir(fabric, cfg, run_dir, resume, class_names)
+    run_dir, state, log = start_run(fabric, cfg, run_dir, resume, changes, class_names, raw_model, optimizer,
+                                    scheduler, precision)
     ckpt = run_dir / "checkpoints"
-    state = restore(run_dir, cfg, changes, raw_model, optimizer, scheduler) if resume else TrainState()
-    # config.yaml on resume: with its overrides, and a comment naming each change and its first epoch
-    first_process_writes(fabric, runs.write_text_atomic, run_dir / "config.yaml", config_text(cfg, state.resumes))
-    first_process_writes(fabric, runs.write_json_atomic, run_dir / "classes.json", class_names)
-    fabric.print(f"run directory: {run_dir}  ({precision} on {fabric.device}"
-                 + (f", {fabric.world_size} processes)" if fabric.world_size > 1 else ")"))
-    # train.loggers: process 0 writes <run>/logs/; a resumed run continues from its optimizer's step count
-    log = open_loggers(cfg.train.loggers, run_dir, start_step=optimizer_steps(optimizer), main=fabric.is_global_zero)
-    log.log_hparams(config_mod.to_dict(cfg))
 
     for epoch in range(state.epoch + 1, cfg.train.epochs):
         if state.stops_before(epoch, cfg.train):
@@ -165,6 +161,34 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     first_process_writes(fabric, runs.write_json_atomic, run_dir / "metrics.json", metrics)
     log.close()
     return run_dir  # metrics.json exists for every process by now
+
+
+def preflight(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool) -> tuple[config_mod.Config, dict]:
+    """(the config with absolute data paths, the keys a resume changes): every check of the config, the
+    output folder and a resumed run's changes, before any data is read or model built."""
+    check_training(cfg)
+    cfg = with_absolute_paths(cfg)  # `fgvc eval RUN` from another folder still finds the data
+    changes = resume_changes(cfg, run_dir) if resume else {}
+    if run_dir is None:  # out= a file: refused before any data is read or model built
+        runs.check_out_dir(cfg.out, "out")
+    return cfg, changes
+
+
+def start_run(fabric: Fabric, cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, changes: dict,
+              class_names: list[str], raw_model, optimizer, scheduler, precision: str) -> tuple[Path, TrainState, ExperimentLog]:
+    """(run directory, training state, experiment log) of a fresh run, or of a resumed one at its last
+    finished epoch, with config.yaml and classes.json written by the first process."""
+    run_dir = open_run_dir(fabric, cfg, run_dir, resume, class_names)
+    state = restore(run_dir, cfg, changes, raw_model, optimizer, scheduler) if resume else TrainState()
+    # config.yaml on resume: with its overrides, and a comment naming each change and its first epoch
+    first_process_writes(fabric, runs.write_text_atomic, run_dir / "config.yaml", config_text(cfg, state.resumes))
+    first_process_writes(fabric, runs.write_json_atomic, run_dir / "classes.json", class_names)
+    fabric.print(f"run directory: {run_dir}  ({precision} on {fabric.device}"
+                 + (f", {fabric.world_size} processes)" if fabric.world_size > 1 else ")"))
+    # train.loggers: process 0 writes <run>/logs/; a resumed run continues from its optimizer's step count
+    log = open_loggers(cfg.train.loggers, run_dir, start_step=optimizer_steps(optimizer), main=fabric.is_global_zero)
+    log.log_hparams(config_mod.to_dict(cfg))
+    return run_dir, state, log
 
 
 def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks: Tricks, epoch: int,
@@ -229,9 +253,6 @@ def setup_model(cfg: config_mod.Config, class_names: list[str], resume: bool, pr
     # BatchNorm folded into the convolutions (TensorFlow Lite weights) has placeholder statistics:
     # re-estimate them on training images, or keep BatchNorm frozen (fgvc.models.batchnorm); a resumed
     # run's statistics come with its checkpoint
-    from fgvc.data import build_dataset
-    from fgvc.data.transforms import eval_transform
-
     bn_mode = prepare_batchnorm(model, cfg, lambda: build_dataset(
         d.name, d.root, "train", eval_transform(d.image_size), d.val_fraction, cfg.train.seed, d.classes),
         measure=not resume, progress=progress)
@@ -246,11 +267,9 @@ def final_metrics(cfg: config_mod.Config, state: TrainState, test: dict, splits:
                   precision: str, bn_mode: str, counts: dict) -> dict:
     """metrics.json of a training run (the schema in DESIGN.md; accuracies are fractions in [0, 1]):
     train/val scores of the best epoch, test scores of its checkpoint, speed, and the protocol."""
-    from fgvc.protocol import training_protocol  # the choices behind these numbers (docs/evaluation.md)
-
     best = state.best_row()
     metrics = {
-        "task": "clip_finetune" if is_clip(cfg.model.name) else "classifier",
+        "task": run_task(cfg),
         "train_acc": best["train_acc"], "val_acc": best["val_acc"], "test_acc": test["acc"],
         "test_top5": test["top5"], "train_loss": best["train_loss"], "val_loss": best["val_loss"],
         "test_loss": test["loss"], "best_epoch": state.best_epoch + 1, "epochs_run": len(state.history),
@@ -277,38 +296,6 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: config_mod.Config, num_classes: int, class_names: list[str] | None = None):
-    """Backbone with a fresh head, optionally initialised from an earlier run, then frozen by spec.
-    A pretrained CLIP model (``model.name=clip:...``) starts from its zero-shot head, which needs
-    ``class_names`` (fgvc.clip.classifier)."""
-    if is_clip(cfg.model.name) and cfg.model.pretrained:
-        from fgvc.clip.classifier import zeroshot_classifier
-
-        model = zeroshot_classifier(cfg, class_names or [str(i) for i in range(num_classes)])
-    else:
-        model = create_model(cfg.model.name, num_classes, pretrained=cfg.model.pretrained,
-                             dropout=cfg.model.dropout, image_size=cfg.data.image_size)
-    if cfg.model.weights:  # a local file (fgvc.models.weights): its origin goes into config.yaml and metrics.json
-        from fgvc.models.weights import load_weights_file
-
-        origin = load_weights_file(model, cfg.model.weights, expected_sha256=cfg.model.weights_sha256)
-        cfg.model.weights_sha256 = origin["sha256"]
-    if cfg.model.init_from:
-        source_cfg = runs.load_config(cfg.model.init_from)
-        if source_cfg.model.name != cfg.model.name:
-            raise UserError(f"model.init_from={cfg.model.init_from} holds a {source_cfg.model.name}, "
-                            f"not a {cfg.model.name}; set model.name={source_cfg.model.name}")
-        state = runs.load_weights(Path(cfg.model.init_from) / "checkpoints" / "best.safetensors")
-        head_prefix = f"net.{model.head_path}."
-        # the head is sized for the source classes: keep the new one
-        backbone = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
-        missing, unexpected = model.load_state_dict(backbone, strict=False)
-        if unexpected or any(not k.startswith(head_prefix) for k in missing):
-            raise UserError(f"weights in {cfg.model.init_from} do not fit {cfg.model.name}")
-    apply_trainable(model, cfg.model.trainable)
-    return model
-
-
 def _batchnorm_trains(model: torch.nn.Module) -> bool:
     """Whether a BatchNorm layer normalises with batch statistics in training (not frozen by
     model.batchnorm or model.trainable): such a layer cannot train on a batch of one image."""
@@ -318,10 +305,4 @@ def _batchnorm_trains(model: torch.nn.Module) -> bool:
     return trains
 
 
-def is_main_process() -> bool:
-    """False in the extra processes of a multi-device run, which should stay quiet."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-__all__ = ["train", "fit", "build_model", "metrics_table", "resolve_precision", "is_main_process"]
+__all__ = ["train", "fit", "metrics_table", "resolve_precision", "is_main_process"]

@@ -2,7 +2,7 @@
 
 The features are what the classifier's head sees (the input of its final linear layer, caught
 with a forward hook), of the train / val / test images under the eval transform. The probe is
-fgvc.clip.probe's: full-batch L-BFGS, weight decay swept on val, test scored once. It is the
+fgvc.models.linear_probe's: full-batch L-BFGS, weight decay swept on val, test scored once. It is the
 reference a fine-tune should beat (a fine-tune below its own probe points to a BatchNorm or
 learning-rate problem), and a study row (``{task: probe}``).
 """
@@ -18,13 +18,13 @@ from tqdm import tqdm
 
 from fgvc import config as config_mod
 from fgvc import runs
-from fgvc.clip.probe import fit_linear_probe, probe_accuracy
+from fgvc.api import build_model, pretraining_source
 from fgvc.data import build_dataset
 from fgvc.data.transforms import eval_transform
+from fgvc.devices import resolve_device
 from fgvc.errors import UserError
-from fgvc.models.weights import pretraining_source
+from fgvc.models.linear_probe import fit_linear_probe, probe_accuracy
 from fgvc.protocol import run_protocol, val_draw
-from fgvc.train.devices import resolve_device
 
 
 @torch.no_grad()
@@ -69,7 +69,6 @@ def run_probe(cfg: config_mod.Config, out: str | Path, batch_size: int = 64, pro
     """Fit and score a linear probe on the frozen backbone ``cfg`` describes (model.name, model.weights
     or model.pretrained, data.*); writes ``out/metrics.json`` (task ``linear_probe``) and returns it.
     UserError before any work when ``out`` is a file or already holds a finished probe."""
-    from fgvc.train.loop import build_model  # the same weights loading as training
 
     t0 = time.perf_counter()
     out = check_probe_out(out)

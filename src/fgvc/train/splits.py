@@ -16,6 +16,7 @@ from fgvc import config as config_mod
 from fgvc import errors
 from fgvc.data import build_dataset, resolve_num_workers
 from fgvc.data.base import check_classes_have_images, drop_unreadable
+from fgvc.data.cache import cache_datasets
 from fgvc.data.generated import mix_generated
 from fgvc.data.seeding import EpochSampler, PerSampleSeeded
 from fgvc.data.transforms import Pipeline, decode_min_side, eval_transform
@@ -112,8 +113,6 @@ def build_loaders(fabric: Fabric, splits: Splits, cfg: config_mod.Config, even: 
         raise UserError(f"train.devices={world} is more than the {min(len(splits.val), len(splits.test))} images "
                         "of the smallest evaluation split; every process needs at least one: use fewer devices")
     if cfg.data.cache != "off":  # decoded once into memory-mapped files (fgvc.data.cache); batches stay equal
-        from fgvc.data.cache import cache_datasets
-
         splits.train, splits.val, splits.test = cache_datasets(
             [splits.train, splits.val, splits.test], cfg.data.cache, cfg.data.cache_budget_gb,
             cfg.data.cache_dir or None, workers, progress=progress and fabric.is_global_zero, log=fabric.print)

@@ -24,6 +24,7 @@ import torch
 
 from fgvc import config as config_mod
 from fgvc.data.transforms import Pipeline, train_transform
+from fgvc.robust.training import adversarial_loss, catastrophic_overfitting, robust_accuracy_probe
 from fgvc.train.mixing import build_mixing, soft_cross_entropy, soft_targets
 
 
@@ -89,8 +90,6 @@ class Tricks:
         if self.adv is None:
             logits = model(x)
             return soft_cross_entropy(logits, target), logits
-        from fgvc.robust.training import adversarial_loss
-
         # Eq. 1 of the seed: w * L(x) + (1 - w) * L(x_adv), the attack run on the current model.
         # Train accuracy is read from the first train-mode forward: the clean one (the adversarial
         # one when w = 0); the attack's own search runs in eval mode.
@@ -113,8 +112,6 @@ class Tricks:
         when it has happened ('' otherwise). None without adversarial training."""
         if self.adv is None:
             return None
-        from fgvc.robust.training import catastrophic_overfitting, robust_accuracy_probe
-
         xb, yb = next(iter(val_loader))[:2]
         with autocast():
             probe = robust_accuracy_probe(raw_model, xb, yb, self.adv.eps)

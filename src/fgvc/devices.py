@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from fgvc import runs
 from fgvc.errors import UserError
 
 
@@ -113,8 +114,6 @@ def supports_bf16(device: torch.device) -> bool:
 def run_precision(run_dir: str | Path) -> str:
     """The precision a run trained in: its metrics.json ``precision``, else its config's ``train.precision``
     resolved for the device it names (``train.accelerator``), else 32-true."""
-    from fgvc import runs
-
     try:
         recorded = runs.read_metrics(run_dir).get("precision")
     except (OSError, ValueError, AttributeError, UserError):
@@ -155,6 +154,12 @@ def autocast(precision: str, device: torch.device):
     if precision == "16-mixed":
         return torch.autocast(device.type, dtype=torch.float16)
     return contextlib.nullcontext()
+
+
+def is_main_process() -> bool:
+    """False in the extra processes of a multi-device run, which should stay quiet."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def quiet_fabric(**kwargs):
