@@ -189,7 +189,7 @@ def _tta_result(run: runs.Run, scorer: Scorer, split: str, tta: str, main: dict,
     """Test-time augmentation accuracy beside (never instead of) the plain one."""
     from fgvc.tta import TTA_MODES, TTAModel, tta_transform
 
-    views = scorer(run.dataset(split, tta_transform(run.image_size, tta)),
+    views = scorer(run.dataset(split, tta_transform(run.image_size, tta, run.crop_ratio)),
                    scorer.fabric.setup_module(TTAModel(scorer.model, tta)), desc=f"{split} {tta}")
     return {"mode": tta, "views": TTA_MODES[tta], "aggregation": "mean of softmax probabilities",
             **{k: views[k] for k in ("acc", "top5", "loss", "n")}, "gain": views["acc"] - main["acc"],
