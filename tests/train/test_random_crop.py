@@ -25,8 +25,8 @@ def _window(out: torch.Tensor, source: torch.Tensor) -> tuple[int, int, bool]:
     AssertionError when it is none."""
     src = to_dtype(source, torch.float32, scale=True)
     h, w = src.shape[-2:]
-    found = [(t, l, f) for t in range(h - SIZE + 1) for l in range(w - SIZE + 1) for f in (False, True)
-             if torch.equal(out, src[:, t:t + SIZE, l:l + SIZE].flip(-1) if f else src[:, t:t + SIZE, l:l + SIZE])]
+    found = [(t, c, f) for t in range(h - SIZE + 1) for c in range(w - SIZE + 1) for f in (False, True)
+             if torch.equal(out, src[:, t:t + SIZE, c:c + SIZE].flip(-1) if f else src[:, t:t + SIZE, c:c + SIZE])]
     assert len(found) == 1, f"{len(found)} windows of the {h}x{w} source match"
     return found[0]
 
@@ -42,7 +42,7 @@ def test_train_crops_are_windows_of_the_image_resized_by_the_crop_ratio():
     pipeline = train_transform(SIZE, random_crop=True, crop_ratio=RATIO)
     torch.manual_seed(0)
     seen = {_window(pipeline(image), resized) for _ in range(60)}
-    assert len({(t, l) for t, l, _ in seen}) > 20  # the place is drawn anew for each image
+    assert len({(t, c) for t, c, _ in seen}) > 20  # the place is drawn anew for each image
     assert {f for _, _, f in seen} == {False, True}  # flipped with p = 0.5
     assert pipeline.decode_min_side == RESIZED  # a JPEG is never decoded below the side it is resized to
 
@@ -68,7 +68,7 @@ def test_on_the_device_the_crop_is_a_window_of_the_hosts_resized_square():
     out = build_tricks(cfg, num_classes=2).inputs(batch, epoch=0, step=0)
     assert out.shape == (24, 3, SIZE, SIZE)
     seen = {_window(o, square) for o in out}
-    assert len({(t, l) for t, l, _ in seen}) > 8 and {f for _, _, f in seen} == {False, True}
+    assert len({(t, c) for t, c, _ in seen}) > 8 and {f for _, _, f in seen} == {False, True}
 
 
 @pytest.mark.parametrize("where", ["host", "device"])
