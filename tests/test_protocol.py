@@ -9,7 +9,6 @@ import pytest
 
 from fgvc import config, runs
 from fgvc.data import build_dataset
-from fgvc.data import transforms as transforms_mod
 from fgvc.data.transforms import eval_transform
 from fgvc.protocol import differing_fields, eval_crop, flatten
 
@@ -35,7 +34,7 @@ def test_a_run_records_its_true_protocol(tiny_run, tiny_synthbirds_root):
                              "stratified": True, "seed": cfg.train.seed}
     assert p["input_size"] == 32 and p["resize_shorter_side"] == round(32 / 0.875)
     assert p["crop_ratio"] == pytest.approx(32 / round(32 / 0.875), abs=1e-4)
-    assert p["tta"] == "none"
+    assert p["tta"] == "none" and p["train_crop"] == "center"
     assert p["pretrained"] == metrics["pretrained"] == {"source": "scratch"}
     assert p["seed"] == cfg.train.seed
     assert p["precision"] == metrics["precision"] and p["device"] == metrics["device"]
@@ -53,11 +52,13 @@ def test_a_run_records_its_true_protocol(tiny_run, tiny_synthbirds_root):
         assert p["git_commit"] is None
 
 
-def test_changing_the_crop_and_size_changes_the_record(tiny_synthbirds_root, tmp_path, monkeypatch):
-    monkeypatch.setattr(transforms_mod, "EVAL_CROP_RATIO", 1.0)  # resize to the crop side: no border cut off
-    run = _train(tiny_synthbirds_root, tmp_path, "data.image_size=40", "train.seed=3", "data.val_fraction=0.25")
+def test_changing_the_crop_and_size_changes_the_record(tiny_synthbirds_root, tmp_path):
+    # data.crop_ratio=1: resize to the crop side, no border cut off
+    run = _train(tiny_synthbirds_root, tmp_path, "data.image_size=40", "train.seed=3", "data.val_fraction=0.25",
+                 "data.crop_ratio=1.0", "aug.random_crop=true")
     p = runs.read_metrics(run)["protocol"]
     assert (p["input_size"], p["resize_shorter_side"], p["crop_ratio"]) == (40, 40, 1.0)
+    assert p["train_crop"] == "resize-random"
     assert p["seed"] == 3 and p["val_draw"]["seed"] == 3 and p["val_draw"]["val_fraction"] == 0.25
 
 
@@ -104,6 +105,10 @@ def test_report_shows_protocol_fields_that_differ(tmp_path):
     text = write_report(tmp_path).read_text()
     header = next(line for line in text.splitlines() if line.startswith("| run | model"))
     assert header.endswith("| protocol.crop_ratio |") and "protocol.seed" not in header
+    # every run's evaluation crop ratio is shown beside its input size, differing or not
+    assert header.startswith("| run | model | data | px | eval crop |")
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in text.splitlines() if line.startswith(("| a |", "| b |"))}
+    assert rows["| a"][4] == "0.8750" and rows["| b"][4] == "1.0000"
 
 
 def test_clip_metrics_get_a_protocol_block(tmp_path):

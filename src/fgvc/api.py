@@ -159,10 +159,15 @@ class Run:
         return self.config.data.image_size
 
     @property
+    def crop_ratio(self) -> float:
+        """data.crop_ratio: 0.875 for a run written before the key existed (the value it was evaluated with)."""
+        return self.config.data.crop_ratio
+
+    @property
     def eval_transform(self):
         """PIL image -> float (3, S, S) in [0, 1], S = data.image_size: resize the short side to
-        S / 0.875, centre crop (fgvc.data.transforms.eval_transform)."""
-        return eval_transform(self.image_size)
+        S / data.crop_ratio, centre crop (fgvc.data.transforms.eval_transform)."""
+        return eval_transform(self.image_size, self.crop_ratio)
 
     @property
     def precision(self) -> str:

@@ -26,6 +26,7 @@ class DataConfig:
     name: str = "synthbirds"
     root: str = "data/synthbirds"
     image_size: int = 224
+    crop_ratio: float = 0.875  # eval: shorter side resized to image_size / crop_ratio, then the centre crop
     val_fraction: float = 0.1  # carved from train, stratified, seeded; test is never used for selection
     num_workers: int = -1  # -1: auto (see data.resolve_num_workers)
     train_source: str = "real"  # real | real+generated | generated (images from `fgvc gan sample`)
@@ -75,6 +76,7 @@ class TrainConfig:
 @dataclass
 class AugConfig:
     geometric: bool = False  # random resized crop + horizontal flip + rotation
+    random_crop: bool = False  # the FGVC 448-px train crop: resize to image_size / crop_ratio, random crop, flip
     rotation: float = 15.0  # degrees, used when geometric is on
     cutout: int = 0  # number of square holes; 0 disables Cutout
     cutout_size: float = 0.25  # hole side as a fraction of the image side
@@ -120,6 +122,8 @@ CLASS_LIST = re.compile(r"\s*\d+\s*(-\s*\d+\s*)?(,\s*\d+\s*(-\s*\d+\s*)?)*")
 # Range checks: key -> (predicate, what is expected, or a function giving it). Checked after every load.
 _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[], str]]] = {
     "data.image_size": (lambda v: 8 <= v <= 4096, "an integer between 8 and 4096"),
+    "data.crop_ratio": (lambda v: 0.0 < v <= 1.0, "a fraction in (0, 1]: the crop side over the resized shorter "
+                        "side, 0.875 by default (224 of 256, 448 of 512)"),
     "data.val_fraction": (lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)"),
     "data.num_workers": (lambda v: v >= -1, "0 or more, or -1 for auto"),
     "data.train_source": (lambda v: v in ("real", "real+generated", "generated"),
@@ -311,6 +315,9 @@ def validate(cfg: Config) -> Config:
         value = str(getattr(getattr(cfg, section), key)).strip().lower()
         setattr(getattr(cfg, section), key, yes if value in _YES else no if value in _NO else value)
     check_ranges(cfg, _CHECKS)
+    if cfg.aug.geometric and cfg.aug.random_crop:
+        raise UserError("aug.geometric and aug.random_crop are two train crops (a random-resized crop, and a random "
+                        "crop of the image resized as for evaluation); set one of them to false")
     return cfg
 
 

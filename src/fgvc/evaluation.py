@@ -186,7 +186,7 @@ def _unknown_set(run: api.Run, unknown: str | Path, split: str = "test"):
 
 def _tta_result(run: api.Run, scorer: Scorer, split: str, tta: str, main: dict, protocol: dict) -> dict:
     """Test-time augmentation accuracy beside (never instead of) the plain one."""
-    views = scorer(run.dataset(split, tta_transform(run.image_size, tta)),
+    views = scorer(run.dataset(split, tta_transform(run.image_size, tta, run.crop_ratio)),
                    scorer.fabric.setup_module(TTAModel(scorer.model, tta)), desc=f"{split} {tta}")
     return {"mode": tta, "views": TTA_MODES[tta], "aggregation": "mean of softmax probabilities",
             **{k: views[k] for k in ("acc", "top5", "loss", "n")}, "gain": views["acc"] - main["acc"],

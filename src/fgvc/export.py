@@ -125,7 +125,8 @@ def export_model(run_dir: str | Path, fmt: str | None = None, out: str | Path | 
                       fix=f"{fix}; {unchanged}")
         extra = sorted(p.name for p in tmp.iterdir() if p.name != out.name)  # ONNX external weights, if any
         info = _sidecar(fmt, out.name, cfg.model.name, class_names, model, size, fixed_batch, check_batches,
-                        diff, tolerance, run_dir, checkpoint, files={n: _file_info(tmp / n) for n in [out.name, *extra]})
+                        diff, tolerance, run_dir, checkpoint, files={n: _file_info(tmp / n) for n in [out.name, *extra]},
+                        crop_ratio=source.crop_ratio)
         try:
             (tmp / sidecar_path(out).name).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
             # extra files first, then the artefact, then the sidecar that describes it (with their sha256)
@@ -272,7 +273,7 @@ def _version(package: str) -> str | None:
 
 
 def _sidecar(fmt, file_name, model_name, class_names, model, size, fixed_batch, check_batches, diff, tolerance,
-             run_dir, checkpoint, files) -> dict:
+             run_dir, checkpoint, files, crop_ratio: float) -> dict:
     batch = fixed_batch if fixed_batch else "batch"
     normalize = getattr(model, "normalize", None)
     runtime = {"onnx": "onnxruntime", "torchscript": "torch.jit.load", "pt2": "torch.export.load"}[fmt]
@@ -297,7 +298,7 @@ def _sidecar(fmt, file_name, model_name, class_names, model, size, fixed_batch, 
             "mean": [round(v, 6) for v in normalize.mean.flatten().tolist()] if normalize is not None else None,
             "std": [round(v, 6) for v in normalize.std.flatten().tolist()] if normalize is not None else None,
         },
-        "preprocessing": eval_preprocessing(size),  # the one description every fgvc path follows
+        "preprocessing": eval_preprocessing(size, crop_ratio),  # the one description every fgvc path follows
         "verification": {
             "max_abs_diff": diff, "tolerance": tolerance, "batches": list(check_batches),
             "input": "torch.rand (uniform [0, 1]) with fixed seeds", "reference": "the PyTorch model on the CPU",

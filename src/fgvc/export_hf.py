@@ -96,9 +96,10 @@ def _vit_keys(state: dict) -> dict:
     return out
 
 
-def crop_pct(size: int) -> float:
-    """The crop ratio whose ``floor(size / crop_pct)`` (timm's eval resize) is fgvc's resize side."""
-    side = resize_side(size)
+def crop_pct(size: int, crop_ratio: float) -> float:
+    """The crop ratio whose ``floor(size / crop_pct)`` (timm's eval resize) is fgvc's resize side at the run's
+    ``crop_ratio`` (data.crop_ratio): ``crop_ratio`` itself, nudged down where float rounding would differ."""
+    side = resize_side(size, crop_ratio)
     pct = size / side
     while math.floor(size / pct) != side:  # float rounding just below the integer
         pct = math.nextafter(pct, 0.0)
@@ -106,12 +107,12 @@ def crop_pct(size: int) -> float:
 
 
 def build_config(arch: str, model_args: dict, net: nn.Module, classes: list[str], mean, std, size: int,
-                 fgvc_info: dict) -> dict:
+                 fgvc_info: dict, crop_ratio: float) -> dict:
     """config.json in timm's hub schema (what ``timm.models.push_to_hf_hub`` writes), plus an ``fgvc`` block."""
     source_cfg = dict(getattr(net, "pretrained_cfg", None) or {})
     pretrained_cfg = {k: v for k, v in source_cfg.items() if k not in _NOT_OURS and v is not None}
     pretrained_cfg.update({
-        "input_size": [3, size, size], "interpolation": "bilinear", "crop_pct": crop_pct(size),
+        "input_size": [3, size, size], "interpolation": "bilinear", "crop_pct": crop_pct(size, crop_ratio),
         "crop_mode": "center", "mean": list(mean), "std": list(std), "num_classes": len(classes),
         "custom_load": False,
     })
@@ -165,9 +166,9 @@ def export_hf(run_dir: str | Path, out: str | Path | None = None, tolerance: flo
             (tmp / "model.safetensors").write_bytes(save_safetensors(state, metadata={"format": "pt"}))
             # the run folder's name only: the folder is made to be shared, a path of this machine is not
             info = {"model": cfg.model.name, "run": run_dir.resolve().name, "checkpoint": checkpoint,
-                    "preprocessing": eval_preprocessing(size), "torch_version": torch.__version__,
+                    "preprocessing": eval_preprocessing(size, run.crop_ratio), "torch_version": torch.__version__,
                     "timm_version": timm.__version__}
-            config = build_config(arch, model_args, net, classes, mean, std, size, info)
+            config = build_config(arch, model_args, net, classes, mean, std, size, info, run.crop_ratio)
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         except OSError as e:
             raise UserError(f"cannot write {out} ({e.strerror or e.__class__.__name__}); free disk space or "

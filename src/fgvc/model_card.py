@@ -9,9 +9,9 @@ from pathlib import Path
 from fgvc import config as config_mod
 
 _RECIPE_KEYS = ("model.name", "model.pretrained", "model.dropout", "model.trainable", "model.batchnorm",
-                "data.name", "data.image_size", "data.val_fraction", "data.train_source", "train.epochs",
-                "train.batch_size", "train.lr", "train.weight_decay", "train.milestones", "train.gamma",
-                "train.patience", "train.seed", "train.precision", "train.devices", "aug.geometric",
+                "data.name", "data.image_size", "data.crop_ratio", "data.val_fraction", "data.train_source",
+                "train.epochs", "train.batch_size", "train.lr", "train.weight_decay", "train.milestones", "train.gamma",
+                "train.patience", "train.seed", "train.precision", "train.devices", "aug.geometric", "aug.random_crop",
                 "aug.rotation", "aug.cutout", "aug.mixup_alpha", "aug.cutmix_alpha", "aug.label_smoothing",
                 "adv.attack", "adv.eps", "adv.loss_weight")
 _METRIC_KEYS = ("train_acc", "val_acc", "test_acc", "test_top5", "train_loss", "val_loss", "test_loss",

@@ -27,9 +27,9 @@ def predict_files(run_dir: str | Path, images: list[str | Path], topk: int = 5) 
     if topk < 1:
         raise UserError(f"--topk {topk} asks for no classes; pass --topk 1 or more (default 5)")
     model, class_names = api.load(run_dir)
-    size = runs.load_config(run_dir).data.image_size
+    data = runs.load_config(run_dir).data
     results = []
     for image in images:
-        x = load_eval_image(Path(image), size)  # decoded and cropped exactly as evaluation does
+        x = load_eval_image(Path(image), data.image_size, data.crop_ratio)  # decoded and cropped as evaluation does
         results.append({"image": str(image), "top": top_classes(model(x)[0], class_names, topk)})
     return results

@@ -20,8 +20,9 @@ from pathlib import Path
 def eval_crop(pipeline) -> dict:
     """``{"input_size", "resize_shorter_side", "crop_ratio"}`` of an evaluation pipeline (a ``v2.Compose``),
     read from its own ``Resize`` and ``CenterCrop`` steps: the crop ratio is crop side / resized shorter
-    side (0.875 for fgvc's pipeline, ``fgvc.data.transforms.EVAL_CROP_RATIO``). A step that is missing
-    gives None for its fields (a pipeline that does not resize has crop ratio None)."""
+    side (the run's ``data.crop_ratio``, 0.875 by default, up to the rounding of the resize side to whole
+    pixels). A step that is missing gives None for its fields (a pipeline that does not resize has crop
+    ratio None)."""
     # imported here: report and study tables import this module without torch work
     from torchvision.transforms import v2
 
@@ -77,6 +78,13 @@ def val_draw(val_dataset, val_fraction: float, seed: int) -> dict:
     return {"source": "carved from train", "val_fraction": val_fraction, "stratified": True, "seed": seed}
 
 
+def train_crop(aug) -> str:
+    """How training images were cropped (``aug.*``): ``random-resized`` (aug.geometric), ``resize-random``
+    (aug.random_crop: the evaluation resize, then a random crop, the FGVC papers' recipe) or ``center``
+    (the evaluation pipeline itself)."""
+    return "random-resized" if aug.geometric else "resize-random" if aug.random_crop else "center"
+
+
 def training_protocol(cfg, train_ds, val_ds, test_ds, *, precision: str, device: str, pretrained: dict,
                       tta: str = "none") -> dict:
     """The ``protocol`` block of a classifier run's metrics.json.
@@ -93,6 +101,7 @@ def training_protocol(cfg, train_ds, val_ds, test_ds, *, precision: str, device:
         "train_source": d.train_source,
         "val_draw": val_draw(val_ds, d.val_fraction, cfg.train.seed),
         **eval_crop(test_ds.transform),
+        "train_crop": train_crop(cfg.aug),
         "tta": tta,
         "pretrained": pretrained,
         "seed": cfg.train.seed,
@@ -158,5 +167,5 @@ def differing_fields(protocols: list[dict | None]) -> list[str]:
     return [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
 
 
-__all__ = ["clip_protocol", "differing_fields", "eval_crop", "flatten", "git_commit", "training_protocol",
-           "val_draw"]
+__all__ = ["clip_protocol", "differing_fields", "eval_crop", "flatten", "git_commit", "train_crop",
+           "training_protocol", "val_draw"]

@@ -5,7 +5,7 @@ them: papers that fold TTA into a headline number are a known source of results 
 not reproduce.
 
 - ``flip``: the evaluation crop and its horizontal mirror (2 views).
-- ``five-crop``: the image resized as for evaluation (shorter side ``size / 0.875``), then
+- ``five-crop``: the image resized as for evaluation (shorter side ``size / data.crop_ratio``), then
   the four corner crops and the centre crop of ``size`` (torchvision ``FiveCrop``; 5 views).
 - ``ten-crop``: those five and their mirrors (``TenCrop``; 10 views), the protocol of
   Krizhevsky et al. 2012 and Szegedy et al. 2015.
@@ -20,7 +20,7 @@ import math
 import torch
 from torchvision.transforms import v2
 
-from fgvc.data.transforms import Pipeline, decode_min_side, eval_transform, resize_side
+from fgvc.data.transforms import EVAL_CROP_RATIO, Pipeline, decode_min_side, eval_transform, resize_side
 from fgvc.errors import UserError
 
 TTA_MODES = {"flip": 2, "five-crop": 5, "ten-crop": 10}  # mode -> views per image
@@ -39,16 +39,17 @@ class _StackViews(torch.nn.Module):
         return torch.stack([v2.functional.to_dtype(torch.as_tensor(c), torch.float32, scale=True) for c in crops])
 
 
-def tta_transform(size: int, mode: str) -> Pipeline:
+def tta_transform(size: int, mode: str, crop_ratio: float = EVAL_CROP_RATIO) -> Pipeline:
     """The image pipeline of a TTA mode: for ``flip`` the evaluation pipeline itself (``TTAModel`` mirrors
-    the batch); for ``five-crop``/``ten-crop`` the evaluation resize then the crops, giving (V, 3, size, size)
-    per image. Decodes JPEGs as the evaluation pipeline does."""
+    the batch); for ``five-crop``/``ten-crop`` the evaluation resize (shorter side size / ``crop_ratio``, the
+    run's data.crop_ratio) then the crops, giving (V, 3, size, size) per image. Decodes JPEGs as the
+    evaluation pipeline does."""
     check_mode(mode)
     if mode == "flip":
-        return eval_transform(size)
+        return eval_transform(size, crop_ratio)
     crop = v2.FiveCrop(size) if mode == "five-crop" else v2.TenCrop(size)
-    return Pipeline([v2.ToImage(), v2.Resize(resize_side(size), antialias=True), crop, _StackViews()],
-                    decode_min_side(size))
+    return Pipeline([v2.ToImage(), v2.Resize(resize_side(size, crop_ratio), antialias=True), crop, _StackViews()],
+                    decode_min_side(size, crop_ratio=crop_ratio))
 
 
 class TTAModel(torch.nn.Module):

@@ -54,10 +54,10 @@ def test_cached_eval_batches_equal_the_uncached_ones_and_decode_nothing(cub_root
     assert [cached[i][1] for i in range(len(cached))] == ds.targets
 
 
-@pytest.mark.parametrize("geometric", [False, True])
+@pytest.mark.parametrize("geometric, random_crop", [(False, False), (True, False), (False, True)])
 def test_train_batches_under_a_seed_are_identical_with_and_without_the_cache(cub_root, tmp_path, monkeypatch,
-                                                                              geometric):
-    transform = train_transform(SIZE, geometric=geometric, cutout=2)
+                                                                              geometric, random_crop):
+    transform = train_transform(SIZE, geometric=geometric, cutout=2, random_crop=random_crop)
     ds = _split(cub_root, transform=transform, geometric=geometric)
     expected = _batches(ds)
     cached = cache.cached(ds, tmp_path, progress=False)

@@ -82,17 +82,19 @@ def rank_label_issues(labels, pred_probs: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def backbone(run: str | Path | None, model_name: str | None, weights: str | None, image_size: int):
-    """(frozen model whose head input is the feature, input size, description): a run's best checkpoint,
-    or ``model_name`` with ``weights`` (a local file, fgvc.models.weights) or timm's pretrained weights."""
+    """(frozen model whose head input is the feature, its eval pipeline, description): a run's best checkpoint
+    and the run's own eval pipeline (its data.image_size and data.crop_ratio), or ``model_name`` with
+    ``weights`` (a local file, fgvc.models.weights) or timm's pretrained weights at ``image_size``."""
     from fgvc import api
     from fgvc import config as config_mod
+    from fgvc.data.transforms import eval_transform
 
     if run is not None:
         finished = api.Run(run)
         if not (finished.dir / "checkpoints" / "best.safetensors").is_file():
             raise UserError(f"run {finished.dir} has no checkpoints/best.safetensors; pass a finished run of "
                             "`fgvc train`")
-        return finished.model(), finished.image_size, f"run {finished.dir}"
+        return finished.model(), finished.eval_transform, f"run {finished.dir}"
     if not model_name:
         raise UserError("the label-noise audit needs features: pass --run RUN_DIR or --model NAME "
                         "(with --weights FILE for local pretrained weights)")
@@ -107,7 +109,8 @@ def backbone(run: str | Path | None, model_name: str | None, weights: str | None
     else:
         cfg.model.pretrained = True
     # the head's size is irrelevant: only its input, the backbone's features, is used
-    return build_model(cfg, 2), image_size, f"{model_name} ({Path(weights).name if weights else 'pretrained'})"
+    return (build_model(cfg, 2), eval_transform(image_size),
+            f"{model_name} ({Path(weights).name if weights else 'pretrained'})")
 
 
 def find_label_issues(name: str, root, run=None, model_name: str | None = None, weights: str | None = None,
@@ -120,14 +123,13 @@ def find_label_issues(name: str, root, run=None, model_name: str | None = None, 
 
     from fgvc.audit.duplicates import dataset_splits
     from fgvc.data import FineGrainedDataset
-    from fgvc.data.transforms import eval_transform
     from fgvc.train.probe import head_inputs
 
     samples, _, class_names = dataset_splits(name, root, val_fraction, seed)
     labels = np.array([s.label for s in samples])
     check_folds(labels, folds, class_names)
-    model, size, source = backbone(run, model_name, weights, image_size)
-    dataset = FineGrainedDataset(samples, class_names, eval_transform(size), name=name, split="train+val")
+    model, pipeline, source = backbone(run, model_name, weights, image_size)
+    dataset = FineGrainedDataset(samples, class_names, pipeline, name=name, split="train+val")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     x, y = head_inputs(model, DataLoader(dataset, batch_size=batch_size, num_workers=0), device, progress,
                        "features")

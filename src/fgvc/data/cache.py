@@ -5,10 +5,11 @@ An fgvc pipeline (``data.transforms``) starts with steps that draw no random num
 image, as uint8 HWC pixels, and the dataset then runs the rest of the pipeline (random
 crop, flip, rotation, scaling to [0, 1], Cutout) on the cached pixels. So:
 
-- the evaluation pipeline (resize the short side to size/0.875, centre-crop ``size``) caches
+- the evaluation pipeline (resize the short side to size / data.crop_ratio, centre-crop ``size``) caches
   the final ``size`` x ``size`` crop: a fixed shape, and nothing left to compute but the scaling;
 - the geometric training pipeline (random-resized-crop first) caches the decoded image as
-  ``read_rgb`` gives it (a JPEG at its reduced DCT scale, ``decode_min_side``), whole.
+  ``read_rgb`` gives it (a JPEG at its reduced DCT scale, ``decode_min_side``), whole;
+- the ``aug.random_crop`` training pipeline caches the resized image its random crop is taken from.
 
 Images are stored at their own shapes, one after the other, with an index of offsets and
 shapes (``<stem>.json``) beside the pixels (``<stem>.u8``). Because the cached pixels are

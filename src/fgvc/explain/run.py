@@ -147,7 +147,7 @@ def _inputs(run: api.Run, images, split: str, limit: int, data_root):
     cfg = run.config
     if images:
         paths = [Path(p).expanduser() for p in images]
-        x = torch.cat([load_eval_image(p, cfg.data.image_size) for p in paths])
+        x = torch.cat([load_eval_image(p, cfg.data.image_size, cfg.data.crop_ratio) for p in paths])
         return x, [None] * len(paths), [p.stem for p in paths], [None] * len(paths), None
     root = data_root if data_root is not None else cfg.data.root
     dataset = run.dataset(split, run.eval_transform, root=data_root)

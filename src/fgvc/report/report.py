@@ -48,9 +48,10 @@ def _classifier_section(done: list[dict], config_keys: list[str]) -> list[str]:
         data = e["config"].get("data", {}) if isinstance(e["config"].get("data"), dict) else {}
         protocol = flatten(e["metrics"].get("protocol"))
         rows.append([e["name"], fmt(model.get("name")), fmt(data.get("name")), fmt(data.get("image_size")),
-                     *(_column(e["metrics"].get(c), c) for c in COLUMNS), fmt(e["metrics"].get("device")),
-                     differing_values(e, config_keys), *(_short(fmt(protocol.get(k))) for k in differ)])
-    header = ["run", "model", "data", "px", *COLUMNS.values(), "device", CONFIG_COLUMN,
+                     fmt(protocol.get("crop_ratio")), *(_column(e["metrics"].get(c), c) for c in COLUMNS),
+                     fmt(e["metrics"].get("device")), differing_values(e, config_keys),
+                     *(_short(fmt(protocol.get(k))) for k in differ)])
+    header = ["run", "model", "data", "px", "eval crop", *COLUMNS.values(), "device", CONFIG_COLUMN,
               *(f"protocol.{k}" for k in differ)]
     lines = ["## Classifier runs", "", table(header, rows), ""]
     notes = []
@@ -60,6 +61,8 @@ def _classifier_section(done: list[dict], config_keys: list[str]) -> list[str]:
                      "keys all runs share are left out.")
     elif len(done) > 1:
         notes.append("Every classifier run has the same config.yaml (no config column entries).")
+    notes.append("eval crop is the crop ratio of the evaluation that scored the run (protocol.crop_ratio: the "
+                 "centre crop's side over the resized shorter side, data.crop_ratio).")
     if differ:
         notes.append("The protocol.* columns are the protocol fields (metrics.json protocol block) that differ "
                      "between these runs.")

@@ -111,7 +111,7 @@ class Predictor:
         run = api.Run(run_dir)
         self.run_dir, self.config, self.class_names = run.dir, run.config, run.class_names
         self.model = run.model()
-        self.image_size = run.image_size
+        self.image_size, self.crop_ratio = run.image_size, run.crop_ratio
         self.metrics = run.metrics
         self.lock = threading.Lock()
         self.decode_slots = threading.BoundedSemaphore(decode_slots)
@@ -186,7 +186,7 @@ class Predictor:
             raise RequestError(400, "the upload is empty; choose an image file (JPEG, PNG, BMP, GIF or WebP)")
         with self.decode_slots:
             try:
-                return load_eval_image(io.BytesIO(data), self.image_size)  # as fgvc predict decodes
+                return load_eval_image(io.BytesIO(data), self.image_size, self.crop_ratio)  # as fgvc predict
             except ImageTooLarge:
                 raise RequestError(413, f"the image has more than {Image.MAX_IMAGE_PIXELS} pixels; "
                                         "send a smaller one") from None

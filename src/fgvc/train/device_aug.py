@@ -9,11 +9,15 @@ whole (all the host steps are fixed ones). On the device, ``DeviceAugment`` scal
 - ``aug.geometric``: random-resized-crop to ``size`` (area 0.35-1 of the square, aspect 3/4-4/3),
   horizontal flip (p = 0.5) and rotation (uniform in +-``aug.rotation`` degrees, zeros outside),
   kornia's ``RandomResizedCrop``, ``RandomHorizontalFlip`` and ``RandomRotation``;
+- ``aug.random_crop``: a ``size`` x ``size`` crop placed uniformly in the host's square of side
+  ``resize_side(size, data.crop_ratio)`` (512 for 448 at 0.875) and a horizontal flip (p = 0.5),
+  kornia's ``RandomCrop`` and ``RandomHorizontalFlip``: the FGVC papers' resize-then-random-crop;
 - ``aug.cutout``: Cutout (DeVries & Taylor 2017), holes of side ``aug.cutout_size * size`` with
   centres uniform over the image, clipped at the border, as ``data.transforms.Cutout``.
 
-Without ``aug.geometric`` the host resizes the short side to size/0.875 and centre-crops
-``size``, and the output equals the host pipeline's exactly (before Cutout). Normalisation
+Without ``aug.geometric`` or ``aug.random_crop`` the host resizes the short side to
+size / data.crop_ratio and centre-crops ``size``, and the output equals the host pipeline's exactly
+(before Cutout). Normalisation
 stays inside the model, which takes [0, 1].
 
 Randomness: all parameters are drawn on the CPU from a generator seeded by (seed, epoch, batch
@@ -21,7 +25,8 @@ index, process rank), under ``torch.random.fork_rng`` (the caller's stream is un
 kornia is left on the CPU for sampling, so a batch's augmentation is the same on every device
 and a run resumed at an epoch boundary repeats it. Nothing reads a device tensor back to the
 host. Differences from the host path (``data.augment_on=host``): the crop is taken from the
-centred square of side ``decode_min_side(size, geometric=True)`` rather than the whole image,
+centred square of side ``decode_min_side(size, geometric=True)`` (``aug.random_crop``: of the
+resized image's centred square) rather than the whole image,
 the crop's resize and the rotation are bilinear without antialiasing (the host's crop is
 antialiased, its rotation nearest-neighbour), and the random draws differ; results are
 therefore not bit-equal to host augmentation.
@@ -36,24 +41,30 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from fgvc.data.transforms import Pipeline, decode_min_side, resize_side
+from fgvc.data.transforms import EVAL_CROP_RATIO, Pipeline, decode_min_side, resize_side
 
 CROP_SCALE = (0.35, 1.0)  # as data.transforms.train_transform's RandomResizedCrop
 CROP_RATIO = (3 / 4, 4 / 3)
 
 
-def host_side(size: int, geometric: bool) -> int:
-    """Side of the uint8 square the host sends: the crop itself without ``geometric``, else the
-    square a random-resized-crop to ``size`` needs to avoid upsampling (``decode_min_side``)."""
-    return decode_min_side(size, True) if geometric else size
+def host_side(size: int, geometric: bool, random_crop: bool = False, crop_ratio: float = EVAL_CROP_RATIO) -> int:
+    """Side of the uint8 square the host sends: the square a random-resized-crop to ``size`` needs to
+    avoid upsampling (``decode_min_side``) with ``geometric``; the evaluation resize side
+    (``resize_side(size, crop_ratio)``) that ``random_crop`` crops from; else the crop itself."""
+    if geometric:
+        return decode_min_side(size, True)
+    return resize_side(size, crop_ratio) if random_crop else size
 
 
-def host_transform(size: int, geometric: bool = False) -> Pipeline:
-    """PIL image -> (3, S, S) uint8 tensor, S = ``host_side(size, geometric)``: the short side resized
-    (bilinear, antialiased) and the centre square cropped. Fixed steps only, so cacheable whole."""
-    short = decode_min_side(size, True) if geometric else resize_side(size)
-    return Pipeline([v2.ToImage(), v2.Resize(short, antialias=True), v2.CenterCrop(host_side(size, geometric))],
-                    decode_min_side(size, geometric))
+def host_transform(size: int, geometric: bool = False, random_crop: bool = False,
+                   crop_ratio: float = EVAL_CROP_RATIO) -> Pipeline:
+    """PIL image -> (3, S, S) uint8 tensor, S = ``host_side(size, geometric, random_crop, crop_ratio)``: the
+    short side resized (bilinear, antialiased) and the centre square cropped. Fixed steps only, so cacheable
+    whole."""
+    short = decode_min_side(size, True) if geometric else resize_side(size, crop_ratio)
+    side = host_side(size, geometric, random_crop, crop_ratio)
+    return Pipeline([v2.ToImage(), v2.Resize(short, antialias=True), v2.CenterCrop(side)],
+                    decode_min_side(size, geometric, crop_ratio))
 
 
 def batch_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
@@ -65,24 +76,32 @@ def batch_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
 class DeviceAugment:
     """uint8 (B, 3, S, S) batch on any device -> float32 (B, 3, size, size) in [0, 1], augmented.
 
-    ``augment(x, epoch, step)``; S is ``host_side(size, geometric)``. Raises ValueError for a batch
-    of another shape or dtype (the loader did not use ``host_transform``).
+    ``augment(x, epoch, step)``; S is ``host_side(size, geometric, random_crop, crop_ratio)``. Raises
+    ValueError for a batch of another shape or dtype (the loader did not use ``host_transform``).
     """
 
     def __init__(self, size: int, geometric: bool = False, rotation: float = 15.0, cutout: int = 0,
-                 cutout_size: float = 0.25, seed: int = 0, rank: int = 0):
+                 cutout_size: float = 0.25, seed: int = 0, rank: int = 0, random_crop: bool = False,
+                 crop_ratio: float = EVAL_CROP_RATIO):
+        if geometric and random_crop:  # fgvc.config refuses the pair in one sentence before this is reached
+            raise ValueError("geometric and random_crop are two train crops; pass one of them")
         self.size, self.geometric, self.seed, self.rank = size, geometric, seed, rank
+        self.random_crop, self.crop_ratio = random_crop, crop_ratio
         self.holes, self.hole = cutout, max(1, int(round(cutout_size * size)))
         # a tuple, not submodules: .to(device) never reaches them, so parameters are drawn on the CPU
-        self.steps = (
-            K.RandomResizedCrop((size, size), scale=CROP_SCALE, ratio=CROP_RATIO, p=1.0, cropping_mode="slice"),
-            K.RandomHorizontalFlip(p=0.5),
-            K.RandomRotation(degrees=rotation, p=1.0),
-        ) if geometric else ()
+        self.steps = ()
+        if geometric:
+            self.steps = (
+                K.RandomResizedCrop((size, size), scale=CROP_SCALE, ratio=CROP_RATIO, p=1.0, cropping_mode="slice"),
+                K.RandomHorizontalFlip(p=0.5),
+                K.RandomRotation(degrees=rotation, p=1.0),
+            )
+        elif random_crop:
+            self.steps = (K.RandomCrop((size, size), p=1.0, cropping_mode="slice"), K.RandomHorizontalFlip(p=0.5))
 
     @property
     def in_side(self) -> int:
-        return host_side(self.size, self.geometric)
+        return host_side(self.size, self.geometric, self.random_crop, self.crop_ratio)
 
     def __call__(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         if x.dtype != torch.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != (3, self.in_side, self.in_side):
@@ -107,6 +126,8 @@ class DeviceAugment:
         return x.masked_fill(mask[:, None], 0.0)
 
 
-def build_device_augment(aug_cfg, size: int, seed: int, rank: int = 0) -> DeviceAugment:
-    """A ``DeviceAugment`` from the ``aug.*`` config keys."""
-    return DeviceAugment(size, aug_cfg.geometric, aug_cfg.rotation, aug_cfg.cutout, aug_cfg.cutout_size, seed, rank)
+def build_device_augment(aug_cfg, size: int, seed: int, rank: int = 0,
+                         crop_ratio: float = EVAL_CROP_RATIO) -> DeviceAugment:
+    """A ``DeviceAugment`` from the ``aug.*`` config keys (``crop_ratio``: data.crop_ratio)."""
+    return DeviceAugment(size, aug_cfg.geometric, aug_cfg.rotation, aug_cfg.cutout, aug_cfg.cutout_size, seed, rank,
+                         aug_cfg.random_crop, crop_ratio)

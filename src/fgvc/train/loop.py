@@ -254,7 +254,7 @@ def setup_model(cfg: config_mod.Config, class_names: list[str], resume: bool, pr
     # re-estimate them on training images, or keep BatchNorm frozen (fgvc.models.batchnorm); a resumed
     # run's statistics come with its checkpoint
     bn_mode = prepare_batchnorm(model, cfg, lambda: build_dataset(
-        d.name, d.root, "train", eval_transform(d.image_size), d.val_fraction, cfg.train.seed, d.classes),
+        d.name, d.root, "train", eval_transform(d.image_size, d.crop_ratio), d.val_fraction, cfg.train.seed, d.classes),
         measure=not resume, progress=progress)
     bn_trains = _batchnorm_trains(model)
     if bn_trains and cfg.train.batch_size == 1:

@@ -73,8 +73,9 @@ def run_probe(cfg: config_mod.Config, out: str | Path, batch_size: int = 64, pro
     t0 = time.perf_counter()
     out = check_probe_out(out)
     d = cfg.data
-    splits = {s: build_dataset(d.name, d.root, s, eval_transform(d.image_size), d.val_fraction, cfg.train.seed,
-                               classes=d.classes) for s in ("train", "val", "test")}
+    scored = eval_transform(d.image_size, d.crop_ratio)
+    splits = {s: build_dataset(d.name, d.root, s, scored, d.val_fraction, cfg.train.seed, classes=d.classes)
+              for s in ("train", "val", "test")}
     class_names = splits["train"].class_names
     model = build_model(cfg, len(class_names))
     accelerator = cfg.train.accelerator

@@ -39,8 +39,9 @@ def build_splits(cfg: config_mod.Config, train_inputs: Pipeline, log=print) -> S
     """train (through ``train_inputs``, the per-image train pipeline), val and test (eval pipeline)."""
     d, seed = cfg.data, cfg.train.seed
     train_ds = build_dataset(d.name, d.root, "train", train_inputs, d.val_fraction, seed, d.classes)
-    val_ds = build_dataset(d.name, d.root, "val", eval_transform(d.image_size), d.val_fraction, seed, d.classes)
-    test_ds = build_dataset(d.name, d.root, "test", eval_transform(d.image_size), d.val_fraction, seed, d.classes)
+    scored = eval_transform(d.image_size, d.crop_ratio)
+    val_ds = build_dataset(d.name, d.root, "val", scored, d.val_fraction, seed, d.classes)
+    test_ds = build_dataset(d.name, d.root, "test", scored, d.val_fraction, seed, d.classes)
     skipped = 0
     if d.skip_bad_images:
         # Decoded once, before training (not dropped as met), so every epoch and every resumed run
@@ -55,8 +56,8 @@ def build_splits(cfg: config_mod.Config, train_inputs: Pipeline, log=print) -> S
                                   f"{train_ds.root} once its unreadable images are left out", "train")
     train_ds = mix_generated(train_ds, d.generated_root, d.train_source, d.generated_ratio, seed)
     # decode large JPEGs at a reduced DCT scale when the pipeline would shrink them anyway
-    train_ds.decode_min_side = decode_min_side(d.image_size, cfg.aug.geometric)
-    val_ds.decode_min_side = test_ds.decode_min_side = decode_min_side(d.image_size)
+    train_ds.decode_min_side = decode_min_side(d.image_size, cfg.aug.geometric, d.crop_ratio)
+    val_ds.decode_min_side = test_ds.decode_min_side = decode_min_side(d.image_size, crop_ratio=d.crop_ratio)
     if len(val_ds) == 0:
         raise UserError("the validation split is empty; set data.val_fraction above 0 (for example 0.1)")
     return Splits(train_ds, val_ds, test_ds, skipped)

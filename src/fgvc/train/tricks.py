@@ -4,7 +4,8 @@ setting changes in a training step.
 A trick acts in one of three places:
 
 - ``input``: the per-image train pipeline run in the loader workers (``fgvc.data.transforms``):
-  geometric (random-resized-crop, flip, rotation), Cutout;
+  geometric (random-resized-crop, flip, rotation), random crop (resize to data.image_size /
+  data.crop_ratio, random crop, flip: the FGVC papers' 448-px recipe), Cutout;
 - ``batch``: ``(x, y) -> (x, y_soft)`` before the forward: Mixup, CutMix (timm) and label
   smoothing, all as soft targets;
 - ``loss``: how a batch's loss is computed: adversarial training (seed Eq. 1).
@@ -37,6 +38,7 @@ class Trick:
 
 TRICKS: dict[str, Trick] = {
     "geometric": Trick(("aug.geometric", "aug.rotation"), "input", lambda c: c.aug.geometric),
+    "random_crop": Trick(("aug.random_crop",), "input", lambda c: c.aug.random_crop),
     "cutout": Trick(("aug.cutout", "aug.cutout_size"), "input", lambda c: c.aug.cutout > 0),
     "mixup": Trick(("aug.mixup_alpha",), "batch", lambda c: c.aug.mixup_alpha > 0),
     "cutmix": Trick(("aug.cutmix_alpha",), "batch", lambda c: c.aug.cutmix_alpha > 0),
@@ -125,14 +127,16 @@ class Tricks:
 
 def train_inputs(cfg: config_mod.Config) -> Pipeline:
     """The per-image train pipeline (PIL image -> float (3, S, S) in [0, 1], S = data.image_size) with
-    the input tricks ``cfg`` turns on: geometric (random-resized-crop, flip, rotation), Cutout; with
-    data.augment_on=device the fixed uint8 square of ``fgvc.train.device_aug.host_transform``."""
-    a = cfg.aug
-    if cfg.data.augment_on == "device":  # the host only resizes; Tricks.inputs augments on the device
+    the input tricks ``cfg`` turns on: geometric (random-resized-crop, flip, rotation) or random crop
+    (resize to S / data.crop_ratio, random S crop, flip), Cutout; with data.augment_on=device the fixed
+    uint8 square of ``fgvc.train.device_aug.host_transform``."""
+    a, d = cfg.aug, cfg.data
+    if d.augment_on == "device":  # the host only resizes; Tricks.inputs augments on the device
         from fgvc.train.device_aug import host_transform
 
-        return host_transform(cfg.data.image_size, a.geometric)
-    return train_transform(cfg.data.image_size, a.geometric, a.rotation, a.cutout, a.cutout_size)
+        return host_transform(d.image_size, a.geometric, a.random_crop, d.crop_ratio)
+    return train_transform(d.image_size, a.geometric, a.rotation, a.cutout, a.cutout_size, a.random_crop,
+                           d.crop_ratio)
 
 
 def build_tricks(cfg: config_mod.Config, num_classes: int, rank: int = 0) -> Tricks:
@@ -143,7 +147,7 @@ def build_tricks(cfg: config_mod.Config, num_classes: int, rank: int = 0) -> Tri
     if cfg.data.augment_on == "device":
         from fgvc.train.device_aug import build_device_augment
 
-        on_device = build_device_augment(a, cfg.data.image_size, cfg.train.seed, rank)
+        on_device = build_device_augment(a, cfg.data.image_size, cfg.train.seed, rank, cfg.data.crop_ratio)
     return Tricks(
         mixing=build_mixing(a.mixup_alpha, a.cutmix_alpha, a.label_smoothing, num_classes),
         label_smoothing=a.label_smoothing,
