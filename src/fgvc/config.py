@@ -104,6 +104,13 @@ class ClipConfig:
 
 
 @dataclass
+class MethodConfig:
+    """The FGVC method (fgvc.methods) and its settings; each setting belongs to the methods that read it
+    (fgvc.methods refuses one set away from its default for a method that does not), defaults the papers'."""
+    name: str = "plain"  # plain | bilinear | isqrt_cov | wsdan | cal (docs/methods.md)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -111,6 +118,7 @@ class Config:
     aug: AugConfig = field(default_factory=AugConfig)
     adv: AdvConfig = field(default_factory=AdvConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     out: str = "runs"  # parent folder of run directories
 
 
@@ -122,6 +130,13 @@ def _train_attacks() -> list[str]:
     from fgvc.robust.attacks import attack_names
 
     return ["none", *attack_names(trainable=True)]
+
+
+def _method_names() -> list[str]:
+    """The registry's method names (fgvc.methods imports torch: only when a method other than plain is named)."""
+    from fgvc.methods import METHODS
+
+    return list(METHODS)
 
 
 # Range checks: key -> (predicate, what is expected, or a function giving it). Checked after every load.
@@ -165,6 +180,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[],
     "adv.alpha": (lambda v: 0 <= v <= 1, "a step size in [0, 1] (0 = default)"),
     "adv.steps": (lambda v: v >= 1, "1 or more"),
     "adv.loss_weight": (lambda v: 0 <= v <= 1, "a weight in [0, 1]"),
+    "method.name": (lambda v: v == "plain" or v in _method_names(), lambda: "one of " + ", ".join(_method_names())),
     "clip.wise_ft_alphas": (lambda v: all(0 <= a <= 1 for a in v), "a list of mixing weights in [0, 1]"),
 }
 
