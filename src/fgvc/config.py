@@ -108,6 +108,9 @@ class MethodConfig:
     """The FGVC method (fgvc.methods) and its settings; each setting belongs to the methods that read it
     (fgvc.methods refuses one set away from its default for a method that does not), defaults the papers'."""
     name: str = "plain"  # plain | bilinear | isqrt_cov | wsdan | cal (docs/methods.md)
+    bilinear_dim: int = 0  # bilinear: 1x1 reduction to this many channels first; 0 (the paper) none
+    isqrt_dim: int = 256  # isqrt_cov: channels after the 1x1 reduction (d)
+    isqrt_iterations: int = 5  # isqrt_cov: Newton-Schulz iterations (N)
 
 
 @dataclass
@@ -181,6 +184,9 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[],
     "adv.steps": (lambda v: v >= 1, "1 or more"),
     "adv.loss_weight": (lambda v: 0 <= v <= 1, "a weight in [0, 1]"),
     "method.name": (lambda v: v == "plain" or v in _method_names(), lambda: "one of " + ", ".join(_method_names())),
+    "method.bilinear_dim": (lambda v: v >= 0, "0 (no reduction) or a number of channels"),
+    "method.isqrt_dim": (lambda v: v >= 0, "0 (no reduction) or a number of channels"),
+    "method.isqrt_iterations": (lambda v: 1 <= v <= 20, "an integer between 1 and 20"),
     "clip.wise_ft_alphas": (lambda v: all(0 <= a <= 1 for a in v), "a list of mixing weights in [0, 1]"),
 }
 

@@ -20,12 +20,14 @@ import difflib
 from torch import Tensor
 
 from fgvc.errors import UserError
-from fgvc.methods import plain
+from fgvc.methods import bilinear, isqrt_cov, plain
 from fgvc.methods.base import Criterion, Method, settings_of
 from fgvc.models.factory import Classifier
 
 METHODS: dict[str, type[Method]] = {
     "plain": plain.Method,  # GAP + dropout + linear: the backbone's own head, the seed's fine-tune
+    "bilinear": bilinear.Method,  # Lin et al. 2015: outer products averaged, signed sqrt, L2 norm
+    "isqrt_cov": isqrt_cov.Method,  # Li et al. 2018: covariance, Newton-Schulz matrix square root
 }
 
 

@@ -47,6 +47,7 @@ class Method(Classifier):
     head_linear: ClassVar[str] = "fc"  # dotted path of the final nn.Linear inside the head module
 
     def __init__(self, backbone: Classifier, num_classes: int, dropout: float = 0.0, **settings):
+        channels = feature_channels(backbone)  # refuses a backbone without a spatial map, first
         slot = classifier_slot(backbone)
         super().__init__(backbone.net, backbone.name, backbone.family, f"{slot}.{self.head_linear}",
                          backbone.feature_path)
@@ -56,7 +57,6 @@ class Method(Classifier):
                 setattr(self, key, getattr(backbone, key))
         self.method = self.name_
         self.settings = dict(settings)
-        channels = feature_channels(backbone)
         self.net.set_submodule(slot, self.make_head(channels, num_classes, dropout, **settings))
         self.head_slot = slot
 
