@@ -20,7 +20,7 @@ import difflib
 from torch import Tensor
 
 from fgvc.errors import UserError
-from fgvc.methods import bilinear, isqrt_cov, plain
+from fgvc.methods import bilinear, cal, isqrt_cov, plain, wsdan
 from fgvc.methods.base import Criterion, Method, settings_of
 from fgvc.models.factory import Classifier
 
@@ -28,6 +28,8 @@ METHODS: dict[str, type[Method]] = {
     "plain": plain.Method,  # GAP + dropout + linear: the backbone's own head, the seed's fine-tune
     "bilinear": bilinear.Method,  # Lin et al. 2015: outer products averaged, signed sqrt, L2 norm
     "isqrt_cov": isqrt_cov.Method,  # Li et al. 2018: covariance, Newton-Schulz matrix square root
+    "wsdan": wsdan.Method,  # Hu et al. 2019: attention maps, attention crop / drop, centre loss
+    "cal": cal.Method,  # Rao et al. 2021: WS-DAN + counterfactual (random) attention and its effect loss
 }
 
 

@@ -56,7 +56,7 @@ class Method(Classifier):
             if hasattr(backbone, key):
                 setattr(self, key, getattr(backbone, key))
         self.method = self.name_
-        self.settings = dict(settings)
+        self.settings = {**settings_of(type(self)), **settings}  # every setting, defaults filled in
         self.net.set_submodule(slot, self.make_head(channels, num_classes, dropout, **settings))
         self.head_slot = slot
 
