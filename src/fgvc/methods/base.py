@@ -44,6 +44,8 @@ class Method(Classifier):
     takes_mixing: ClassVar[bool] = True
     takes_adversarial: ClassVar[bool] = True
     takes_ddp: ClassVar[bool] = True
+    # Grad-CAM reads the backbone's first pass of a forward (the whole image; WS-DAN's later passes see crops)
+    first_pass_is_the_image: ClassVar[bool] = True
     head_linear: ClassVar[str] = "fc"  # dotted path of the final nn.Linear inside the head module
 
     def __init__(self, backbone: Classifier, num_classes: int, dropout: float = 0.0, **settings):

@@ -189,6 +189,10 @@ class Method(BaseMethod):
         """Normalised images -> (logits, part features, attention maps) of one pass."""
         return self.head_module(self.features(x))
 
+    def attention_maps(self, x: Tensor) -> Tensor:
+        """Images in [0, 1] -> their (B, M, h, w) attention maps (``fgvc explain --method attention``)."""
+        return self.head_module.attention(self.features(self.normalize(x)))
+
     def infer(self, x: Tensor) -> Tensor:
         logits, _, maps = self.attend(x)
         theta = torch.full((x.shape[0],), self.settings["test_crop_threshold"], device=x.device)
