@@ -149,3 +149,33 @@ def test_a_methods_training_step_runs_under_the_runs_autocast(tiny_synthbirds_ro
     train(_cfg(tiny_synthbirds_root, tmp_path, "train.epochs=1", *WSDAN, "train.precision=bf16-mixed"),
           progress=False)
     assert seen and all(seen)
+
+
+def test_the_web_demo_predicts_explains_and_attacks_a_method_run(wsdan_run, tiny_synthbirds_root):
+    pytest.importorskip("fastapi")
+    from fgvc.serve.predictor import Predictor
+
+    predictor = Predictor(wsdan_run)
+    data = next(tiny_synthbirds_root.rglob("*.jpg")).read_bytes()
+    assert len(predictor.predict(data)["top"]) == 4
+    assert predictor.explain(data)["cam_method"] == "gradcam"  # Grad-CAM on the backbone's first pass
+    attacked = predictor.attack(data, 4.0)
+    assert 0 < attacked["linf_255"] <= 4.0 + 1e-3 and len(attacked["top_adv"]) == 4
+
+
+def test_a_weights_file_initialises_the_backbone_under_a_methods_head(tiny_synthbirds_root, tmp_path):
+    from safetensors.torch import save_file
+
+    from fgvc.models import create_model
+
+    torch.manual_seed(5)
+    source = create_model("test_resnet", 4)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    cfg = _cfg(tiny_synthbirds_root, tmp_path, "method.name=bilinear", "method.bilinear_dim=4",
+               f"model.weights={path}")
+    model = build_model(cfg, 4)
+    assert model.method == "bilinear"
+    backbone = {k: v for k, v in source.state_dict().items() if not k.startswith("net.fc.")}
+    state = model.state_dict()
+    assert backbone and all(torch.equal(state[k], v) for k, v in backbone.items())
