@@ -106,9 +106,9 @@ def test_report_shows_protocol_fields_that_differ(tmp_path):
     header = next(line for line in text.splitlines() if line.startswith("| run | model"))
     assert header.endswith("| protocol.crop_ratio |") and "protocol.seed" not in header
     # every run's evaluation crop ratio is shown beside its input size, differing or not
-    assert header.startswith("| run | model | data | px | eval crop |")
+    assert header.startswith("| run | model | method | data | px | eval crop |")
     rows = {line.split(" | ")[0]: line.split(" | ") for line in text.splitlines() if line.startswith(("| a |", "| b |"))}
-    assert rows["| a"][4] == "0.8750" and rows["| b"][4] == "1.0000"
+    assert rows["| a"][5] == "0.8750" and rows["| b"][5] == "1.0000"
 
 
 def test_clip_metrics_get_a_protocol_block(tmp_path):

@@ -19,6 +19,7 @@ from fgvc.data import config_split
 from fgvc.data.transforms import eval_transform
 from fgvc.devices import resolve_precision
 from fgvc.errors import UserError
+from fgvc.methods import build_from_config
 from fgvc.models import apply_trainable, create_model
 from fgvc.models.factory import TORCHVISION_MODELS, is_clip
 from fgvc.models.hub import cached_weights_file
@@ -44,13 +45,15 @@ def build_model(cfg: config_mod.Config, num_classes: int, class_names: list[str]
     if cfg.model.weights:  # a local file (fgvc.models.weights): its origin goes into config.yaml and metrics.json
         origin = load_weights_file(model, cfg.model.weights, expected_sha256=cfg.model.weights_sha256)
         cfg.model.weights_sha256 = origin["sha256"]
+    # method.name: the method's head on the backbone's feature map (plain keeps the backbone's own head)
+    model = build_from_config(cfg.method, model, num_classes, cfg.model.dropout)
     if cfg.model.init_from:
         source_cfg = load_config(cfg.model.init_from)
         if source_cfg.model.name != cfg.model.name:
             raise UserError(f"model.init_from={cfg.model.init_from} holds a {source_cfg.model.name}, "
                             f"not a {cfg.model.name}; set model.name={source_cfg.model.name}")
         state = load_weights(Path(cfg.model.init_from) / "checkpoints" / "best.safetensors")
-        head_prefix = f"net.{model.head_path}."
+        head_prefix = f"net.{getattr(model, 'head_slot', model.head_path)}."
         # the head is sized for the source classes: keep the new one
         backbone = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
         missing, unexpected = model.load_state_dict(backbone, strict=False)
@@ -119,6 +122,7 @@ def load(run_dir: str | Path, checkpoint: str = "best"):
     else:
         model = create_model(cfg.model.name, len(class_names), pretrained=False, dropout=cfg.model.dropout,
                              image_size=cfg.data.image_size)
+        model = build_from_config(cfg.method, model, len(class_names), cfg.model.dropout)  # the head it trained
     state = load_weights(run_dir / "checkpoints" / f"{checkpoint}.safetensors")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

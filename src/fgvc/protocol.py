@@ -86,13 +86,14 @@ def train_crop(aug) -> str:
 
 
 def training_protocol(cfg, train_ds, val_ds, test_ds, *, precision: str, device: str, pretrained: dict,
-                      tta: str = "none") -> dict:
+                      tta: str = "none", method: dict | None = None) -> dict:
     """The ``protocol`` block of a classifier run's metrics.json.
 
     ``train_ds``, ``val_ds``, ``test_ds`` are the datasets the run scored (their lengths after unreadable
     images were left out and generated ones mixed in); the crop fields come from ``test_ds.transform``, the
     pipeline that produced the test number. ``pretrained`` is ``fgvc.api.pretraining_source(cfg)``;
-    ``precision`` and ``device`` are those that ran."""
+    ``precision`` and ``device`` are those that ran; ``method`` the FGVC method and its settings
+    (``fgvc.methods.describe``; its name alone when not given)."""
     d = cfg.data
     return {
         "task": "classifier",
@@ -104,12 +105,14 @@ def training_protocol(cfg, train_ds, val_ds, test_ds, *, precision: str, device:
         "train_crop": train_crop(cfg.aug),
         "tta": tta,
         "pretrained": pretrained,
+        "method": method if method is not None else {"name": cfg.method.name},
         "seed": cfg.train.seed,
         "precision": precision,
         "device": device,
         "fgvc_version": _version(),
         "git_commit": git_commit(),
     }
+
 
 
 def run_protocol(task: str, dataset: str, split_sizes: dict, *, pretrained: dict, device: str,

@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgvc.errors import UserError
+from fgvc.explain.attention import attention
+from fgvc.explain.maps import Target, normalize_maps
 from fgvc.models.freeze import eval_with_grad
-
-Target = int | Sequence[int] | Tensor | None
 
 GRADCAM_METHODS = ("gradcam", "gradcam++")
 
@@ -108,7 +107,9 @@ def gradcam(model: nn.Module, x: Tensor, target: Target = None, layer: str | nn.
             logits = model(x.clone() if x.is_inference() else x)
         finally:
             handle.remove()
-        if len(acts) != 1:
+        # a method whose inference runs the backbone again on attention crops (WS-DAN, CAL): its first pass
+        # is the whole image, the map aligned with the input; the crops' boxes pass no gradient back to it
+        if len(acts) != 1 and not (acts and getattr(model, "first_pass_is_the_image", False)):
             how = "is not used in" if not acts else f"runs {len(acts)} times in"
             raise UserError(f"layer {name!r} {how} the forward pass; pick a layer that runs once")
         t = _targets(logits, target)
@@ -149,6 +150,7 @@ METHODS: dict[str, Callable[..., Tensor]] = {
     "cam": cam,
     "gradcam": lambda model, x, target=None: gradcam(model, x, target, method="gradcam"),
     "gradcam++": lambda model, x, target=None: gradcam(model, x, target, method="gradcam++"),
+    "attention": attention,  # a method's own maps (WS-DAN, CAL; fgvc.explain.attention)
 }
 
 
@@ -156,6 +158,9 @@ def check_cam(model: nn.Module) -> tuple[nn.Linear, nn.Module]:
     """``(head, feature_module)`` of a model CAM can explain, else UserError pointing to Grad-CAM."""
     if getattr(model, "family", None) == "vit":
         raise UserError(_no_cam(model, "it is a vision transformer"))
+    if getattr(model, "method", "plain") != "plain":  # a head of fgvc.methods on the feature map
+        raise UserError(_no_cam(model, f"its head (method.name={model.method}) is not global average pooling + "
+                                       "a linear layer"))
     features = getattr(model, "feature_module", None)
     head = getattr(model, "head", None)
     if features is None or not isinstance(head, nn.Linear):
@@ -172,20 +177,6 @@ def supports_cam(model: nn.Module) -> bool:
         return False
 
 
-def normalize_maps(maps: Tensor, size) -> Tensor:
-    """(B, h, w) -> (B, H, W) float32: bilinear upsampling to ``size``, then per-image min-max to [0, 1]."""
-    maps = maps.detach().float()
-    if tuple(maps.shape[-2:]) != tuple(size):
-        maps = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-    flat = maps.flatten(1)
-    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
-    span = hi - lo
-    # a flat map (all zero: no positive evidence) has no location; it stays zero instead of
-    # turning rounding noise into a full-range map
-    tiny = 1e-6 * torch.maximum(hi.abs(), lo.abs())
-    ok = (span > tiny) & (span > 0)
-    out = (maps - lo[:, None, None]) / torch.where(ok, span, torch.ones_like(span))[:, None, None]
-    return torch.where(ok[:, None, None], out, torch.zeros_like(out)).clamp_(0, 1)
 
 
 # --- internals -------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from fgvc import config as config_mod
 from fgvc.errors import UserError
+from fgvc.methods import check_training as check_method
 from fgvc.robust.attacks import attack_names
 from fgvc.robust.training import check_adv_settings
 from fgvc.train.loggers import parse_loggers, require_installed
@@ -36,6 +37,7 @@ def check_training(cfg: config_mod.Config) -> None:
     names above and the settings that only mean something together. ``train()`` runs it before anything
     is read or written."""
     check_names(cfg)
+    check_method(cfg)  # method.name and its settings, and the tricks and devices it cannot take
     if cfg.train.loggers:  # for training only: a finished run's config.yaml loads without mlflow
         require_installed(cfg.train.loggers)
     if cfg.adv.attack != "none":

@@ -35,6 +35,7 @@ from fgvc.devices import (
     resolve_precision,
 )
 from fgvc.errors import UnreadableImage, UserError, message
+from fgvc.methods import describe as describe_method
 from fgvc.models import count_parameters, train_mode
 from fgvc.models.batchnorm import prepare_batchnorm
 from fgvc.protocol import training_protocol
@@ -281,7 +282,8 @@ def final_metrics(cfg: config_mod.Config, state: TrainState, test: dict, splits:
         "skipped_images": splits.skipped, "resumes": state.resumes,
     }
     metrics["protocol"] = training_protocol(cfg, splits.train, splits.val, splits.test, precision=precision,
-                                            device=metrics["device"], pretrained=metrics["pretrained"])
+                                            device=metrics["device"], pretrained=metrics["pretrained"],
+                                            method=describe_method(cfg.method))
     return metrics
 
 

@@ -25,6 +25,7 @@ import torch
 
 from fgvc import config as config_mod
 from fgvc.data.transforms import Pipeline, train_transform
+from fgvc.methods import train_loss
 from fgvc.robust.training import adversarial_loss, catastrophic_overfitting, robust_accuracy_probe
 from fgvc.train.mixing import build_mixing, soft_cross_entropy, soft_targets
 
@@ -89,9 +90,8 @@ class Tricks:
                                                                                                 torch.Tensor]:
         """(loss, logits of the train-mode forward) for one batch. ``model`` is what the optimizer's
         backward runs through (the Fabric/DDP wrapper), ``raw_model`` the module itself."""
-        if self.adv is None:
-            logits = model(x)
-            return soft_cross_entropy(logits, target), logits
+        if self.adv is None:  # the method's training step (method.name; plain: one forward pass)
+            return train_loss(raw_model, model, x, target, soft_cross_entropy, autocast)
         # Eq. 1 of the seed: w * L(x) + (1 - w) * L(x_adv), the attack run on the current model.
         # Train accuracy is read from the first train-mode forward: the clean one (the adversarial
         # one when w = 0); the attack's own search runs in eval mode.
