@@ -37,6 +37,9 @@ class DataConfig:
     cache_budget_gb: float = 4.0  # data.cache=auto caches the splits (train, val, test) that fit in this many GiB
     cache_dir: str = ""  # "" is $XDG_CACHE_HOME/fgvc/images (~/.cache/fgvc/images)
     augment_on: str = "host"  # host | device: random crop, flip, rotation, Cutout batched on the accelerator
+    sampler: str = "random"  # random (shuffled epochs) | pk: P classes x K images per batch (fgvc.data.sampler)
+    pk_classes: int = 0  # P of data.sampler=pk; 0: train.batch_size // data.pk_images
+    pk_images: int = 4  # K of data.sampler=pk: images of each class in a batch
 
 
 @dataclass
@@ -93,6 +96,14 @@ class AdvConfig:
 
 
 @dataclass
+class LossConfig:
+    """Terms any method can add to its cross-entropy (fgvc.train.losses); 0 leaves a term out."""
+    center: float = 0.0  # weight of the center loss (Wen et al. 2016) on the features the final linear layer reads
+    center_alpha: float = 0.5  # the centres' update rate (the paper's alpha)
+    pairwise_confusion: float = 0.0  # weight of pairwise confusion (Dubey et al. 2018): lambda of the paper
+
+
+@dataclass
 class ClipConfig:
     """CLIP fine-tuning through the classifier loop (model.name=clip:<open_clip name>, fgvc.clip.classifier)."""
     pretrained: str = "openai"  # open_clip pretrained tag or a weights file; loaded when model.pretrained=true
@@ -111,6 +122,7 @@ class Config:
     aug: AugConfig = field(default_factory=AugConfig)
     adv: AdvConfig = field(default_factory=AdvConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     out: str = "runs"  # parent folder of run directories
 
 
@@ -137,6 +149,9 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[],
     "data.cache": (lambda v: v in ("off", "auto", "on"), "one of off, auto, on"),
     "data.cache_budget_gb": (lambda v: v >= 0, "0 or more GiB"),
     "data.augment_on": (lambda v: v in ("host", "device"), "one of host, device"),
+    "data.sampler": (lambda v: v in ("random", "pk"), "one of random, pk"),
+    "data.pk_classes": (lambda v: v >= 0, "0 (train.batch_size // data.pk_images) or more classes per batch"),
+    "data.pk_images": (lambda v: v >= 1, "1 or more images per class"),
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "a probability in [0, 1)"),
     "model.batchnorm": (lambda v: v in ("auto", "train", "frozen", "reestimate"),
                         "one of auto, train, frozen, reestimate"),
@@ -165,6 +180,9 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[],
     "adv.alpha": (lambda v: 0 <= v <= 1, "a step size in [0, 1] (0 = default)"),
     "adv.steps": (lambda v: v >= 1, "1 or more"),
     "adv.loss_weight": (lambda v: 0 <= v <= 1, "a weight in [0, 1]"),
+    "loss.center": (lambda v: v >= 0, "0 (off) or a positive weight"),
+    "loss.center_alpha": (lambda v: 0 < v <= 1, "an update rate in (0, 1]"),
+    "loss.pairwise_confusion": (lambda v: v >= 0, "0 (off) or a positive weight"),
     "clip.wise_ft_alphas": (lambda v: all(0 <= a <= 1 for a in v), "a list of mixing weights in [0, 1]"),
 }
 

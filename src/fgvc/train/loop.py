@@ -88,7 +88,8 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     # --- data and tricks: model selection only ever looks at val ---
     splits = build_splits(cfg, train_inputs(cfg), log=fabric.print)
     class_names = splits.class_names
-    tricks = build_tricks(cfg, len(class_names), rank=fabric.global_rank)
+    tricks = build_tricks(cfg, len(class_names), rank=fabric.global_rank,
+                          reduce=(lambda t: fabric.all_reduce(t, reduce_op="sum")) if fabric.world_size > 1 else None)
 
     # --- model, optimizer, schedule, loaders ---
     model, bn_mode, bn_trains = setup_model(cfg, class_names, resume, progress=not quiet)
@@ -96,6 +97,7 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     if channels_last:  # convolutions follow their weights' memory order (oneDNN and cuDNN)
         model = model.to(memory_format=torch.channels_last)
     counts = count_parameters(model)
+    tricks.criterion.attach(model)  # the center loss reads the features the final linear layer gets
     optimizer = build_optimizer(cfg, model)  # AdamW; frozen weights never reach it
     raw_model = model
     if cfg.train.compile:  # Fabric wraps the module and compiles it again (lightning_fabric's setup)
@@ -111,6 +113,7 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     run_dir = open_run_dir(fabric, cfg, run_dir, resume, class_names)
     ckpt = run_dir / "checkpoints"
     state = restore(run_dir, cfg, changes, raw_model, optimizer, scheduler) if resume else TrainState()
+    tricks.criterion.load_state_dict(state.losses, fabric.device)  # the center loss's centres, when resumed
     # config.yaml on resume: with its overrides, and a comment naming each change and its first epoch
     first_process_writes(fabric, runs.write_text_atomic, run_dir / "config.yaml", config_text(cfg, state.resumes))
     first_process_writes(fabric, runs.write_json_atomic, run_dir / "classes.json", class_names)
@@ -153,7 +156,8 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
         fabric.print(f"epoch {epoch + 1:3d}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
                      f"val loss {val['loss']:.4f} acc {val['acc']:.4f}  ({row['seconds']:.1f}s)")
         first_process_writes(fabric, commit_epoch, run_dir, state.to_dict(raw_model.state_dict(), optimizer,
-                             scheduler), improved, [*runs.HISTORY_FIELDS, *tricks.probe_fields])
+                             scheduler, tricks.criterion.state_dict()), improved,
+                             [*runs.HISTORY_FIELDS, *tricks.probe_fields])
 
     # --- test once, on the best checkpoint ---
     raw_model.load_state_dict(runs.load_weights(ckpt / "best.safetensors"))

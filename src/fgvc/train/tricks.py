@@ -7,7 +7,8 @@ A trick acts in one of three places:
   geometric (random-resized-crop, flip, rotation), Cutout;
 - ``batch``: ``(x, y) -> (x, y_soft)`` before the forward: Mixup, CutMix (timm) and label
   smoothing, all as soft targets;
-- ``loss``: how a batch's loss is computed: adversarial training (seed Eq. 1).
+- ``loss``: how a batch's loss is computed: adversarial training (seed Eq. 1), and the terms the
+  criterion adds to every scored forward: center loss, pairwise confusion (``fgvc.train.losses``).
 
 Adding a trick touches the config (a key) and this file (an entry in ``TRICKS`` and the place it
 acts: ``train_inputs`` or ``Tricks``). The loop calls ``train_inputs(cfg)`` for the train split's
@@ -24,6 +25,7 @@ import torch
 
 from fgvc import config as config_mod
 from fgvc.data.transforms import Pipeline, train_transform
+from fgvc.train.losses import Criterion
 from fgvc.train.mixing import build_mixing, soft_cross_entropy, soft_targets
 
 
@@ -42,6 +44,8 @@ TRICKS: dict[str, Trick] = {
     "label_smoothing": Trick(("aug.label_smoothing",), "batch", lambda c: c.aug.label_smoothing > 0),
     "adversarial": Trick(("adv.attack", "adv.eps", "adv.alpha", "adv.steps", "adv.loss_weight"), "loss",
                          lambda c: c.adv.attack != "none"),
+    "center_loss": Trick(("loss.center", "loss.center_alpha"), "loss", lambda c: c.loss.center > 0),
+    "pairwise_confusion": Trick(("loss.pairwise_confusion",), "loss", lambda c: c.loss.pairwise_confusion > 0),
 }
 
 
@@ -61,6 +65,8 @@ class Tricks:
     # data.augment_on=device: (uint8 batch, epoch, step) -> float batch in [0, 1], the input tricks run
     # batched on the accelerator (fgvc.train.device_aug); None when they run per image on the host
     on_device: Callable | None = None
+    # (logits, soft targets) -> loss of each scored forward: soft cross-entropy plus loss.* terms
+    criterion: Callable = soft_cross_entropy
 
     def inputs(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         """The batch the model sees: ``x`` itself, or its device augmentation (seeded by epoch and step)."""
@@ -88,7 +94,7 @@ class Tricks:
         backward runs through (the Fabric/DDP wrapper), ``raw_model`` the module itself."""
         if self.adv is None:
             logits = model(x)
-            return soft_cross_entropy(logits, target), logits
+            return self.criterion(logits, target), logits
         from fgvc.robust.training import adversarial_loss
 
         # Eq. 1 of the seed: w * L(x) + (1 - w) * L(x_adv), the attack run on the current model.
@@ -99,7 +105,7 @@ class Tricks:
         def loss_fn(out, tgt):
             if raw_model.training:
                 train_logits.append(out.detach())
-            return soft_cross_entropy(out, tgt)
+            return self.criterion(out, tgt)
 
         a = self.adv
         with autocast():
@@ -138,9 +144,10 @@ def train_inputs(cfg: config_mod.Config) -> Pipeline:
     return train_transform(cfg.data.image_size, a.geometric, a.rotation, a.cutout, a.cutout_size)
 
 
-def build_tricks(cfg: config_mod.Config, num_classes: int, rank: int = 0) -> Tricks:
-    """The batch and loss tricks ``cfg``'s aug.* and adv.* keys ask for (``rank``: this process's, which
-    seeds device augmentation apart from the other processes')."""
+def build_tricks(cfg: config_mod.Config, num_classes: int, rank: int = 0, reduce: Callable | None = None) -> Tricks:
+    """The batch and loss tricks ``cfg``'s aug.*, adv.* and loss.* keys ask for (``rank``: this process's, which
+    seeds device augmentation apart from the other processes'; ``reduce``: a sum over processes, which keeps
+    the center loss's centres one set under DDP)."""
     a = cfg.aug
     on_device = None
     if cfg.data.augment_on == "device":
@@ -153,4 +160,6 @@ def build_tricks(cfg: config_mod.Config, num_classes: int, rank: int = 0) -> Tri
         num_classes=num_classes,
         adv=cfg.adv if cfg.adv.attack != "none" else None,
         on_device=on_device,
+        criterion=Criterion(soft_cross_entropy, cfg.loss.pairwise_confusion, cfg.loss.center, cfg.loss.center_alpha,
+                            num_classes, reduce),
     )
