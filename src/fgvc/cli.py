@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("explain", help="CAM / Grad-CAM / Grad-CAM++ overlays and localisation scores")
     ex.add_argument("run_dir")
     ex.add_argument("images", nargs="*", help="image files (default: --limit images of --split)")
-    ex.add_argument("--method", help="comma list of cam, gradcam, gradcam++ (default: cam,gradcam)")
+    ex.add_argument("--method", help="comma list of cam, gradcam, gradcam++, attention (a WS-DAN or CAL "
+                    "run's own attention maps) (default: cam,gradcam)")
     ex.add_argument("--split", default="test", choices=["train", "val", "test"])
     ex.add_argument("--limit", type=int, default=8, help="images to draw from the split")
     ex.add_argument("--out", help="output folder (default: RUN_DIR/explain)")

@@ -115,6 +115,25 @@ class ClipConfig:
 
 
 @dataclass
+class MethodConfig:
+    """The FGVC method (fgvc.methods) and its settings; each setting belongs to the methods that read it
+    (fgvc.methods refuses one set away from its default for a method that does not), defaults the papers'."""
+    name: str = "plain"  # plain | bilinear | isqrt_cov | wsdan | cal (docs/methods.md)
+    bilinear_dim: int = 0  # bilinear: 1x1 reduction to this many channels first; 0 (the paper) none
+    isqrt_dim: int = 256  # isqrt_cov: channels after the 1x1 reduction (d)
+    isqrt_iterations: int = 5  # isqrt_cov: Newton-Schulz iterations (N)
+    attention_maps: int = 32  # wsdan, cal: attention maps (M)
+    crop_threshold: list[float] = field(default_factory=lambda: [0.4, 0.6])  # wsdan, cal: training crop theta range
+    drop_threshold: list[float] = field(default_factory=lambda: [0.2, 0.5])  # wsdan, cal: training drop theta range
+    crop_padding: float = 0.1  # wsdan, cal: training crop box widened by this fraction of the side per edge
+    test_crop_threshold: float = 0.1  # wsdan, cal: inference crop theta (on the mean attention map)
+    test_crop_padding: float = 0.05  # wsdan, cal: inference crop padding
+    center_weight: float = 1.0  # wsdan, cal: weight of the centre loss
+    center_momentum: float = 0.05  # wsdan, cal: centre update rate (beta)
+    effect_weight: float = 1.0  # cal: weight of the counterfactual effect cross-entropy
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -122,6 +141,7 @@ class Config:
     aug: AugConfig = field(default_factory=AugConfig)
     adv: AdvConfig = field(default_factory=AdvConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     out: str = "runs"  # parent folder of run directories
 
@@ -134,6 +154,13 @@ def _train_attacks() -> list[str]:
     from fgvc.robust.attacks import attack_names
 
     return ["none", *attack_names(trainable=True)]
+
+
+def _method_names() -> list[str]:
+    """The registry's method names (fgvc.methods imports torch: only when a method other than plain is named)."""
+    from fgvc.methods import METHODS
+
+    return list(METHODS)
 
 
 # Range checks: key -> (predicate, what is expected, or a function giving it). Checked after every load.
@@ -180,6 +207,19 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[],
     "adv.alpha": (lambda v: 0 <= v <= 1, "a step size in [0, 1] (0 = default)"),
     "adv.steps": (lambda v: v >= 1, "1 or more"),
     "adv.loss_weight": (lambda v: 0 <= v <= 1, "a weight in [0, 1]"),
+    "method.name": (lambda v: v == "plain" or v in _method_names(), lambda: "one of " + ", ".join(_method_names())),
+    "method.bilinear_dim": (lambda v: v >= 0, "0 (no reduction) or a number of channels"),
+    "method.isqrt_dim": (lambda v: v >= 0, "0 (no reduction) or a number of channels"),
+    "method.isqrt_iterations": (lambda v: 1 <= v <= 20, "an integer between 1 and 20"),
+    "method.attention_maps": (lambda v: v >= 1, "1 or more"),
+    "method.crop_threshold": (lambda v: len(v) == 2 and 0 <= v[0] <= v[1] <= 1, "a range [low, high] in [0, 1]"),
+    "method.drop_threshold": (lambda v: len(v) == 2 and 0 <= v[0] <= v[1] <= 1, "a range [low, high] in [0, 1]"),
+    "method.crop_padding": (lambda v: 0 <= v < 0.5, "a fraction of the side in [0, 0.5)"),
+    "method.test_crop_threshold": (lambda v: 0 <= v <= 1, "a fraction of the map's maximum in [0, 1]"),
+    "method.test_crop_padding": (lambda v: 0 <= v < 0.5, "a fraction of the side in [0, 0.5)"),
+    "method.center_weight": (lambda v: v >= 0, "0 or more"),
+    "method.center_momentum": (lambda v: 0 <= v <= 1, "a rate in [0, 1]"),
+    "method.effect_weight": (lambda v: v >= 0, "0 or more"),
     "loss.center": (lambda v: v >= 0, "0 (off) or a positive weight"),
     "loss.center_alpha": (lambda v: 0 < v <= 1, "an update rate in (0, 1]"),
     "loss.pairwise_confusion": (lambda v: v >= 0, "0 (off) or a positive weight"),

@@ -95,12 +95,20 @@ def training_protocol(cfg, train_ds, val_ds, test_ds, *, precision: str, device:
         **eval_crop(test_ds.transform),
         "tta": tta,
         "pretrained": pretrained,
+        "method": _method(cfg),
         "seed": cfg.train.seed,
         "precision": precision,
         "device": device,
         "fgvc_version": _version(),
         "git_commit": git_commit(),
     }
+
+
+def _method(cfg) -> dict:
+    """The FGVC method and its settings (``method.*``; fgvc.methods)."""
+    from fgvc.methods import describe
+
+    return describe(cfg.method)
 
 
 def run_protocol(task: str, dataset: str, split_sizes: dict, *, pretrained: dict, device: str,

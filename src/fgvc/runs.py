@@ -237,6 +237,9 @@ def load(run_dir: str | Path, checkpoint: str = "best"):
     else:
         model = create_model(cfg.model.name, len(class_names), pretrained=False, dropout=cfg.model.dropout,
                              image_size=cfg.data.image_size)
+        from fgvc.methods import build_from_config  # method.name: the same head the run trained
+
+        model = build_from_config(cfg.method, model, len(class_names), cfg.model.dropout)
     state = load_weights(run_dir / "checkpoints" / f"{checkpoint}.safetensors")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

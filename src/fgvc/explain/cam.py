@@ -108,7 +108,9 @@ def gradcam(model: nn.Module, x: Tensor, target: Target = None, layer: str | nn.
             logits = model(x.clone() if x.is_inference() else x)
         finally:
             handle.remove()
-        if len(acts) != 1:
+        # a method whose inference runs the backbone again on attention crops (WS-DAN, CAL): its first pass
+        # is the whole image, the map aligned with the input; the crops' boxes pass no gradient back to it
+        if len(acts) != 1 and not (acts and getattr(model, "first_pass_is_the_image", False)):
             how = "is not used in" if not acts else f"runs {len(acts)} times in"
             raise UserError(f"layer {name!r} {how} the forward pass; pick a layer that runs once")
         t = _targets(logits, target)
@@ -149,13 +151,23 @@ METHODS: dict[str, Callable[..., Tensor]] = {
     "cam": cam,
     "gradcam": lambda model, x, target=None: gradcam(model, x, target, method="gradcam"),
     "gradcam++": lambda model, x, target=None: gradcam(model, x, target, method="gradcam++"),
+    "attention": lambda model, x, target=None: _attention(model, x, target),
 }
+
+
+def _attention(model: nn.Module, x: Tensor, target: Target = None) -> Tensor:
+    from fgvc.explain.attention import attention  # a method's own maps (WS-DAN, CAL)
+
+    return attention(model, x, target)
 
 
 def check_cam(model: nn.Module) -> tuple[nn.Linear, nn.Module]:
     """``(head, feature_module)`` of a model CAM can explain, else UserError pointing to Grad-CAM."""
     if getattr(model, "family", None) == "vit":
         raise UserError(_no_cam(model, "it is a vision transformer"))
+    if getattr(model, "method", "plain") != "plain":  # a head of fgvc.methods on the feature map
+        raise UserError(_no_cam(model, f"its head (method.name={model.method}) is not global average pooling + "
+                                       "a linear layer"))
     features = getattr(model, "feature_module", None)
     head = getattr(model, "head", None)
     if features is None or not isinstance(head, nn.Linear):

@@ -18,7 +18,7 @@ from fgvc import runs
 from fgvc.errors import UserError
 from fgvc.protocol import differing_fields, flatten
 from fgvc.report import figures, page
-from fgvc.report.collect import collect_runs, config_differences, differing_values, evaluations
+from fgvc.report.collect import collect_runs, compact, config_differences, differing_values, evaluations
 from fgvc.report.paper import paper_comparison
 from fgvc.report.sections import cell, fmt, gan_pictures, link, picture, run_pictures, table
 
@@ -47,13 +47,17 @@ def _classifier_section(done: list[dict], config_keys: list[str]) -> list[str]:
         model = e["config"].get("model", {}) if isinstance(e["config"].get("model"), dict) else {}
         data = e["config"].get("data", {}) if isinstance(e["config"].get("data"), dict) else {}
         protocol = flatten(e["metrics"].get("protocol"))
-        rows.append([e["name"], fmt(model.get("name")), fmt(data.get("name")), fmt(data.get("image_size")),
-                     *(_column(e["metrics"].get(c), c) for c in COLUMNS), fmt(e["metrics"].get("device")),
-                     differing_values(e, config_keys), *(_short(fmt(protocol.get(k))) for k in differ)])
-    header = ["run", "model", "data", "px", *COLUMNS.values(), "device", CONFIG_COLUMN,
+        rows.append([e["name"], fmt(model.get("name")), _method(e["metrics"].get("protocol")), fmt(data.get("name")),
+                     fmt(data.get("image_size")), *(_column(e["metrics"].get(c), c) for c in COLUMNS),
+                     fmt(e["metrics"].get("device")), differing_values(e, config_keys),
+                     *(_short(fmt(protocol.get(k))) for k in differ)])
+    header = ["run", "model", "method", "data", "px", *COLUMNS.values(), "device", CONFIG_COLUMN,
               *(f"protocol.{k}" for k in differ)]
     lines = ["## Classifier runs", "", table(header, rows), ""]
     notes = []
+    settings = sorted({_method(e["metrics"].get("protocol"), True) for e in done} - {"plain", "-"})
+    if settings:  # each method's settings once (metrics.json protocol.method; docs/methods.md)
+        notes.append("Method settings: " + "; ".join(settings) + ".")
     if config_keys:
         notes.append(f"The {CONFIG_COLUMN} column lists the config.yaml keys whose values are not the same in "
                      f"every classifier run of this report ({len(config_keys)} key{'s' if len(config_keys) != 1 else ''}); "
@@ -64,6 +68,17 @@ def _classifier_section(done: list[dict], config_keys: list[str]) -> list[str]:
         notes.append("The protocol.* columns are the protocol fields (metrics.json protocol block) that differ "
                      "between these runs.")
     return lines + ([" ".join(notes), ""] if notes else [])
+
+
+def _method(protocol, settings: bool = False) -> str:
+    """The FGVC method of a run (metrics.json protocol.method; 'plain' before methods were recorded), with its
+    settings as key=value when ``settings``."""
+    method = protocol.get("method") if isinstance(protocol, dict) else None
+    if not isinstance(method, dict):
+        return "plain" if isinstance(protocol, dict) else "-"
+    name = fmt(method.get("name"))
+    rest = [f"{k}={compact(v)}" for k, v in method.items() if k != "name"]
+    return f"{name} ({', '.join(rest)})" if settings and rest else name
 
 
 def _figures(classifiers: list[dict], out: Path) -> list[str]:

@@ -24,6 +24,8 @@ from tqdm import tqdm
 from fgvc import config as config_mod
 from fgvc import runs
 from fgvc.errors import UnreadableImage, UserError, message
+from fgvc.methods import build_from_config
+from fgvc.methods import check_training as check_method_config
 from fgvc.models import apply_trainable, count_parameters, create_model, train_mode
 from fgvc.models.batchnorm import prepare_batchnorm
 from fgvc.models.factory import is_clip
@@ -77,6 +79,7 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
 def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progress: bool) -> Path:
     t_start = time.perf_counter()
     config_mod.check_training(cfg)
+    check_method_config(cfg)  # the method's settings, and the tricks, devices it cannot take
     cfg = with_absolute_paths(cfg)  # `fgvc eval RUN` from another folder still finds the data
     changes = resume_changes(cfg, run_dir) if resume else {}
     if run_dir is None:  # out= a file: refused before any data is read or model built
@@ -297,13 +300,15 @@ def build_model(cfg: config_mod.Config, num_classes: int, class_names: list[str]
 
         origin = load_weights_file(model, cfg.model.weights, expected_sha256=cfg.model.weights_sha256)
         cfg.model.weights_sha256 = origin["sha256"]
+    # method.name: the method's head on the backbone's feature map (plain keeps the backbone's own head)
+    model = build_from_config(cfg.method, model, num_classes, cfg.model.dropout)
     if cfg.model.init_from:
         source_cfg = runs.load_config(cfg.model.init_from)
         if source_cfg.model.name != cfg.model.name:
             raise UserError(f"model.init_from={cfg.model.init_from} holds a {source_cfg.model.name}, "
                             f"not a {cfg.model.name}; set model.name={source_cfg.model.name}")
         state = runs.load_weights(Path(cfg.model.init_from) / "checkpoints" / "best.safetensors")
-        head_prefix = f"net.{model.head_path}."
+        head_prefix = f"net.{getattr(model, 'head_slot', model.head_path)}."
         # the head is sized for the source classes: keep the new one
         backbone = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
         missing, unexpected = model.load_state_dict(backbone, strict=False)

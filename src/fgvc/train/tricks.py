@@ -25,6 +25,7 @@ import torch
 
 from fgvc import config as config_mod
 from fgvc.data.transforms import Pipeline, train_transform
+from fgvc.methods import train_loss
 from fgvc.train.losses import Criterion
 from fgvc.train.mixing import build_mixing, soft_cross_entropy, soft_targets
 
@@ -92,9 +93,8 @@ class Tricks:
                                                                                                 torch.Tensor]:
         """(loss, logits of the train-mode forward) for one batch. ``model`` is what the optimizer's
         backward runs through (the Fabric/DDP wrapper), ``raw_model`` the module itself."""
-        if self.adv is None:
-            logits = model(x)
-            return self.criterion(logits, target), logits
+        if self.adv is None:  # the method's training step (method.name; plain: one forward pass)
+            return train_loss(raw_model, model, x, target, self.criterion, autocast)
         from fgvc.robust.training import adversarial_loss
 
         # Eq. 1 of the seed: w * L(x) + (1 - w) * L(x_adv), the attack run on the current model.

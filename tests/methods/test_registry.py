@@ -1,0 +1,49 @@
+"""The methods registry: plain keeps the backbone, names and settings are checked, the step dispatches."""
+
+import pytest
+import torch
+
+from fgvc import config
+from fgvc.errors import UserError
+from fgvc.methods import METHODS, build_method, method_settings, train_loss
+from fgvc.methods.base import Method, settings_of
+from fgvc.models import create_model
+from fgvc.train.mixing import soft_cross_entropy
+
+
+def test_plain_keeps_the_backbone_and_its_state_dict_keys():
+    backbone = create_model("resnet18", 3)
+    keys = list(backbone.state_dict())
+    model = build_method("plain", backbone, 3)
+    assert model is backbone and list(model.state_dict()) == keys
+
+
+def test_unknown_method_is_one_sentence():
+    with pytest.raises(UserError, match="method.name"):
+        config.load(overrides=["method.name=wsdna"])
+
+
+def test_config_defaults_are_the_methods_defaults():
+    # a method's settings are the keyword arguments of its make_head; the config's defaults must match
+    defaults = config.MethodConfig()
+    for name, cls in METHODS.items():
+        for key, default in settings_of(cls).items():
+            assert getattr(defaults, key) == (list(default) if isinstance(default, tuple) else default), (name, key)
+
+
+def test_plain_training_step_is_one_forward_through_the_wrapper():
+    model = create_model("resnet18", 3)
+    calls = []
+
+    def forward(x):
+        calls.append(x)
+        return model(x)
+
+    x, target = torch.rand(2, 3, 32, 32), torch.eye(3)[:2]
+    loss, logits = train_loss(model, forward, x, target, soft_cross_entropy)
+    assert len(calls) == 1 and torch.allclose(loss, soft_cross_entropy(logits, target))
+
+
+def test_plain_reads_no_setting():
+    assert method_settings(config.MethodConfig()) == {}
+    assert issubclass(METHODS["plain"], Method)
