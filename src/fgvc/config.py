@@ -118,7 +118,7 @@ class ClipConfig:
 class MethodConfig:
     """The FGVC method (fgvc.methods) and its settings; each setting belongs to the methods that read it
     (fgvc.methods refuses one set away from its default for a method that does not), defaults the papers'."""
-    name: str = "plain"  # plain | bilinear | isqrt_cov | wsdan | cal (docs/methods.md)
+    name: str = "plain"  # plain | bilinear | isqrt_cov | wsdan | cal | pmg | api_net (docs/methods.md)
     bilinear_dim: int = 0  # bilinear: 1x1 reduction to this many channels first; 0 (the paper) none
     isqrt_dim: int = 256  # isqrt_cov: channels after the 1x1 reduction (d)
     isqrt_iterations: int = 5  # isqrt_cov: Newton-Schulz iterations (N)
@@ -131,6 +131,9 @@ class MethodConfig:
     center_weight: float = 1.0  # wsdan, cal: weight of the centre loss
     center_momentum: float = 0.05  # wsdan, cal: centre update rate (beta)
     effect_weight: float = 1.0  # cal: weight of the counterfactual effect cross-entropy
+    pmg_width: int = 512  # pmg: the stage conv blocks' inner width and the classifiers' hidden width
+    api_hidden: int = 512  # api_net: hidden width of the mutual-vector MLP
+    api_margin: float = 0.05  # api_net: margin of the score-ranking loss
 
 
 @dataclass
@@ -220,6 +223,9 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[],
     "method.center_weight": (lambda v: v >= 0, "0 or more"),
     "method.center_momentum": (lambda v: 0 <= v <= 1, "a rate in [0, 1]"),
     "method.effect_weight": (lambda v: v >= 0, "0 or more"),
+    "method.pmg_width": (lambda v: v >= 1, "1 or more channels"),
+    "method.api_hidden": (lambda v: v >= 1, "1 or more units"),
+    "method.api_margin": (lambda v: 0 <= v <= 1, "a margin between probabilities in [0, 1]"),
     "loss.center": (lambda v: v >= 0, "0 (off) or a positive weight"),
     "loss.center_alpha": (lambda v: 0 < v <= 1, "an update rate in (0, 1]"),
     "loss.pairwise_confusion": (lambda v: v >= 0, "0 (off) or a positive weight"),

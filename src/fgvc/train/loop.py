@@ -187,9 +187,15 @@ def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks:
     correct, seen = torch.zeros((), dtype=torch.int64, device=fabric.device), 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=quiet)
     lr = optimizer.param_groups[0]["lr"]
+
+    def optimizer_step(loss):  # the batch's step; a method may take steps of its own before it (PMG)
+        optimizer.zero_grad(set_to_none=True)
+        fabric.backward(loss)
+        optimizer.step()
+
     for step, (x, y) in enumerate(all_or_none(fabric, bar)):
         x, target = tricks.targets(tricks.inputs(x, epoch, step), y)  # device augmentation, then mixing
-        loss, logits = tricks.loss(model, raw_model, x, target, fabric.autocast)
+        loss, logits = tricks.loss(model, raw_model, x, target, fabric.autocast, optimizer_step)
         finite = torch.isfinite(loss.detach()).float()
         if fabric.world_size > 1:  # all processes stop together, or the others would wait forever
             finite = fabric.all_reduce(finite, reduce_op="min")
@@ -198,9 +204,7 @@ def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks:
             what = own if not math.isfinite(own) else "nan or inf on another process"
             raise UserError(f"the training loss became {what} at epoch {epoch + 1} step {step + 1}; "
                             f"lower train.lr (now {cfg.train.lr}); {kept(state.history, ckpt)}")
-        optimizer.zero_grad(set_to_none=True)
-        fabric.backward(loss)
-        optimizer.step()
+        optimizer_step(loss)
         lr = optimizer.param_groups[0]["lr"]  # the rate this step trained at, before the schedule moves on
         if scheduler is not None:
             scheduler.step()

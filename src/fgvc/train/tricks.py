@@ -89,12 +89,13 @@ class Tricks:
             return self.mixing(x, y)  # label smoothing is folded into the soft targets
         return x, soft_targets(y, self.num_classes, self.label_smoothing)
 
-    def loss(self, model, raw_model, x: torch.Tensor, target: torch.Tensor, autocast) -> tuple[torch.Tensor,
-                                                                                                torch.Tensor]:
+    def loss(self, model, raw_model, x: torch.Tensor, target: torch.Tensor, autocast,
+             step=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits of the train-mode forward) for one batch. ``model`` is what the optimizer's
-        backward runs through (the Fabric/DDP wrapper), ``raw_model`` the module itself."""
+        backward runs through (the Fabric/DDP wrapper), ``raw_model`` the module itself; ``step(loss)`` one
+        optimizer step, for a method that takes steps of its own in the batch (PMG)."""
         if self.adv is None:  # the method's training step (method.name; plain: one forward pass)
-            return train_loss(raw_model, model, x, target, self.criterion, autocast)
+            return train_loss(raw_model, model, x, target, self.criterion, autocast, step)
         from fgvc.robust.training import adversarial_loss
 
         # Eq. 1 of the seed: w * L(x) + (1 - w) * L(x_adv), the attack run on the current model.
