@@ -7,6 +7,7 @@ spies (wiring_helpers.py) read the first step's batch and the gradient at its lo
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -129,9 +130,12 @@ def test_a_resumed_pk_center_loss_run_ends_where_an_uninterrupted_one_does(make_
     assert torch.equal(final, runs.load_state(resumed / "checkpoints" / "last_state.pt")["losses"]["centers"])
 
 
+    assert protocol["sampler"] == {"name": "pk", "classes": 2, "images": 4}
+    assert protocol["losses"] == {"center": 0.5, "center_alpha": 0.5, "pairwise_confusion": 0.2}
+
+
 @pytest.mark.slow  # two fresh processes (~20 s on 2 cores); `make test-all` runs it
 def test_two_processes_share_pk_batches_and_one_set_of_centres(tiny_synthbirds_root, tmp_path):
-    import json
     import os
     import subprocess
     import sys
