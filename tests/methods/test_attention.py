@@ -1,5 +1,6 @@
 """WS-DAN and CAL against their definitions: attention pooling, crop boxes, drop masks, centres, effect."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -149,3 +150,27 @@ def test_cal_reads_its_effect_weight_and_wsdan_does_not():
     torch.manual_seed(3)
     without = b.train_loss(x, target, soft_cross_entropy, b)[0]
     assert with_effect > without
+
+
+def test_explain_attention_draws_the_mean_map_and_refuses_a_model_without_one():
+    from fgvc.errors import UserError
+    from fgvc.explain import explain
+
+    model = tiny(test_crop_threshold=0.5).eval()
+    x = torch.rand(2, 3, 128, 128)
+    maps = explain(model, x, "attention")
+    with torch.no_grad():
+        mean = model.attention_maps(x).mean(1)
+    expected = F.interpolate(mean[:, None], size=(128, 128), mode="bilinear", align_corners=False)[:, 0]
+    lo, hi = expected.flatten(1).amin(1), expected.flatten(1).amax(1)
+    assert torch.allclose(maps, (expected - lo[:, None, None]) / (hi - lo)[:, None, None], atol=1e-5)
+    with pytest.raises(UserError, match="method.name=wsdan or cal"):
+        explain(create_model("resnet18", 3), x, "attention")
+
+
+def test_a_bad_threshold_range_is_one_sentence():
+    from fgvc import config
+    from fgvc.errors import UserError
+
+    with pytest.raises(UserError, match="method.crop_threshold"):
+        config.load(overrides=["method.crop_threshold=[0.7,0.2]"])
