@@ -2,7 +2,7 @@
 
 A method is a ``fgvc.methods.base.Method``: a ``Classifier`` whose head reads the backbone's last
 spatial feature map and which may change the training step and the inference procedure (see
-``base.py`` for the three override points). ``build_method`` wraps a backbone built by
+``base.py`` for the override points). ``build_method`` wraps a backbone built by
 ``fgvc.models.create_model`` (weights already loaded into it); ``train_loss`` is the training step the
 loop calls; ``check_method`` refuses, in one sentence, what a method cannot take.
 

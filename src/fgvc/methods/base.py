@@ -1,6 +1,7 @@
 """The base of every FGVC method: a ``Classifier`` whose head reads the backbone's spatial feature map.
 
-A method changes up to three things, each one override point of ``Method``:
+A method changes up to three things (head, training step, inference), through the override points of
+``Method``:
 
 - ``make_head(channels, num_classes, dropout, **settings)``: the head on the backbone's last spatial
   feature map (B, C, h, w); it is installed in the backbone's classifier slot (``fc`` of a ResNet,
