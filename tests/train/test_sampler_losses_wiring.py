@@ -128,8 +128,7 @@ def test_a_resumed_pk_center_loss_run_ends_where_an_uninterrupted_one_does(make_
     assert all(torch.equal(a[k], b[k]) for k in a)
     final = runs.load_state(whole / "checkpoints" / "last_state.pt")["losses"]["centers"]
     assert torch.equal(final, runs.load_state(resumed / "checkpoints" / "last_state.pt")["losses"]["centers"])
-
-
+    protocol = json.loads((whole / "metrics.json").read_text())["protocol"]  # what the numbers were trained with
     assert protocol["sampler"] == {"name": "pk", "classes": 2, "images": 4}
     assert protocol["losses"] == {"center": 0.5, "center_alpha": 0.5, "pairwise_confusion": 0.2}
 
