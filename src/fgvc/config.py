@@ -38,6 +38,9 @@ class DataConfig:
     cache_budget_gb: float = 4.0  # data.cache=auto caches the splits (train, val, test) that fit in this many GiB
     cache_dir: str = ""  # "" is $XDG_CACHE_HOME/fgvc/images (~/.cache/fgvc/images)
     augment_on: str = "host"  # host | device: random crop, flip, rotation, Cutout batched on the accelerator
+    sampler: str = "random"  # random (shuffled epochs) | pk: P classes x K images per batch (fgvc.data.sampler)
+    pk_classes: int = 0  # P of data.sampler=pk; 0: train.batch_size // data.pk_images
+    pk_images: int = 4  # K of data.sampler=pk: images of each class in a batch
 
 
 @dataclass
@@ -95,6 +98,14 @@ class AdvConfig:
 
 
 @dataclass
+class LossConfig:
+    """Terms any method can add to its cross-entropy (fgvc.train.losses); 0 leaves a term out."""
+    center: float = 0.0  # weight of the center loss (Wen et al. 2016) on the features the final linear layer reads
+    center_alpha: float = 0.5  # the centres' update rate (the paper's alpha)
+    pairwise_confusion: float = 0.0  # weight of pairwise confusion (Dubey et al. 2018): lambda of the paper
+
+
+@dataclass
 class ClipConfig:
     """CLIP fine-tuning through the classifier loop (model.name=clip:<open_clip name>, fgvc.clip.classifier)."""
     pretrained: str = "openai"  # open_clip pretrained tag or a weights file; loaded when model.pretrained=true
@@ -109,7 +120,7 @@ class ClipConfig:
 class MethodConfig:
     """The FGVC method (fgvc.methods) and its settings; each setting belongs to the methods that read it
     (fgvc.methods refuses one set away from its default for a method that does not), defaults the papers'."""
-    name: str = "plain"  # plain | bilinear | isqrt_cov | wsdan | cal (docs/methods.md)
+    name: str = "plain"  # plain | bilinear | isqrt_cov | wsdan | cal | pmg | api_net (docs/methods.md)
     bilinear_dim: int = 0  # bilinear: 1x1 reduction to this many channels first; 0 (the paper) none
     isqrt_dim: int = 256  # isqrt_cov: channels after the 1x1 reduction (d)
     isqrt_iterations: int = 5  # isqrt_cov: Newton-Schulz iterations (N)
@@ -122,6 +133,9 @@ class MethodConfig:
     center_weight: float = 1.0  # wsdan, cal: weight of the centre loss
     center_momentum: float = 0.05  # wsdan, cal: centre update rate (beta)
     effect_weight: float = 1.0  # cal: weight of the counterfactual effect cross-entropy
+    pmg_width: int = 512  # pmg: the stage conv blocks' inner width and the classifiers' hidden width
+    api_hidden: int = 512  # api_net: hidden width of the mutual-vector MLP
+    api_margin: float = 0.05  # api_net: margin of the score-ranking loss
 
 
 @dataclass
@@ -133,6 +147,7 @@ class Config:
     adv: AdvConfig = field(default_factory=AdvConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     out: str = "runs"  # parent folder of run directories
 
 
@@ -154,6 +169,9 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[],
     "data.cache": (lambda v: v in ("off", "auto", "on"), "one of off, auto, on"),
     "data.cache_budget_gb": (lambda v: v >= 0, "0 or more GiB"),
     "data.augment_on": (lambda v: v in ("host", "device"), "one of host, device"),
+    "data.sampler": (lambda v: v in ("random", "pk"), "one of random, pk"),
+    "data.pk_classes": (lambda v: v >= 0, "0 (train.batch_size // data.pk_images) or more classes per batch"),
+    "data.pk_images": (lambda v: v >= 1, "1 or more images per class"),
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "a probability in [0, 1)"),
     "model.batchnorm": (lambda v: v in ("auto", "train", "frozen", "reestimate"),
                         "one of auto, train, frozen, reestimate"),
@@ -193,6 +211,12 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[],
     "method.center_weight": (lambda v: v >= 0, "0 or more"),
     "method.center_momentum": (lambda v: 0 <= v <= 1, "a rate in [0, 1]"),
     "method.effect_weight": (lambda v: v >= 0, "0 or more"),
+    "method.pmg_width": (lambda v: v >= 1, "1 or more channels"),
+    "method.api_hidden": (lambda v: v >= 1, "1 or more units"),
+    "method.api_margin": (lambda v: 0 <= v <= 1, "a margin between probabilities in [0, 1]"),
+    "loss.center": (lambda v: v >= 0, "0 (off) or a positive weight"),
+    "loss.center_alpha": (lambda v: 0 < v <= 1, "an update rate in (0, 1]"),
+    "loss.pairwise_confusion": (lambda v: v >= 0, "0 (off) or a positive weight"),
     "clip.wise_ft_alphas": (lambda v: all(0 <= a <= 1 for a in v), "a list of mixing weights in [0, 1]"),
 }
 

@@ -106,6 +106,9 @@ def training_protocol(cfg, train_ds, val_ds, test_ds, *, precision: str, device:
         "tta": tta,
         "pretrained": pretrained,
         "method": method if method is not None else {"name": cfg.method.name},
+        "sampler": _sampler(cfg),
+        "losses": {"center": cfg.loss.center, "center_alpha": cfg.loss.center_alpha,
+                   "pairwise_confusion": cfg.loss.pairwise_confusion},
         "seed": cfg.train.seed,
         "precision": precision,
         "device": device,
@@ -113,6 +116,14 @@ def training_protocol(cfg, train_ds, val_ds, test_ds, *, precision: str, device:
         "git_commit": git_commit(),
     }
 
+
+
+def _sampler(cfg) -> dict:
+    """How training batches were drawn: shuffled epochs, or P classes x K images (data.sampler=pk)."""
+    d = cfg.data
+    if d.sampler != "pk":
+        return {"name": d.sampler}
+    return {"name": "pk", "classes": d.pk_classes or cfg.train.batch_size // d.pk_images, "images": d.pk_images}
 
 
 def run_protocol(task: str, dataset: str, split_sizes: dict, *, pretrained: dict, device: str,

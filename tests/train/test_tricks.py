@@ -99,11 +99,11 @@ def test_every_aug_and_adv_key_belongs_to_exactly_one_registered_trick():
     # adding a key without a registry entry (or two entries reading one key) fails here
     import dataclasses
 
-    from fgvc.config import AdvConfig, AugConfig
+    from fgvc.config import AdvConfig, AugConfig, LossConfig
     from fgvc.train.tricks import TRICKS
 
     keys = [f"aug.{f.name}" for f in dataclasses.fields(AugConfig)] + [
-        f"adv.{f.name}" for f in dataclasses.fields(AdvConfig)]
+        f"adv.{f.name}" for f in dataclasses.fields(AdvConfig)] + [f"loss.{f.name}" for f in dataclasses.fields(LossConfig)]
     owners = {k: [name for name, t in TRICKS.items() if k in t.keys] for k in keys}
     assert {k: v for k, v in owners.items() if len(v) != 1} == {}
     assert {t.where for t in TRICKS.values()} <= {"input", "batch", "loss"}

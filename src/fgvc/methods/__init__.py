@@ -2,7 +2,7 @@
 
 A method is a ``fgvc.methods.base.Method``: a ``Classifier`` whose head reads the backbone's last
 spatial feature map and which may change the training step and the inference procedure (see
-``base.py`` for the three override points). ``build_method`` wraps a backbone built by
+``base.py`` for the override points). ``build_method`` wraps a backbone built by
 ``fgvc.models.create_model`` (weights already loaded into it); ``train_loss`` is the training step the
 loop calls; ``check_method`` refuses, in one sentence, what a method cannot take.
 
@@ -20,7 +20,7 @@ import difflib
 from torch import Tensor
 
 from fgvc.errors import UserError
-from fgvc.methods import bilinear, cal, isqrt_cov, plain, wsdan
+from fgvc.methods import api_net, bilinear, cal, isqrt_cov, plain, pmg, wsdan
 from fgvc.methods.base import Criterion, Method, settings_of
 from fgvc.models.factory import Classifier
 
@@ -30,6 +30,8 @@ METHODS: dict[str, type[Method]] = {
     "isqrt_cov": isqrt_cov.Method,  # Li et al. 2018: covariance, Newton-Schulz matrix square root
     "wsdan": wsdan.Method,  # Hu et al. 2019: attention maps, attention crop / drop, centre loss
     "cal": cal.Method,  # Rao et al. 2021: WS-DAN + counterfactual (random) attention and its effect loss
+    "pmg": pmg.Method,  # Du et al. 2020: jigsaw puzzles of 8, 4, 2 tiles for the last three stages, a step each
+    "api_net": api_net.Method,  # Zhuang et al. 2020: nearest intra/inter pairs, gated interaction, ranking loss
 }
 
 
@@ -70,12 +72,15 @@ def method_of(model) -> str:
 
 
 def train_loss(model, forward, x: Tensor, target: Tensor, criterion: Criterion,
-               autocast=contextlib.nullcontext) -> tuple[Tensor, Tensor]:
+               autocast=contextlib.nullcontext, step=None) -> tuple[Tensor, Tensor]:
     """(loss, logits) of one training step: the method's ``train_loss`` for a method's model (under
     ``autocast()``: its passes may bypass the wrapper that autocasts), else one forward pass through
-    ``forward`` (``model`` itself or its DDP/Fabric wrapper) and ``criterion``."""
+    ``forward`` (``model`` itself or its DDP/Fabric wrapper) and ``criterion``. ``step(loss)``: one optimizer
+    step, for a method that takes steps of its own before the loop's (``Method.train_steps``)."""
     if isinstance(model, Method):
         with autocast():
+            if step is not None:
+                return model.train_steps(x, target, criterion, forward, step)
             return model.train_loss(x, target, criterion, forward)
     logits = forward(x)
     return criterion(logits, target), logits
@@ -97,6 +102,14 @@ def check_training(cfg) -> None:
     mixing = next((f"{k}={v}" for k, v in (("aug.mixup_alpha", cfg.aug.mixup_alpha),
                                           ("aug.cutmix_alpha", cfg.aug.cutmix_alpha)) if v > 0), "")
     check_method(cfg.method.name, mixing=mixing, adversarial=cfg.adv.attack != "none", devices=cfg.train.devices)
+    d = cfg.data
+    classes = d.pk_classes or cfg.train.batch_size // max(d.pk_images, 1)
+    if method_class(cfg.method.name).needs_pk_batches and (d.sampler != "pk" or d.pk_images < 2 or classes < 2):
+        raise UserError(f"method.name={cfg.method.name} pairs each image with its nearest classmate and its nearest "
+                        "image of another class in the batch, so it needs batches of P >= 2 classes x K >= 2 images: "
+                        "set data.sampler=pk data.pk_images=2 (or more, with train.batch_size at least twice it); now "
+                        + (f"data.sampler={d.sampler}" if d.sampler != "pk" else
+                           f"data.pk_images={d.pk_images} and train.batch_size={cfg.train.batch_size}"))
 
 
 def check_method(name: str, *, mixing: str = "", adversarial: bool = False, devices: int = 1) -> None:

@@ -1,6 +1,7 @@
 """The base of every FGVC method: a ``Classifier`` whose head reads the backbone's spatial feature map.
 
-A method changes up to three things, each one override point of ``Method``:
+A method changes up to three things (head, training step, inference), through the override points of
+``Method``:
 
 - ``make_head(channels, num_classes, dropout, **settings)``: the head on the backbone's last spatial
   feature map (B, C, h, w); it is installed in the backbone's classifier slot (``fc`` of a ResNet,
@@ -9,6 +10,10 @@ A method changes up to three things, each one override point of ``Method``:
 - ``train_loss(x, target, criterion, forward)``: one training step's loss and the logits train
   accuracy is read from (several forward passes, extra losses); the default is one forward pass
   through ``forward`` (the module the optimizer's backward runs through, e.g. a DDP wrapper).
+- ``train_steps(x, target, criterion, forward, step)``: for a method that takes optimizer steps of its
+  own within a batch (PMG's one step per granularity): ``step(loss)`` runs one (zero the gradients,
+  backward, optimizer step), and the loss it returns is the batch's last, which the loop steps on as
+  it steps on ``train_loss``'s; the default takes no step of its own and is ``train_loss``.
 - ``infer(x)``: the inference procedure inside ``forward`` (normalised images -> logits); the default
   is the head on the feature map. Whatever it does (WS-DAN's attention crop), eval, TTA, calibration,
   predict, serve, Grad-CAM, attacks and export see it, because they only call ``forward``.
@@ -20,7 +25,8 @@ settings (keyword arguments of ``make_head``, whose defaults are the paper's).
 
 Capabilities a method may lack are class flags the training preflight reads: ``takes_mixing``
 (Mixup/CutMix soft targets), ``takes_adversarial`` (a single training forward the adversarial loss
-can wrap), ``takes_ddp`` (every forward pass through the DDP wrapper).
+can wrap), ``takes_ddp`` (every forward pass through the DDP wrapper); a method that pairs images of
+a batch by class sets ``needs_pk_batches`` (batches of P classes x K images, ``data.sampler=pk``).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class Method(Classifier):
     takes_mixing: ClassVar[bool] = True
     takes_adversarial: ClassVar[bool] = True
     takes_ddp: ClassVar[bool] = True
+    needs_pk_batches: ClassVar[bool] = False  # data.sampler=pk with K >= 2 (API-Net's in-batch pairs)
     # Grad-CAM reads the backbone's first pass of a forward (the whole image; WS-DAN's later passes see crops)
     first_pass_is_the_image: ClassVar[bool] = True
     head_linear: ClassVar[str] = "fc"  # dotted path of the final nn.Linear inside the head module
@@ -82,6 +89,11 @@ class Method(Classifier):
         ``forward`` is the model as the optimizer sees it (a DDP or Fabric wrapper of ``self``)."""
         logits = forward(x)
         return criterion(logits, target), logits
+
+    def train_steps(self, x: Tensor, target: Tensor, criterion: Criterion, forward, step) -> tuple[Tensor, Tensor]:
+        """``train_loss`` for a method that also takes optimizer steps of its own in the batch: ``step(loss)``
+        is one (zero the gradients, backward, optimizer step). The default takes none."""
+        return self.train_loss(x, target, criterion, forward)
 
     # --- shared machinery --------------------------------------------------------------------------
 

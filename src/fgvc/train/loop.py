@@ -93,7 +93,8 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     # --- data and tricks: model selection only ever looks at val ---
     splits = build_splits(cfg, train_inputs(cfg), log=fabric.print)
     class_names = splits.class_names
-    tricks = build_tricks(cfg, len(class_names), rank=fabric.global_rank)
+    tricks = build_tricks(cfg, len(class_names), rank=fabric.global_rank,
+                          reduce=(lambda t: fabric.all_reduce(t, reduce_op="sum")) if fabric.world_size > 1 else None)
 
     # --- model, optimizer, schedule, loaders ---
     model, bn_mode, bn_trains = setup_model(cfg, class_names, resume, progress=not quiet)
@@ -101,6 +102,7 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     if channels_last:  # convolutions follow their weights' memory order (oneDNN and cuDNN)
         model = model.to(memory_format=torch.channels_last)
     counts = count_parameters(model)
+    tricks.criterion.attach(model)  # the center loss reads the features the final linear layer gets
     optimizer = build_optimizer(cfg, model)  # AdamW; frozen weights never reach it
     raw_model = model
     if cfg.train.compile:  # Fabric wraps the module and compiles it again (lightning_fabric's setup)
@@ -116,6 +118,7 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     run_dir, state, log = start_run(fabric, cfg, run_dir, resume, changes, class_names, raw_model, optimizer,
                                     scheduler, precision)
     ckpt = run_dir / "checkpoints"
+    tricks.criterion.load_state_dict(state.losses, fabric.device)  # the center loss's centres, when resumed
 
     for epoch in range(state.epoch + 1, cfg.train.epochs):
         if state.stops_before(epoch, cfg.train):
@@ -150,7 +153,8 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
         fabric.print(f"epoch {epoch + 1:3d}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
                      f"val loss {val['loss']:.4f} acc {val['acc']:.4f}  ({row['seconds']:.1f}s)")
         first_process_writes(fabric, commit_epoch, run_dir, state.to_dict(raw_model.state_dict(), optimizer,
-                             scheduler), improved, [*runs.HISTORY_FIELDS, *tricks.probe_fields])
+                             scheduler, tricks.criterion.state_dict()), improved,
+                             [*runs.HISTORY_FIELDS, *tricks.probe_fields])
 
     # --- test once, on the best checkpoint ---
     raw_model.load_state_dict(runs.load_weights(ckpt / "best.safetensors"))
@@ -205,9 +209,15 @@ def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks:
     correct, seen = torch.zeros((), dtype=torch.int64, device=fabric.device), 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=quiet)
     lr = optimizer.param_groups[0]["lr"]
+
+    def optimizer_step(loss):  # the batch's step; a method may take steps of its own before it (PMG)
+        optimizer.zero_grad(set_to_none=True)
+        fabric.backward(loss)
+        optimizer.step()
+
     for step, (x, y) in enumerate(all_or_none(fabric, bar)):
         x, target = tricks.targets(tricks.inputs(x, epoch, step), y)  # device augmentation, then mixing
-        loss, logits = tricks.loss(model, raw_model, x, target, fabric.autocast)
+        loss, logits = tricks.loss(model, raw_model, x, target, fabric.autocast, optimizer_step)
         finite = torch.isfinite(loss.detach()).float()
         if fabric.world_size > 1:  # all processes stop together, or the others would wait forever
             finite = fabric.all_reduce(finite, reduce_op="min")
@@ -216,9 +226,7 @@ def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks:
             what = own if not math.isfinite(own) else "nan or inf on another process"
             raise UserError(f"the training loss became {what} at epoch {epoch + 1} step {step + 1}; "
                             f"lower train.lr (now {cfg.train.lr}); {kept(state.history, ckpt)}")
-        optimizer.zero_grad(set_to_none=True)
-        fabric.backward(loss)
-        optimizer.step()
+        optimizer_step(loss)
         lr = optimizer.param_groups[0]["lr"]  # the rate this step trained at, before the schedule moves on
         if scheduler is not None:
             scheduler.step()

@@ -18,6 +18,7 @@ from fgvc.data import build_dataset, resolve_num_workers
 from fgvc.data.base import check_classes_have_images, drop_unreadable
 from fgvc.data.cache import cache_datasets
 from fgvc.data.generated import mix_generated
+from fgvc.data.sampler import ClassBalancedBatches, pk_shape
 from fgvc.data.seeding import EpochSampler, PerSampleSeeded
 from fgvc.data.transforms import Pipeline, decode_min_side, eval_transform
 from fgvc.errors import UserError, message
@@ -98,7 +99,7 @@ class Loaders:
     train: DataLoader
     val: DataLoader
     test: DataLoader
-    sampler: EpochSampler  # reshuffles per epoch (``use_epoch``)
+    sampler: EpochSampler | ClassBalancedBatches  # reshuffles per epoch (``use_epoch``)
     generator: torch.Generator  # the one-process shuffle's generator, seeded per epoch
 
 
@@ -118,9 +119,14 @@ def build_loaders(fabric: Fabric, splits: Splits, cfg: config_mod.Config, even: 
             [splits.train, splits.val, splits.test], cfg.data.cache, cfg.data.cache_budget_gb,
             cfg.data.cache_dir or None, workers, progress=progress and fabric.is_global_zero, log=fabric.print)
     generator = torch.Generator()
-    sampler = EpochSampler(DistributedSampler(splits.train, world, rank, shuffle=True, seed=cfg.train.seed)
-                           if world > 1 else RandomSampler(splits.train, generator=generator))
-    batches = TrainBatches(sampler, bs, even=even, least=least)
+    if cfg.data.sampler == "pk":  # P classes x K images per batch, drawn from (seed, epoch); full batches only
+        p, k = pk_shape(bs, cfg.data.pk_classes, cfg.data.pk_images)
+        sampler = batches = ClassBalancedBatches(splits.train.targets, p, k, cfg.train.seed, rank, world,
+                                                 where=f"the train split of {cfg.data.name} in {cfg.data.root}")
+    else:
+        sampler = EpochSampler(DistributedSampler(splits.train, world, rank, shuffle=True, seed=cfg.train.seed)
+                               if world > 1 else RandomSampler(splits.train, generator=generator))
+        batches = TrainBatches(sampler, bs, even=even, least=least)
     if len(batches) == 0:
         raise UserError(f"the train split of {cfg.data.name} in {cfg.data.root} has {len(sampler)} image per "
                         "process, and a training batch needs 2 (BatchNorm or Mixup/CutMix); add images or use "

@@ -47,6 +47,7 @@ class TrainState:
     train_seconds: float = 0.0
     train_images: int = 0
     resumes: list[dict] = field(default_factory=list)  # {"epoch": first epoch run with them, "changed": ...}
+    losses: dict = field(default_factory=dict)  # the loss terms' own state (center loss centres; fgvc.train.losses)
 
     @property
     def probes(self) -> list[dict]:
@@ -72,12 +73,13 @@ class TrainState:
     def best_row(self) -> dict:
         return self.history[self.best_epoch] if 0 <= self.best_epoch < len(self.history) else self.history[-1]
 
-    def to_dict(self, model_state: dict, optimizer, scheduler) -> dict:
-        """What ``last_state.pt`` holds: this state plus the epoch's weights, optimizer and schedule."""
+    def to_dict(self, model_state: dict, optimizer, scheduler, losses: dict | None = None) -> dict:
+        """What ``last_state.pt`` holds: this state plus the epoch's weights, optimizer, schedule and the
+        loss terms' state."""
         return {"epoch": self.epoch, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
                 "history": self.history, "model": model_state, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "train_seconds": self.train_seconds,
-                "train_images": self.train_images, "resumes": self.resumes}
+                "train_images": self.train_images, "resumes": self.resumes, "losses": losses or {}}
 
 
 def with_absolute_paths(cfg: config_mod.Config) -> config_mod.Config:
@@ -158,7 +160,8 @@ def restore(run_dir: Path, cfg: config_mod.Config, changes: dict, model, optimiz
                         f"({e.__class__.__name__}); resume with the model, model.trainable and optimizer "
                         "settings the run started with") from None
     state = TrainState(saved["epoch"], saved["best_acc"], saved["best_epoch"], saved["history"],
-                       saved["train_seconds"], saved["train_images"], list(saved.get("resumes", [])))
+                       saved["train_seconds"], saved["train_images"], list(saved.get("resumes", [])),
+                       dict(saved.get("losses") or {}))
     if changes:
         start = state.epoch + 1
         training_only = [k for k in changes if k in _TRAINING_ONLY_KEYS]

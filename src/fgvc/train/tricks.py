@@ -8,7 +8,8 @@ A trick acts in one of three places:
   data.crop_ratio, random crop, flip: the FGVC papers' 448-px recipe), Cutout;
 - ``batch``: ``(x, y) -> (x, y_soft)`` before the forward: Mixup, CutMix (timm) and label
   smoothing, all as soft targets;
-- ``loss``: how a batch's loss is computed: adversarial training (seed Eq. 1).
+- ``loss``: how a batch's loss is computed: adversarial training (seed Eq. 1), and the terms the
+  criterion adds to every scored forward: center loss, pairwise confusion (``fgvc.train.losses``).
 
 Adding a trick touches the config (a key) and this file (an entry in ``TRICKS`` and the place it
 acts: ``train_inputs`` or ``Tricks``). The loop calls ``train_inputs(cfg)`` for the train split's
@@ -27,6 +28,7 @@ from fgvc import config as config_mod
 from fgvc.data.transforms import Pipeline, train_transform
 from fgvc.methods import train_loss
 from fgvc.robust.training import adversarial_loss, catastrophic_overfitting, robust_accuracy_probe
+from fgvc.train.losses import Criterion
 from fgvc.train.mixing import build_mixing, soft_cross_entropy, soft_targets
 
 
@@ -46,6 +48,8 @@ TRICKS: dict[str, Trick] = {
     "label_smoothing": Trick(("aug.label_smoothing",), "batch", lambda c: c.aug.label_smoothing > 0),
     "adversarial": Trick(("adv.attack", "adv.eps", "adv.alpha", "adv.steps", "adv.loss_weight"), "loss",
                          lambda c: c.adv.attack != "none"),
+    "center_loss": Trick(("loss.center", "loss.center_alpha"), "loss", lambda c: c.loss.center > 0),
+    "pairwise_confusion": Trick(("loss.pairwise_confusion",), "loss", lambda c: c.loss.pairwise_confusion > 0),
 }
 
 
@@ -65,6 +69,8 @@ class Tricks:
     # data.augment_on=device: (uint8 batch, epoch, step) -> float batch in [0, 1], the input tricks run
     # batched on the accelerator (fgvc.train.device_aug); None when they run per image on the host
     on_device: Callable | None = None
+    # (logits, soft targets) -> loss of each scored forward: soft cross-entropy plus loss.* terms
+    criterion: Callable = soft_cross_entropy
 
     def inputs(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         """The batch the model sees: ``x`` itself, or its device augmentation (seeded by epoch and step)."""
@@ -86,12 +92,13 @@ class Tricks:
             return self.mixing(x, y)  # label smoothing is folded into the soft targets
         return x, soft_targets(y, self.num_classes, self.label_smoothing)
 
-    def loss(self, model, raw_model, x: torch.Tensor, target: torch.Tensor, autocast) -> tuple[torch.Tensor,
-                                                                                                torch.Tensor]:
+    def loss(self, model, raw_model, x: torch.Tensor, target: torch.Tensor, autocast,
+             step=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits of the train-mode forward) for one batch. ``model`` is what the optimizer's
-        backward runs through (the Fabric/DDP wrapper), ``raw_model`` the module itself."""
+        backward runs through (the Fabric/DDP wrapper), ``raw_model`` the module itself; ``step(loss)`` one
+        optimizer step, for a method that takes steps of its own in the batch (PMG)."""
         if self.adv is None:  # the method's training step (method.name; plain: one forward pass)
-            return train_loss(raw_model, model, x, target, soft_cross_entropy, autocast)
+            return train_loss(raw_model, model, x, target, self.criterion, autocast, step)
         # Eq. 1 of the seed: w * L(x) + (1 - w) * L(x_adv), the attack run on the current model.
         # Train accuracy is read from the first train-mode forward: the clean one (the adversarial
         # one when w = 0); the attack's own search runs in eval mode.
@@ -100,7 +107,7 @@ class Tricks:
         def loss_fn(out, tgt):
             if raw_model.training:
                 train_logits.append(out.detach())
-            return soft_cross_entropy(out, tgt)
+            return self.criterion(out, tgt)
 
         a = self.adv
         with autocast():
@@ -139,9 +146,10 @@ def train_inputs(cfg: config_mod.Config) -> Pipeline:
                            d.crop_ratio)
 
 
-def build_tricks(cfg: config_mod.Config, num_classes: int, rank: int = 0) -> Tricks:
-    """The batch and loss tricks ``cfg``'s aug.* and adv.* keys ask for (``rank``: this process's, which
-    seeds device augmentation apart from the other processes')."""
+def build_tricks(cfg: config_mod.Config, num_classes: int, rank: int = 0, reduce: Callable | None = None) -> Tricks:
+    """The batch and loss tricks ``cfg``'s aug.*, adv.* and loss.* keys ask for (``rank``: this process's, which
+    seeds device augmentation apart from the other processes'; ``reduce``: a sum over processes, which keeps
+    the center loss's centres one set under DDP)."""
     a = cfg.aug
     on_device = None
     if cfg.data.augment_on == "device":
@@ -154,4 +162,6 @@ def build_tricks(cfg: config_mod.Config, num_classes: int, rank: int = 0) -> Tri
         num_classes=num_classes,
         adv=cfg.adv if cfg.adv.attack != "none" else None,
         on_device=on_device,
+        criterion=Criterion(soft_cross_entropy, cfg.loss.pairwise_confusion, cfg.loss.center, cfg.loss.center_alpha,
+                            num_classes, reduce),
     )

@@ -1,0 +1,155 @@
+"""data.sampler=pk, loss.pairwise_confusion and loss.center reach what a real training run computes,
+and a resumed run with them ends where an uninterrupted one does.
+
+The runs are the wiring tests' tiny ones (timm test ResNet, 16 px, 4 classes of about 7 train images);
+spies (wiring_helpers.py) read the first step's batch and the gradient at its logits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+from wiring_helpers import run_and_spy
+
+from fgvc import config, runs
+from fgvc.models.factory import Classifier
+from fgvc.train import train
+from fgvc.train.losses import pairwise_confusion
+from fgvc.train.mixing import soft_cross_entropy
+
+BASE = ["model.name=test_resnet", "data.image_size=16", "data.num_workers=0", "data.name=synthbirds",
+        "train.batch_size=8", "train.lr=1e-3", "train.epochs=1", "train.patience=0", "train.precision=32-true"]
+PK = ["data.sampler=pk", "data.pk_images=4"]  # 2 classes x 4 images
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def make_cfg(tiny_synthbirds_root):
+    def make(*extra):
+        return config.load(None, [*BASE, f"data.root={tiny_synthbirds_root}", *extra])
+    return make
+
+
+@pytest.fixture(scope="module")
+def first_step(make_cfg, tmp_path_factory):
+    cache = {}
+
+    def run(*extra):
+        if extra not in cache:
+            cache[extra] = run_and_spy(make_cfg(*extra), tmp_path_factory.mktemp("step"), stop_after_first_step=True)
+        return cache[extra]
+    return run
+
+
+def _labels(spy) -> torch.Tensor:
+    return spy.targets().argmax(1)
+
+
+def test_pk_batches_are_what_the_model_trains_on(first_step):
+    counts = Counter(_labels(first_step(*PK)).tolist())
+    assert len(counts) == 2 and set(counts.values()) == {4}
+    counts = Counter(_labels(first_step(*PK, "data.pk_images=2")).tolist())
+    assert len(counts) == 4 and set(counts.values()) == {2}
+    # the shuffled loader's first batch of this seed is not one (the key, not chance, made the batches above)
+    assert set(Counter(_labels(first_step()).tolist()).values()) != {4}
+
+
+def test_a_batch_size_that_is_not_p_times_k_is_one_sentence(make_cfg, tmp_path):
+    from fgvc.errors import UserError
+
+    with pytest.raises(UserError, match="is not train.batch_size=8; set train.batch_size to a multiple of 3"):
+        train(make_cfg(*PK, "data.pk_images=3", f"out={tmp_path}"), progress=False)
+    assert not any(tmp_path.iterdir())  # refused before a run directory was written
+
+
+def test_pairwise_confusion_weight_reaches_the_gradient_at_the_logits(first_step):
+    plain, pc = first_step(), first_step("loss.pairwise_confusion=0.7")
+    assert torch.equal(plain.first_batch(), pc.first_batch())
+    f = pc.train_forwards[0]
+    y = _labels(plain)
+    logits = f.logits.clone().requires_grad_(True)
+    loss = soft_cross_entropy(logits, F.one_hot(y, 4).float()) + 0.7 * pairwise_confusion(F.softmax(logits, 1), y)
+    loss.backward()
+    assert torch.allclose(sum(f.grads), logits.grad, atol=1e-6)
+    assert not torch.allclose(sum(plain.train_forwards[0].grads), logits.grad, atol=1e-4)
+
+
+def _spy_on_head_input(monkeypatch) -> dict:
+    """The first training forward's head input, the head's weight then, and the gradient that reaches it."""
+    seen: dict = {}
+    real = Classifier.forward
+
+    def forward(self, x, *args, **kwargs):
+        if "hook" not in seen:
+            def capture(module, inputs):
+                f = inputs[0]
+                if module.training and f.requires_grad and "features" not in seen:
+                    seen["features"], seen["weight"] = f.detach().clone(), module.weight.detach().clone()
+                    f.register_hook(lambda g: seen.setdefault("grad", g.detach().clone()))
+            seen["hook"] = self.head.register_forward_pre_hook(capture)
+        return real(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(Classifier, "forward", forward)
+    return seen
+
+
+def test_center_loss_weight_reaches_the_gradient_at_the_features(make_cfg, tmp_path, monkeypatch):
+    seen = _spy_on_head_input(monkeypatch)
+    spy = run_and_spy(make_cfg("loss.center=0.3"), tmp_path, stop_after_first_step=True)
+    g_logits = sum(spy.train_forwards[0].grads)
+    f = seen["features"]
+    # centres start at zero: d(0.3 * 1/2 mean ||f||^2)/df = 0.3 f / B, beside what the logits send back
+    expected = g_logits @ seen["weight"] + 0.3 * f / len(f)
+    assert torch.allclose(seen["grad"], expected, atol=1e-6)
+    assert not torch.allclose(seen["grad"], g_logits @ seen["weight"], atol=1e-4)
+
+
+def test_a_resumed_pk_center_loss_run_ends_where_an_uninterrupted_one_does(make_cfg, tmp_path):
+    keys = [*PK, "loss.center=0.5", "loss.pairwise_confusion=0.2", "aug.geometric=true"]
+    whole = train(make_cfg(*keys, "train.epochs=3", f"out={tmp_path / 'whole'}"), progress=False)
+    cut = train(make_cfg(*keys, "train.epochs=2", f"out={tmp_path / 'cut'}"), progress=False)
+    centres = runs.load_state(cut / "checkpoints" / "last_state.pt")["losses"]["centers"]
+    assert centres.shape[0] == 4 and centres.abs().sum() > 0  # the centres moved and were saved
+    resumed = train(make_cfg(*keys, "train.epochs=3", f"out={tmp_path / 'cut'}"), run_dir=cut, resume=True,
+                    progress=False)
+    a, b = runs.load_weights(whole / "checkpoints" / "last.safetensors"), \
+        runs.load_weights(resumed / "checkpoints" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    final = runs.load_state(whole / "checkpoints" / "last_state.pt")["losses"]["centers"]
+    assert torch.equal(final, runs.load_state(resumed / "checkpoints" / "last_state.pt")["losses"]["centers"])
+    protocol = json.loads((whole / "metrics.json").read_text())["protocol"]  # what the numbers were trained with
+    assert protocol["sampler"] == {"name": "pk", "classes": 2, "images": 4}
+    assert protocol["losses"] == {"center": 0.5, "center_alpha": 0.5, "pairwise_confusion": 0.2}
+
+
+@pytest.mark.slow  # two fresh processes (~20 s on 2 cores); `make test-all` runs it
+def test_two_processes_train_api_net_on_pk_batches_with_the_center_loss(tiny_synthbirds_root, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "fgvc", "train", "--quiet", *BASE, "train.batch_size=4", "data.sampler=pk",
+           "data.pk_images=2", "loss.center=0.5", "method.name=api_net", "method.api_hidden=8", "train.epochs=2", "train.accelerator=cpu", "train.devices=2",
+           f"data.root={tiny_synthbirds_root}", f"out={out}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run_dir,) = list(out.iterdir())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # each process takes len(train) // (P K world) full batches an epoch: together the images of a plain epoch
+    seen = metrics["train_images_per_second"] * metrics["train_seconds"]
+    steps = metrics["train_images"] // (2 * 2 * 2)
+    rounding = 0.005 * metrics["train_seconds"] + 0.005 * metrics["train_images_per_second"] + 0.5  # 2 decimals each
+    assert seen == pytest.approx(2 * 2 * steps * 4, abs=rounding)
+    assert runs.load_state(run_dir / "checkpoints" / "last_state.pt")["losses"]["centers"].abs().sum() > 0
