@@ -63,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit = dsub.add_parser(
         "audit", help="near-duplicates between train and test (and other folders), label-noise suspects",
         description="Audit a dataset: near-duplicate images between train and test and against --against "
-                    "folders (perceptual hashes), and likely mislabelled training images (out-of-fold linear "
-                    "probes on frozen features, ranked by cleanlab). By default the duplicates audit runs, and "
-                    "the label audit too when --run or --model gives features. See docs/evaluation.md.")
+                    "folders (perceptual hashes, and a pretrained backbone's embeddings when --model gives one), "
+                    "and likely mislabelled training images (out-of-fold linear probes on frozen features, "
+                    "ranked by cleanlab). By default the duplicates audit runs, and the label audit too when "
+                    "--run or --model gives features. See docs/evaluation.md.")
     audit.add_argument("name", help="dataset name (cub200, dogs, folder, synthbirds, ...)")
     audit.add_argument("--root", required=True, help="dataset root")
     audit.add_argument("--against", nargs="+", action="extend", default=[], metavar="DIR",
@@ -76,9 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--threshold", type=int, default=20,
                        help="a pair is at most this many bits apart, summed over the hashes")
     audit.add_argument("--hashes", default="phash,dhash,whash", help="imagehash hashes, 64 bits each")
+    audit.add_argument("--detectors", help="near-duplicate detectors, a comma list of hash, embedding (default: "
+                                           "hash, plus embedding when --model is given)")
+    audit.add_argument("--similarity", type=float, default=None,
+                       help="the embedding detector pairs images whose cosine similarity is at least this "
+                            "(default: 0.9)")
     audit.add_argument("--run", metavar="RUN_DIR", help="a finished run: test accuracy with and without the "
                                                        "duplicated test images, and its backbone's features")
-    audit.add_argument("--model", help="backbone for the label audit's features, e.g. tf_mobilenetv2_100")
+    audit.add_argument("--model", help="backbone for the label audit's features and the embedding detector, e.g. "
+                                       "tf_mobilenetv2_100")
     audit.add_argument("--weights", help="local weights file for --model (.safetensors, .pth, .tflite)")
     audit.add_argument("--image-size", type=int, default=224, help="input size for --model, in px")
     audit.add_argument("--folds", type=int, default=5, help="folds of the out-of-fold probabilities")

@@ -57,13 +57,13 @@ def _data_audit(args) -> int:
 
     s = run_audit(args.name, args.root, args.out, args.what, args.against, args.threshold, args.hashes, args.run,
                   args.model, args.weights, args.image_size, args.folds, args.top, args.seed,
-                  progress=not args.quiet)
+                  progress=not args.quiet, detectors=args.detectors, similarity=args.similarity)
     if "duplicates" in s:
         d = s["duplicates"]
         print(f"duplicates: {d['pairs']} pair(s) ({d['train_test_pairs']} train-test, {d['within_split_pairs']} "
               f"within one split, {d['against_pairs']} against other folders); {d['test_images_with_duplicate']} "
-              f"of {s['test_images']} test images have a copy in train or another folder (threshold "
-              f"{d['threshold']} of {d['bits']} bits)")
+              f"of {s['test_images']} test images have a copy in train or another folder; "
+              f"{d['cross_class_pairs']} pair(s) put one image under two classes ({d['criterion']})")
         if "accuracy" in d:
             a = d["accuracy"]
             print(f"test accuracy {a['test_acc']:.4f} on {a['test_images']} images, {a['test_acc_without_duplicates']:.4f} "
