@@ -46,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--root", default="data", help="folder to extract into (default: data)")
     prep.add_argument("--url", help="mirror URL (for dogs and flowers102: the base URL of their three files)")
     prep.add_argument("--md5", help="expected md5 of the archive (overrides the official one; aircraft has none)")
+    b50 = dsub.add_parser("birds50", help="make birds50 (50 CUB-200-2011 species at 227 px) from CUB-200-2011",
+                          description="Write birds50, the 50-species, 227-px subset of CUB-200-2011 that docs/ "
+                                      "measure on, from a prepared CUB-200-2011 (`fgvc data prepare cub200`): the "
+                                      "same species and official split, every image resized to --size px square. "
+                                      "See docs/data.md.")
+    b50.add_argument("--cub", required=True, metavar="DIR", help="root of CUB-200-2011 (the folder holding "
+                                                                 "CUB_200_2011/)")
+    b50.add_argument("--out", default="data/birds50", help="new folder to write (default: data/birds50)")
+    b50.add_argument("--size", type=int, default=227, help="image side in pixels")
+    b50.add_argument("--quiet", action="store_true", help="no progress bar")
     synth = dsub.add_parser("synth", help="generate the synthbirds fine-grained dataset")
     synth.add_argument("--root", default="data/synthbirds")
     synth.add_argument("--classes", type=int, default=10)

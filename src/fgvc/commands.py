@@ -45,6 +45,13 @@ def cmd_data(args) -> int:
         return 0
     if args.data_command == "audit":
         return _data_audit(args)
+    if args.data_command == "birds50":
+        from fgvc.data import birds50
+
+        path = birds50.build(args.cub, args.out, size=args.size, progress=not args.quiet)
+        print(f"wrote birds50 ({len(birds50.SPECIES)} species, {args.size} px) to {path}; train on it with "
+              f"data.name=cub200 data.root={path}")
+        return 0
     from fgvc.data import info
 
     d = info.describe(args.name, args.root, check=args.check)
