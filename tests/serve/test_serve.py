@@ -142,7 +142,7 @@ def test_info_names_the_dataset_and_model_not_the_folder(client, run64):
     assert info["title"] == "Generated birds · ResNet-18" and run64.name not in info["title"]
     assert info["classes"] == runs.load_class_names(run64) and info["image_size"] == 64
     assert info["test_acc"] == runs.read_metrics(run64)["test_acc"] and info["max_bytes"] == MAX_BYTES
-    assert dataset_title("cub200", "../shared/data/birds50") == "birds50 (CUB layout)"
+    assert dataset_title("cub200", "data/birds50") == "birds50 (CUB layout)"
     assert dataset_title("cub200", "data/CUB_200_2011") == "CUB-200-2011 birds"
     from fgvc.data import DATASETS
 
