@@ -1,5 +1,5 @@
 """Two training jobs on the same CPU cores: how much each slows down, and which thread settings prevent
-the collapse (issue 17, item 3).
+the collapse.
 
     python benchmarks/contention.py [--cpus 0,1] [--model resnet18] [--size 96] [--batch 32] [--seconds 40]
 
@@ -112,7 +112,7 @@ def main() -> None:
     out = Path(args.out)
     if not out.exists():
         out.write_text("# Two jobs on the same cores\n\nWritten by `benchmarks/contention.py` (its docstring "
-                       "says what runs). A fair share is 1.00; far below it is the collapse issue 17 saw.\n")
+                       "says what runs). A fair share is 1.00; far below it is the collapse.\n")
     with out.open("a") as f:
         f.write("\n".join(table) + "\n")
     print("\n".join(table))

@@ -1,4 +1,4 @@
-"""fgvc.runs.Run: one object that every analysis of a run directory reads (issue 12)."""
+"""fgvc.runs.Run: one object that every analysis of a run directory reads."""
 
 import json
 import shutil
