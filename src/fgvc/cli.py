@@ -11,6 +11,7 @@ import sys
 
 from fgvc.commands import HANDLERS, _shipped_recipes
 from fgvc.errors import UserError, message
+from fgvc.install import install_command
 
 
 class AttackNames:
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=PRECISION_HELP)
 
     sv = sub.add_parser("serve", help="web demo of a run: top-5 classes, Grad-CAM and an FGSM slider "
-                        "(pip install 'fgvc[serve]')")
+                        f"(needs the serve extra: {install_command('serve')})")
     sv.add_argument("run_dir")
     sv.add_argument("--port", type=int, default=7860, help="port to listen on, 0 picks a free one (default: 7860)")
     sv.add_argument("--host", default="127.0.0.1",
@@ -259,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--quiet", action="store_true")
     st.add_argument("--seeds", help="run every row once per seed (train.seed=S, folder <row>/seed<S>), e.g. 0,1,2 "
                     "or 0-4; the table gives mean ± std and each seed (default: the study file's seeds, else one run)")
-    lg = st.add_argument_group("launcher", "one submitit job per unfinished row, or (row, seed) with --seeds (pip install 'fgvc[cluster]'); "
+    lg = st.add_argument_group("launcher", "one submitit job per unfinished row, or (row, seed) with --seeds "
+                               f"(needs the cluster extra: {install_command('cluster')}); "
                                "SLURM options apply to --launcher slurm, see docs/scale.md")
     lg.add_argument("--launcher", choices=["sequential", "local", "slurm"], default="sequential",
                     help="sequential: rows one after another in this process; local: parallel processes on this "
