@@ -374,7 +374,8 @@ def _shipped_recipes() -> list[tuple[str, str]]:
     recipes = []
     for path in sorted(base.glob("*.yaml")):
         lines = [ln[1:].strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("#")]
-        text = " ".join(ln for ln in lines if "fgvc train" not in ln)  # the first line is the command
+        # the first line is the command; lines in parentheses say how to run it (environment, data)
+        text = " ".join(ln for ln in lines if "fgvc train" not in ln and not ln.startswith("("))
         sentence = re.split(r"(?<=[.;])\s", text, maxsplit=1)[0]
         recipes.append((path.stem, textwrap.shorten(sentence, 90, placeholder=" ...")))
     return recipes
