@@ -6,7 +6,7 @@ after decoding with fgvc's own ``read_rgb`` (EXIF orientation applied). Two imag
 sum of their Hamming distances is at most ``threshold`` bits.
 
 Default: phash + dhash + whash (192 bits), threshold 20. Measured on generated birds and on
-../shared/data/birds50 (docs/evaluation.md, "Data audits"): a resized copy or a JPEG re-encoded at
+birds50 (docs/evaluation.md, "Data audits"): a resized copy or a JPEG re-encoded at
 quality 30 lies at most 16 bits away (median 0-5), a copy with 2% / 3% / 4% cropped from every side
 6-12 / 13-17 / 19-22 bits (medians), while distinct images lie 27 or more bits apart (46 or more among
 generated birds, whose classes differ mostly in colour, which a grey-level hash does not see). Raise
