@@ -77,9 +77,11 @@ def _hide(monkeypatch, *modules):
     ("serve", "fastapi", lambda: __import__("fgvc.serve", fromlist=["check_installed"]).check_installed()),
 ])
 def test_every_missing_extra_names_the_fitting_command(extra, hidden, call, monkeypatch):
+    import fgvc.audit  # noqa: F401 (each module imported before its extra is hidden)
+    import fgvc.experiments.launch  # noqa: F401
+    import fgvc.export  # noqa: F401
+    import fgvc.serve  # noqa: F401
     from fgvc.errors import UserError
-
-    import fgvc.audit, fgvc.experiments.launch, fgvc.export, fgvc.serve  # noqa: E401, F401 (before hiding)
 
     _hide(monkeypatch, hidden)
     with pytest.raises(UserError) as e:

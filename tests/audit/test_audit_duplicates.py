@@ -14,7 +14,6 @@ from fgvc.audit.duplicates import find_duplicates
 from fgvc.cli import main
 from fgvc.data.synthetic import render_sample
 
-
 CROSS = {2: 3}  # the copies of class 2's image sit in class 3's test folder: a leak and a label error
 
 
