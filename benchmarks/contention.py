@@ -14,8 +14,12 @@ job alone, then two side by side, and prints img/s per job. Settings:
 - ``spin-10k`` / ``spin-100k``: ``GOMP_SPINCOUNT``, GNU OpenMP threads spin that many times, then sleep;
 - ``one-thread``: ``torch.set_num_threads(1)`` per job;
 - ``mixed``: the first job with the default policy (spinning), the second with ``PASSIVE``;
-- ``fgvc``: each job imports fgvc before torch, so fgvc's own choice applies (``fgvc.threads``), and the
-  second job starts ``--stagger`` seconds after the first, as a second run started by hand does.
+- ``fgvc``: what ``fgvc train`` does on a CPU: each job imports fgvc before torch, so fgvc's own
+  choice of wait policy applies (``fgvc.openmp``), and resizes its thread pool between steps as
+  ``governed`` below; the second job starts ``--stagger`` seconds after the first, as a second run
+  started by hand does;
+- ``governed``: OpenMP's default policy, and each job resizes its thread pool between steps to the
+  cores the other leaves free (``fgvc.train.threads.ThreadGovernor``), the second job staggered too.
 
 A fair share is half the alone speed; "collapse" is far below it. With ``--rounds N`` every setting's
 alone and pair measurements are repeated N times, settings interleaved (this machine's speed drifts). Appends a Markdown table to
@@ -40,8 +44,11 @@ SETTINGS = {
     "spin-100k": ({"GOMP_SPINCOUNT": "100000"}, {"GOMP_SPINCOUNT": "100000"}, 0),
     "one-thread": ({}, {}, 1),
     "mixed": ({}, {"OMP_WAIT_POLICY": "PASSIVE"}, 0),
-    "fgvc": ({"CONTENTION_FGVC_FIRST": "1"}, {"CONTENTION_FGVC_FIRST": "1"}, 0),
+    "fgvc": ({"CONTENTION_FGVC_FIRST": "1", "CONTENTION_GOVERNED": "1"},
+             {"CONTENTION_FGVC_FIRST": "1", "CONTENTION_GOVERNED": "1"}, 0),
+    "governed": ({"CONTENTION_GOVERNED": "1"}, {"CONTENTION_GOVERNED": "1"}, 0),
 }
+STAGGERED = ("fgvc", "governed")
 OPENMP_VARS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")
 
 
@@ -65,7 +72,15 @@ def job(args) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = torch.rand(args.batch, 3, args.size, args.size), torch.randint(50, (args.batch,))
 
+    governor = None
+    if os.environ.get("CONTENTION_GOVERNED"):
+        from fgvc.train.threads import ThreadGovernor
+
+        governor = ThreadGovernor()
+
     def step():
+        if governor is not None:
+            governor.tick()
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -73,11 +88,13 @@ def job(args) -> None:
 
     for _ in range(3):
         step()
-    t0, n = time.perf_counter(), 0
+    t0, n, used = time.perf_counter(), 0, []
     while time.perf_counter() - t0 < args.seconds:
         step()
         n += args.batch
+        used.append(torch.get_num_threads())
     print(json.dumps({"ips": n / (time.perf_counter() - t0), "threads": torch.get_num_threads(),
+                      "threads_min": min(used) if used else torch.get_num_threads(),
                       "policy": policy}))
 
 
@@ -88,7 +105,7 @@ def run_jobs(args, setting: str, count: int) -> list[dict]:
            "--batch", str(args.batch), "--seconds", str(args.seconds), "--threads", str(threads)]
     procs = []
     for k in range(count):
-        if k and setting == "fgvc":
+        if k and setting in STAGGERED:
             time.sleep(args.stagger)  # the first job is running when the second starts and chooses
         procs.append(subprocess.Popen(cmd, env=base | envs[k], stdout=subprocess.PIPE, text=True))
     return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
@@ -124,7 +141,8 @@ def main() -> None:
             pair = run_jobs(args, setting, 2)
             share = sum(r["ips"] for r in pair) / 2 / (alone["ips"] / 2)
             policies = " / ".join(r["policy"] for r in pair)
-            rows.append(f"| {setting}{f', round {rnd + 1}' if args.rounds > 1 else ''} | {alone['threads']} | "
+            threads = f"{alone['threads']}; " + " / ".join(f"{r['threads_min']}-{r['threads']}" for r in pair)
+            rows.append(f"| {setting}{f', round {rnd + 1}' if args.rounds > 1 else ''} | {threads} | "
                         f"{alone['policy']}; {policies} | {alone['ips']:.1f} | "
                         f"{' / '.join(format(r['ips'], '.1f') for r in pair)} | {share:.2f} |")
             print(rows[-1], flush=True)
@@ -132,7 +150,7 @@ def main() -> None:
     table = [f"\n## {time.strftime('%Y-%m-%d')}: {cpu_name()}, cores {args.cpus}, {args.model} {args.size} px, "
              f"batch {args.batch}, fp32, {args.seconds:.0f} s per measurement; 1-minute load average at the "
              f"end {load:.1f}\n",
-             "| setting | threads per job | wait policy: alone; pair | one job alone img/s | "
+             "| setting | threads per job: alone; pair (least-last) | wait policy: alone; pair | one job alone img/s | "
              "two jobs side by side img/s (each) | each job vs a fair half |",
              "| --- | --- | --- | --- | --- | --- |", *rows]
     out = Path(args.out)
