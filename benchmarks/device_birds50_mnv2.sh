@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 18's transfer studies on a lent GPU, as one prepared run (about 9 minutes on an H200):
+# The birds50 transfer studies on a GPU, as one prepared run (about 9 minutes on an H200):
 #   the pretraining source, trainable depth and training tricks with real MobileNetV2 weights
 #   (TensorFlow Lite files) on birds50 at 224 px. Results (metrics, histories, tables, two
 #   checkpoints) are packed into $OUT every 30 s, so a run cut short still returns what finished.
@@ -32,7 +32,7 @@ pack() {  # small files of every run and table, and the two checkpoints the CAM 
 ( while true; do sleep 30; pack; done ) & PACKER=$!
 
 t0=$(date +%s)
-# rows in order of importance, so that a lease cut short still fills the leading rows of every table
+# rows in order of importance, so that a run cut short still fills the leading rows of every table
 PLAN=("birds50_mnv2_source scratch,imagenet,inat_birds"
       "birds50_mnv2_tricks baseline,geometric,label_smoothing,mixup,geometric+ls,geometric+ls+mixup"
       "birds50_mnv2_depth head,head+blocks:1,head+blocks:2,head+blocks:4,all,all_bn_frozen,all_bn_placeholder"
@@ -47,7 +47,7 @@ for item in "${PLAN[@]}"; do
   timeout $left $PY -m fgvc study "$study" "${EXTRA[@]}" --out "$RUNS" --quiet --only "$rows" 2>&1 | grep -v "^Using\|it/s\]" | tee -a "$OUT/log.txt"
 done
 echo "studies $(( $(date +%s) - t0 )) s" | tee -a "$OUT/log.txt"
-# issue 17: loop vs bare step at 224 px, resnet50, bf16, if the lease has time left
+# loop vs bare step at 224 px, resnet50, bf16, if time is left
 if [ "${SMOKE:-0}" != 1 ] && [ $(( $(date +%s) - t0 )) -lt ${LOOP_BENCH_BEFORE:-440} ]; then
   timeout 100 $PY benchmarks/loop_overhead.py --root "$BIRDS50" --model resnet50 --size 224 --batch 64 \
     --workers 12 --epochs 2 2>&1 | grep -v "it/s\]" | tail -20 | tee -a "$OUT/log.txt"

@@ -1,8 +1,8 @@
 #!/bin/bash
-# Issue 17's accelerator benchmark and issue 14's birds50 measurements on a lent GPU, as one prepared
+# The accelerator benchmark of the data path and the birds50 measurements on a GPU, as one prepared
 # run (about 9 minutes on an H200). In order of importance, so that a run cut short fills the first:
 #   1. beside everything, pinned to cores 0-1: benchmarks/contention.py (two jobs on two cores,
-#      OpenMP spinning vs sleeping vs one thread), a clean 2-core machine the dev box never is;
+#      OpenMP spinning vs sleeping vs one thread), on a clean 2-core machine;
 #   2. on cores 2-15 and the GPU: benchmarks/loop_vs_bare.py, ResNet-50 at 224 px, bf16, batch 64,
 #      birds50: fgvc's loop with host / host+cache / device / device+cache augmentation vs the bare step;
 #   3. benchmarks/device_aug_speed.py (device augmentation alone: ms per batch, host synchronisations);

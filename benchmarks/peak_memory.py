@@ -1,5 +1,5 @@
-"""Peak memory of one training step per backbone and batch size (issue 17: "peak host memory and
-peak GPU memory per backbone at batch 16/32/64").
+"""Peak memory of one training step per backbone and batch size: peak host memory and peak GPU
+memory per backbone at batch 16/32/64.
 
     python benchmarks/peak_memory.py --out benchmarks/results/peak_memory.md
     python benchmarks/peak_memory.py --models resnet18 --batches 8 --size 64 --steps 1 --out /tmp/smoke.md

@@ -1,4 +1,4 @@
-"""Parity of fgvc's TensorFlow Lite import on real photographs (issue 18).
+"""Parity of fgvc's TensorFlow Lite import on real photographs.
 
     python benchmarks/tflite_parity.py --weights WEIGHTS_DIR --root BIRDS50 [--images 200]
 

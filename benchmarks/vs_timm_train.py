@@ -2,7 +2,7 @@
 precision and epochs, end-to-end img/s, one run after the other.
 
     .venv/bin/python benchmarks/vs_timm_train.py --timm-train TIMM_CHECKOUT/train.py \\
-        --root ../shared/data/birds50 --model resnet18 --size 96 --batch 32 --precision fp32 \\
+        --root BIRDS50 --model resnet18 --size 96 --batch 32 --precision fp32 \\
         --epochs 2 --workers 2 --out benchmarks/results/vs_timm_train.md
 
 ``train.py`` is not in timm's wheel: it comes from a checkout of huggingface/pytorch-image-models
@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timm-launcher", type=Path, default=None,
                    help="a script that runs train.py with the same arguments (e.g. a CPU shim); default: train.py")
     p.add_argument("--timm-commit", default="unknown", help="the commit of the checkout train.py comes from")
-    p.add_argument("--root", required=True, help="CUB-layout dataset root (e.g. ../shared/data/birds50)")
+    p.add_argument("--root", required=True, help="CUB-layout dataset root (e.g. birds50, `fgvc data birds50`)")
     p.add_argument("--model", default="resnet18")
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--batch", type=int, default=32)
@@ -304,7 +304,7 @@ def report(args, sizes, timm_runs: list[tuple[str, dict, dict]], fgvc_runs: list
     lines += [f"- {tag}: `{r['command']}` (run through a wrapper that times each train_one_epoch call)"
               for tag, r, _ in fgvc_runs]
     lines += [f"- note: {n}" for n in args.note]
-    lines += ["- one run after the other under the shared lock; other sessions' small jobs may have run beside it",
+    lines += ["- one run after the other, one heavy job at a time; other small jobs may have run beside it",
               "", "| tool | load before | epoch 1 img/s | later epochs img/s | all epochs img/s | epoch 1 s (with val) "
               "| later s/epoch (with val) | process wall s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: generated synthbirds datasets, made once per session."""
+"""Shared fixtures: generated synthbirds datasets, made once per test run."""
 
 import os
 import shutil

@@ -1,4 +1,4 @@
-"""Calibration (issue 14, item 4): ECE (equal width, equal mass), NLL, Brier, temperature scaling."""
+"""Calibration: ECE (equal width, equal mass), NLL, Brier, temperature scaling."""
 
 import math
 

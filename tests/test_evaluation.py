@@ -1,4 +1,4 @@
-"""`fgvc eval RUN` (issue 14, items 3, 4 and 7): calibration, TTA beside the plain numbers, open-set scores."""
+"""`fgvc eval RUN`: calibration, TTA beside the plain numbers, open-set scores."""
 
 import json
 

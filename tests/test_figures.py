@@ -1,4 +1,4 @@
-"""The figures a researcher reads (issue 15, "Figures"), tested on what they draw, not on file sizes:
+"""The figures a researcher reads, tested on what they draw, not on file sizes:
 training curves, confusion matrix, attack gallery, CAM panels, GAN sample grid (study titles:
 test_study_titles.py)."""
 

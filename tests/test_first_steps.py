@@ -1,5 +1,5 @@
 """A new user's first commands: help texts with defaults, `fgvc train` without arguments, the
-demo's closing hints, and the install's pyproject (issue 15, "First steps")."""
+demo's closing hints, and the install's pyproject."""
 
 import argparse
 import re

@@ -1,4 +1,4 @@
-"""The install and the README's first steps (issue 15): no setuptools licence warnings, visible
+"""The install and the README's first steps: no setuptools licence warnings, visible
 install progress, how to run fgvc after `make demo`, long tour lines say so."""
 
 import re

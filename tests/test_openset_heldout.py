@@ -1,4 +1,4 @@
-"""data.classes (train on a subset of the classes) and `fgvc eval RUN --unknown heldout` (issue 14, item 7)."""
+"""data.classes (train on a subset of the classes) and `fgvc eval RUN --unknown heldout`."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Protocol record (issue 14, item 1): metrics.json's ``protocol`` block is true for the run it describes."""
+"""Protocol record: metrics.json's ``protocol`` block is true for the run it describes."""
 
 import json
 import re

@@ -1,4 +1,4 @@
-"""fgvc.api.Run: one object that every analysis of a run directory reads (issue 12)."""
+"""fgvc.api.Run: one object that every analysis of a run directory reads."""
 
 import json
 import shutil

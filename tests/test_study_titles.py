@@ -1,4 +1,4 @@
-"""Study tables and plots state the settings that ran (overrides), not the shipped ones (issue 15)."""
+"""Study tables and plots state the settings that ran (overrides), not the shipped ones."""
 
 
 def test_study_title_states_the_settings_that_ran():

@@ -9,11 +9,13 @@
 import importlib
 import os
 
-# OpenMP threads that wait at a barrier sleep at once instead of spinning: with two jobs on the same
-# cores (a study beside a demo, two seeds) spinning threads burn the time slices their peers need, and
-# a tiny run measured 64 s an epoch instead of 4 s (benchmarks/results/contention.md). It must be set
-# before torch loads its OpenMP runtime, so it lives here; a value the user set is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from fgvc.openmp import choose_wait_policy  # noqa: E402
+
+# OpenMP threads sleep at once at a barrier when other work runs beside fgvc (spinning threads of two
+# jobs on the same cores burn each other's time slices: a tiny run took 64 s an epoch instead of 4 s),
+# and spin first when fgvc runs alone (10-15% faster); benchmarks/results/contention.md. It must be
+# decided before torch loads its OpenMP runtime, so it is decided here; a value the user set is kept.
+choose_wait_policy(os.environ)
 
 from fgvc.errors import UserError  # noqa: E402
 

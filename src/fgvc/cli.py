@@ -11,6 +11,7 @@ import sys
 
 from fgvc.commands import HANDLERS, shipped_recipes
 from fgvc.errors import UserError, message
+from fgvc.install import install_command
 
 
 class AttackNames:
@@ -46,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--root", default="data", help="folder to extract into (default: data)")
     prep.add_argument("--url", help="mirror URL (for dogs and flowers102: the base URL of their three files)")
     prep.add_argument("--md5", help="expected md5 of the archive (overrides the official one; aircraft has none)")
+    b50 = dsub.add_parser("birds50", help="make birds50 (50 CUB-200-2011 species at 227 px) from CUB-200-2011",
+                          description="Write birds50, the 50-species, 227-px subset of CUB-200-2011 that docs/ "
+                                      "measure on, from a prepared CUB-200-2011 (`fgvc data prepare cub200`): the "
+                                      "same species and official split, every image resized to --size px square. "
+                                      "See docs/data.md.")
+    b50.add_argument("--cub", required=True, metavar="DIR", help="root of CUB-200-2011 (the folder holding "
+                                                                 "CUB_200_2011/)")
+    b50.add_argument("--out", default="data/birds50", help="new folder to write (default: data/birds50)")
+    b50.add_argument("--size", type=int, default=227, help="image side in pixels")
+    b50.add_argument("--quiet", action="store_true", help="no progress bar")
     synth = dsub.add_parser("synth", help="generate the synthbirds fine-grained dataset")
     synth.add_argument("--root", default="data/synthbirds")
     synth.add_argument("--classes", type=int, default=10)
@@ -63,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit = dsub.add_parser(
         "audit", help="near-duplicates between train and test (and other folders), label-noise suspects",
         description="Audit a dataset: near-duplicate images between train and test and against --against "
-                    "folders (perceptual hashes), and likely mislabelled training images (out-of-fold linear "
-                    "probes on frozen features, ranked by cleanlab). By default the duplicates audit runs, and "
-                    "the label audit too when --run or --model gives features. See docs/evaluation.md.")
+                    "folders (perceptual hashes, and a pretrained backbone's embeddings when --model gives one), "
+                    "and likely mislabelled training images (out-of-fold linear probes on frozen features, "
+                    "ranked by cleanlab). By default the duplicates audit runs, and the label audit too when "
+                    "--run or --model gives features. See docs/evaluation.md.")
     audit.add_argument("name", help="dataset name (cub200, dogs, folder, synthbirds, ...)")
     audit.add_argument("--root", required=True, help="dataset root")
     audit.add_argument("--against", nargs="+", action="extend", default=[], metavar="DIR",
@@ -76,9 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--threshold", type=int, default=20,
                        help="a pair is at most this many bits apart, summed over the hashes")
     audit.add_argument("--hashes", default="phash,dhash,whash", help="imagehash hashes, 64 bits each")
+    audit.add_argument("--detectors", help="near-duplicate detectors, a comma list of hash, embedding (default: "
+                                           "hash, plus embedding when --model is given)")
+    audit.add_argument("--similarity", type=float, default=None,
+                       help="the embedding detector pairs images whose cosine similarity is at least this "
+                            "(default: 0.9)")
     audit.add_argument("--run", metavar="RUN_DIR", help="a finished run: test accuracy with and without the "
                                                        "duplicated test images, and its backbone's features")
-    audit.add_argument("--model", help="backbone for the label audit's features, e.g. tf_mobilenetv2_100")
+    audit.add_argument("--model", help="backbone for the label audit's features and the embedding detector, e.g. "
+                                       "tf_mobilenetv2_100")
     audit.add_argument("--weights", help="local weights file for --model (.safetensors, .pth, .tflite)")
     audit.add_argument("--image-size", type=int, default=224, help="input size for --model, in px")
     audit.add_argument("--folds", type=int, default=5, help="folds of the out-of-fold probabilities")
@@ -132,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=PRECISION_HELP)
 
     sv = sub.add_parser("serve", help="web demo of a run: top-5 classes, Grad-CAM and an FGSM slider "
-                        "(pip install 'fgvc[serve]')")
+                        f"(needs the serve extra: {install_command('serve')})")
     sv.add_argument("run_dir")
     sv.add_argument("--port", type=int, default=7860, help="port to listen on, 0 picks a free one (default: 7860)")
     sv.add_argument("--host", default="127.0.0.1",
@@ -243,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--quiet", action="store_true")
     st.add_argument("--seeds", help="run every row once per seed (train.seed=S, folder <row>/seed<S>), e.g. 0,1,2 "
                     "or 0-4; the table gives mean ± std and each seed (default: the study file's seeds, else one run)")
-    lg = st.add_argument_group("launcher", "one submitit job per unfinished row, or (row, seed) with --seeds (pip install 'fgvc[cluster]'); "
+    lg = st.add_argument_group("launcher", "one submitit job per unfinished row, or (row, seed) with --seeds "
+                               f"(needs the cluster extra: {install_command('cluster')}); "
                                "SLURM options apply to --launcher slurm, see docs/scale.md")
     lg.add_argument("--launcher", choices=["sequential", "local", "slurm"], default="sequential",
                     help="sequential: rows one after another in this process; local: parallel processes on this "

@@ -45,6 +45,13 @@ def cmd_data(args) -> int:
         return 0
     if args.data_command == "audit":
         return _data_audit(args)
+    if args.data_command == "birds50":
+        from fgvc.data import birds50
+
+        path = birds50.build(args.cub, args.out, size=args.size, progress=not args.quiet)
+        print(f"wrote birds50 ({len(birds50.SPECIES)} species, {args.size} px) to {path}; train on it with "
+              f"data.name=cub200 data.root={path}")
+        return 0
     from fgvc.data import info
 
     d = info.describe(args.name, args.root, check=args.check)
@@ -57,13 +64,13 @@ def _data_audit(args) -> int:
 
     s = run_audit(args.name, args.root, args.out, args.what, args.against, args.threshold, args.hashes, args.run,
                   args.model, args.weights, args.image_size, args.folds, args.top, args.seed,
-                  progress=not args.quiet)
+                  progress=not args.quiet, detectors=args.detectors, similarity=args.similarity)
     if "duplicates" in s:
         d = s["duplicates"]
         print(f"duplicates: {d['pairs']} pair(s) ({d['train_test_pairs']} train-test, {d['within_split_pairs']} "
               f"within one split, {d['against_pairs']} against other folders); {d['test_images_with_duplicate']} "
-              f"of {s['test_images']} test images have a copy in train or another folder (threshold "
-              f"{d['threshold']} of {d['bits']} bits)")
+              f"of {s['test_images']} test images have a copy in train or another folder; "
+              f"{d['cross_class_pairs']} pair(s) put one image under two classes ({d['criterion']})")
         if "accuracy" in d:
             a = d["accuracy"]
             print(f"test accuracy {a['test_acc']:.4f} on {a['test_images']} images, {a['test_acc_without_duplicates']:.4f} "
@@ -370,7 +377,8 @@ def shipped_recipes() -> list[tuple[str, str]]:
     recipes = []
     for path in sorted(base.glob("*.yaml")):
         lines = [ln[1:].strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("#")]
-        text = " ".join(ln for ln in lines if "fgvc train" not in ln)  # the first line is the command
+        # the first line is the command; lines in parentheses say how to run it (environment, data)
+        text = " ".join(ln for ln in lines if "fgvc train" not in ln and not ln.startswith("("))
         sentence = re.split(r"(?<=[.;])\s", text, maxsplit=1)[0]
         recipes.append((path.stem, textwrap.shorten(sentence, 90, placeholder=" ...")))
     return recipes

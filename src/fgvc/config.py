@@ -73,6 +73,7 @@ class TrainConfig:
     accelerator: str = "auto"  # auto | cpu | cuda
     channels_last: str = "auto"  # auto | true | false: CNN weights channels-last (fgvc.devices.resolve_channels_last)
     compile: bool = False  # torch.compile the model (first steps slower while it compiles)
+    threads: str = "auto"  # auto | fixed: on a CPU, torch threads follow the cores other jobs leave free (fgvc.train.threads)
     loggers: str = ""  # experiment logs under <run>/logs/: csv,tensorboard,mlflow,wandb (fgvc.train.loggers); "" none
 
 
@@ -190,6 +191,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[],
     ),
     "train.accelerator": (lambda v: v in ("auto", "cpu", "cuda", "gpu", "mps"), "one of auto, cpu, cuda"),
     "train.channels_last": (lambda v: v in ("auto", "true", "false"), "one of auto, true, false"),
+    "train.threads": (lambda v: v in ("auto", "fixed"), "auto or fixed"),
     "aug.cutout": (lambda v: v >= 0, "0 (off) or more holes"),
     "aug.cutout_size": (lambda v: 0 < v <= 1, "a fraction of the image side in (0, 1]"),
     "aug.mixup_alpha": (lambda v: v >= 0, "0 (off) or a positive alpha"),

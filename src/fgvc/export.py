@@ -42,7 +42,6 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 FOLDER_FORMATS = ("hf",)
 ALL_FORMATS = (*FORMATS, *FOLDER_FORMATS)
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
-ONNX_INSTALL = "pip install 'fgvc[export]'  (or: pip install onnx onnxscript onnxruntime)"
 DEFAULT_TOLERANCE = 1e-3  # max abs logit difference; float32 rounding is ~1e-6, a real bug is ~1
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 EXAMPLE_BATCH = 2  # a dynamic batch is traced at 2: at 1 tracers may specialise the size
@@ -225,10 +224,12 @@ LOADERS = {"onnx": load_onnx, "torchscript": load_torchscript, "pt2": load_pt2}
 # ---------------------------------------------------------------- helpers
 
 def _require_onnx() -> None:
+    from fgvc.install import install_command
+
     missing = [p for p in ONNX_PACKAGES if importlib.util.find_spec(p) is None]
     if missing:
         raise UserError(f"ONNX export needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
-                        f"not installed; run {ONNX_INSTALL}, or use --format pt2 or torchscript")
+                        f"not installed; run {install_command('export')}, or use --format pt2 or torchscript")
 
 
 def _resolve_out(run_dir: Path, fmt: str, out: str | Path | None) -> Path:

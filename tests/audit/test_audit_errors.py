@@ -29,6 +29,14 @@ CASES = {
     "unknown audit": (["folder", "--root", "{root}", "--what", "leaks"], "unknown audit 'leaks'"),
     "unknown hash": (["folder", "--root", "{root}", "--hashes", "md5"], "unknown hash 'md5'"),
     "threshold out of range": (["folder", "--root", "{root}", "--threshold", "500"], "--threshold 500"),
+    "unknown detector": (["folder", "--root", "{root}", "--detectors", "sift"], "unknown detector 'sift'"),
+    "embedding without a backbone": (["folder", "--root", "{root}", "--detectors", "hash,embedding"],
+                                     "the embedding detector needs a pretrained backbone"),
+    "embedding with only a run": (["folder", "--root", "{root}", "--run", "{run}", "--detectors", "embedding"],
+                                  "the embedding detector needs a pretrained backbone"),
+    "similarity out of range": (["folder", "--root", "{root}", "--similarity", "1.5"], "--similarity 1.5"),
+    "missing weights file": (["folder", "--root", "{root}", "--what", "duplicates", "--model", "test_resnet",
+                              "--weights", "{root}/nothere.safetensors"], "weights file"),
 }
 
 
@@ -49,6 +57,9 @@ def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["data", "audit", "--help"])
     text = " ".join(capsys.readouterr().out.split())
+    from fgvc.audit.embeddings import DEFAULT_SIMILARITY
+
     for shown in ("(default: 20)", "(default: phash,dhash,whash)", "(default: 5)", "(default: 224)",
+                  f"(default: {DEFAULT_SIMILARITY})", "hash, plus embedding when --model is given",
                   "default: audit/<name>", "plus labels when --run or --model is given"):
         assert shown in text, shown

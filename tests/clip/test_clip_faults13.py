@@ -1,5 +1,5 @@
-"""Issue 13: the embedding cache is keyed by what it depends on (item 6); prompts are never cut
-silently at CLIP's 77-token context (item 9)."""
+"""The embedding cache is keyed by what it depends on; prompts are never cut silently at CLIP's
+77-token context."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 independent float execution of the graph and against the official LiteRT interpreter on real
 photographs, the folded BatchNorm, and the imported normalisation honoured downstream.
 
-The real files live in the shared weights folder beside the repository (CI has it); the tests
-that need them skip with the reason when it is absent.
+The real files (MobileNetV2, published by the Coral project in github.com/google-coral/test_data)
+are found through FGVC_WEIGHTS (their folder) and birds50 through FGVC_BIRDS50; the tests that need
+them skip with the reason when these are not set.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +29,12 @@ from fgvc.models.factory import create_model
 from fgvc.models.tflite import num_classes, reference_forward, same_padding
 from fgvc.models.weights import load_weights_file
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-WEIGHTS = SHARED / "weights"
+WEIGHTS = Path(os.environ.get("FGVC_WEIGHTS") or "/nonexistent")
 IMAGENET = WEIGHTS / "mobilenet_v2_1.0_224_quant.tflite"
 BIRDS = WEIGHTS / "mobilenet_v2_1.0_224_inat_bird_quant.tflite"
-BIRDS50 = SHARED / "data" / "birds50" / "CUB_200_2011" / "images"
-needs_weights = pytest.mark.skipif(not IMAGENET.is_file(), reason="the shared weights folder is absent")
+BIRDS50 = Path(os.environ.get("FGVC_BIRDS50") or "/nonexistent") / "CUB_200_2011" / "images"
+needs_weights = pytest.mark.skipif(not IMAGENET.is_file(), reason="FGVC_WEIGHTS does not name the folder of the "
+                                                                  "TensorFlow Lite files")
 
 
 @pytest.mark.parametrize("size", [7, 8, 15, 16, 224, 225])
@@ -204,7 +206,7 @@ def test_imported_model_normalisation_is_honoured_by_predict_explain_attack_and_
 
 @needs_weights
 @pytest.mark.slow
-@pytest.mark.skipif(not BIRDS50.is_dir(), reason="the shared birds50 folder is absent")
+@pytest.mark.skipif(not BIRDS50.is_dir(), reason="FGVC_BIRDS50 does not name the birds50 folder")
 def test_a_short_fine_tune_from_imagenet_beats_the_same_run_from_scratch(tmp_path):
     """Opt-in (-m slow, about 10 minutes on a 2-core CPU): 2 epochs at 128 px on birds50."""
     from fgvc import config as config_mod

@@ -1,4 +1,4 @@
-"""Issue 13, items 1-3, 11, 12 and 14: batch composition, settings given on resume, several processes,
+"""Batch composition, settings given on resume, several processes,
 and records that must say what ran."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 13, items 6-10 and 13: caches keyed by their inputs, one preprocessing on every path,
+"""Caches keyed by their inputs, one preprocessing on every path,
 annotations read whole, no silent prompt truncation, file-system walks that count each image once."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Generated images mixed into training (issue 7's config keys)."""
+"""Generated images mixed into training."""
 
 import json
 

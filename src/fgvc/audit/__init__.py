@@ -15,8 +15,10 @@ def require(module: str):
     try:
         return importlib.import_module(module)
     except ImportError:
+        from fgvc.install import install_command
+
         raise UserError(f"fgvc data audit needs the {module.split('.')[0]} package; install it with "
-                        "`pip install 'fgvc[audit]'`") from None
+                        f"{install_command('audit')}") from None
 
 
 __all__ = ["require"]

@@ -6,7 +6,7 @@ after decoding with fgvc's own ``read_rgb`` (EXIF orientation applied). Two imag
 sum of their Hamming distances is at most ``threshold`` bits.
 
 Default: phash + dhash + whash (192 bits), threshold 20. Measured on generated birds and on
-../shared/data/birds50 (docs/evaluation.md, "Data audits"): a resized copy or a JPEG re-encoded at
+birds50 (docs/evaluation.md, "Data audits"): a resized copy or a JPEG re-encoded at
 quality 30 lies at most 16 bits away (median 0-5), a copy with 2% / 3% / 4% cropped from every side
 6-12 / 13-17 / 19-22 bits (medians), while distinct images lie 27 or more bits apart (46 or more among
 generated birds, whose classes differ mostly in colour, which a grey-level hash does not see). Raise
@@ -105,44 +105,97 @@ def dataset_splits(name: str, root, val_fraction: float = 0.1, seed: int = 0):
     return train.samples + val.samples, test.samples, train.class_names
 
 
-def find_duplicates(name: str, root, against=(), threshold: int = DEFAULT_THRESHOLD,
-                    hashes: tuple[str, ...] = DEFAULT_HASHES, val_fraction: float = 0.1, seed: int = 0,
-                    progress: bool = False) -> dict:
-    """Pairs of near-duplicates: each test image vs each training image of dataset ``name`` (kind
-    ``train-test``: leakage), images within one split (kinds ``test-test``, ``train-train``), and each
-    image of the dataset (train and test) vs each image of every ``against`` folder (kind ``against``). Returns ``{"pairs": [row, ...], "counts": {...}, "hashes", "threshold",
-    "bits"}``; a row holds kind, image, split, label, match, match_source, match_label, distance (bits)."""
-    hashes = parse_hashes(hashes)
+def pair_rows(h_a: np.ndarray, h_b: np.ndarray, threshold: int | None, e_a=None, e_b=None,
+              similarity: float = 1.0, same: bool = False) -> list[tuple[int, int, int, float | None, str]]:
+    """(i, j, distance in bits, cosine similarity or None, detector) for every pair of row i of ``a`` and
+    row j of ``b`` found by the hashes ``h_a``, ``h_b`` (at most ``threshold`` bits apart; None: the
+    hashes only measure) or by the embeddings ``e_a``, ``e_b`` (unit rows; cosine at least
+    ``similarity``). detector is ``hash``, ``embedding`` or ``hash+embedding``; each pair carries both
+    measures. ``same``: a and b are one set, each pair once (i < j). Most similar first when there are
+    embeddings, else closest in bits first."""
+    from fgvc.audit.embeddings import similar_pairs
+
+    by_hash = close_pairs(h_a, h_b, threshold) if threshold is not None else []
+    found: dict[tuple[int, int], tuple[str, float | None]] = {(i, j): ("hash", None) for i, j, _ in by_hash}
+    if e_a is not None:
+        for i, j, s in similar_pairs(e_a, e_b, similarity):
+            found[(i, j)] = ("hash+embedding" if (i, j) in found else "embedding", s)
+    rows = []
+    for (i, j), (detector, s) in found.items():
+        if same and i >= j:
+            continue
+        if e_a is not None and s is None:
+            s = float(e_a[i] @ e_b[j])
+        rows.append((i, j, int(np.count_nonzero(h_a[i] != h_b[j])), s, detector))
+    if e_a is not None:
+        return sorted(rows, key=lambda t: (-t[3], t[2], t[0], t[1]))
+    return sorted(rows, key=lambda t: (t[2], t[0], t[1]))
+
+
+def check_threshold(threshold: int | None, hashes: tuple[str, ...]) -> None:
+    """UserError when ``threshold`` (bits; None: hash detector off) is outside 0..bits-1 of ``hashes``."""
     bits = HASH_BITS * len(hashes)
-    if not 0 <= threshold < bits:
+    if threshold is not None and not 0 <= threshold < bits:
         raise UserError(f"--threshold {threshold} is out of range; use 0..{bits - 1} bits for {len(hashes)} "
                         f"hash(es) of {HASH_BITS} bits")
+
+
+def find_duplicates(name: str, root, against=(), threshold: int | None = DEFAULT_THRESHOLD,
+                    hashes: tuple[str, ...] = DEFAULT_HASHES, val_fraction: float = 0.1, seed: int = 0,
+                    progress: bool = False, features=None, similarity: float | None = None) -> dict:
+    """Pairs of near-duplicates: each test image vs each training image of dataset ``name`` (kind
+    ``train-test``: leakage), images within one split (kinds ``test-test``, ``train-train``), and each
+    image of the dataset (train and test) vs each image of every ``against`` folder (kind ``against``).
+
+    Two detectors: the perceptual hashes (at most ``threshold`` bits apart; None: off) and, when ``features`` is
+    ``(model, image size)``, embeddings of that backbone (``fgvc.audit.embeddings``: cosine similarity
+    at least ``similarity``, default ``DEFAULT_SIMILARITY``); a pair found by either is reported with both
+    measures. Returns ``{"pairs": [row, ...], "counts": {...}, "hashes", "threshold", "bits",
+    "similarity"}``; a row holds kind, image, split, label, match, match_source, match_label, distance
+    (bits), similarity (cosine, None without features), detector."""
+    from fgvc.audit import embeddings
+
+    hashes = parse_hashes(hashes)
+    bits = HASH_BITS * len(hashes)
+    if threshold is None and features is None:
+        raise UserError("no near-duplicate detector left: the hash detector is off and no backbone gives "
+                        "embeddings; pass --detectors hash, or --model NAME for the embedding detector")
+    check_threshold(threshold, hashes)
+    similarity = embeddings.check_similarity(embeddings.DEFAULT_SIMILARITY if similarity is None else similarity)
     folders = [(Path(f).expanduser(), folder_images(f)) for f in against]  # bad folders fail before any hashing
     train, test, class_names = dataset_splits(name, root, val_fraction, seed)
-    h_train = hash_files([s.path for s in train], hashes, progress, "hashing train")
-    h_test = hash_files([s.path for s in test], hashes, progress, "hashing test")
+
+    def measure(paths, desc):
+        h = hash_files(paths, hashes, progress, f"hashing {desc}")
+        e = embeddings.embed_files(paths, *features, progress=progress, desc=f"embedding {desc}") \
+            if features is not None else None
+        return h, e
+
+    m_train = measure([s.path for s in train], "train")
+    m_test = measure([s.path for s in test], "test")
     rows = []
 
-    def row(kind, sample, split, match, source, match_label, d):
-        return {"kind": kind, "image": str(sample.path), "split": split, "label": class_names[sample.label],
-                "match": str(match), "match_source": source, "match_label": match_label, "distance": d}
+    def add(kind, samples, split, m_a, m_b, matches, source, match_labels, same=False):
+        for i, j, d, s, detector in pair_rows(m_a[0], m_b[0], threshold, m_a[1], m_b[1], similarity, same):
+            rows.append({"kind": kind, "image": str(samples[i].path), "split": split,
+                         "label": class_names[samples[i].label], "match": str(matches[j]), "match_source": source,
+                         "match_label": match_labels[j], "distance": d,
+                         "similarity": s, "detector": detector})
 
-    for i, j, d in close_pairs(h_test, h_train, threshold):
-        rows.append(row("train-test", test[i], "test", train[j].path, "train", class_names[train[j].label], d))
-    for split, samples, h in (("test", test, h_test), ("train", train, h_train)):
+    train_labels = [class_names[s.label] for s in train]
+    add("train-test", test, "test", m_test, m_train, [s.path for s in train], "train", train_labels)
+    for split, samples, m in (("test", test, m_test), ("train", train, m_train)):
         # within one split: not leakage, but a repeated image counts twice in that split's numbers
-        for i, j, d in close_pairs(h, h, threshold):
-            if i < j:
-                rows.append(row(f"{split}-{split}", samples[i], split, samples[j].path, split,
-                                class_names[samples[j].label], d))
+        add(f"{split}-{split}", samples, split, m, m, [s.path for s in samples], split,
+            [class_names[s.label] for s in samples], same=True)
     counts = {"train": len(train), "test": len(test)}
     for folder, files in folders:
-        h_other = hash_files(files, hashes, progress, f"hashing {folder.name}")
+        m_other = measure(files, folder.name)
         counts[str(folder)] = len(files)
-        for split, samples, h in (("test", test, h_test), ("train", train, h_train)):
-            for i, j, d in close_pairs(h, h_other, threshold):
-                rows.append(row("against", samples[i], split, files[j], str(folder), "", d))
-    return {"pairs": rows, "counts": counts, "hashes": list(hashes), "threshold": threshold, "bits": bits}
+        for split, samples, m in (("test", test, m_test), ("train", train, m_train)):
+            add("against", samples, split, m, m_other, files, str(folder), [""] * len(files))
+    return {"pairs": rows, "counts": counts, "hashes": list(hashes), "threshold": threshold, "bits": bits,
+            "similarity": similarity if features is not None else None}
 
 
 def accuracy_without(run_dir, name: str, root, excluded: set[str], val_fraction: float = 0.1, seed: int = 0,
@@ -178,4 +231,4 @@ def accuracy_without(run_dir, name: str, root, excluded: set[str], val_fraction:
 
 
 __all__ = ["DEFAULT_HASHES", "DEFAULT_THRESHOLD", "accuracy_without", "close_pairs", "dataset_splits",
-           "find_duplicates", "folder_images", "hash_files", "image_bits", "parse_hashes"]
+           "check_threshold", "find_duplicates", "folder_images", "hash_files", "image_bits", "pair_rows", "parse_hashes"]

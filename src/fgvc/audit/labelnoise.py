@@ -18,7 +18,6 @@ errors; a pretrained backbone that never saw them (``--model`` / ``--weights``) 
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -81,38 +80,6 @@ def rank_label_issues(labels, pred_probs: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.asarray(flagged, dtype=np.int64), np.asarray(scores, dtype=np.float64)
 
 
-def backbone(run: str | Path | None, model_name: str | None, weights: str | None, image_size: int):
-    """(frozen model whose head input is the feature, its eval pipeline, description): a run's best checkpoint
-    and the run's own eval pipeline (its data.image_size and data.crop_ratio), or ``model_name`` with
-    ``weights`` (a local file, fgvc.models.weights) or timm's pretrained weights at ``image_size``."""
-    from fgvc import api
-    from fgvc import config as config_mod
-    from fgvc.data.transforms import eval_transform
-
-    if run is not None:
-        finished = api.Run(run)
-        if not (finished.dir / "checkpoints" / "best.safetensors").is_file():
-            raise UserError(f"run {finished.dir} has no checkpoints/best.safetensors; pass a finished run of "
-                            "`fgvc train`")
-        return finished.model(), finished.eval_transform, f"run {finished.dir}"
-    if not model_name:
-        raise UserError("the label-noise audit needs features: pass --run RUN_DIR or --model NAME "
-                        "(with --weights FILE for local pretrained weights)")
-    from fgvc.api import build_model
-
-    cfg = config_mod.Config()
-    cfg.model.name, cfg.data.image_size = model_name, image_size
-    if weights:
-        if not Path(weights).expanduser().is_file():
-            raise UserError(f"weights file {weights} does not exist; pass a .safetensors, .pth or .tflite file")
-        cfg.model.weights = str(Path(weights).expanduser())
-    else:
-        cfg.model.pretrained = True
-    # the head's size is irrelevant: only its input, the backbone's features, is used
-    return (build_model(cfg, 2), eval_transform(image_size),
-            f"{model_name} ({Path(weights).name if weights else 'pretrained'})")
-
-
 def find_label_issues(name: str, root, run=None, model_name: str | None = None, weights: str | None = None,
                       image_size: int = 224, folds: int = DEFAULT_FOLDS, seed: int = 0,
                       val_fraction: float = 0.1, batch_size: int = 64, progress: bool = False) -> dict:
@@ -121,14 +88,19 @@ def find_label_issues(name: str, root, run=None, model_name: str | None = None, 
     "oof_acc", "images", "folds", "features", "feature_dim"}``. Bad folds fail before features are computed."""
     from torch.utils.data import DataLoader
 
+    from fgvc import api
     from fgvc.audit.duplicates import dataset_splits
+    from fgvc.audit.embeddings import backbone
     from fgvc.data import FineGrainedDataset
+    from fgvc.data.transforms import eval_transform
     from fgvc.train.probe import head_inputs
 
     samples, _, class_names = dataset_splits(name, root, val_fraction, seed)
     labels = np.array([s.label for s in samples])
     check_folds(labels, folds, class_names)
-    model, pipeline, source = backbone(run, model_name, weights, image_size)
+    model, size, source = backbone(run, model_name, weights, image_size)
+    # a run's own evaluation pipeline (its data.image_size and data.crop_ratio), else the plain one at ``size``
+    pipeline = api.Run(run).eval_transform if run is not None else eval_transform(size)
     dataset = FineGrainedDataset(samples, class_names, pipeline, name=name, split="train+val")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     x, y = head_inputs(model, DataLoader(dataset, batch_size=batch_size, num_workers=0), device, progress,
@@ -143,5 +115,5 @@ def find_label_issues(name: str, root, run=None, model_name: str | None = None, 
             "folds": folds, "features": source, "feature_dim": int(x.shape[1]), "scores": scores}
 
 
-__all__ = ["DEFAULT_FOLDS", "backbone", "check_folds", "find_label_issues", "oof_probabilities",
+__all__ = ["DEFAULT_FOLDS", "check_folds", "find_label_issues", "oof_probabilities",
            "rank_label_issues"]

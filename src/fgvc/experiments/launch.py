@@ -32,7 +32,6 @@ from fgvc.experiments.rows import train_row
 from fgvc.experiments.tables import write_tables
 
 LAUNCHERS = ("sequential", "local", "slurm")
-SUBMITIT_INSTALL = "pip install 'fgvc[cluster]'  (or: pip install submitit)"
 POLL_S = 1.0
 
 
@@ -57,7 +56,9 @@ def submitit():
     try:
         import submitit as sm
     except ImportError:
-        raise UserError(f"--launcher local/slurm needs submitit, which is not installed; run {SUBMITIT_INSTALL}, "
+        from fgvc.install import install_command
+
+        raise UserError(f"--launcher local/slurm needs submitit, which is not installed; run {install_command('cluster')}, "
                         "or run the study without --launcher") from None
     return sm
 

@@ -22,8 +22,10 @@ def check_installed() -> None:
     """UserError naming the install command when a package of the ``serve`` extra is missing."""
     missing = [pkg for module, pkg in EXTRA_MODULES.items() if importlib.util.find_spec(module) is None]
     if missing:
+        from fgvc.install import install_command
+
         raise UserError(f"fgvc serve needs {', '.join(missing)} (the serve extra); install it with "
-                        "pip install 'fgvc[serve]' (in a clone: pip install -e '.[serve]')")
+                        f"{install_command('serve')}")
 
 
 def __getattr__(name: str):

@@ -56,6 +56,7 @@ from fgvc.train.state import (
     with_absolute_paths,
 )
 from fgvc.train.summary import metrics_table, plot_curves
+from fgvc.train.threads import ThreadGovernor
 from fgvc.train.tricks import Tricks, build_tricks, train_inputs
 
 
@@ -120,6 +121,9 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     ckpt = run_dir / "checkpoints"
     tricks.criterion.load_state_dict(state.losses, fabric.device)  # the center loss's centres, when resumed
 
+    # on a CPU, the thread pool follows the cores other jobs leave free (OpenMP threads that spin for a
+    # descheduled peer collapse a job 3-8x); once per run, so its ceiling is the count the run started with
+    governor = ThreadGovernor() if fabric.device.type == "cpu" and cfg.train.threads == "auto" else None
     for epoch in range(state.epoch + 1, cfg.train.epochs):
         if state.stops_before(epoch, cfg.train):
             break  # early stopping: val accuracy has not improved for `patience` epochs
@@ -131,7 +135,7 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
         t0 = time.perf_counter()
         train_loss, train_acc, seen, lr = train_one_epoch(fabric, model, raw_model, optimizer, loaders.train, tricks,
                                                           epoch, cfg, state, ckpt, quiet, log,
-                                                          scheduler if per_step else None)
+                                                          scheduler if per_step else None, governor)
         seconds = time.perf_counter() - t0
         # Through the DDP wrapper on purpose: its first forward after training broadcasts the
         # BatchNorm statistics of process 0, whose weights become the checkpoint.
@@ -156,6 +160,8 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
                              scheduler, tricks.criterion.state_dict()), improved,
                              [*runs.HISTORY_FIELDS, *tricks.probe_fields])
 
+    if governor is not None:
+        governor.close()  # the process keeps the thread count it came with
     # --- test once, on the best checkpoint ---
     raw_model.load_state_dict(runs.load_weights(ckpt / "best.safetensors"))
     test = evaluate(model, loaders.test, progress=not quiet, desc="test", **scores)
@@ -198,11 +204,12 @@ def start_run(fabric: Fabric, cfg: config_mod.Config, run_dir: str | Path | None
 
 def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks: Tricks, epoch: int,
                     cfg: config_mod.Config, state: TrainState, ckpt: Path, quiet: bool,
-                    log: ExperimentLog | None = None, scheduler=None) -> tuple[float, float, int, float]:
+                    log: ExperimentLog | None = None, scheduler=None,
+                    governor: ThreadGovernor | None = None) -> tuple[float, float, int, float]:
     """One pass over the train shard: (mean loss, accuracy, images summed over processes, the lr of its last
     step). Train accuracy under mixing is agreement with the label of the larger mixing weight (the argmax
     of the soft target); without mixing it is plain accuracy. ``scheduler``: stepped after every optimizer
-    step (a per-step schedule), or None."""
+    step (a per-step schedule), or None. ``governor``: resizes the CPU thread pool between steps, or None."""
     train_mode(model)  # frozen BatchNorm stays in eval mode
     # sums stay on the device (no .item() per step); the finiteness check below is the one sync
     loss_sum = torch.zeros((), dtype=torch.float64, device=fabric.device)
@@ -216,6 +223,8 @@ def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks:
         optimizer.step()
 
     for step, (x, y) in enumerate(all_or_none(fabric, bar)):
+        if governor is not None:
+            governor.tick()
         x, target = tricks.targets(tricks.inputs(x, epoch, step), y)  # device augmentation, then mixing
         loss, logits = tricks.loss(model, raw_model, x, target, fabric.autocast, optimizer_step)
         finite = torch.isfinite(loss.detach()).float()
