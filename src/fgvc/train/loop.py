@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -37,6 +38,7 @@ from fgvc.train.state import (
     TrainState,
     commit_epoch,
     config_text,
+    finished_run,
     first_process_writes,
     kept,
     open_run_dir,
@@ -53,6 +55,11 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
     """Train a classifier as ``cfg`` says; returns the run directory it wrote (config.yaml,
     classes.json, history.csv, metrics.json, curves.png, checkpoints/). ``resume`` continues
     ``run_dir`` from its last finished epoch. Raises UserError for what the user can fix."""
+    if resume:  # a finished run asked for no further epoch: nothing is tested or written again
+        note = finished_run(cfg, run_dir, resume_changes(cfg, run_dir))
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+            return runs.check_run_dir(run_dir)
     try:
         run_dir = fit(cfg, run_dir, resume, progress)
         if is_clip(cfg.model.name) and cfg.clip.wise_ft_alphas and is_main_process():
@@ -110,7 +117,8 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     # --- run directory: fresh, or resumed from its last finished epoch ---
     run_dir = open_run_dir(fabric, cfg, run_dir, resume, class_names)
     ckpt = run_dir / "checkpoints"
-    state = restore(run_dir, cfg, changes, raw_model, optimizer, scheduler) if resume else TrainState()
+    state = (restore(run_dir, cfg, changes, raw_model, optimizer, scheduler, len(loaders.train) if per_step else None)
+             if resume else TrainState())
     # config.yaml on resume: with its overrides, and a comment naming each change and its first epoch
     first_process_writes(fabric, runs.write_text_atomic, run_dir / "config.yaml", config_text(cfg, state.resumes))
     first_process_writes(fabric, runs.write_json_atomic, run_dir / "classes.json", class_names)
