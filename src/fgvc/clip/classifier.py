@@ -79,13 +79,16 @@ def clip_classifier(name: str, num_classes: int, dropout: float = 0.0, image_siz
     """The architecture of ``name`` (``clip:<open_clip name>``) with random weights and a random
     ``num_classes`` head, for loading a checkpoint; ``pretrained`` (the run's clip.pretrained) only
     chooses QuickGELU where those weights were trained with it. UserError for an unknown name."""
-    from fgvc.clip.models import _check_model_name
+    from fgvc.clip.models import _check_model_name, check_hf_text
+    from fgvc.models.hub import hf_offline
 
     model_name = open_clip_name(name)
     kwargs = {}
     if not model_name.startswith(("hf-hub:", "local-dir:")):
         _check_model_name(model_name)
         kwargs["force_quick_gelu"] = _quick_gelu(model_name, pretrained)
+    if not model_name.startswith("hf-hub:"):  # open_clip builds the text tower too (RoBERTa's from transformers)
+        check_hf_text(model_name, download=not hf_offline(), tokenizer=False)
     root = logging.getLogger()
     root.addFilter(_random_init_note)  # open_clip warns that no weights were loaded: the checkpoint follows
     try:
