@@ -7,6 +7,7 @@ an exit code. A UserError anywhere becomes one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from fgvc.commands import HANDLERS, _shipped_recipes
@@ -317,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may come after flags (`fgvc train --quiet train.lr=1e-3`)
     args, extra = parser.parse_known_args(argv)
+    extra = _take_data_root(parser, args, extra)
     if extra:
         if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = [*args.overrides, *extra]
@@ -335,6 +337,28 @@ def main(argv: list[str] | None = None) -> int:
         hint = INTERRUPTED_HINTS.get(args.command if args.command != "gan" else f"gan {args.gan_command}", "")
         print(f"fgvc: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+# analyses that read a run's dataset: `fgvc eval RUN data.root=NEW` reads it from the folder it moved to
+DATA_ROOT_COMMANDS = ("eval", "explain", "attack")
+
+
+def _take_data_root(parser: argparse.ArgumentParser, args, extra: list[str]) -> list[str]:
+    """``args.data_root`` from a ``data.root=DIR`` word of an analysis command (after the run directory, or
+    among explain's image files); ``extra`` without it. Any other key=value is refused: the rest of a run's
+    settings are its own."""
+    if args.command not in DATA_ROOT_COMMANDS:
+        return extra
+    words = [*extra, *getattr(args, "images", [])]
+    keys = [w for w in words if re.match(r"^[a-z_]+\.[a-z_.]+=", w)]
+    other = [w for w in keys if not w.startswith("data.root=")]
+    if other:
+        parser.error(f"fgvc {args.command} takes one setting, data.root=DIR (the run's dataset in the folder it "
+                     f"moved to), not {other[0]}: the run's other settings are its own")
+    args.data_root = next((w.split("=", 1)[1] for w in reversed(keys)), None)
+    if hasattr(args, "images"):
+        args.images = [w for w in args.images if w not in keys]
+    return [w for w in extra if w not in keys]
 
 
 # what continues a long command after ^C: finished epochs, study rows and GAN checkpoints are kept

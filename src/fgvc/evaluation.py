@@ -19,7 +19,8 @@ from fgvc.errors import UserError
 
 
 def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, unknown: str | Path | None = None,
-             progress: bool = True, device: str = "auto", precision: str = "run") -> dict:
+             progress: bool = True, device: str = "auto", precision: str = "run",
+             data_root: str | Path | None = None) -> dict:
     """Evaluate ``run_dir`` on ``split`` as training scored it (same pipeline, batches and precision) and
     return the result written to ``eval_<split>.json``; accuracies are fractions in [0, 1].
 
@@ -44,7 +45,7 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
     from fgvc.metrics import class_report, confusion_matrix, plot_confusion
     from fgvc.protocol import eval_crop
 
-    run = runs.Run(run_dir)
+    run = runs.Run(run_dir, data_root)  # data_root: the run's dataset in the folder it moved to
     run_dir, name = run.dir, run.dir.resolve().name
     metrics = _read_metrics(run)  # everything eval reads is read before any scoring
     if tta is not None:

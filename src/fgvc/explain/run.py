@@ -72,7 +72,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         raise UserError(f"--limit must be 1 or more, got {limit}")
     device = resolve_device(device)
     precision = analysis_precision(precision, device, run_dir)
-    run = runs.Run(run_dir)
+    run = runs.Run(run_dir, data_root)
     model, class_names, cfg = run.model().to(device).eval(), run.class_names, run.config
     notes = []
     if "cam" in names and not supports_cam(model):
@@ -84,7 +84,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
     out = Path(out_dir).expanduser() if out_dir is not None else run_dir / "explain"
     out.mkdir(parents=True, exist_ok=True)
 
-    x, labels, stems, boxes, dataset = _inputs(run, images, split, limit, data_root)
+    x, labels, stems, boxes, dataset = _inputs(run, images, split, limit)
 
     small = small_feature_map(model, x[:1].to(device), cfg.data.image_size)
     if small:
@@ -133,7 +133,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
     }
 
 
-def _inputs(run: runs.Run, images, split: str, limit: int, data_root):
+def _inputs(run: runs.Run, images, split: str, limit: int):
     """(x (N, 3, S, S) in [0, 1], labels (None for files), stems, boxes, dataset or None): the image files
     decoded as predict and evaluation do, or ``limit`` images spread evenly over the run's ``split``."""
     from fgvc.data.transforms import load_eval_image
@@ -143,8 +143,8 @@ def _inputs(run: runs.Run, images, split: str, limit: int, data_root):
         paths = [Path(p).expanduser() for p in images]
         x = torch.cat([load_eval_image(p, cfg.data.image_size) for p in paths])
         return x, [None] * len(paths), [p.stem for p in paths], [None] * len(paths), None
-    root = data_root if data_root is not None else cfg.data.root
-    dataset = run.dataset(split, run.eval_transform, root=data_root)
+    root = cfg.data.root  # the run's, or the folder its dataset moved to (Run's data_root)
+    dataset = run.dataset(split, run.eval_transform)
     if len(dataset) == 0:
         raise UserError(f"split {split!r} of {cfg.data.name} under {root} has no images")
     n = min(limit, len(dataset))

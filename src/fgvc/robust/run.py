@@ -24,12 +24,13 @@ from fgvc.robust.plots import attack_images, plot_accuracy_vs_eps, save_gallery
 from fgvc.robust.sweep import evaluate_attack, format_eps, markdown_table
 
 
-def _prepare(run_dir: Path, split: str, limit: int | None, device: torch.device, precision: str):
+def _prepare(run_dir: Path, split: str, limit: int | None, device: torch.device, precision: str,
+             data_root: str | Path | None = None):
     """(run, dataset, precision) of a run to attack, every file it needs checked and no model loaded yet, so
     that a bad run directory (``--compare`` too) is one sentence before any sweep."""
     from fgvc.train.devices import analysis_precision
 
-    run = runs.Run(run_dir)
+    run = runs.Run(run_dir, data_root)
     if not (run.dir / "checkpoints" / "best.safetensors").is_file():
         raise UserError(f"{run.dir} has no checkpoints/best.safetensors (no epoch finished); attack a run that "
                         "has trained at least one epoch")
@@ -54,7 +55,7 @@ def _sweep_run(prepared, attack: str, eps_list, alpha, steps, device: torch.devi
 def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: str = "test",
                limit: int | None = None, alpha: float | None = None, steps: int | None = None,
                compare: str | Path | None = None, device: str = "auto", progress: bool = True,
-               precision: str = "run") -> dict:
+               precision: str = "run", data_root: str | Path | None = None) -> dict:
     """Accuracy per eps for the run (and ``compare``); returns {'table', 'files', 'accuracy', 'precision'}.
 
     ``device``: auto | cpu | cuda[:N]; ``precision``: ``run`` (each run's own, where the device supports
@@ -75,10 +76,10 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
     eps_list = SEED_EPS if eps_list is None else eps_list
     device = resolve_device(device)
     # both runs checked (folders, checkpoints, data, precision) before any model loads
-    prepared = _prepare(run_dir, split, limit, device, precision)
-    if compare:
+    prepared = _prepare(run_dir, split, limit, device, precision, data_root)
+    if compare:  # the same dataset: data_root (it moved) holds it for both runs
         compare = runs.check_run_dir(compare)
-        compared = _prepare(compare, split, limit, device, precision)
+        compared = _prepare(compare, split, limit, device, precision, data_root)
     result, class_names = _sweep_run(prepared, attack, eps_list, alpha, steps, device, progress)
     out = run_dir / "attack"
     out.mkdir(exist_ok=True)

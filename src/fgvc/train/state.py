@@ -32,6 +32,7 @@ RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.batch_size", "train.l
                   "train.milestones", "train.gamma", "train.precision", "train.devices", "train.accelerator",
                   "train.channels_last", "data.num_workers", "data.skip_bad_images", "train.loggers",
                   "data.cache", "data.cache_budget_gb", "data.cache_dir", "train.compile",
+                  "data.root",  # the same dataset in the folder it moved to (classes.json must still match)
                   "clip.cache_dir", "clip.offline", "clip.wise_ft_alphas")
 _OPTIMIZER_KEYS = ("train.lr", "train.weight_decay", "train.milestones", "train.gamma")
 _TRAINING_ONLY_KEYS = (*_OPTIMIZER_KEYS, "train.batch_size")  # the others also reach the final test
@@ -107,6 +108,13 @@ def resume_changes(cfg: config_mod.Config, run_dir: str | Path) -> dict[str, lis
     epoch has finished, a key outside RESUMABLE_KEYS is refused: it could not take effect, and
     config.yaml would claim a value the finished epochs never ran with."""
     run_dir = runs.check_run_dir(run_dir)
+    root = Path(cfg.data.root).expanduser()
+    if not root.exists():
+        from fgvc.data import how_to_get
+
+        raise UserError(f"{run_dir} trains on {cfg.data.name} in {root}, which does not exist here; if the dataset "
+                        f"moved, resume with its new folder (`fgvc train --resume {run_dir} data.root=NEW`), else "
+                        f"{how_to_get(cfg.data.name, root)}")
     if not (run_dir / "checkpoints" / "last_state.pt").is_file():
         return {}  # no finished epoch: the run starts over, every setting takes effect
     changed = config_differences(runs.load_config(run_dir), cfg)
