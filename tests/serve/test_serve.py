@@ -111,9 +111,13 @@ def test_attack_is_fgsm_against_the_top_class_and_the_top5_is_the_attacked_image
     x = load_eval_image(image, 64)
     best = int(model(x)[0].argmax())
     x_adv = fgsm(model, x, torch.tensor([best]), 8 / 255)
-    reply = client.post("/api/attack", files=upload(image), data={"eps": "8"})
+    # eps in [0, 1] as `fgvc attack --eps`, adv.eps and fgvc.robust.fgsm take it; 0..255 beside it
+    reply = client.post("/api/attack", files=upload(image), data={"eps": str(8 / 255)})
     d = reply.json()
-    assert reply.status_code == 200 and d["eps"] == pytest.approx(8 / 255) and d["linf_255"] <= 8 + 1e-3
+    assert reply.status_code == 200 and d["eps"] == pytest.approx(8 / 255) and d["eps_255"] == pytest.approx(8)
+    assert d["linf"] <= 8 / 255 + 1e-5 and d["linf_255"] <= 8 + 1e-3
+    same = client.post("/api/attack", files=upload(image), data={"eps": "8/255"}).json()  # as `fgvc attack --eps`
+    assert same["eps"] == d["eps"] and same["adv_png_base64"] == d["adv_png_base64"]
     adv_png = decode_png(d["adv_png_base64"])
     assert np.abs(adv_png - x_adv[0].permute(1, 2, 0).numpy()).max() <= 1.5 / 255
     assert np.abs(adv_png - x[0].permute(1, 2, 0).numpy()).max() > 4 / 255  # it did move the pixels
@@ -124,8 +128,14 @@ def test_attack_is_fgsm_against_the_top_class_and_the_top5_is_the_attacked_image
     assert probs[best] < model(x)[0].softmax(0)[best]
     zero = client.post("/api/attack", files=upload(image), data={"eps": "0"}).json()
     assert zero["top_adv"] == zero["top_clean"] and not zero["flipped"] and zero["linf_255"] == 0
-    refused(client.post("/api/attack", files=upload(image), data={"eps": "300"}), 422, "0..255")
-    refused(client.post("/api/attack", files=upload(image), data={"eps": "lots"}), 422, "'eps'")
+    error = refused(client.post("/api/attack", files=upload(image), data={"eps": "8"}), 422, "[0, 1]")
+    assert "8/255" in error and "fgvc attack --eps" in error  # a client still sending 0..255 is told the unit
+    refused(client.post("/api/attack", files=upload(image), data={"eps": "lots"}), 422, "'lots'")
+
+
+def test_info_gives_the_largest_eps_in_both_units(client):
+    info = client.get("/api/info").json()
+    assert info["max_eps"] == pytest.approx(info["max_eps_255"] / 255) and info["max_eps_255"] == 64
 
 
 def test_uncertain_hint_follows_the_probabilities(client, image):

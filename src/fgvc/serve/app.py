@@ -132,8 +132,8 @@ def create_app(predictor: Predictor, host: str = "127.0.0.1", max_bytes: int = M
         return predictor.explain(read_image(image), target=target)
 
     @app.post("/api/attack")
-    def attack(image: Annotated[UploadFile | str, File()], eps: Annotated[float, Form()] = 4.0):
-        return predictor.attack(read_image(image), eps_255=eps)
+    def attack(image: Annotated[UploadFile | str, File()], eps: Annotated[str, Form()] = "4/255"):
+        return predictor.attack(read_image(image), eps=eps)  # in [0, 1], as `fgvc attack --eps`: 0.0157 or 4/255
 
     return Guard(app, max_bytes, loopback=is_loopback(host), port=port)
 
