@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folders of images to compare the dataset's train and test images with")
     audit.add_argument("--what", help="comma list of duplicates, labels (default: duplicates, plus labels "
                                       "when --run or --model is given)")
-    audit.add_argument("--out", help="output folder (default: audit/<name>)")
+    audit.add_argument("--out", help="output folder (default: audit/<name>, or audit/<name>-2, ... when taken)")
+    audit.add_argument("--overwrite", action="store_true", help="replace the finished audit in --out")
     audit.add_argument("--threshold", type=int, default=20,
                        help="a pair is at most this many bits apart, summed over the hashes")
     audit.add_argument("--hashes", default="phash,dhash,whash", help="imagehash hashes, 64 bits each")

@@ -57,7 +57,7 @@ def _data_audit(args) -> int:
 
     s = run_audit(args.name, args.root, args.out, args.what, args.against, args.threshold, args.hashes, args.run,
                   args.model, args.weights, args.image_size, args.folds, args.top, args.seed,
-                  progress=not args.quiet)
+                  progress=not args.quiet, overwrite=args.overwrite)
     if "duplicates" in s:
         d = s["duplicates"]
         print(f"duplicates: {d['pairs']} pair(s) ({d['train_test_pairs']} train-test, {d['within_split_pairs']} "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from fgvc import config as config_mod
 from fgvc import runs
 from fgvc.data import resolve_num_workers
 from fgvc.errors import UserError
@@ -88,7 +89,11 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
     if compare:
         other, _ = _sweep_run(compared, attack, eps_list, alpha, steps, device, progress)
         label = compare.resolve().name
-        if label in curves:  # two runs in folders of the same name: label them by their full paths
+        named = difference_labels(prepared[0].config, compared[0].config)
+        if named:  # the curves say what differs (model, method, adversarial training), not two timestamps
+            curves, precisions = {named[0]: result["accuracy"]}, {named[0]: result["precision"]}
+            label = named[1]
+        elif label in curves:  # two runs in folders of the same name: label them by their full paths
             curves = {str(run_dir.resolve()): result["accuracy"]}
             precisions = {str(run_dir.resolve()): result["precision"]}
             label = str(compare.resolve())
@@ -124,6 +129,32 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
                                   title=f"{run_dir.resolve().name}: {attack.upper()} on the {split} split"))
     return {"table": table, "files": [str(f) for f in files], "accuracy": result["accuracy"],
             "precision": result["precision"]}
+
+
+# keys that say where or how fast a run ran, not what it is: never a curve's name
+_NOT_NAMING = ("out", "data.root", "data.num_workers", "data.cache", "data.cache_budget_gb", "data.cache_dir",
+               "train.loggers", "train.devices", "train.accelerator", "train.precision", "train.compile",
+               "train.channels_last", "model.weights_sha256", "clip.cache_dir", "clip.offline")
+_FIRST = ("model.name", "method.name", "adv.attack", "adv.eps", "model.pretrained", "model.weights", "model.trainable")
+
+
+def difference_labels(a: config_mod.Config, b: config_mod.Config, most: int = 3) -> tuple[str, str] | None:
+    """Names for two runs' curves from the settings that differ, model, method and adversarial training
+    first (``resnet18, adv.attack=none`` vs ``resnet18, adv.attack=fgsm``), at most ``most`` of them;
+    None when only where-it-ran settings differ."""
+    keys = [k for k in config_mod.all_keys() if k not in _NOT_NAMING
+            and config_mod.get(a, k) != config_mod.get(b, k)]
+    if not keys:
+        return None
+    keys.sort(key=lambda k: (_FIRST.index(k) if k in _FIRST else len(_FIRST), k.split(".")[0] != "method", k))
+
+    def name(cfg) -> str:
+        parts = [str(config_mod.get(cfg, k)) if k in ("model.name", "method.name") else f"{k}={config_mod.get(cfg, k)}"
+                 for k in keys[:most]]
+        return ", ".join(parts) + (", ..." if len(keys) > most else "")
+
+    labels = name(a), name(b)
+    return labels if labels[0] != labels[1] else None
 
 
 def _fingerprint(run_dir: Path) -> str:
