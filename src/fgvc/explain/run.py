@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from fgvc import runs
 from fgvc.errors import UserError
+from fgvc.scored_checkpoint import unfinished_note
 from fgvc.explain.cam import METHODS, check_cam, explain, supports_cam
 from fgvc.explain.localization import evaluate_localization, format_table
 from fgvc.explain.overlay import save_grid, save_panel
@@ -73,6 +75,9 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
     device = resolve_device(device)
     precision = analysis_precision(precision, device, run_dir)
     run = runs.Run(run_dir, data_root)
+    note = unfinished_note(run.dir, run.config.train.epochs, "explaining")
+    if note:
+        print(note, file=sys.stderr)
     model, class_names, cfg = run.model().to(device).eval(), run.class_names, run.config
     notes = []
     if "cam" in names and not supports_cam(model):

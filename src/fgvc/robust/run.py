@@ -13,6 +13,7 @@ table with the difference.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from fgvc import config as config_mod
 from fgvc import runs
 from fgvc.data import resolve_num_workers
 from fgvc.errors import UserError
+from fgvc.scored_checkpoint import unfinished_note
 from fgvc.robust.plots import attack_images, plot_accuracy_vs_eps, save_gallery
 from fgvc.robust.sweep import evaluate_attack, format_eps, markdown_table
 
@@ -37,6 +39,9 @@ def _prepare(run_dir: Path, split: str, limit: int | None, device: torch.device,
                         "has trained at least one epoch")
     precision = analysis_precision(precision, device, run.dir)
     dataset = run.dataset(split)
+    note = unfinished_note(run.dir, run.config.train.epochs, "attacking")
+    if note:
+        print(note, file=sys.stderr)
     if limit is not None and limit < len(dataset):
         # evenly spaced, so a limited attack still covers every class (splits are sorted by class)
         dataset = torch.utils.data.Subset(dataset, [i * len(dataset) // limit for i in range(limit)])

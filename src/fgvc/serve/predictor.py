@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import sys
 import threading
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from fgvc import runs
 from fgvc.data.transforms import load_eval_image
 from fgvc.errors import ImageTooLarge, UnreadableImage, UserError
 from fgvc.predict import top_classes
+from fgvc.scored_checkpoint import unfinished_note
 
 TOPK = 5
 DECODE_SLOTS = 2  # uploads decoded at once; the others wait (a decoded photo can take hundreds of MB)
@@ -128,6 +130,9 @@ class Predictor:
         self.model = run.model()
         self.image_size = run.image_size
         self.metrics = run.metrics
+        note = unfinished_note(run.dir, run.config.train.epochs, "serving")
+        if note:
+            print(note, file=sys.stderr)
         self.lock = threading.Lock()
         self.decode_slots = threading.BoundedSemaphore(decode_slots)
         self._small_map: str | None | bool = False  # computed on the first explain
