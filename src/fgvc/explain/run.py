@@ -129,6 +129,9 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         })
         say(f"localisation on {split} ({results[names[0]]['n']} images, true class explained):")
         say(table)
+    elif localization and dataset is not None:  # said, so that a missing table is never a mystery
+        say(f"note: no localisation table: the {split} split of {cfg.data.name} in {cfg.data.root} has no bounding "
+            "boxes (CUB's bounding_boxes.txt, Stanford Dogs' Annotation/ files); the maps are drawn without them")
     return {
         "out_dir": str(out), "methods": names, "notes": notes, "warnings": [small] if small else [], "panels": panels, "grid": str(grid),
         "maps": str(maps_path) if maps_path else None,
