@@ -334,8 +334,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         _leave_process_group()
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         hint = INTERRUPTED_HINTS.get(args.command if args.command != "gan" else f"gan {args.gan_command}", "")
+        resumed = getattr(args, "resume", None)
+        run_dir = getattr(e, "run_dir", None) or (resumed if isinstance(resumed, str) else None)  # holds the work
+        hint = hint.replace("RUN_DIR` (the run directory printed above)", f"{run_dir}`") if run_dir else hint
         print(f"fgvc: interrupted{hint}", file=sys.stderr)
         return 130
 
@@ -366,7 +369,8 @@ def _take_data_root(parser: argparse.ArgumentParser, args, extra: list[str]) -> 
 INTERRUPTED_HINTS = {
     "train": "; finished epochs are kept: `fgvc train --resume RUN_DIR` (the run directory printed above) continues",
     "study": "; finished rows are kept: the same `fgvc study` command continues with the row that was running",
-    "gan train": "; `fgvc gan train --resume RUN_DIR` continues from the last checkpoint (saved every checkpoint_every iterations)",
+    "gan train": "; `fgvc gan train --resume RUN_DIR` (the run directory printed above) continues from the last "
+                 "checkpoint (saved every checkpoint_every iterations)",
 }
 
 

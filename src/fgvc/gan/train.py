@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from fgvc.errors import UserError
+from fgvc.errors import Interrupted, UserError
 from fgvc.gan.batches import RealBatches, load_into_memory
 from fgvc.gan.checkpoint import (
     latest_checkpoint,
@@ -315,7 +315,7 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
                 log.flush()  # the logs hold every iteration up to the checkpoint a resume starts from
                 if stop.asked and not last:
                     bar.close()
-                    raise KeyboardInterrupt  # after the checkpoint: --resume continues from this iteration
+                    raise Interrupted(run_dir)  # after the checkpoint: --resume continues from this iteration
             seconds += time.perf_counter() - tick  # wall time of updates, grids and checkpoints
     bar.close()
     log.close()

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from fgvc import config as config_mod
 from fgvc import runs
-from fgvc.errors import UnreadableImage, UserError, message
+from fgvc.errors import Interrupted, UnreadableImage, UserError, message
 from fgvc.models import apply_trainable, count_parameters, create_model, train_mode
 from fgvc.models.batchnorm import prepare_batchnorm
 from fgvc.models.factory import is_clip
@@ -60,8 +60,9 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
         if note:
             print(f"note: {note}", file=sys.stderr)
             return runs.check_run_dir(run_dir)
+    opened: list[Path] = []  # the run directory, once fit has named it: a ^C message says which to resume
     try:
-        run_dir = fit(cfg, run_dir, resume, progress)
+        run_dir = fit(cfg, run_dir, resume, progress, on_open=opened.append)
         if is_clip(cfg.model.name) and cfg.clip.wise_ft_alphas and is_main_process():
             from fgvc.clip.finetune import (
                 score_wise_ft,  # the zero-shot -> fine-tuned path, scored on val and test
@@ -76,12 +77,16 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
         raise UserError(f"the GPU ran out of memory training {cfg.model.name} on {cfg.data.image_size} px images "
                         f"in batches of {bs}; {fix}, or use train.precision=bf16-mixed; finished epochs are kept: "
                         "`fgvc train --resume RUN_DIR key=value` continues with the new setting") from None
+    except KeyboardInterrupt:
+        if opened and not isinstance(sys.exc_info()[1], Interrupted):
+            raise Interrupted(opened[0]) from None
+        raise
     except UnreadableImage as e:
         raise UnreadableImage(f"{message(e)}; `fgvc data info {cfg.data.name} --root {cfg.data.root} --check` lists "
                               "every unreadable file, and data.skip_bad_images=true trains without them") from None
 
 
-def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progress: bool) -> Path:
+def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progress: bool, on_open=None) -> Path:
     t_start = time.perf_counter()
     config_mod.check_training(cfg)
     cfg = with_absolute_paths(cfg)  # `fgvc eval RUN` from another folder still finds the data
@@ -116,6 +121,8 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
 
     # --- run directory: fresh, or resumed from its last finished epoch ---
     run_dir = open_run_dir(fabric, cfg, run_dir, resume, class_names)
+    if on_open:
+        on_open(run_dir)
     ckpt = run_dir / "checkpoints"
     state = (restore(run_dir, cfg, changes, raw_model, optimizer, scheduler, len(loaders.train) if per_step else None)
              if resume else TrainState())
