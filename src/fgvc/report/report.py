@@ -46,13 +46,14 @@ def _classifier_section(done: list[dict], config_keys: list[str]) -> list[str]:
     for e in done:
         model = e["config"].get("model", {}) if isinstance(e["config"].get("model"), dict) else {}
         data = e["config"].get("data", {}) if isinstance(e["config"].get("data"), dict) else {}
-        protocol = flatten(e["metrics"].get("protocol"))
         rows.append([e["name"], fmt(model.get("name")), fmt(data.get("name")), fmt(data.get("image_size")),
                      *(_column(e["metrics"].get(c), c) for c in COLUMNS), fmt(e["metrics"].get("device")),
-                     differing_values(e, config_keys), *(_short(fmt(protocol.get(k))) for k in differ)])
-    header = ["run", "model", "data", "px", *COLUMNS.values(), "device", CONFIG_COLUMN,
-              *(f"protocol.{k}" for k in differ)]
+                     differing_values(e, config_keys)])
+    header = ["run", "model", "data", "px", *COLUMNS.values(), "device", CONFIG_COLUMN]
     lines = ["## Classifier runs", "", table(header, rows), ""]
+    if differ:  # a table of their own: as columns of the one above they pushed it off the page
+        rows = [[e["name"], *(_short(fmt(flatten(e["metrics"].get("protocol")).get(k))) for k in differ)] for e in done]
+        lines += [table(["run", *(f"protocol.{k}" for k in differ)], rows), ""]
     notes = []
     if config_keys:
         notes.append(f"The {CONFIG_COLUMN} column lists the config.yaml keys whose values are not the same in "
@@ -61,7 +62,7 @@ def _classifier_section(done: list[dict], config_keys: list[str]) -> list[str]:
     elif len(done) > 1:
         notes.append("Every classifier run has the same config.yaml (no config column entries).")
     if differ:
-        notes.append("The protocol.* columns are the protocol fields (metrics.json protocol block) that differ "
+        notes.append("The second table lists the protocol fields (metrics.json protocol block) that differ "
                      "between these runs.")
     return lines + ([" ".join(notes), ""] if notes else [])
 
