@@ -170,7 +170,8 @@ def _torchvision_model(name, num_classes, pretrained, dropout, image_size) -> Cl
 def _timm_model(name, num_classes, pretrained, dropout, image_size, **overrides) -> Classifier:
     """A timm model built for ``image_size``; ``overrides`` are extra constructor arguments (tiny test configs)."""
     arch = name.split(".")[0]
-    kwargs = {"num_classes": num_classes, "drop_rate": dropout, **overrides}
+    # drop_rate only when asked for: a few families (vision-language encoders) take no such argument
+    kwargs = {"num_classes": num_classes, **({"drop_rate": dropout} if dropout else {}), **overrides}
     probe = _timm_probe(name, arch, kwargs)
     if _takes_img_size(type(probe)):
         # fixed-size families (ViT, DeiT, BEiT, EVA, swin, swinv2, MaxViT, CoaT, ...) size their
@@ -222,6 +223,10 @@ def _timm_probe(name, arch, kwargs):
             return timm.create_model(arch, pretrained=False, **kwargs)
     except (AssertionError, ValueError, ZeroDivisionError, IndexError) as e:  # a size the constructor rejects
         raise _size_error(name, kwargs.get("img_size"), e) from None
+    except TypeError as e:  # an argument this family does not take
+        if "drop_rate" in str(e):
+            raise UserError(f"timm model {name!r} takes no dropout argument; set model.dropout=0") from None
+        raise
 
 
 def _takes_img_size(cls) -> bool:
@@ -314,7 +319,16 @@ def _linear_shaped_weight(module, state_dict, prefix, *args) -> None:
 
 
 def _find_linear_head(net: nn.Module) -> str:
+    """The dotted path of ``net``'s one linear classifier (a 1x1 convolution on pooled features becomes one);
+    UserError naming why for the families fgvc refuses (docs/models.md)."""
+    name = type(net).__name__
+    if not hasattr(net, "get_classifier"):
+        raise UserError(f"timm model {name} is an encoder without a classification head (a vision-language "
+                        "model's image tower); pick a classifier (docs/models.md lists the families fgvc refuses)")
     classifier = net.get_classifier()
+    if isinstance(classifier, (tuple, list)):
+        raise UserError(f"timm model {name} has {len(classifier)} classifier heads (a class head and a distillation "
+                        "head, averaged at inference); fgvc trains one head: pick another family (docs/models.md)")
     if isinstance(classifier, nn.Conv2d) and classifier.kernel_size == (1, 1) and classifier.groups == 1 \
             and classifier.stride == (1, 1) and classifier.padding in ((0, 0), "valid"):
         path = next(p for p, m in net.named_modules() if m is classifier)
