@@ -82,6 +82,7 @@ def test_a_missing_image_file_is_named_without_blaming_the_dataset(command, tiny
     assert main([command, str(tiny_run), str(missing)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fgvc: image ") and "no_such_bird.jpg is not a file" in err and "dataset root" not in err
+    assert not (tiny_run / "explain").exists()  # nothing made before the refusal
 
 
 @pytest.mark.slow

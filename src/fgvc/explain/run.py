@@ -86,10 +86,9 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         names.remove("cam")
         notes.append(f"CAM skipped: {cfg.model.name} does not end in global average pooling + a linear layer; "
                      "Grad-CAM shown instead")
+    x, labels, stems, boxes, dataset = _inputs(run, images, split, limit)  # a missing image: nothing made yet
     out = Path(out_dir).expanduser() if out_dir is not None else run_dir / "explain"
     out.mkdir(parents=True, exist_ok=True)
-
-    x, labels, stems, boxes, dataset = _inputs(run, images, split, limit)
 
     small = small_feature_map(model, x[:1].to(device), cfg.data.image_size)
     if small:
