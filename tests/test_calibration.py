@@ -45,7 +45,7 @@ def test_a_known_miscalibration_equals_the_closed_form():
     probs[n:] = torch.tensor([0.55, 0.45], dtype=torch.float64)
     labels = torch.zeros(2 * n, dtype=torch.long)
     labels[: n // 2] = 1  # half of the confident images are wrong
-    assert expected_calibration_error(probs, labels, 15, "width") == pytest.approx(0.45, abs=1e-4)  # torchmetrics sums in float32
+    assert expected_calibration_error(probs, labels, 15, "width") == pytest.approx(0.45, abs=1e-9)
     assert expected_calibration_error(probs, labels, 2, "mass") == pytest.approx(0.45, abs=1e-9)
     # one constant confidence 0.8 with accuracy 0.25: |0.25 - 0.8| whatever the binning
     probs = torch.tensor([[0.8, 0.2]] * 8, dtype=torch.float64)
@@ -54,16 +54,18 @@ def test_a_known_miscalibration_equals_the_closed_form():
         assert expected_calibration_error(probs, labels, bins, binning) == pytest.approx(0.55, abs=1e-6)
 
 
-def test_hand_written_equal_width_bins_agree_with_torchmetrics():
-    # the reliability diagram's bins (ours) and the reported ECE (torchmetrics) must tell one story
+def test_equal_width_ece_agrees_with_torchmetrics_below_confidence_one():
+    # an independent reference where no confidence is exactly 1.0 (there torchmetrics adds a bin)
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
     g = torch.Generator().manual_seed(1)
     logits = 3 * torch.randn(5000, 7, generator=g, dtype=torch.float64)
     labels = torch.randint(7, (5000,), generator=g)
     probs = logits.softmax(1)
     conf, pred = probs.max(1)
-    bins = bin_stats(conf, pred == labels, 15, "width")
-    ours = sum(b["n"] / 5000 * abs(b["accuracy"] - b["confidence"]) for b in bins)
-    assert ours == pytest.approx(expected_calibration_error(probs, labels, 15, "width"), abs=1e-6)
+    assert conf.max() < 1
+    reference = float(multiclass_calibration_error(probs, labels, num_classes=7, n_bins=15, norm="l1"))
+    assert expected_calibration_error(probs, labels, 15, "width") == pytest.approx(reference, abs=1e-6)
     assert sum(b["n"] for b in bin_stats(conf, pred == labels, 15, "mass")) == 5000
 
 
@@ -117,3 +119,32 @@ def test_reliability_diagram_is_a_png(tmp_path):
     logits, labels = _overconfident(500, 4)
     path = plot_reliability(logits, labels, 4.0, tmp_path / "r.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _confidence_one():
+    """Two images right at p = 0.948; two at a logit gap of 40 (p = 1.0 in float64), one of them right."""
+    x = math.log(0.948 / 0.052)
+    logits = torch.tensor([[0, x], [0, x], [0, 40.0], [0, 40.0]], dtype=torch.float64)
+    return logits, torch.tensor([1, 1, 1, 0])
+
+
+def test_confidence_of_exactly_one_falls_in_the_last_of_fifteen_bins():
+    # one bin [14/15, 1] holds all four: |accuracy 0.75 - mean confidence (2 * 0.948 + 2) / 4| = 0.224
+    # (torchmetrics' multiclass_calibration_error puts p = 1.0 in a 16th bin of its own: 0.276)
+    logits, labels = _confidence_one()
+    assert logits.softmax(1).max(1).values[2] == 1.0
+    assert expected_calibration_error(logits.softmax(1), labels) == pytest.approx(0.224, abs=1e-12)
+    assert scores(logits, labels)["ece"] == pytest.approx(0.224, abs=1e-12)
+    (b,) = bin_stats(logits.softmax(1).max(1).values, torch.tensor([1, 1, 1, 0]) == 1)
+    assert (b["lo"], b["hi"], b["n"]) == (pytest.approx(14 / 15), 1.0, 4)
+
+
+def test_reliability_diagram_legend_shows_the_ece_of_its_bars(tmp_path, monkeypatch):
+    from fgvc import runs
+
+    figures = []
+    monkeypatch.setattr(runs, "save_figure", lambda fig, path, **kw: figures.append(fig) or path)
+    logits, labels = _confidence_one()
+    plot_reliability(logits, labels, 1.0, tmp_path / "r.png")
+    legend = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert "accuracy per bin (ECE 0.224)" in legend

@@ -82,6 +82,7 @@ def test_a_missing_image_file_is_named_without_blaming_the_dataset(command, tiny
     assert main([command, str(tiny_run), str(missing)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fgvc: image ") and "no_such_bird.jpg is not a file" in err and "dataset root" not in err
+    assert not (tiny_run / "explain").exists()  # nothing made before the refusal
 
 
 @pytest.mark.slow
@@ -139,3 +140,24 @@ def test_eval_prints_no_lightning_precision_banner(tiny_run, tmp_path):
     finally:
         logger.removeHandler(handler)
     assert not [m for m in seen if "Mixed Precision" in m], seen
+
+
+def test_an_interrupted_training_names_its_own_run_directory(tiny_synthbirds_root, tmp_path, monkeypatch, capsys):
+    from fgvc.train import tricks
+
+    calls = []
+    real = tricks.soft_cross_entropy
+
+    def ctrl_c_in_epoch_2(*args, **kwargs):  # the user presses ^C during the second epoch
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tricks, "soft_cross_entropy", ctrl_c_in_epoch_2)
+    assert main(["train", "model.name=test_resnet", "data.name=synthbirds", f"data.root={tiny_synthbirds_root}",
+                 "data.image_size=32", "train.epochs=3", "train.batch_size=8", "data.num_workers=0",
+                 f"out={tmp_path}", "--quiet"]) == 130
+    (run_dir,) = tmp_path.iterdir()
+    err = capsys.readouterr().err
+    assert f"`fgvc train --resume {run_dir}` continues" in err and "RUN_DIR" not in err, err

@@ -88,3 +88,25 @@ def test_a_best_checkpoint_replaced_while_it_is_read_is_read_again(tiny_run, tmp
     result = eval_run(run, progress=False)
     assert len(calls) == 2
     assert result["checkpoint"]["sha256"] == scored_checkpoint.sha256(run / "checkpoints" / "best.safetensors")
+
+
+def test_every_analysis_of_an_unfinished_run_says_which_checkpoint_it_uses(tiny_run, tmp_path, capsys):
+    from fgvc.cli import main
+
+    run = _copy(tiny_run, tmp_path)
+    image = _any_image(run)
+    (run / "metrics.json").unlink()  # still training
+    for argv in (["predict", str(run), str(image)], ["explain", str(run), str(image), "--method", "gradcam"],
+                 ["attack", str(run), "--eps", "0", "--limit", "2"]):
+        assert main(argv) == 0
+        err = capsys.readouterr().err
+        assert f"note: {run} has not finished training" in err and "epoch 1 of 1" in err, (argv, err)
+    runs.write_json_atomic(run / "metrics.json", {**json.loads((tiny_run / "metrics.json").read_text())})
+    assert main(["predict", str(run), str(image)]) == 0
+    assert "not finished" not in capsys.readouterr().err
+
+
+def _any_image(run):
+    from pathlib import Path
+
+    return sorted(Path(runs.load_config(run).data.root).rglob("*.jpg"))[0]

@@ -236,3 +236,39 @@ def test_local_rows_get_free_gpus_first(monkeypatch):
     assert launch._pick_gpus(2, set(range(7)), start=9) == (1, 2)  # too few free: shared, round-robin
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     assert launch._pick_gpus(1, set(), start=0) == ()  # a CPU machine: no CUDA_VISIBLE_DEVICES
+
+
+def test_a_failing_local_row_prints_its_sentence_and_the_log_that_holds_it(tiny_synthbirds_root, tmp_path, capsys):
+    path = _study(tmp_path, "  bad: [model.name=resnet19]\n")
+    assert main(["study", str(path), f"data.root={tiny_synthbirds_root}", "--out", str(tmp_path / "o"),
+                 "--launcher", "local"]) == 2
+    captured = capsys.readouterr()
+    (said,) = [line for line in captured.out.splitlines() if line.startswith("bad: failed")]
+    assert said.startswith("bad: failed: unknown model 'resnet19'") and "Traceback" not in captured.err
+    log = said.split("; log: ")[-1]
+    assert log.endswith("_log.err") and "unknown model 'resnet19'" in open(log).read()
+    (error,) = [line for line in captured.err.splitlines() if line.startswith("fgvc: ")]
+    assert "bad: unknown model 'resnet19'" in error and log in error
+
+
+def test_a_failing_slurm_row_prints_its_sentence_and_its_merged_log(tiny_synthbirds_root, tmp_path, fake_slurm,
+                                                                   capsys):
+    import traceback
+
+    from submitit.core import utils as sm_utils
+
+    path = _study(tmp_path, "  bad: [model.name=resnet19]\n")
+    folder = run_study(str(path), [f"data.root={tiny_synthbirds_root}"], out=tmp_path / "out", launcher="slurm",
+                       detach=True)
+    job = submitit.SlurmJob(folder / ".submitit", "4242")
+    delayed = DelayedSubmission.load(folder / ".submitit" / "4242_submitted.pkl")
+    try:  # what submitit's job process does on the cluster: the trace into the result, the log merged
+        delayed.result()
+    except UserError:
+        trace = traceback.format_exc()
+    sm_utils.cloudpickle_dump(("error", trace), job.paths.result_pickle)
+    job.paths.stdout.write_text("submitit ERROR - Submitted job triggered an exception\n" + trace)
+    launch._report("bad", job)
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    assert said == (f"bad: failed: {trace.strip().splitlines()[-1].split(': ', 1)[1]}; log: {job.paths.stdout}")
+    assert "unknown model 'resnet19'" in said

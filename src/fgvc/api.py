@@ -9,13 +9,14 @@ reads (``Run``), and the only place that dispatches on CLIP (``model.name=clip:.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
 from fgvc import config as config_mod
 from fgvc import runs
-from fgvc.data import config_split
+from fgvc.data import config_split, how_to_get
 from fgvc.data.transforms import eval_transform
 from fgvc.devices import resolve_precision
 from fgvc.errors import UserError
@@ -145,10 +146,13 @@ class Run:
     precision it trained in; ``write_json`` / ``write_text`` / ``save_figure`` write atomically into it.
     """
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, data_root: str | Path | None = None):
         self.dir = check_run_dir(run_dir)
         self.config = load_config(self.dir)
         self.class_names = load_class_names(self.dir)
+        self.data_moved = bool(data_root)
+        if data_root:  # the run's dataset, read from the folder it moved to (`fgvc eval RUN data.root=NEW`)
+            self.config = config_mod.apply(self.config, {"data.root": os.path.abspath(os.path.expanduser(data_root))})
 
     def __repr__(self) -> str:
         return f"Run({str(self.dir)!r})"
@@ -186,6 +190,14 @@ class Run:
         cfg = self.config
         if root is not None:
             cfg = config_mod.apply(config_mod.load(self.dir / "config.yaml"), {"data.root": str(root)})
+        d = cfg.data
+        if not Path(d.root).expanduser().exists():
+            if root is not None or self.data_moved:
+                raise UserError(f"data.root={d.root} does not exist; give the folder that now holds the {d.name} "
+                                f"dataset {self.dir} was trained on")
+            raise UserError(f"{self.dir} was trained on {d.name} in {d.root}, which does not exist here; if the "
+                            "dataset moved, add data.root=NEW to the command (`fgvc eval RUN data.root=NEW`; "
+                            f"explain and attack take it too), else {how_to_get(d.name, d.root)}")
         return config_split(cfg, split, self.eval_transform if transform is None else transform)
 
     def model(self, checkpoint: str = "best"):

@@ -6,9 +6,12 @@ test, a temperature fitted on val only and applied to test, reported before and 
 
 - Expected calibration error (ECE, Naeini et al. 2015; Guo et al. 2017): top-label
   confidences grouped in bins, sum over bins of (bin share of images) x |bin accuracy -
-  bin mean confidence|. Equal-width bins ([0, 1/B), [1/B, 2/B), ..., as torchmetrics'
-  ``multiclass_calibration_error``, which computes it here) or equal-mass bins (B groups of
-  as near equal size as possible, by sorted confidence; Nixon et al. 2019, "adaptive ECE").
+  bin mean confidence|. Equal-width bins ([0, 1/B), [1/B, 2/B), ..., [(B-1)/B, 1], the last one
+  closed so that a confidence of exactly 1.0 is in it, as in Guo et al.; B = 15) or equal-mass
+  bins (B groups of as near equal size as possible, by sorted confidence; Nixon et al. 2019,
+  "adaptive ECE"). Every ECE number and the reliability diagram's bars come from ``bin_stats``:
+  torchmetrics' ``multiclass_calibration_error`` agrees below 1.0 but counts confidences of
+  exactly 1.0 (a saturated softmax) in an extra bin of their own.
 - Negative log-likelihood: mean of -log p(true class), in nats.
 - Brier score (Brier 1950), multi-class form: mean over images of sum over classes of
   (p_c - 1[c = true])^2, in [0, 2].
@@ -64,18 +67,12 @@ def bin_stats(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int = 15,
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15,
                                binning: str = "width") -> float:
-    """Top-label ECE in [0, 1] of probabilities ``probs`` (N, C) (rows sum to 1) for ``labels`` (N,).
-
-    "width": torchmetrics' ``multiclass_calibration_error`` (norm l1, equal-width bins); "mass": equal-mass
-    bins (``bin_stats``). Raises ValueError on bad shapes or binning."""
+    """Top-label ECE in [0, 1] of probabilities ``probs`` (N, C) (rows sum to 1) for ``labels`` (N,), in the
+    bins of ``bin_stats`` ("width": equal width, the last bin closed; "mass": equal mass), the bins the
+    reliability diagram draws. Raises ValueError on bad shapes or binning."""
     probs, labels = torch.as_tensor(probs).double().cpu(), torch.as_tensor(labels).long().cpu()
     if probs.ndim != 2 or labels.shape != probs.shape[:1]:
         raise ValueError(f"probs must be (N, C) and labels (N,), got {tuple(probs.shape)} and {tuple(labels.shape)}")
-    if binning == "width":
-        from torchmetrics.functional.classification import multiclass_calibration_error
-
-        return float(multiclass_calibration_error(probs, labels, num_classes=probs.shape[1], n_bins=n_bins,
-                                                  norm="l1"))
     confidence, predicted = probs.max(1)
     bins = bin_stats(confidence, (predicted == labels), n_bins, binning)
     n = sum(b["n"] for b in bins)

@@ -7,6 +7,7 @@ an exit code. A UserError anywhere becomes one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from fgvc.commands import HANDLERS, shipped_recipes
@@ -84,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folders of images to compare the dataset's train and test images with")
     audit.add_argument("--what", help="comma list of duplicates, labels (default: duplicates, plus labels "
                                       "when --run or --model is given)")
-    audit.add_argument("--out", help="output folder (default: audit/<name>)")
+    audit.add_argument("--out", help="output folder (default: audit/<name>, or audit/<name>-2, ... when taken)")
+    audit.add_argument("--overwrite", action="store_true", help="replace the finished audit in --out")
     audit.add_argument("--threshold", type=int, default=20,
                        help="a pair is at most this many bits apart, summed over the hashes")
     audit.add_argument("--hashes", default="phash,dhash,whash", help="imagehash hashes, 64 bits each")
@@ -337,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may come after flags (`fgvc train --quiet train.lr=1e-3`)
     args, extra = parser.parse_known_args(argv)
+    extra = _take_data_root(parser, args, extra)
     if extra:
         if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = [*args.overrides, *extra]
@@ -351,17 +354,43 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         _leave_process_group()
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         hint = INTERRUPTED_HINTS.get(args.command if args.command != "gan" else f"gan {args.gan_command}", "")
+        resumed = getattr(args, "resume", None)
+        run_dir = getattr(e, "run_dir", None) or (resumed if isinstance(resumed, str) else None)  # holds the work
+        hint = hint.replace("RUN_DIR` (the run directory printed above)", f"{run_dir}`") if run_dir else hint
         print(f"fgvc: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+# analyses that read a run's dataset: `fgvc eval RUN data.root=NEW` reads it from the folder it moved to
+DATA_ROOT_COMMANDS = ("eval", "explain", "attack")
+
+
+def _take_data_root(parser: argparse.ArgumentParser, args, extra: list[str]) -> list[str]:
+    """``args.data_root`` from a ``data.root=DIR`` word of an analysis command (after the run directory, or
+    among explain's image files); ``extra`` without it. Any other key=value is refused: the rest of a run's
+    settings are its own."""
+    if args.command not in DATA_ROOT_COMMANDS:
+        return extra
+    words = [*extra, *getattr(args, "images", [])]
+    keys = [w for w in words if re.match(r"^[a-z_]+\.[a-z_.]+=", w)]
+    other = [w for w in keys if not w.startswith("data.root=")]
+    if other:
+        parser.error(f"fgvc {args.command} takes one setting, data.root=DIR (the run's dataset in the folder it "
+                     f"moved to), not {other[0]}: the run's other settings are its own")
+    args.data_root = next((w.split("=", 1)[1] for w in reversed(keys)), None)
+    if hasattr(args, "images"):
+        args.images = [w for w in args.images if w not in keys]
+    return [w for w in extra if w not in keys]
 
 
 # what continues a long command after ^C: finished epochs, study rows and GAN checkpoints are kept
 INTERRUPTED_HINTS = {
     "train": "; finished epochs are kept: `fgvc train --resume RUN_DIR` (the run directory printed above) continues",
     "study": "; finished rows are kept: the same `fgvc study` command continues with the row that was running",
-    "gan train": "; `fgvc gan train --resume RUN_DIR` continues from the last checkpoint (saved every checkpoint_every iterations)",
+    "gan train": "; `fgvc gan train --resume RUN_DIR` (the run directory printed above) continues from the last "
+                 "checkpoint (saved every checkpoint_every iterations)",
 }
 
 

@@ -64,7 +64,8 @@ def _data_audit(args) -> int:
 
     s = run_audit(args.name, args.root, args.out, args.what, args.against, args.threshold, args.hashes, args.run,
                   args.model, args.weights, args.image_size, args.folds, args.top, args.seed,
-                  progress=not args.quiet, detectors=args.detectors, similarity=args.similarity)
+                  progress=not args.quiet, detectors=args.detectors, similarity=args.similarity,
+                  overwrite=args.overwrite)
     if "duplicates" in s:
         d = s["duplicates"]
         print(f"duplicates: {d['pairs']} pair(s) ({d['train_test_pairs']} train-test, {d['within_split_pairs']} "
@@ -134,7 +135,7 @@ def cmd_eval(args) -> int:
     # scored as training scored val/test: the same pipeline (its reduced JPEG decode included),
     # batches and precision (--precision run: the one the run trained in, where this device runs it); + calibration, TTA, open set
     result = eval_run(args.run_dir, args.split, tta=args.tta, unknown=args.unknown, progress=not args.json,
-                      device=args.device, precision=args.precision)
+                      device=args.device, precision=args.precision, data_root=args.data_root)
     files = result.pop("files")
     if args.json:
         print(json.dumps(result))
@@ -164,7 +165,8 @@ def cmd_explain(args) -> int:
     methods = [m.strip() for m in args.method.split(",")] if args.method else None
     result = explain_run(args.run_dir, images=args.images, methods=methods, split=args.split, limit=args.limit,
                          out_dir=args.out, save_maps=args.save_maps, device=args.device,
-                         localization=not args.no_localization, precision=args.precision)
+                         localization=not args.no_localization, precision=args.precision,
+                         data_root=args.data_root)
     print(result["out_dir"])  # explain_run has printed the localisation table, if any
     return 0
 
@@ -185,7 +187,7 @@ def cmd_attack(args) -> int:
 
     result = attack_run(args.run_dir, args.attack, parse_eps(args.eps), split=args.split, limit=args.limit,
                         alpha=args.alpha, steps=args.steps, compare=args.compare, device=args.device,
-                        precision=args.precision)
+                        precision=args.precision, data_root=args.data_root)
     print(result["table"])
     print("\n".join(result["files"]))
     return 0

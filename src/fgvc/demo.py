@@ -33,6 +33,8 @@ def run_demo(out: Path, epochs: int | None = None) -> Path:
         print(f"1/5 generating synthbirds in {root} ...")
         synthetic.generate(root, classes=DEMO_DEFAULTS["classes"], per_class=DEMO_DEFAULTS["per_class"],
                            size=DEMO_DEFAULTS["size"], seed=0)
+    else:  # an earlier demo's data (generation is atomic: a folder that exists is whole)
+        print(f"1/5 reusing the birds generated in {root} by an earlier demo (delete it to generate them again)")
     overrides = [*DEMO_DEFAULTS["overrides"], "data.name=synthbirds", f"data.root={root}", f"out={out / 'runs'}"]
     if epochs:
         overrides.append(f"train.epochs={epochs}")

@@ -17,6 +17,15 @@ class ImageTooLarge(UnreadableImage):
     """An image over PIL's decompression-bomb pixel limit (``PIL.Image.MAX_IMAGE_PIXELS``); refused undecoded."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in a command that keeps its finished work in ``run_dir``: the CLI names that folder in the
+    line that says how to continue."""
+
+    def __init__(self, run_dir):
+        super().__init__()
+        self.run_dir = run_dir
+
+
 # A DataLoader worker re-raises an error as type(e)("Caught ... Original Traceback ...\npkg.Type: message")
 _WORKER_WRAPPED = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
 _LAST_LINE = re.compile(r"^[\w.]+: (.*)$")

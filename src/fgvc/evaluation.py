@@ -27,7 +27,8 @@ from fgvc.tta import TTA_MODES, TTAModel, check_mode, tta_transform
 
 
 def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, unknown: str | Path | None = None,
-             progress: bool = True, device: str = "auto", precision: str = "run") -> dict:
+             progress: bool = True, device: str = "auto", precision: str = "run",
+             data_root: str | Path | None = None) -> dict:
     """Evaluate ``run_dir`` on ``split`` as training scored it (same pipeline, batches and precision) and
     return the result written to ``eval_<split>.json``; accuracies are fractions in [0, 1].
 
@@ -49,7 +50,7 @@ def eval_run(run_dir: str | Path, split: str = "test", tta: str | None = None, u
 
     Bad input (not a run directory, unknown TTA mode, a folder without images, a damaged metrics.json, no
     best checkpoint yet) raises UserError before anything is scored."""
-    run = api.Run(run_dir)
+    run = api.Run(run_dir, data_root)  # data_root: the run's dataset in the folder it moved to
     run_dir, name = run.dir, run.dir.resolve().name
     metrics = _read_metrics(run)  # everything eval reads is read before any scoring
     if tta is not None:

@@ -61,9 +61,9 @@ def _class_ids(class_names: list[str]) -> list[int]:
 
 
 def confusion_figure(conf: torch.Tensor, class_names: list[str], title: str = ""):
-    """The confusion matrix as a matplotlib Figure. Up to 40 classes are labelled "id name" (names
-    shortened at a word boundary, never mid-word); with more, the ticks are 1-based class ids that
-    match the folder prefixes, and the diagonal tells the story."""
+    """The confusion matrix as a matplotlib Figure. Up to 40 classes are labelled "id name", whole names
+    (wrapped at word boundaries up to 12 classes, on one line beyond); with more, the ticks are 1-based
+    class ids that match the folder prefixes, and the diagonal tells the story."""
     import textwrap
 
     from matplotlib.figure import Figure
@@ -81,9 +81,10 @@ def confusion_figure(conf: torch.Tensor, class_names: list[str], title: str = ""
     heading = f"confusion matrix, {n} classes, accuracy {accuracy:.3f}"
     ax.set_title(f"{title}\n{heading}" if title else heading, fontsize=10)
     if n <= 40:
-        # few classes: whole names on up to three lines; more: one line, shortened at a word boundary
-        lines = 3 if n <= 12 else 1
-        labels = [textwrap.fill(textwrap.shorten(f"{i} {readable_name(name)}", 26 * lines, placeholder=" ..."), 26)
+        # whole names, never cut (two species may differ in their last word): wrapped for few classes,
+        # one line each for more (the figure's layout makes room for the longest)
+        width = 26 if n <= 12 else 200
+        labels = [textwrap.fill(f"{i} {readable_name(name)}", width, break_long_words=False)
                   for i, name in zip(ids, class_names)]
         ax.set_xticks(range(n), labels, rotation=90, fontsize=6)
         ax.set_yticks(range(n), labels, fontsize=6)

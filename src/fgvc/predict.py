@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from fgvc import api, runs
 from fgvc.data.transforms import load_eval_image
 from fgvc.errors import UserError
+from fgvc.scored_checkpoint import unfinished_note
 
 
 def top_classes(logits: torch.Tensor, class_names: list[str], topk: int = 5) -> list[dict]:
@@ -27,7 +29,11 @@ def predict_files(run_dir: str | Path, images: list[str | Path], topk: int = 5) 
     if topk < 1:
         raise UserError(f"--topk {topk} asks for no classes; pass --topk 1 or more (default 5)")
     model, class_names = api.load(run_dir)
-    data = runs.load_config(run_dir).data
+    cfg = runs.load_config(run_dir)
+    data = cfg.data
+    note = unfinished_note(runs.check_run_dir(run_dir), cfg.train.epochs, "predicting with")
+    if note:
+        print(note, file=sys.stderr)
     results = []
     for image in images:
         x = load_eval_image(Path(image), data.image_size, data.crop_ratio)  # decoded and cropped as evaluation does

@@ -45,6 +45,18 @@ def history_best_epoch(run_dir: Path) -> int | None:
     return epoch
 
 
+def unfinished_note(run_dir: Path, epochs: int, doing: str) -> str | None:
+    """The stderr line of an analysis (``doing``: "predicting with", "attacking", ...) of a run that has not
+    finished training (no metrics.json), naming the epoch of the best checkpoint it uses; None once finished."""
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.json").is_file():
+        return None
+    epoch = history_best_epoch(run_dir)
+    which = f"epoch {epoch} of {epochs}" if epoch else f"an unknown epoch of {epochs}"
+    return (f"note: {run_dir} has not finished training (no metrics.json): {doing} its best checkpoint so far, "
+            f"from {which}")
+
+
 def record(run_dir: Path, metrics: dict) -> dict:
     """The ``checkpoint`` record of the run's current best checkpoint (``metrics``: its metrics.json, {} while
     the run has not finished). The caller checks ``file_identity`` before and after loading the weights."""

@@ -53,13 +53,13 @@ def test_upload_shows_top5_overlay_and_the_attack_moves_with_the_slider(page, se
     assert page.locator("#legend .ramp").evaluate("e => getComputedStyle(e).backgroundImage").startswith(
         "linear-gradient")
     page.wait_for_function("document.getElementById('adv').naturalWidth === 64")
-    page.wait_for_function("/at eps 4\\/255/.test(document.getElementById('advsummary').textContent)")
+    page.wait_for_function("/at eps 0\\.0157 \\(4\\/255\\)/.test(document.getElementById('advsummary').textContent)")
     page.screenshot(path=str(screenshot_dir / "serve_result.png"), full_page=True)
 
     # the slider: a new budget asks the server again and the page shows that budget's result
     first_adv = page.get_attribute("#adv", "src")
     page.locator("#eps").fill("16")
-    page.wait_for_function("/at eps 16\\/255/.test(document.getElementById('advsummary').textContent)")
+    page.wait_for_function("/at eps 0\\.0627 \\(16\\/255\\)/.test(document.getElementById('advsummary').textContent)")
     assert page.get_attribute("#adv", "src") != first_adv
     assert page.locator("#advtop li").count() == 4 and page.locator("#advtop .move").count() == 4
     page.screenshot(path=str(screenshot_dir / "serve_eps16.png"), full_page=True)

@@ -20,7 +20,7 @@ def test_the_step_is_wise_ft_for_a_clip_config_with_alphas_and_nothing_otherwise
 
 
 def test_train_runs_the_step_on_the_finished_run(monkeypatch, tmp_path):
-    monkeypatch.setattr(loop, "fit", lambda cfg, run_dir, resume, progress: tmp_path / "run")
+    monkeypatch.setattr(loop, "fit", lambda cfg, run_dir, resume, progress, on_open=None: tmp_path / "run")
     seen = []
     assert loop.train(config.Config(), after=seen.append) == tmp_path / "run"
     assert seen == [tmp_path / "run"]

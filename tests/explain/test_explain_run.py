@@ -80,3 +80,15 @@ def test_cnn_whose_head_is_not_gap_linear_gets_gradcam_and_a_note(synth_root, tm
     assert out["methods"] == ["gradcam"] and "CAM skipped" in out["notes"][0]
     with pytest.raises(UserError, match="global average pooling"):
         explain_run(run_dir, methods=["cam"], limit=2, log=None)
+
+
+def test_a_dataset_without_boxes_says_why_there_is_no_localisation_table(synth_root, tmp_path):
+    import shutil
+
+    root = shutil.copytree(synth_root, tmp_path / "noboxes")
+    (root / "CUB_200_2011" / "bounding_boxes.txt").unlink()
+    run_dir = make_run(tmp_path / "run", "resnet18", root)
+    said = []
+    out = explain_run(run_dir, limit=2, log=said.append)
+    assert out["localization"] is None and not (tmp_path / "run" / "explain" / "localization.json").exists()
+    assert any("no localisation table" in s and "no bounding boxes" in s for s in said), said

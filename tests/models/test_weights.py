@@ -147,3 +147,43 @@ def test_training_from_a_file_records_its_origin(tmp_path, tiny_synthbirds_root)
     cfg.model.weights_sha256 = "0" * 64
     with pytest.raises(UserError, match="sha256"):
         train(cfg, progress=False)
+
+
+def test_a_timm_vit_file_made_for_another_image_size_is_resampled_as_timm_does(tmp_path, tiny_synthbirds_root):
+    import timm
+
+    from fgvc import config
+    from fgvc.train import train
+
+    torch.manual_seed(0)
+    src = timm.create_model("test_vit", num_classes=4)  # 160 px: a 10 x 10 grid of 16-px patches
+    path = tmp_path / "vit_160.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    dst = create_model("test_vit", 4, image_size=64)
+    assert load_weights_file(dst, path)["head"] == "loaded"
+    # timm itself loading the same file into the model built for 64 px (its checkpoint filter resamples)
+    ref = timm.create_model("test_vit", num_classes=4, img_size=64, pretrained=True,
+                            pretrained_cfg_overlay={"file": str(path), "num_classes": 4})
+    assert dst.net.pos_embed.shape == ref.pos_embed.shape == (1, 1 + 4 * 4, src.pos_embed.shape[-1])
+    for k, v in ref.state_dict().items():
+        assert torch.equal(dst.net.state_dict()[k], v), k
+    run = train(config.load(None, ["model.name=test_vit", f"model.weights={path}", "data.image_size=64",
+                                   "data.name=synthbirds", f"data.root={tiny_synthbirds_root}", "train.epochs=1",
+                                   "data.num_workers=0", f"out={tmp_path / 'runs'}"]), progress=False)
+    assert json.loads((run / "metrics.json").read_text())["pretrained"]["file"] == "vit_160.safetensors"
+
+
+@pytest.mark.slow  # two ViT-B/16 (86 M parameters each) and a 330 MB file
+def test_a_torchvision_vit_file_made_for_224_px_is_resampled_as_torchvision_does(tmp_path):
+    from torchvision.models import vit_b_16
+    from torchvision.models.vision_transformer import interpolate_embeddings
+
+    torch.manual_seed(0)
+    state = vit_b_16().state_dict()  # torchvision's own names and head (heads.head)
+    path = tmp_path / "vit_b_16_224.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    dst = create_model("vit_b_16", 1000, image_size=64)
+    assert load_weights_file(dst, path)["head"] == "loaded"
+    expected = interpolate_embeddings(64, 16, state)["encoder.pos_embedding"]
+    assert dst.net.encoder.pos_embedding.shape == (1, 17, 768)
+    assert torch.equal(dst.net.encoder.pos_embedding, expected)

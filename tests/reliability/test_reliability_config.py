@@ -59,6 +59,19 @@ def test_bad_yaml_file_is_one_sentence_naming_it(text, words, capsys, tmp_path):
     assert words in line and "recipe.yaml" in line
 
 
+@pytest.mark.parametrize("text, where", [
+    ("model:\n  name: resnet18\n train:\n  lr: 1\n", "line 3, column 2"),  # one space too few
+    ("model:\n  name: resnet18\ntrain:\n  milestones: [30, 60\n", "line 5"),  # the list never closes
+    ("data:\n\tname: cub200\n", "line 2, column 1"),  # a tab
+])
+def test_a_yaml_syntax_error_names_its_line_and_column(text, where, capsys, tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    assert main(["train", str(path), f"out={tmp_path / 'runs'}"]) == 2
+    line = one_line_error(capsys.readouterr())
+    assert f"recipe.yaml is not valid YAML at {where}" in line, line
+
+
 def test_config_file_in_another_encoding_is_one_sentence(capsys, tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_bytes("model:\n  name: r\u00e9snet\n".encode("utf-16"))

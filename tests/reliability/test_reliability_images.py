@@ -174,7 +174,7 @@ def _train_argv(root, out, *extra):
 def test_training_stops_on_an_unreadable_image_with_one_sentence_even_in_a_worker(birds, tmp_path, capsys):
     # data.num_workers=2 (the default): the DataLoader wraps a worker's error in its traceback
     victim = cub.load(birds, "train").samples[0].path
-    victim.write_bytes(b"")
+    victim.write_bytes(_jpeg_bytes()[:900])  # opens (the header is whole), fails to decode in the worker
     assert main(_train_argv(birds, tmp_path / "runs", "data.num_workers=2")) == 2
     line = one_line_error(capsys.readouterr())
     assert str(victim) in line and "data.skip_bad_images=true" in line and "--check" in line
@@ -203,9 +203,24 @@ def test_skipping_every_train_image_of_a_class_is_one_sentence(birds, tmp_path, 
     assert "has no train images" in line and "unreadable images are left out" in line
 
 
+def test_an_image_that_does_not_open_stops_training_before_the_first_epoch(birds, tmp_path, capsys):
+    # every file of every split is opened (its header read) before training: a broken test image is found
+    # in seconds, not after hours of epochs
+    test = cub.load(birds, "test").samples
+    test[0].path.write_bytes(b"")
+    test[3].path.write_bytes(b"<html>not found</html>")
+    assert main(_train_argv(birds, tmp_path / "runs")) == 2
+    captured = capsys.readouterr()
+    line = one_line_error(captured)
+    assert "2 images of synthbirds cannot be opened" in line and str(test[0].path) in line
+    assert "data.skip_bad_images=true" in line and "--check" in line
+    assert "epoch" not in captured.out and not (tmp_path / "runs").exists()  # nothing trained, nothing written
+
+
 def test_a_run_stopped_by_a_bad_test_image_resumes_with_skipping(birds, tmp_path, capsys):
-    # the test split is read last, after all the training: resuming keeps the finished epochs
-    cub.load(birds, "test").samples[0].path.write_bytes(b"")
+    # a test image that opens but does not decode (truncated) is met after all the training:
+    # resuming keeps the finished epochs
+    cub.load(birds, "test").samples[0].path.write_bytes(_jpeg_bytes()[:900])
     assert main(_train_argv(birds, tmp_path / "runs")) == 2
     one_line_error(capsys.readouterr())
     run_dir = next((tmp_path / "runs").iterdir())

@@ -53,7 +53,8 @@ def test_load_state_refuses_a_malicious_pickle(evil_pt):
 def test_resume_from_a_malicious_training_state_is_refused(run_copy, evil_pt, capsys):
     path, marker = evil_pt
     shutil.copy(path, run_copy / "checkpoints" / "last_state.pt")
-    assert main(["train", "--resume", str(run_copy), "--quiet"]) == 2
+    # one more epoch: the state must be read (a finished run resumed as it is reads nothing)
+    assert main(["train", "--resume", str(run_copy), "--quiet", "train.epochs=2"]) == 2
     assert "last_state.pt cannot be loaded safely" in one_line_error(capsys.readouterr())
     assert not marker.exists()
 

@@ -123,6 +123,20 @@ def test_large_pictures_are_made_smaller_for_the_html_and_the_page_says_so(tmp_p
     assert (embedded, downscaled) == (1, 1) and "made smaller" in html
 
 
+def test_a_large_photo_like_picture_keeps_at_least_85_percent_of_its_width(tmp_path):
+    # an attack gallery (1400 px of photos and 7-pt titles): halving it left ~5-px letters
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    noise = np.random.default_rng(1).integers(0, 255, (1200, 1400, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "gallery.png")
+    mime, data, smaller = picture_for_html(tmp_path / "gallery.png")
+    assert smaller and mime == "image/jpeg"
+    assert Image.open(io.BytesIO(data)).width >= 0.85 * 1400
+
+
 def test_collect_runs_skips_a_damaged_file_that_is_not_a_run(tmp_path):
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "metrics.json").write_text("{not json")

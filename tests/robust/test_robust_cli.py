@@ -18,6 +18,10 @@ def test_attack_command_writes_table_plot_and_json(tiny_synthbirds_root, tiny_ru
     record = json.loads((tiny_run / "attack" / "fgsm_n16.json").read_text())
     curves = list(record["accuracy"].values())
     assert len(curves) == 2 and record["total"] == 16
+    # the curves are named by what differs between the runs, not by their timestamped folders
+    assert list(record["accuracy"]) == ["resnet18, adv.attack=none", "test_resnet, adv.attack=fgsm"]
+    assert "| eps | resnet18, adv.attack=none | test_resnet, adv.attack=fgsm |" in \
+        (tiny_run / "attack" / "fgsm_n16.md").read_text()
     for curve in curves:
         assert 0 <= curve["0.1"] <= curve["0"] <= 1  # an attack never raises accuracy above clean
     assert (tiny_run / "attack" / "fgsm_n16.png").stat().st_size > 1000

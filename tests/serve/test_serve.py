@@ -111,9 +111,13 @@ def test_attack_is_fgsm_against_the_top_class_and_the_top5_is_the_attacked_image
     x = load_eval_image(image, 64)
     best = int(model(x)[0].argmax())
     x_adv = fgsm(model, x, torch.tensor([best]), 8 / 255)
-    reply = client.post("/api/attack", files=upload(image), data={"eps": "8"})
+    # eps in [0, 1] as `fgvc attack --eps`, adv.eps and fgvc.robust.fgsm take it; 0..255 beside it
+    reply = client.post("/api/attack", files=upload(image), data={"eps": str(8 / 255)})
     d = reply.json()
-    assert reply.status_code == 200 and d["eps"] == pytest.approx(8 / 255) and d["linf_255"] <= 8 + 1e-3
+    assert reply.status_code == 200 and d["eps"] == pytest.approx(8 / 255) and d["eps_255"] == pytest.approx(8)
+    assert d["linf"] <= 8 / 255 + 1e-5 and d["linf_255"] <= 8 + 1e-3
+    same = client.post("/api/attack", files=upload(image), data={"eps": "8/255"}).json()  # as `fgvc attack --eps`
+    assert same["eps"] == d["eps"] and same["adv_png_base64"] == d["adv_png_base64"]
     adv_png = decode_png(d["adv_png_base64"])
     assert np.abs(adv_png - x_adv[0].permute(1, 2, 0).numpy()).max() <= 1.5 / 255
     assert np.abs(adv_png - x[0].permute(1, 2, 0).numpy()).max() > 4 / 255  # it did move the pixels
@@ -124,8 +128,14 @@ def test_attack_is_fgsm_against_the_top_class_and_the_top5_is_the_attacked_image
     assert probs[best] < model(x)[0].softmax(0)[best]
     zero = client.post("/api/attack", files=upload(image), data={"eps": "0"}).json()
     assert zero["top_adv"] == zero["top_clean"] and not zero["flipped"] and zero["linf_255"] == 0
-    refused(client.post("/api/attack", files=upload(image), data={"eps": "300"}), 422, "0..255")
-    refused(client.post("/api/attack", files=upload(image), data={"eps": "lots"}), 422, "'eps'")
+    error = refused(client.post("/api/attack", files=upload(image), data={"eps": "8"}), 422, "[0, 1]")
+    assert "8/255" in error and "fgvc attack --eps" in error  # a client still sending 0..255 is told the unit
+    refused(client.post("/api/attack", files=upload(image), data={"eps": "lots"}), 422, "'lots'")
+
+
+def test_info_gives_the_largest_eps_in_both_units(client):
+    info = client.get("/api/info").json()
+    assert info["max_eps"] == pytest.approx(info["max_eps_255"] / 255) and info["max_eps_255"] == 64
 
 
 def test_uncertain_hint_follows_the_probabilities(client, image):
@@ -280,3 +290,46 @@ def test_busy_port_names_the_port_and_the_fix(tiny_run, capsys):
         assert main(["serve", str(tiny_run), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"port {port}" in err and "--port" in err
+
+
+def _part_without_filename(data: bytes, boundary: str = "fgvcPart") -> dict:
+    """What `curl -F image=<bird.jpg` sends: the file's bytes as a form field with no filename."""
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"\r\n\r\n').encode() + data + \
+        f"\r\n--{boundary}--\r\n".encode()
+    return {"content": body, "headers": {"content-type": f"multipart/form-data; boundary={boundary}"}}
+
+
+def test_an_image_sent_as_a_field_without_filename_is_decoded(client, run64, image, tmp_path):
+    expected = [t["index"] for t in predict_files(run64, [image])[0]["top"]]
+    for path in ("/api/predict", "/api/explain", "/api/attack"):
+        reply = client.post(path, **_part_without_filename(image.read_bytes()))
+        assert reply.status_code == 200, reply.text
+    assert [t["index"] for t in client.post("/api/predict", **_part_without_filename(image.read_bytes())).json()["top"]] \
+        == expected
+    # bytes that happen to be valid UTF-8 come back exact too, and a field over starlette's 1 MB text limit
+    noise = np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)
+    big = tmp_path / "noise.png"
+    Image.fromarray(noise).save(big)
+    assert big.stat().st_size > 2**20
+    reply = client.post("/api/predict", **_part_without_filename(big.read_bytes()))
+    assert reply.status_code == 200, reply.text
+    assert decode_png(reply.json()["input_png_base64"]).shape == (64, 64, 3)
+
+
+def test_text_in_the_image_field_says_to_send_the_file(client):
+    # `curl -F image=bird.jpg` (without @ or <) sends the name as text
+    error = refused(client.post("/api/predict", **_part_without_filename(b"bird.jpg")), 415, "'bird.jpg'")
+    assert "image=@bird.jpg" in error
+
+
+def test_field_bytes_recovers_what_starlette_decoded():
+    from starlette.formparsers import _user_safe_decode  # what the multipart parser does to a text field
+
+    from fgvc.serve.app import field_bytes
+
+    rng = np.random.default_rng(1)
+    # binary files (never valid UTF-8: JPEG, PNG, noise), ASCII, and UTF-8 text past U+00FF
+    samples = [b"", b"P3 2 1 255 0 0 0 255 255 255", "\u4e2d\u6587".encode(), b"\xe9\xff\x00", b"\xff\xd8\xff\xe0",
+               *(rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in (50, 5000, 100_000))]
+    for data in samples:
+        assert field_bytes(_user_safe_decode(data, "utf-8")) == data

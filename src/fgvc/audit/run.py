@@ -63,19 +63,32 @@ def _check_run(run) -> None:
         raise UserError(f"run {run_dir} has no checkpoints/best.safetensors; pass a finished run of `fgvc train`")
 
 
+def _free_folder(folder: Path) -> Path:
+    """``folder``, or ``folder-2``, ``folder-3``, ... : the first that holds no finished audit."""
+    k, candidate = 1, folder
+    while (candidate / "summary.json").is_file():
+        k += 1
+        candidate = folder.with_name(f"{folder.name}-{k}")
+    return candidate
+
+
 def run_audit(name: str, root, out=None, what: str | None = None, against=(), threshold: int | None = None,
               hashes: str = ",".join(duplicates.DEFAULT_HASHES), run=None, model_name: str | None = None,
               weights: str | None = None, image_size: int = 224, folds: int = labelnoise.DEFAULT_FOLDS,
               top: int = 24, seed: int = 0, val_fraction: float = 0.1, progress: bool = True,
-              detectors: str | None = None, similarity: float | None = None) -> dict:
+              detectors: str | None = None, similarity: float | None = None, overwrite: bool = False) -> dict:
     """Run the audits ``what`` (see parse_what) of dataset ``name`` at ``root`` and write their reports
-    into ``out`` (default ``audit/<name>``); returns the summary written to ``summary.json``.
+    into ``out`` (default ``audit/<name>``, or ``audit/<name>-2``, ... when that holds a finished audit); returns
+    the summary written to ``summary.json``. ``out`` holding a finished audit is refused unless ``overwrite``.
     ``detectors`` (see parse_detectors) and ``similarity`` (cosine, default
     ``embeddings.DEFAULT_SIMILARITY``) set the duplicates audit's embedding detector.
     Bad input (unknown dataset, audit or detector, missing folder, run without checkpoint, folds < 2, a
     class with fewer images than folds) raises UserError before anything is computed or written."""
     t0 = time.perf_counter()
-    out = runs.check_out_dir(out if out else Path("audit") / name, "--out")  # a file there: refused before any work
+    out = runs.check_out_dir(out if out else _free_folder(Path("audit") / name), "--out")  # a file: refused now
+    if (out / "summary.json").is_file() and not overwrite:
+        raise UserError(f"--out {out} holds a finished audit (summary.json); give another --out, or add --overwrite "
+                        "to replace it")
     audits = parse_what(what, run, model_name)
     threshold = duplicates.DEFAULT_THRESHOLD if threshold is None else threshold
     hash_names = duplicates.parse_hashes(hashes)

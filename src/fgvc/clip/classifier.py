@@ -20,12 +20,13 @@ from torch import nn
 
 from fgvc import config as config_mod
 from fgvc.clip import models as clip_models
-from fgvc.clip.models import check_model_name, preprocess_cfg
+from fgvc.clip.models import check_hf_text, check_model_name, preprocess_cfg
 from fgvc.clip.models import image_size as tower_size
 from fgvc.clip.prompts import load_descriptions, match_descriptions, prompt_names, resolve_templates
 from fgvc.clip.zeroshot import zeroshot_weights
 from fgvc.errors import UserError
 from fgvc.models.factory import CLIP_PREFIX, Classifier
+from fgvc.models.hub import hf_offline
 
 
 class ClipNet(nn.Module):
@@ -86,6 +87,8 @@ def clip_classifier(name: str, num_classes: int, dropout: float = 0.0, image_siz
     if not model_name.startswith(("hf-hub:", "local-dir:")):
         check_model_name(model_name)
         kwargs["force_quick_gelu"] = _quick_gelu(model_name, pretrained)
+    if not model_name.startswith("hf-hub:"):  # open_clip builds the text tower too (RoBERTa's from transformers)
+        check_hf_text(model_name, download=not hf_offline(), tokenizer=False)
     root = logging.getLogger()
     root.addFilter(_random_init_note)  # open_clip warns that no weights were loaded: the checkpoint follows
     try:

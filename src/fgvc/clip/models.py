@@ -107,6 +107,57 @@ def check_model_name(model_name: str) -> None:
     raise UserError(f"unknown CLIP model {model_name!r}{hint}; see open_clip.list_models() or use an hf-hub: name")
 
 
+def hf_text_source(model_name: str) -> dict[str, str]:
+    """What an open_clip model takes from Hugging Face transformers: {"tokenizer": repo} (SigLIP, CLIPA, ...)
+    and {"text tower": repo} (RoBERTa, XLM-R, NLLB, mT5 towers), from its built-in config or a ``local-dir:``
+    folder's open_clip_config.json; {} for open_clip's own BPE tokenizer and text transformer."""
+    if model_name.startswith("local-dir:"):
+        import json
+
+        path = Path(model_name[len("local-dir:"):]) / HF_CONFIG_NAME
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8")).get("model_cfg") or {}
+        except (OSError, ValueError, AttributeError):
+            return {}  # open_clip's own sentence about the folder follows
+    else:
+        cfg = open_clip.get_model_config(model_name) or {}
+    text = cfg.get("text_cfg") or {}
+    found = {"tokenizer": text.get("hf_tokenizer_name"), "text tower": text.get("hf_model_name")}
+    return {k: v for k, v in found.items() if isinstance(v, str) and v}
+
+
+def check_hf_text(model_name: str, cache_dir=None, download: bool = True, tokenizer: bool = True) -> None:
+    """UserError, before any download, when ``model_name`` needs Hugging Face transformers (its tokenizer,
+    or with ``tokenizer=False`` only its text tower) and transformers is not installed, or when those files
+    are neither cached nor downloadable (open_clip would raise ModuleNotFoundError, or the hub's OSError)."""
+    import importlib.util
+
+    needs = hf_text_source(model_name)
+    if not tokenizer:
+        needs.pop("tokenizer", None)
+    if not needs:
+        return
+    repos = sorted(set(needs.values()))
+    what = " and ".join(needs) + f" ({', '.join(repos)})" if len(repos) == 1 else \
+        " and ".join(f"{k} ({v})" for k, v in needs.items())
+    if importlib.util.find_spec("transformers") is None:
+        raise UserError(f"CLIP model {model_name!r} takes its {what} from Hugging Face transformers, which is not "
+                        "installed: `pip install transformers`, or choose a model with open_clip's own tokenizer "
+                        "(ViT-B-32, ViT-B-16, ViT-L-14, ...)")
+    for kind, repo in needs.items():
+        # the tokenizer goes to the cache fgvc was given, a text tower's config to the default one (open_clip)
+        cache = hf_cache_dir(cache_dir if kind == "tokenizer" else None)
+        if any(_hf_cached(repo, f, cache) for f in ("tokenizer_config.json", "tokenizer.json", "config.json")):
+            continue
+        if download and reachable(hf_endpoint()):
+            continue
+        from fgvc.models.hub import hf_repo_folder
+
+        why = "offline" if not download else f"{urllib.parse.urlsplit(hf_endpoint()).hostname} cannot be reached"
+        raise UserError(f"the {kind} of CLIP model {model_name!r} ({repo} on the Hugging Face hub) is not cached "
+                        f"in {hf_repo_folder(repo, cache)} ({why}): run once with network access to download it")
+
+
 def _resolve_hf_hub(model_name: str, cache_dir, download: bool) -> str:
     """An ``hf-hub:org/repo`` name, rewritten to ``local-dir:<snapshot>`` when config and weights are cached."""
     repo_id = model_name[len("hf-hub:"):]
@@ -142,16 +193,19 @@ def load_clip(model_name: str, pretrained: str | None = "openai", device: str | 
     kwargs: dict = {}
     name, weights = model_name, None
     if model_name.startswith("hf-hub:"):
-        name = _resolve_hf_hub(model_name, cache_dir, download)
+        name = _resolve_hf_hub(model_name, cache_dir, download)  # local-dir: when cached
     elif model_name.startswith("local-dir:"):
         folder = Path(model_name[len("local-dir:"):]).expanduser()
         if not folder.is_dir():
             raise UserError(f"CLIP model folder {folder} does not exist; "
                             "pass a folder holding open_clip_config.json and the weights")
         name = f"local-dir:{folder}"
-    else:
+    if name.startswith("local-dir:"):  # an hf-hub: name being downloaded brings its config with it
+        check_hf_text(name, cache_dir, download)
+    elif not model_name.startswith("hf-hub:"):
         model_name = name = model_name.replace("/", "-")  # ViT-B/32 is how papers write ViT-B-32
         check_model_name(model_name)
+        check_hf_text(model_name, cache_dir, download)  # before the weights' download, not after
         if pretrained and str(pretrained).lower() != "none":
             tag_cfg = open_clip.get_pretrained_cfg(model_name, str(pretrained))
             if tag_cfg:

@@ -26,6 +26,19 @@ DATASETS = {
 }
 
 
+def how_to_get(name: str, root: str | Path) -> str:
+    """How a user gets dataset ``name`` into ``root``: its own `fgvc data prepare` or `fgvc data synth` line, or
+    what to put there; the advice of each dataset, never another's (no `data synth` for a real dataset)."""
+    if name in ("synthbirds", "synthdogs"):
+        layout = " --layout dogs" if name == "synthdogs" else ""
+        return f"`fgvc data synth{layout} --root {root}` generates it"
+    if name == "folder":
+        return f"data.root must be a folder with one folder per class (or train/ and test/ holding them): {root}"
+    prepared = {"cub200": "cub200", "dogs": "dogs", "flowers102": "flowers102", "cars": "cars", "nabirds": "nabirds",
+                "aircraft": "aircraft", "aircraft_family": "aircraft", "aircraft_manufacturer": "aircraft"}
+    return f"`fgvc data prepare {prepared.get(name, name)} --root {root}` gets it (docs/data.md)"
+
+
 def resolve_num_workers(num_workers: int, cuda: bool) -> int:
     """``data.num_workers=-1`` (auto): with a GPU, up to 8 decoding workers; on a CPU, none
     unless there are more than 4 cores, since workers then compete with the model's own
@@ -51,7 +64,7 @@ def build_dataset(name: str, root: str | Path, split: str, transform=None,
         raise UserError(f"unknown dataset {name!r}{hint}; choose one of {', '.join(DATASETS)}") from None
     root = Path(root).expanduser()
     if not root.exists():
-        raise UserError(f"dataset root {root} does not exist; run `fgvc data prepare` or `fgvc data synth --root {root}`")
+        raise UserError(f"dataset root {root} does not exist; {how_to_get(name, root)}")
     dataset = load(root, split, transform, val_fraction=val_fraction, seed=seed)
     if hasattr(dataset, "name"):  # the registry name: synthbirds is read by CUB's loader, but is not cub200
         dataset.name = name
@@ -67,4 +80,4 @@ def config_split(cfg, split: str, transform=None) -> FineGrainedDataset:
     return build_dataset(d.name, d.root, split, transform, d.val_fraction, cfg.train.seed, classes=d.classes)
 
 
-__all__ = ["DATASETS", "config_split", "resolve_num_workers", "FineGrainedDataset", "Sample", "build_dataset", "read_rgb", "readable_name", "synthetic"]
+__all__ = ["DATASETS", "config_split", "how_to_get", "resolve_num_workers", "FineGrainedDataset", "Sample", "build_dataset", "read_rgb", "readable_name", "synthetic"]

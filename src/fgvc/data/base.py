@@ -150,6 +150,41 @@ def find_unreadable(samples: list[Sample]) -> list[tuple[Sample, str]]:
     return bad
 
 
+def open_header(path: Path) -> None:
+    """Open ``path`` as an image and read its header only (format, size: no pixels decoded), or raise
+    UnreadableImage naming it: a missing, empty, non-image or over-the-pixel-limit file. A truncated
+    file whose header is whole passes; only decoding (``read_rgb``) finds that."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.size  # noqa: B018 -- parsed with the header
+    except FileNotFoundError:
+        raise UnreadableImage(f"image {path} does not exist; check the dataset root") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ImageTooLarge(f"image {path} has more pixels than PIL's decompression-bomb limit "
+                            f"({Image.MAX_IMAGE_PIXELS} pixels); shrink it or remove it") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UnreadableImage(f"image {path} cannot be opened as an image ({e.__class__.__name__}); "
+                              "remove or replace it") from None
+
+
+def find_unopenable(samples: list[Sample], threads: int = 8) -> list[tuple[Sample, str]]:
+    """(sample, one-sentence reason) for every sample whose file does not open as an image (``open_header``:
+    headers only, a few seconds for CUB's 11 788 files); threads overlap the file reads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def reason(sample: Sample) -> str | None:
+        try:
+            open_header(sample.path)
+        except UnreadableImage as e:
+            return str(e)
+        return None
+
+    with ThreadPoolExecutor(threads) as pool:
+        return [(s, why) for s, why in zip(samples, pool.map(reason, samples)) if why]
+
+
 def drop_unreadable(dataset: FineGrainedDataset) -> list[tuple[Sample, str]]:
     """Remove the samples whose image cannot be decoded from ``dataset``; return them with the reason."""
     bad = find_unreadable(dataset.samples)

@@ -23,6 +23,7 @@ skip, resume and table rules hold per cell, so a killed seed is resubmitted alon
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -180,8 +181,9 @@ def launch_study(name: str, study: dict, rows: list[str], configs: dict, folder:
     write_tables(folder, study, name)
     failed = {r: job for r, job in jobs.items() if not (folder / r / "metrics.json").is_file()}
     if failed:
-        logs = ", ".join(str(job.paths.stdout) for job in failed.values())
-        raise UserError(f"{len(failed)} of {len(jobs)} rows did not finish ({', '.join(failed)}; logs: {logs}); "
+        reasons = {r: failure(job) or ("no metrics.json", str(job.paths.stdout)) for r, job in failed.items()}
+        why = "; ".join(f"{r}: {text[:200]} (log: {log})" for r, (text, log) in reasons.items())
+        raise UserError(f"{len(failed)} of {len(jobs)} rows did not finish ({why}); "
                         "table.md holds the finished ones; run the same command again to resubmit only those")
     return jobs
 
@@ -258,16 +260,36 @@ def _wait(jobs: dict) -> None:
         raise
 
 
-def _report(row: str, job) -> None:
+def failure(job) -> tuple[str, str] | None:
+    """``(why, log)`` of a finished job that failed, None for one that succeeded. ``why``: the row's own
+    sentence (the UserError that stopped it, as ``fgvc train`` would print it), else the last line of the
+    trace or of submitit's error; ``log``: the file that holds the trace, ``_log.err`` of a local process
+    (its ``_log.out`` says only "Submitted job triggered an exception"), the merged ``_log.out`` on SLURM."""
     try:
         error = job.exception()
     except Exception as e:  # no result at all: the process was killed, or SLURM cancelled the job
         error = e
     if error is None:
+        return None
+    text = str(error)
+    # the job's trace ends with the exception's own line, "fgvc.errors.UserError: <sentence>"
+    sentences = re.findall(r"^fgvc\.errors\.\w+: (.+)$", text, flags=re.M)
+    if sentences:
+        why = sentences[-1].strip()
+    else:
+        lines = [ln.strip() for ln in text.splitlines() if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", ln.strip())]
+        why = lines[-1] if lines else (text.strip().splitlines() or [error.__class__.__name__])[0].strip()
+    stderr = Path(job.paths.stderr)
+    log = stderr if stderr.is_file() and stderr.stat().st_size else Path(job.paths.stdout)
+    return why, str(log)
+
+
+def _report(row: str, job) -> None:
+    failed = failure(job)
+    if failed is None:
         print(f"{row}: finished")
     else:
-        text = str(error).strip().splitlines()
-        print(f"{row}: failed ({text[-1][:200] if text else error.__class__.__name__}); log: {job.paths.stdout}")
+        print(f"{row}: failed: {failed[0][:300]}; log: {failed[1]}")
 
 
 def options_dict(options: LaunchOptions) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from fgvc.errors import UserError
 from fgvc.explain.cam import METHODS, check_cam, explain, resolve_layer, supports_cam, to_grid
 from fgvc.explain.localization import evaluate_localization, format_table
 from fgvc.explain.overlay import save_grid, save_panel
+from fgvc.scored_checkpoint import unfinished_note
 
 DEFAULT_METHODS = ("cam", "gradcam")
 
@@ -72,7 +74,10 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         raise UserError(f"--limit must be 1 or more, got {limit}")
     device = resolve_device(device)
     precision = analysis_precision(precision, device, run_dir)
-    run = api.Run(run_dir)
+    run = api.Run(run_dir, data_root)
+    note = unfinished_note(run.dir, run.config.train.epochs, "explaining")
+    if note:
+        print(note, file=sys.stderr)
     model, class_names, cfg = run.model().to(device).eval(), run.class_names, run.config
     notes = []
     if "cam" in names and not supports_cam(model):
@@ -81,10 +86,9 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         names.remove("cam")
         notes.append(f"CAM skipped: {cfg.model.name} does not end in global average pooling + a linear layer; "
                      "Grad-CAM shown instead")
+    x, labels, stems, boxes, dataset = _inputs(run, images, split, limit)  # a missing image: nothing made yet
     out = Path(out_dir).expanduser() if out_dir is not None else run_dir / "explain"
     out.mkdir(parents=True, exist_ok=True)
-
-    x, labels, stems, boxes, dataset = _inputs(run, images, split, limit, data_root)
 
     small = small_feature_map(model, x[:1].to(device), cfg.data.image_size)
     if small:
@@ -115,6 +119,9 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
                                        batch_size, device, precision, progress=log is not None)
         say(f"localisation on {split} ({results[names[0]]['n']} images, true class explained):")
         say(table)
+    elif localization and dataset is not None:  # said, so that a missing table is never a mystery
+        say(f"note: no localisation table: the {split} split of {cfg.data.name} in {cfg.data.root} has no bounding "
+            "boxes (CUB's bounding_boxes.txt, Stanford Dogs' Annotation/ files); the maps are drawn without them")
     return {
         "out_dir": str(out), "methods": names, "notes": notes, "warnings": [small] if small else [], "panels": panels, "grid": str(grid),
         "maps": str(maps_path) if maps_path else None,
@@ -141,7 +148,7 @@ def _localization(model, dataset, names: list[str], split: str, out: Path, image
     return results, format_table(results)
 
 
-def _inputs(run: api.Run, images, split: str, limit: int, data_root):
+def _inputs(run: api.Run, images, split: str, limit: int):
     """(x (N, 3, S, S) in [0, 1], labels (None for files), stems, boxes, dataset or None): the image files
     decoded as predict and evaluation do, or ``limit`` images spread evenly over the run's ``split``."""
     cfg = run.config
@@ -149,8 +156,8 @@ def _inputs(run: api.Run, images, split: str, limit: int, data_root):
         paths = [Path(p).expanduser() for p in images]
         x = torch.cat([load_eval_image(p, cfg.data.image_size, cfg.data.crop_ratio) for p in paths])
         return x, [None] * len(paths), [p.stem for p in paths], [None] * len(paths), None
-    root = data_root if data_root is not None else cfg.data.root
-    dataset = run.dataset(split, run.eval_transform, root=data_root)
+    root = cfg.data.root  # the run's, or the folder its dataset moved to (Run's data_root)
+    dataset = run.dataset(split, run.eval_transform)
     if len(dataset) == 0:
         raise UserError(f"split {split!r} of {cfg.data.name} under {root} has no images")
     n = min(limit, len(dataset))

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from fgvc.data import build_dataset
 from fgvc.data.transforms import eval_transform
 from fgvc.devices import resolve_device
-from fgvc.errors import UserError
+from fgvc.errors import Interrupted, UserError
 from fgvc.gan.batches import RealBatches, load_into_memory
 from fgvc.gan.checkpoint import (
     latest_checkpoint,
@@ -302,7 +302,7 @@ def train_gan(config: GanConfig, dataset: Dataset | None = None, progress: bool 
                 log.flush()  # the logs hold every iteration up to the checkpoint a resume starts from
                 if stop.asked and not last:
                     bar.close()
-                    raise KeyboardInterrupt  # after the checkpoint: --resume continues from this iteration
+                    raise Interrupted(run_dir)  # after the checkpoint: --resume continues from this iteration
             seconds += time.perf_counter() - tick  # wall time of updates, grids and checkpoints
     bar.close()
     log.close()

@@ -165,7 +165,8 @@ def _torchvision_model(name, num_classes, pretrained, dropout, image_size) -> Cl
 def _timm_model(name, num_classes, pretrained, dropout, image_size, **overrides) -> Classifier:
     """A timm model built for ``image_size``; ``overrides`` are extra constructor arguments (tiny test configs)."""
     arch = name.split(".")[0]
-    kwargs = {"num_classes": num_classes, "drop_rate": dropout, **overrides}
+    # drop_rate only when asked for: a few families (vision-language encoders) take no such argument
+    kwargs = {"num_classes": num_classes, **({"drop_rate": dropout} if dropout else {}), **overrides}
     probe = _timm_probe(name, arch, kwargs)
     if takes_img_size(type(probe)):
         # fixed-size families (ViT, DeiT, BEiT, EVA, swin, swinv2, MaxViT, CoaT, ...) size their
@@ -199,6 +200,7 @@ def _timm_model(name, num_classes, pretrained, dropout, image_size, **overrides)
         real_error = _forward_error(net, image_size)
         if real_error is not None:
             raise _size_error(name, image_size, real_error)
+    head_path = _find_linear_head(net)  # the real model's head (a 1x1 convolution becomes its Linear)
     cfg = net.pretrained_cfg or {}
     mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
     if is_vit:
@@ -214,6 +216,10 @@ def _timm_probe(name, arch, kwargs):
             return timm.create_model(arch, pretrained=False, **kwargs)
     except (AssertionError, ValueError, ZeroDivisionError, IndexError) as e:  # a size the constructor rejects
         raise _size_error(name, kwargs.get("img_size"), e) from None
+    except TypeError as e:  # an argument this family does not take
+        if "drop_rate" in str(e):
+            raise UserError(f"timm model {name!r} takes no dropout argument; set model.dropout=0") from None
+        raise
 
 
 def takes_img_size(cls) -> bool:
@@ -261,21 +267,75 @@ def _size_error(name: str, image_size, e: Exception) -> UserError:
 def _last_feature_map(net: nn.Module) -> str | None:
     """The module whose output is pooled into the head's input (CAM needs exactly that map).
     timm's feature_info names the last stage; EfficientNet-family models (MobileNetV2 too) add a
-    1x1 head convolution and BatchNorm after it, so their map is ``bn2``'s (1280 channels)."""
+    1x1 head convolution and BatchNorm after it, so their map is ``bn2``'s (1280 channels), and
+    ResNetV2 (BiT) normalises the last stage's output in ``norm``."""
     if isinstance(net, timm.models.efficientnet.EfficientNet):
         return "bn2"
+    if isinstance(net, timm.models.resnetv2.ResNetV2):  # pre-activation: a last BatchNorm + ReLU after the stages
+        return "norm"
     return net.feature_info[-1]["module"] if getattr(net, "feature_info", None) else None
 
 
+class ConvHeadAsLinear(nn.Linear):
+    """A 1x1 convolution classifier (timm's ResNetV2 / BiT heads, ``use_conv=True``) as the nn.Linear it is
+    on globally pooled features: fgvc's head (CAM, freezing, a zero-initialised new head) is a Linear.
+    Inputs and outputs keep the convolution's shapes ((B, C, h, w) -> (B, K, h, w)), and in state dicts the
+    weight keeps its (K, C, 1, 1) shape, so timm's checkpoints load and exported folders load back in timm."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__(conv.in_channels, conv.out_channels, bias=conv.bias is not None,
+                         device=conv.weight.device, dtype=conv.weight.dtype)
+        if conv.weight.device.type != "meta":
+            with torch.no_grad():
+                self.weight.copy_(conv.weight.flatten(1))
+                if conv.bias is not None:
+                    self.bias.copy_(conv.bias)
+        self.register_state_dict_post_hook(_conv_shaped_weight)
+        self.register_load_state_dict_pre_hook(_linear_shaped_weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] == (1, 1):  # globally pooled: a matrix product
+            return super().forward(x.flatten(1))[:, :, None, None]
+        return nn.functional.conv2d(x, self.weight[:, :, None, None], self.bias)
+
+
+def _conv_shaped_weight(module, state_dict, prefix, local_metadata) -> None:
+    w = state_dict.get(prefix + "weight")
+    if w is not None and w.ndim == 2:
+        state_dict[prefix + "weight"] = w.reshape(*w.shape, 1, 1)
+
+
+def _linear_shaped_weight(module, state_dict, prefix, *args) -> None:
+    w = state_dict.get(prefix + "weight")
+    if w is not None and w.ndim == 4 and w.shape[-2:] == (1, 1):
+        state_dict[prefix + "weight"] = w.flatten(1)
+
+
 def _find_linear_head(net: nn.Module) -> str:
+    """The dotted path of ``net``'s one linear classifier (a 1x1 convolution on pooled features becomes one);
+    UserError naming why for the families fgvc refuses (docs/models.md)."""
+    name = type(net).__name__
+    if not hasattr(net, "get_classifier"):
+        raise UserError(f"timm model {name} is an encoder without a classification head (a vision-language "
+                        "model's image tower); pick a classifier (docs/models.md lists the families fgvc refuses)")
     classifier = net.get_classifier()
+    if isinstance(classifier, (tuple, list)):
+        raise UserError(f"timm model {name} has {len(classifier)} classifier heads (a class head and a distillation "
+                        "head, averaged at inference); fgvc trains one head: pick another family (docs/models.md)")
+    if isinstance(classifier, nn.Conv2d) and classifier.kernel_size == (1, 1) and classifier.groups == 1 \
+            and classifier.stride == (1, 1) and classifier.padding in ((0, 0), "valid"):
+        path = next(p for p, m in net.named_modules() if m is classifier)
+        net.set_submodule(path, ConvHeadAsLinear(classifier))
+        classifier = net.get_submodule(path)
     for path, module in net.named_modules():
         if module is classifier and isinstance(module, nn.Linear):
             return path
     for path, module in net.named_modules():  # classifier wrapped in a container: its last Linear
         if isinstance(module, nn.Linear) and path.startswith(tuple(p for p, m in net.named_modules() if m is classifier)):
             return path
-    raise UserError(f"timm model {type(net).__name__} does not end in a linear classifier; fgvc needs one")
+    raise UserError(f"timm model {type(net).__name__} does not end in a linear classifier (or a 1x1 convolution "
+                    "on pooled features); fgvc needs one to size and train its head: docs/models.md lists the "
+                    "families it refuses")
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

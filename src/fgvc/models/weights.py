@@ -5,8 +5,10 @@
 Lite ``.tflite`` files of the MobileNet family (fgvc.models.tflite). The usual wrappings are
 undone: a ``state_dict`` / ``model`` / ``module`` entry, ``module.`` (DDP) and ``_orig_mod.``
 (torch.compile) prefixes, fgvc checkpoints (``net.`` + ``normalize.``), and torchvision's head
-names. The head is replaced when its class count differs from the dataset's. The file's name
-and sha256 are recorded as the run's pretraining source.
+names. The head is replaced when its class count differs from the dataset's. Position tables
+made for another image size are resampled as the model family's own loader does (timm's
+``checkpoint_filter_fn``, torchvision's ``interpolate_embeddings``). The file's name and sha256
+are recorded as the run's pretraining source.
 """
 
 from __future__ import annotations
@@ -135,6 +137,8 @@ def _load_into(model, state: dict[str, torch.Tensor], path: Path) -> str:
     for alias in _HEAD_ALIASES.get(head, ()):  # torchvision's fc.weight -> fgvc's fc.1.weight
         state = {(f"{head}.{k[len(alias) + 1:]}" if k.startswith(alias + ".") and k not in target else k): v
                  for k, v in state.items()}
+    if any(k not in target or target[k].shape != v.shape for k, v in state.items()):
+        state = resampled_to(model.net, state)  # a position table made for another image size, as timm loads it
     head_keys = {f"{head}.weight", f"{head}.bias"}
     head_fits = all(k in state and state[k].shape == target[k].shape for k in head_keys)
     if not head_fits:  # other class count (or no head in the file): keep the fresh head
@@ -162,6 +166,33 @@ def _load_into(model, state: dict[str, torch.Tensor], path: Path) -> str:
         nn.init.zeros_(model.head.weight)
         nn.init.zeros_(model.head.bias)
     return "loaded" if head_fits else "replaced"
+
+
+def resampled_to(net: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` as the model family's own loader would give it to ``net``: timm's ``checkpoint_filter_fn`` of
+    the family (ViT, DeiT, EVA, BEiT, swin, ...: position tables and patch embeddings resampled to the grid
+    ``net`` was built for, as ``timm.create_model(..., pretrained=True)`` does), or torchvision's
+    ``interpolate_embeddings`` for its ViTs. ``state`` unchanged where neither applies or the filter fails
+    (the shape sentence of ``_load_into`` then says what does not fit)."""
+    import sys
+
+    from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
+
+    if isinstance(net, VisionTransformer):
+        if "encoder.pos_embedding" not in state:
+            return state
+        try:
+            return interpolate_embeddings(net.image_size, net.patch_size, state)
+        except (RuntimeError, ValueError):
+            return state
+    module = sys.modules.get(type(net).__module__)
+    fit = getattr(module, "checkpoint_filter_fn", None) if type(net).__module__.startswith("timm.") else None
+    if fit is None:
+        return state
+    try:
+        return fit(dict(state), net)
+    except (RuntimeError, ValueError, KeyError, IndexError, TypeError, AttributeError, AssertionError):
+        return state
 
 
 def _stamp(path) -> tuple[int, int]:

@@ -51,8 +51,10 @@ def curves_figure(entries: list[dict]):
         positive &= all(v > 0 for v in loss if math.isfinite(v))
         ax_loss.plot(epochs, loss, **style)
         ax_acc.plot(epochs, [h.get("val_acc", math.nan) for h in e["history"]], **style)
-    if positive:
-        ax_loss.set_yscale("log")  # an epoch-1 loss of 100 would flatten every later epoch on a linear axis
+    if positive:  # an epoch-1 loss of 100 would flatten every later epoch on a linear axis
+        from fgvc.train.summary import log_axis
+
+        log_axis(ax_loss, [h.get("val_loss", math.nan) for e in drawn for h in e["history"]])
     ax_loss.set(xlabel="epoch", ylabel="validation cross-entropy" + (" (log scale)" if positive else ""),
                 title="validation loss")
     ax_acc.set(xlabel="epoch", ylabel="validation top-1 accuracy", ylim=(0, 1.02), title="validation accuracy")

@@ -50,11 +50,12 @@ def _classifier_section(done: list[dict], config_keys: list[str]) -> list[str]:
         rows.append([e["name"], fmt(model.get("name")), _method(e["metrics"].get("protocol")), fmt(data.get("name")),
                      fmt(data.get("image_size")), fmt(protocol.get("crop_ratio")),
                      *(_column(e["metrics"].get(c), c) for c in COLUMNS),
-                     fmt(e["metrics"].get("device")), differing_values(e, config_keys),
-                     *(_short(fmt(protocol.get(k))) for k in differ)])
-    header = ["run", "model", "method", "data", "px", "eval crop", *COLUMNS.values(), "device", CONFIG_COLUMN,
-              *(f"protocol.{k}" for k in differ)]
+                     fmt(e["metrics"].get("device")), differing_values(e, config_keys)])
+    header = ["run", "model", "method", "data", "px", "eval crop", *COLUMNS.values(), "device", CONFIG_COLUMN]
     lines = ["## Classifier runs", "", table(header, rows), ""]
+    if differ:  # a table of their own: as columns of the one above they pushed it off the page
+        rows = [[e["name"], *(_short(fmt(flatten(e["metrics"].get("protocol")).get(k))) for k in differ)] for e in done]
+        lines += [table(["run", *(f"protocol.{k}" for k in differ)], rows), ""]
     notes = []
     settings = sorted({_method(e["metrics"].get("protocol"), True) for e in done} - {"plain", "-"})
     if settings:  # each method's settings once (metrics.json protocol.method; docs/methods.md)
@@ -68,7 +69,7 @@ def _classifier_section(done: list[dict], config_keys: list[str]) -> list[str]:
     notes.append("eval crop is the crop ratio of the evaluation that scored the run (protocol.crop_ratio: the "
                  "centre crop's side over the resized shorter side, data.crop_ratio).")
     if differ:
-        notes.append("The protocol.* columns are the protocol fields (metrics.json protocol block) that differ "
+        notes.append("The second table lists the protocol fields (metrics.json protocol block) that differ "
                      "between these runs.")
     return lines + ([" ".join(notes), ""] if notes else [])
 

@@ -38,8 +38,8 @@ def _hwc(image: Tensor):
 
 
 def _name(index: int, class_names: Sequence[str] | None, width: int = 20) -> str:
-    """"id name": the 1-based class id (the folder prefix, e.g. CUB's 001) then the name, wrapped at word
-    boundaries (two lines at most, shortened at a word, never mid-word): similar names stay distinct."""
+    """"id name": the 1-based class id (the folder prefix, e.g. CUB's 001) then the whole name, wrapped at
+    word boundaries, never cut: similar names stay distinct."""
     import re
 
     if not (class_names and 0 <= index < len(class_names)):
@@ -47,10 +47,7 @@ def _name(index: int, class_names: Sequence[str] | None, width: int = 20) -> str
     raw = class_names[index]
     prefix = re.match(r"^(\d+)[._-]", raw)
     name = f"{int(prefix.group(1)) if prefix else index + 1} {readable_name(raw)}"
-    lines = textwrap.wrap(name, width, break_long_words=False) or [name]
-    if len(lines) > 2:
-        lines = [lines[0], textwrap.shorten(" ".join(lines[1:]), width, placeholder="...")]
-    return "\n".join(lines)
+    return "\n".join(textwrap.wrap(name, width, break_long_words=False) or [name])
 
 
 AttackImages = Callable[[Tensor, Tensor, float], tuple[Tensor, Tensor]]
@@ -115,7 +112,9 @@ def gallery_figure(columns: Sequence[float], rows: Sequence[Mapping], class_name
     predicted class, green when right and red when the attack fooled the model."""
     n_cols = 2 + len(columns) if columns else 1
     n_rows = max(1, len(rows))
-    fig = Figure(figsize=(1.75 * n_cols, 1.85 * n_rows + 0.9), layout="constrained")
+    # room for the longest wrapped name: its lines above each cell (7-pt text, about 0.13 in a line)
+    lines = max([_name(i, class_names).count("\n") + 1 for i in range(len(class_names or []))] + [1])
+    fig = Figure(figsize=(1.75 * n_cols, (1.6 + 0.13 * lines) * n_rows + 0.9), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])

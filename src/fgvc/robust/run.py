@@ -13,28 +13,35 @@ table with the difference.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
 
 from fgvc import api, runs
+from fgvc import config as config_mod
 from fgvc.data import resolve_num_workers
 from fgvc.devices import analysis_precision, resolve_device
 from fgvc.errors import UserError
 from fgvc.robust.attacks import ATTACKS, resolve_attack
 from fgvc.robust.plots import attack_images, plot_accuracy_vs_eps, save_gallery
 from fgvc.robust.sweep import SEED_EPS, evaluate_attack, format_eps, markdown_table
+from fgvc.scored_checkpoint import unfinished_note
 
 
-def _prepare(run_dir: Path, split: str, limit: int | None, device: torch.device, precision: str):
+def _prepare(run_dir: Path, split: str, limit: int | None, device: torch.device, precision: str,
+             data_root: str | Path | None = None):
     """(run, dataset, precision) of a run to attack, every file it needs checked and no model loaded yet, so
     that a bad run directory (``--compare`` too) is one sentence before any sweep."""
-    run = api.Run(run_dir)
+    run = api.Run(run_dir, data_root)
     if not (run.dir / "checkpoints" / "best.safetensors").is_file():
         raise UserError(f"{run.dir} has no checkpoints/best.safetensors (no epoch finished); attack a run that "
                         "has trained at least one epoch")
     precision = analysis_precision(precision, device, run.dir)
     dataset = run.dataset(split)
+    note = unfinished_note(run.dir, run.config.train.epochs, "attacking")
+    if note:
+        print(note, file=sys.stderr)
     if limit is not None and limit < len(dataset):
         # evenly spaced, so a limited attack still covers every class (splits are sorted by class)
         dataset = torch.utils.data.Subset(dataset, [i * len(dataset) // limit for i in range(limit)])
@@ -54,7 +61,7 @@ def _sweep_run(prepared, attack: str, eps_list, alpha, steps, device: torch.devi
 def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: str = "test",
                limit: int | None = None, alpha: float | None = None, steps: int | None = None,
                compare: str | Path | None = None, device: str = "auto", progress: bool = True,
-               precision: str = "run") -> dict:
+               precision: str = "run", data_root: str | Path | None = None) -> dict:
     """Accuracy per eps for the run (and ``compare``); returns {'table', 'files', 'accuracy', 'precision'}.
 
     ``device``: auto | cpu | cuda[:N]; ``precision``: ``run`` (each run's own, where the device supports
@@ -71,10 +78,10 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
     eps_list = SEED_EPS if eps_list is None else eps_list
     device = resolve_device(device)
     # both runs checked (folders, checkpoints, data, precision) before any model loads
-    prepared = _prepare(run_dir, split, limit, device, precision)
-    if compare:
+    prepared = _prepare(run_dir, split, limit, device, precision, data_root)
+    if compare:  # the same dataset: data_root (it moved) holds it for both runs
         compare = runs.check_run_dir(compare)
-        compared = _prepare(compare, split, limit, device, precision)
+        compared = _prepare(compare, split, limit, device, precision, data_root)
     result, class_names = _sweep_run(prepared, attack, eps_list, alpha, steps, device, progress)
     out = run_dir / "attack"
     out.mkdir(exist_ok=True)
@@ -83,7 +90,11 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
     if compare:
         other, _ = _sweep_run(compared, attack, eps_list, alpha, steps, device, progress)
         label = compare.resolve().name
-        if label in curves:  # two runs in folders of the same name: label them by their full paths
+        named = difference_labels(prepared[0].config, compared[0].config)
+        if named:  # the curves say what differs (model, method, adversarial training), not two timestamps
+            curves, precisions = {named[0]: result["accuracy"]}, {named[0]: result["precision"]}
+            label = named[1]
+        elif label in curves:  # two runs in folders of the same name: label them by their full paths
             curves = {str(run_dir.resolve()): result["accuracy"]}
             precisions = {str(run_dir.resolve()): result["precision"]}
             label = str(compare.resolve())
@@ -119,6 +130,32 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
                                   title=f"{run_dir.resolve().name}: {attack.upper()} on the {split} split"))
     return {"table": table, "files": [str(f) for f in files], "accuracy": result["accuracy"],
             "precision": result["precision"]}
+
+
+# keys that say where or how fast a run ran, not what it is: never a curve's name
+_NOT_NAMING = ("out", "data.root", "data.num_workers", "data.cache", "data.cache_budget_gb", "data.cache_dir",
+               "train.loggers", "train.devices", "train.accelerator", "train.precision", "train.compile",
+               "train.channels_last", "model.weights_sha256", "clip.cache_dir", "clip.offline")
+_FIRST = ("model.name", "method.name", "adv.attack", "adv.eps", "model.pretrained", "model.weights", "model.trainable")
+
+
+def difference_labels(a: config_mod.Config, b: config_mod.Config, most: int = 3) -> tuple[str, str] | None:
+    """Names for two runs' curves from the settings that differ, model, method and adversarial training
+    first (``resnet18, adv.attack=none`` vs ``resnet18, adv.attack=fgsm``), at most ``most`` of them;
+    None when only where-it-ran settings differ."""
+    keys = [k for k in config_mod.all_keys() if k not in _NOT_NAMING
+            and config_mod.get(a, k) != config_mod.get(b, k)]
+    if not keys:
+        return None
+    keys.sort(key=lambda k: (_FIRST.index(k) if k in _FIRST else len(_FIRST), k.split(".")[0] != "method", k))
+
+    def name(cfg) -> str:
+        parts = [str(config_mod.get(cfg, k)) if k in ("model.name", "method.name") else f"{k}={config_mod.get(cfg, k)}"
+                 for k in keys[:most]]
+        return ", ".join(parts) + (", ..." if len(keys) > most else "")
+
+    labels = name(a), name(b)
+    return labels if labels[0] != labels[1] else None
 
 
 def _fingerprint(run_dir: Path) -> str:

@@ -90,7 +90,9 @@ class Guard:
 def create_app(predictor: Predictor, host: str = "127.0.0.1", max_bytes: int = MAX_BYTES, port: int | None = None):
     """The demo as an ASGI app (FastAPI inside ``Guard``) around a loaded predictor; ``host`` and ``port``
     are where it will listen (a loopback ``host`` turns the Host check on)."""
-    app = FastAPI(title="fgvc demo", max_body_size=max_bytes, docs_url=None, redoc_url=None, openapi_url=None)
+    # a part without a filename (`curl -F image=<bird.jpg`) arrives as text: up to the body limit, not 1 MB
+    app = FastAPI(title="fgvc demo", max_body_size=max_bytes, form_limits={"max_part_size": max_bytes},
+                  docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(RequestError)
     def request_error(request: Request, exc: RequestError):
@@ -122,27 +124,45 @@ def create_app(predictor: Predictor, host: str = "127.0.0.1", max_bytes: int = M
         return {**predictor.info(), "max_bytes": max_bytes}
 
     @app.post("/api/predict")
-    def predict(image: Annotated[UploadFile, File()], topk: Annotated[int, Form(ge=1, le=100)] = TOPK):
+    def predict(image: Annotated[UploadFile | str, File()], topk: Annotated[int, Form(ge=1, le=100)] = TOPK):
         return predictor.predict(read_image(image), topk=topk)
 
     @app.post("/api/explain")
-    def explain(image: Annotated[UploadFile, File()], target: Annotated[int | None, Form()] = None):
+    def explain(image: Annotated[UploadFile | str, File()], target: Annotated[int | None, Form()] = None):
         return predictor.explain(read_image(image), target=target)
 
     @app.post("/api/attack")
-    def attack(image: Annotated[UploadFile, File()], eps: Annotated[float, Form()] = 4.0):
-        return predictor.attack(read_image(image), eps_255=eps)
+    def attack(image: Annotated[UploadFile | str, File()], eps: Annotated[str, Form()] = "4/255"):
+        return predictor.attack(read_image(image), eps=eps)  # in [0, 1], as `fgvc attack --eps`: 0.0157 or 4/255
 
     return Guard(app, max_bytes, loopback=is_loopback(host), port=port)
 
 
-def read_image(upload: UploadFile) -> bytes:
-    """The uploaded file's bytes; 415 when its declared type is plainly not an image."""
+def read_image(upload: UploadFile | str) -> bytes:
+    """The uploaded file's bytes; 415 when its declared type is plainly not an image. A part sent without a
+    filename is a text field to starlette: its bytes are taken back from the text (``field_bytes``)."""
+    if isinstance(upload, str):
+        data = field_bytes(upload)
+        if data and len(data) <= 256 and data.isascii() and data.decode().isprintable():
+            raise RequestError(415, f"the form field 'image' holds the text {upload!r}, not an image; send the "
+                                    f"file itself (curl -F image=@{upload.strip() or 'bird.jpg'})")
+        return data
     ctype = (upload.content_type or "").lower()
     if ctype.startswith(NOT_IMAGE_TYPES):
         raise RequestError(415, f"{upload.filename or 'the upload'} is {ctype}, not an image; "
                                 "send a JPEG, PNG, BMP, GIF or WebP file")
     return upload.file.read()
+
+
+def field_bytes(text: str) -> bytes:
+    """The bytes of a multipart text field as sent. Starlette decodes a field as UTF-8, or as Latin-1 when
+    that fails: an image file is never valid UTF-8 (a JPEG starts with 0xFF, a PNG with 0x89), so it comes
+    back exactly from Latin-1; text with characters past U+00FF was UTF-8. (Valid UTF-8 text with Latin-1
+    letters is ambiguous, but it is no image either way.)"""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
 
 
 def bind(host: str, port: int) -> socket.socket:

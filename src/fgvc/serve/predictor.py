@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import sys
 import threading
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from fgvc.explain.overlay import overlay
 from fgvc.explain.run import small_feature_map
 from fgvc.predict import top_classes
 from fgvc.robust.attacks import resolve_attack
+from fgvc.scored_checkpoint import unfinished_note
 
 TOPK = 5
 DECODE_SLOTS = 2  # uploads decoded at once; the others wait (a decoded photo can take hundreds of MB)
@@ -35,7 +37,7 @@ CAM_ALPHA = 0.5  # weight of the heat map in the overlay
 CAM_CMAP = "jet"  # the colour map of fgvc explain's panels; the page's legend is drawn from the same stops
 UNCERTAIN_PROB = 0.5  # top-1 below this ...
 UNCERTAIN_MARGIN = 0.2  # ... or within this of the runner-up: the page says "uncertain"
-MAX_EPS_255 = 64  # the largest FGSM budget the API takes, in pixel units of 0..255
+MAX_EPS_255 = 64  # the largest FGSM budget the API takes, 64/255 (eps is in [0, 1], as `fgvc attack --eps`)
 ATTACK = "fgsm"  # the demo's slider: one step, so the page answers at once (fgvc.robust.attacks.ATTACKS)
 
 # how the demo's headline names datasets and models (others: the registry name as it is)
@@ -103,6 +105,25 @@ def confidence(top: list[dict]) -> dict:
                                        "or the model cannot tell these apart"}
 
 
+def parse_eps_value(eps: float | str) -> float:
+    """One FGSM budget in [0, MAX_EPS_255 / 255] from a number or a fraction ("0.03", "8/255"); RequestError
+    (422) otherwise, naming the unit (a client that sends 0..255 grey levels is told to divide by 255)."""
+    text = str(eps).strip()
+    num, slash, den = text.partition("/")
+    try:
+        value = float(num) / float(den) if slash else float(num)
+    except (ValueError, ZeroDivisionError):
+        value = float("nan")
+    if value != value:
+        raise RequestError(422, f"eps={text!r} is not a number; give the budget in [0, 1] as `fgvc attack --eps` "
+                                "takes it, e.g. 0.0157 or 4/255")
+    if not 0 <= value <= MAX_EPS_255 / 255:
+        hint = f" (in grey levels that is {text}/255)" if 1 < value <= 255 else ""
+        raise RequestError(422, f"eps={text} is outside [0, {MAX_EPS_255}/255]: eps is in [0, 1] as `fgvc attack "
+                                f"--eps` takes it, e.g. 0.0157 or 4/255{hint}")
+    return value
+
+
 class Predictor:
     """A run's model, loaded once. ``predict``, ``explain`` and ``attack`` take the bytes of an image file
     and are thread-safe (one lock around the model: Grad-CAM's hooks live on it)."""
@@ -113,6 +134,9 @@ class Predictor:
         self.model = run.model()
         self.image_size, self.crop_ratio = run.image_size, run.crop_ratio
         self.metrics = run.metrics
+        note = unfinished_note(run.dir, run.config.train.epochs, "serving")
+        if note:
+            print(note, file=sys.stderr)
         self.lock = threading.Lock()
         self.decode_slots = threading.BoundedSemaphore(decode_slots)
         self._small_map: str | None | bool = False  # computed on the first explain
@@ -126,7 +150,7 @@ class Predictor:
                 "run": self.run_dir.resolve().name, "classes": self.class_names,
                 "class_labels": [class_label(c) for c in self.class_names], "image_size": self.image_size,
                 "test_acc": self.metrics.get("test_acc"), "cam_method": "gradcam", "cam_legend": cam_legend(),
-                "max_eps_255": MAX_EPS_255}
+                "max_eps": MAX_EPS_255 / 255, "max_eps_255": MAX_EPS_255}
 
     def predict(self, data: bytes, topk: int = TOPK) -> dict:
         """{'top': [{'class', 'label', 'index', 'prob'}], 'uncertain', 'hint', 'input_png_base64'}."""
@@ -155,27 +179,24 @@ class Predictor:
                 "target_label": class_label(self.class_names[target]), "cam_note": note, "cam_legend": cam_legend(),
                 "cam_png_base64": None if heatmap is None else png_base64(overlay(x[0], heatmap, CAM_ALPHA, CAM_CMAP))}
 
-    def attack(self, data: bytes, eps_255: float, topk: int = TOPK) -> dict:
-        """FGSM with budget ``eps_255`` / 255 against the clean top-1 class: the adversarial image, the
-        perturbation (mid-grey = 0, scaled to +-eps), and the top-k before and after."""
-        try:
-            eps_255 = float(eps_255)
-        except (TypeError, ValueError):
-            eps_255 = float("nan")
-        if not 0 <= eps_255 <= MAX_EPS_255:
-            raise RequestError(422, f"eps={eps_255:g} is outside 0..{MAX_EPS_255}; give the budget in pixel units "
-                                    "of 0..255 (eps=4 means 4/255)")
+    def attack(self, data: bytes, eps: float | str, topk: int = TOPK) -> dict:
+        """FGSM with budget ``eps`` in [0, 1] (a number, or a fraction such as "8/255": the unit of
+        ``fgvc attack --eps``, ``adv.eps`` and ``fgvc.robust.fgsm``) against the clean top-1 class: the
+        adversarial image, the perturbation (mid-grey = 0, scaled to +-eps), and the top-k before and after;
+        ``eps_255`` and ``linf_255`` give the same budgets in grey levels of 0..255 beside them."""
+        eps = parse_eps_value(eps)
+        eps_255 = eps * 255
         x = self.input(data)
         with self.lock:
             with torch.no_grad():
                 clean = self._top(self.model(x)[0], topk)
-            x_adv = resolve_attack(ATTACK, eps_255 / 255).run(self.model, x, torch.tensor([clean[0]["index"]]))
+            x_adv = resolve_attack(ATTACK, eps).run(self.model, x, torch.tensor([clean[0]["index"]]))
             with torch.no_grad():
                 adv = self._top(self.model(x_adv)[0], topk)
         delta = (x_adv - x)[0]
-        shown = 0.5 + delta / (2 * eps_255 / 255) if eps_255 > 0 else torch.full_like(delta, 0.5)
-        return {"attack": ATTACK, "eps_255": eps_255, "eps": eps_255 / 255, "target": "top-1 class",
-                "linf_255": round(float(delta.abs().max()) * 255, 4), "top_clean": clean, "top_adv": adv,
+        shown = 0.5 + delta / (2 * eps) if eps > 0 else torch.full_like(delta, 0.5)
+        return {"attack": ATTACK, "eps": eps, "eps_255": eps_255, "target": "top-1 class",
+                "linf": float(delta.abs().max()), "linf_255": round(float(delta.abs().max()) * 255, 4), "top_clean": clean, "top_adv": adv,
                 "flipped": adv[0]["index"] != clean[0]["index"], **{f"adv_{k}": v for k, v in confidence(adv).items()},
                 "adv_png_base64": png_base64(x_adv[0].permute(1, 2, 0).numpy()),
                 "delta_png_base64": png_base64(shown.permute(1, 2, 0).numpy())}

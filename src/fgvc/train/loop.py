@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -34,7 +35,7 @@ from fgvc.devices import (
     resolve_channels_last,
     resolve_precision,
 )
-from fgvc.errors import UnreadableImage, UserError, message
+from fgvc.errors import Interrupted, UnreadableImage, UserError, message
 from fgvc.methods import describe as describe_method
 from fgvc.models import count_parameters, train_mode
 from fgvc.models.batchnorm import prepare_batchnorm
@@ -48,6 +49,7 @@ from fgvc.train.state import (
     TrainState,
     commit_epoch,
     config_text,
+    finished_run,
     first_process_writes,
     kept,
     open_run_dir,
@@ -64,11 +66,17 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
           progress: bool = True, after: Callable[[Path], object] | None = None) -> Path:
     """Train a classifier as ``cfg`` says; returns the run directory it wrote (config.yaml,
     classes.json, history.csv, metrics.json, curves.png, checkpoints/). ``resume`` continues
-    ``run_dir`` from its last finished epoch. ``after(run_dir)``: a step the first process runs on the
-    finished run (CLIP fine-tuning scores WiSE-FT there, fgvc.clip.finetune.after_training). Raises
-    UserError for what the user can fix."""
+    ``run_dir`` from its last finished epoch (a finished run asked for no further epoch is left as it is).
+    ``after(run_dir)``: a step the first process runs on the finished run (CLIP fine-tuning scores WiSE-FT
+    there, fgvc.clip.finetune.after_training). Raises UserError for what the user can fix."""
+    if resume:  # a finished run asked for no further epoch: nothing is tested or written again
+        note = finished_run(cfg, run_dir, resume_changes(cfg, run_dir))
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+            return runs.check_run_dir(run_dir)
+    opened: list[Path] = []  # the run directory, once fit has named it: a ^C message says which to resume
     try:
-        run_dir = fit(cfg, run_dir, resume, progress)
+        run_dir = fit(cfg, run_dir, resume, progress, on_open=opened.append)
         if after is not None and is_main_process():
             after(run_dir)
         return run_dir
@@ -79,12 +87,16 @@ def train(cfg: config_mod.Config, run_dir: str | Path | None = None, resume: boo
         raise UserError(f"the GPU ran out of memory training {cfg.model.name} on {cfg.data.image_size} px images "
                         f"in batches of {bs}; {fix}, or use train.precision=bf16-mixed; finished epochs are kept: "
                         "`fgvc train --resume RUN_DIR key=value` continues with the new setting") from None
+    except KeyboardInterrupt:
+        if opened and not isinstance(sys.exc_info()[1], Interrupted):
+            raise Interrupted(opened[0]) from None
+        raise
     except UnreadableImage as e:
         raise UnreadableImage(f"{message(e)}; `fgvc data info {cfg.data.name} --root {cfg.data.root} --check` lists "
                               "every unreadable file, and data.skip_bad_images=true trains without them") from None
 
 
-def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progress: bool) -> Path:
+def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progress: bool, on_open=None) -> Path:
     t_start = time.perf_counter()
     cfg, changes = preflight(cfg, run_dir, resume)
     fabric, precision = setup_fabric(cfg)
@@ -117,7 +129,7 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
 
     # --- run directory: fresh, or resumed from its last finished epoch ---
     run_dir, state, log = start_run(fabric, cfg, run_dir, resume, changes, class_names, raw_model, optimizer,
-                                    scheduler, precision)
+                                    scheduler, precision, len(loaders.train) if per_step else None, on_open)
     ckpt = run_dir / "checkpoints"
     tricks.criterion.load_state_dict(state.losses, fabric.device)  # the center loss's centres, when resumed
 
@@ -186,11 +198,16 @@ def preflight(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool) 
 
 
 def start_run(fabric: Fabric, cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, changes: dict,
-              class_names: list[str], raw_model, optimizer, scheduler, precision: str) -> tuple[Path, TrainState, ExperimentLog]:
+              class_names: list[str], raw_model, optimizer, scheduler, precision: str,
+              steps_per_epoch: int | None = None, on_open=None) -> tuple[Path, TrainState, ExperimentLog]:
     """(run directory, training state, experiment log) of a fresh run, or of a resumed one at its last
-    finished epoch, with config.yaml and classes.json written by the first process."""
+    finished epoch, with config.yaml and classes.json written by the first process. ``steps_per_epoch``:
+    a per-step schedule's steps in an epoch now (a resume places it at its epoch fraction); ``on_open(run_dir)``
+    is told the directory as soon as it exists."""
     run_dir = open_run_dir(fabric, cfg, run_dir, resume, class_names)
-    state = restore(run_dir, cfg, changes, raw_model, optimizer, scheduler) if resume else TrainState()
+    if on_open:
+        on_open(run_dir)
+    state = restore(run_dir, cfg, changes, raw_model, optimizer, scheduler, steps_per_epoch) if resume else TrainState()
     # config.yaml on resume: with its overrides, and a comment naming each change and its first epoch
     first_process_writes(fabric, runs.write_text_atomic, run_dir / "config.yaml", config_text(cfg, state.resumes))
     first_process_writes(fabric, runs.write_json_atomic, run_dir / "classes.json", class_names)

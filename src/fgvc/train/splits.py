@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from fgvc import config as config_mod
 from fgvc import errors
 from fgvc.data import build_dataset, resolve_num_workers
-from fgvc.data.base import check_classes_have_images, drop_unreadable
+from fgvc.data.base import check_classes_have_images, drop_unreadable, find_unopenable
 from fgvc.data.cache import cache_datasets
 from fgvc.data.generated import mix_generated
 from fgvc.data.sampler import ClassBalancedBatches, pk_shape
@@ -55,6 +55,8 @@ def build_splits(cfg: config_mod.Config, train_inputs: Pipeline, log=print) -> S
             log(f"skipped {skipped} unreadable images (data.skip_bad_images=true)")
         check_classes_have_images(train_ds.samples, train_ds.class_names,
                                   f"{train_ds.root} once its unreadable images are left out", "train")
+    else:  # every file of every split opens: a broken test image is found now, not after the last epoch
+        check_files_open(d.name, [train_ds, val_ds, test_ds])
     train_ds = mix_generated(train_ds, d.generated_root, d.train_source, d.generated_ratio, seed)
     # decode large JPEGs at a reduced DCT scale when the pipeline would shrink them anyway
     train_ds.decode_min_side = decode_min_side(d.image_size, cfg.aug.geometric, d.crop_ratio)
@@ -62,6 +64,17 @@ def build_splits(cfg: config_mod.Config, train_inputs: Pipeline, log=print) -> S
     if len(val_ds) == 0:
         raise UserError("the validation split is empty; set data.val_fraction above 0 (for example 0.1)")
     return Splits(train_ds, val_ds, test_ds, skipped)
+
+
+def check_files_open(name: str, datasets: list[Dataset]) -> None:
+    """UnreadableImage naming the files of ``datasets`` that do not open as images (headers only; the
+    caller adds how to list and skip them)."""
+    bad = [b for ds in datasets for b in find_unopenable(ds.samples)]
+    if bad:
+        first = "; ".join(why.split("; remove or replace it")[0] for _, why in bad[:3])
+        what = f"{len(bad)} images of {name} cannot be opened" if len(bad) > 1 else f"an image of {name} cannot be opened"
+        raise errors.UnreadableImage(f"{what}, found before training ({first}{'; ...' if len(bad) > 3 else ''}); "
+                                     f"remove or replace {'them' if len(bad) > 1 else 'it'}")
 
 
 class TrainBatches(Sampler):

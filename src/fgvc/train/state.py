@@ -19,6 +19,7 @@ from lightning_fabric import Fabric
 from fgvc import config as config_mod
 from fgvc import runs
 from fgvc.errors import UserError
+from fgvc.train.optim import place_per_step_schedule
 
 RESUME_KEYS = ("epoch", "best_acc", "best_epoch", "history", "optimizer", "scheduler", "train_seconds",
                "train_images")
@@ -31,6 +32,7 @@ RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.batch_size", "train.l
                   "train.milestones", "train.gamma", "train.precision", "train.devices", "train.accelerator",
                   "train.channels_last", "data.num_workers", "data.skip_bad_images", "train.loggers",
                   "data.cache", "data.cache_budget_gb", "data.cache_dir", "train.compile",
+                  "data.root",  # the same dataset in the folder it moved to (classes.json must still match)
                   "clip.cache_dir", "clip.offline", "clip.wise_ft_alphas")
 _OPTIMIZER_KEYS = ("train.lr", "train.weight_decay", "train.milestones", "train.gamma")
 _TRAINING_ONLY_KEYS = (*_OPTIMIZER_KEYS, "train.batch_size")  # the others also reach the final test
@@ -108,6 +110,13 @@ def resume_changes(cfg: config_mod.Config, run_dir: str | Path) -> dict[str, lis
     epoch has finished, a key outside RESUMABLE_KEYS is refused: it could not take effect, and
     config.yaml would claim a value the finished epochs never ran with."""
     run_dir = runs.check_run_dir(run_dir)
+    root = Path(cfg.data.root).expanduser()
+    if not root.exists():
+        from fgvc.data import how_to_get
+
+        raise UserError(f"{run_dir} trains on {cfg.data.name} in {root}, which does not exist here; if the dataset "
+                        f"moved, resume with its new folder (`fgvc train --resume {run_dir} data.root=NEW`), else "
+                        f"{how_to_get(cfg.data.name, root)}")
     if not (run_dir / "checkpoints" / "last_state.pt").is_file():
         return {}  # no finished epoch: the run starts over, every setting takes effect
     changed = config_differences(runs.load_config(run_dir), cfg)
@@ -118,6 +127,39 @@ def resume_changes(cfg: config_mod.Config, run_dir: str | Path) -> dict[str, lis
                         f"value; drop the override, or start a new run with it (on resume only "
                         f"{', '.join(RESUMABLE_KEYS)} can change)")
     return changed
+
+
+def finished_run(cfg: config_mod.Config, run_dir: str | Path, changes: dict) -> str | None:
+    """A note when ``run_dir`` has finished (trained and tested: metrics.json counts every committed epoch) and
+    ``cfg`` asks for no further epoch: the caller changes nothing, so metrics.json (its wall time), config.yaml
+    and the plots stay as they are. None when there is training or testing left to do. A setting that
+    only acts on training (the optimizer, the batch) is refused: it could not take effect."""
+    run_dir = Path(run_dir)
+    metrics = runs.read_metrics(run_dir)
+    try:  # one row per committed epoch; a later resume that died leaves more rows than metrics.json counts
+        rows = len((run_dir / "history.csv").read_text(encoding="utf-8").strip().splitlines()) - 1
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics.get("epochs_run"), int) or not isinstance(metrics.get("best_epoch"), int) \
+            or metrics["epochs_run"] != rows or rows < 1:
+        return None
+    done = metrics["epochs_run"]
+    state = TrainState(epoch=done - 1, best_epoch=metrics["best_epoch"] - 1)
+    if not state.stops_before(done, cfg.train):
+        return None
+    t = cfg.train
+    stopped_early = done < t.epochs
+    more = (f"train.patience={done - state.best_epoch}" if stopped_early else f"train.epochs={done + 1}") + " or more"
+    training_only = [k for k in changes if k in _TRAINING_ONLY_KEYS]
+    if training_only:
+        raise UserError(f"{run_dir} has finished training ({done} epochs), so "
+                        f"{', '.join(f'{k}={changes[k][1]}' for k in training_only)} would not take "
+                        f"effect; add {more} to train on with it")
+    why = (f"stopped early after epoch {done}: val accuracy last improved at epoch {state.best_epoch + 1}, "
+           f"train.patience={t.patience}" if stopped_early else f"{done} of train.epochs={t.epochs}")
+    return (f"{run_dir} has finished training ({why}) and was tested; nothing was changed"
+            + (f" ({', '.join(f'{k}={v[1]}' for k, v in changes.items())} not applied)" if changes else "")
+            + f"; add {more} to train on")
 
 
 def open_run_dir(fabric: Fabric, cfg: config_mod.Config, run_dir, resume: bool, class_names: list[str]) -> Path:
@@ -140,10 +182,12 @@ def open_run_dir(fabric: Fabric, cfg: config_mod.Config, run_dir, resume: bool, 
     return run_dir
 
 
-def restore(run_dir: Path, cfg: config_mod.Config, changes: dict, model, optimizer, scheduler) -> TrainState:
+def restore(run_dir: Path, cfg: config_mod.Config, changes: dict, model, optimizer, scheduler,
+            steps_per_epoch: int | None = None) -> TrainState:
     """The state of the run's last finished epoch, loaded into ``model`` / ``optimizer`` / ``scheduler``
     (a fresh state when no epoch has finished). Settings changed on resume (``changes``) are applied
-    and recorded."""
+    and recorded. ``steps_per_epoch``: today's, for a schedule stepped per optimizer step (None for one
+    stepped per epoch); it keeps the schedule's epoch fraction when the steps per epoch changed."""
     path = run_dir / "checkpoints" / "last_state.pt"
     if not path.is_file():
         return TrainState()
@@ -162,6 +206,8 @@ def restore(run_dir: Path, cfg: config_mod.Config, changes: dict, model, optimiz
     state = TrainState(saved["epoch"], saved["best_acc"], saved["best_epoch"], saved["history"],
                        saved["train_seconds"], saved["train_images"], list(saved.get("resumes", [])),
                        dict(saved.get("losses") or {}))
+    if steps_per_epoch:
+        place_per_step_schedule(scheduler, optimizer, state.epoch + 1, steps_per_epoch)
     if changes:
         start = state.epoch + 1
         training_only = [k for k in changes if k in _TRAINING_ONLY_KEYS]

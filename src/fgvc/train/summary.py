@@ -7,6 +7,34 @@ from pathlib import Path
 from fgvc import runs
 
 
+def log_axis(ax, values) -> None:
+    """Put ``ax``'s y axis on a log scale labelled at 2 to 7 round values inside the data's range, written as
+    plain numbers (``0.1  1  10``; within one decade ``1.2  1.3  1.4``): matplotlib's own labels give every
+    minor tick a ``1.3x10^0`` label when the range is under a decade, and none inside it otherwise."""
+    import math
+
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    values = [v for v in values if math.isfinite(v) and v > 0]
+    ax.set_yscale("log")
+    if not values:
+        return
+    lo, hi = min(values), max(values)
+    ticks: list[float] = []
+    for subs in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7), [1 + k / 10 for k in range(90)], [1 + k / 100 for k in range(900)]):
+        ticks = sorted({round(m * 10.0 ** k, 12) for k in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+                        for m in subs if lo <= m * 10.0 ** k <= hi})
+        if len(ticks) >= 3:
+            break
+    if len(ticks) > 7:
+        ticks = ticks[::math.ceil(len(ticks) / 6)]
+    if len(ticks) < 2:  # a flat curve: its two ends
+        ticks = sorted({lo, hi})
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_curves(history: list[dict], path: Path) -> None:
     """curves.png of a run directory: loss and accuracy per epoch, train vs val (see ``curves_figure``)."""
     runs.save_figure(curves_figure(history, Path(path).parent.resolve().name), path, tight=False)
@@ -38,7 +66,7 @@ def curves_figure(history: list[dict], run_name: str):
     log = bool(finite) and min(finite) > 0
     ax1.set(xlabel="epoch", ylabel="cross-entropy loss" + (" (log scale)" if log else ""), title="loss")
     if log:
-        ax1.set_yscale("log")
+        log_axis(ax1, finite)
     ax2.set(xlabel="epoch", ylabel="accuracy", title="top-1 accuracy", ylim=(0, 1.02))
 
     val = [(v, e) for v, e in zip(accs["val"], epochs) if math.isfinite(v)]
