@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader, Subset
 
 from fgvc import runs
 from fgvc.errors import UserError
-from fgvc.scored_checkpoint import unfinished_note
 from fgvc.explain.cam import METHODS, check_cam, explain, supports_cam
 from fgvc.explain.localization import evaluate_localization, format_table
 from fgvc.explain.overlay import save_grid, save_panel
+from fgvc.scored_checkpoint import unfinished_note
 
 DEFAULT_METHODS = ("cam", "gradcam")
 

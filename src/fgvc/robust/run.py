@@ -22,9 +22,9 @@ from fgvc import config as config_mod
 from fgvc import runs
 from fgvc.data import resolve_num_workers
 from fgvc.errors import UserError
-from fgvc.scored_checkpoint import unfinished_note
 from fgvc.robust.plots import attack_images, plot_accuracy_vs_eps, save_gallery
 from fgvc.robust.sweep import evaluate_attack, format_eps, markdown_table
+from fgvc.scored_checkpoint import unfinished_note
 
 
 def _prepare(run_dir: Path, split: str, limit: int | None, device: torch.device, precision: str,
