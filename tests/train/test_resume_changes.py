@@ -122,3 +122,22 @@ def test_resume_of_a_run_stopped_early_changes_nothing_unless_patience_grows(tin
     assert _files(run_dir) == before
     assert main(["train", "--resume", str(run_dir), "--quiet", "train.patience=2"]) == 0
     assert runs.read_metrics(run_dir)["epochs_run"] == 3
+
+
+def test_resume_with_more_epochs_moves_the_cosine_schedule_from_its_first_step(twenty, tmp_path, monkeypatch):
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    cfg = config.load(None, [*COSINE, f"data.root={twenty}", f"out={tmp_path}", "train.batch_size=8"])
+    _stop_after_two_epochs(monkeypatch, steps_per_epoch=3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    monkeypatch.undo()
+    (run_dir,) = tmp_path.iterdir()
+    seen = []
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
+    try:
+        assert main(["train", "--resume", str(run_dir), "--quiet", "train.epochs=6"]) == 0
+    finally:
+        handle.remove()
+    # 3 steps an epoch, 18 in all now: the resumed steps are 6..17 of the new schedule, the first one too
+    assert seen == pytest.approx([1e-3 * cosine_factor(s, 18, 0) for s in range(6, 18)], rel=1e-9)

@@ -50,13 +50,13 @@ def build_scheduler(cfg: config_mod.Config, optimizer: torch.optim.Optimizer, st
 
 def place_per_step_schedule(scheduler, optimizer: torch.optim.Optimizer, epochs_done: int, steps_per_epoch: int) -> None:
     """Move a resumed per-step schedule to the start of epoch ``epochs_done`` (0-based) as counted in today's
-    steps per epoch. A restored schedule counts the steps of the epochs it ran; when the steps per epoch
-    change on resume (another train.batch_size, train.devices or skipped images), that count sits at another
-    fraction of the new schedule (20 of 48 steps after 2 of 4 epochs at 3 steps, where 10 of 20 is right at
-    5): the rate restarts too high and never reaches the end. The position is the fraction of epochs done."""
+    steps per epoch, with the rate its (today's) schedule gives there. A restored schedule counts the steps
+    of the epochs it ran; when the steps per epoch change on resume (another train.batch_size, train.devices
+    or skipped images), that count sits at another fraction of the new schedule (6 of 20 steps after 2 of 4
+    epochs at 3 steps, where 10 of 20 is right at 5): the rate restarts too high and never reaches the end.
+    And the restored rate is the old schedule's, so with another train.epochs the first step would train at
+    it. Unchanged, this computes what the schedule's own step did (the same float operations)."""
     steps = epochs_done * steps_per_epoch
-    if scheduler.last_epoch == steps:
-        return  # the same steps per epoch: an uninterrupted run's position already
     scheduler.last_epoch = steps
     lrs = [base * factor(steps) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
     for group, lr in zip(optimizer.param_groups, lrs):
