@@ -133,9 +133,11 @@ def test_explain_explains_the_runs_crop(half_crop_run, test_image, tmp_path):
 
 
 def test_the_label_noise_audit_reads_a_run_through_its_own_crop(half_crop_run):
-    from fgvc.audit.labelnoise import backbone
+    from fgvc.audit.embeddings import backbone
+    from fgvc.audit.labelnoise import feature_pipeline
 
-    _, pipeline, _ = backbone(half_crop_run, None, None, 224)
+    _, size, _ = backbone(half_crop_run, None, None, 224)
+    pipeline = feature_pipeline(half_crop_run, size)
     assert eval_crop(pipeline) == {"input_size": 32, "resize_shorter_side": 64, "crop_ratio": 0.5}
 
 

@@ -101,7 +101,6 @@ def test_demo_hint_is_the_venv_script_when_fgvc_is_not_on_path(monkeypatch, tmp_
 
 
 def test_a_second_demo_says_it_reuses_the_generated_data(monkeypatch, tmp_path, capsys):
-    import fgvc.train
     from fgvc.data import synthetic
 
     synthetic.generate(tmp_path / "synthbirds", classes=2, per_class=4, size=32, seed=0)  # a first demo's data
@@ -109,7 +108,7 @@ def test_a_second_demo_says_it_reuses_the_generated_data(monkeypatch, tmp_path, 
     def stop(*args, **kwargs):
         raise RuntimeError("stop after step 1")
 
-    monkeypatch.setattr(fgvc.train, "train", stop)
+    monkeypatch.setattr(demo, "train", stop)
     with pytest.raises(RuntimeError, match="stop after step 1"):
         demo.run_demo(tmp_path)
     out = capsys.readouterr().out

@@ -159,7 +159,7 @@ def test_the_web_demo_predicts_explains_and_attacks_a_method_run(wsdan_run, tiny
     data = next(tiny_synthbirds_root.rglob("*.jpg")).read_bytes()
     assert len(predictor.predict(data)["top"]) == 4
     assert predictor.explain(data)["cam_method"] == "gradcam"  # Grad-CAM on the backbone's first pass
-    attacked = predictor.attack(data, 4.0)
+    attacked = predictor.attack(data, 4 / 255)  # eps in [0, 1], as fgvc attack --eps
     assert 0 < attacked["linf_255"] <= 4.0 + 1e-3 and len(attacked["top_adv"]) == 4
 
 

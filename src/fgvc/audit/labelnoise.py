@@ -80,6 +80,15 @@ def rank_label_issues(labels, pred_probs: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.asarray(flagged, dtype=np.int64), np.asarray(scores, dtype=np.float64)
 
 
+def feature_pipeline(run, image_size: int):
+    """The pipeline the audit's features see: a run's own evaluation pipeline (its data.image_size and
+    data.crop_ratio), else the plain evaluation pipeline at ``image_size``."""
+    from fgvc import api
+    from fgvc.data.transforms import eval_transform
+
+    return api.Run(run).eval_transform if run is not None else eval_transform(image_size)
+
+
 def find_label_issues(name: str, root, run=None, model_name: str | None = None, weights: str | None = None,
                       image_size: int = 224, folds: int = DEFAULT_FOLDS, seed: int = 0,
                       val_fraction: float = 0.1, batch_size: int = 64, progress: bool = False) -> dict:
@@ -88,19 +97,16 @@ def find_label_issues(name: str, root, run=None, model_name: str | None = None, 
     "oof_acc", "images", "folds", "features", "feature_dim"}``. Bad folds fail before features are computed."""
     from torch.utils.data import DataLoader
 
-    from fgvc import api
     from fgvc.audit.duplicates import dataset_splits
     from fgvc.audit.embeddings import backbone
     from fgvc.data import FineGrainedDataset
-    from fgvc.data.transforms import eval_transform
     from fgvc.train.probe import head_inputs
 
     samples, _, class_names = dataset_splits(name, root, val_fraction, seed)
     labels = np.array([s.label for s in samples])
     check_folds(labels, folds, class_names)
     model, size, source = backbone(run, model_name, weights, image_size)
-    # a run's own evaluation pipeline (its data.image_size and data.crop_ratio), else the plain one at ``size``
-    pipeline = api.Run(run).eval_transform if run is not None else eval_transform(size)
+    pipeline = feature_pipeline(run, size)
     dataset = FineGrainedDataset(samples, class_names, pipeline, name=name, split="train+val")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     x, y = head_inputs(model, DataLoader(dataset, batch_size=batch_size, num_workers=0), device, progress,
