@@ -19,7 +19,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = [
-    ("ground", ["fgvc.errors", "fgvc.config", "fgvc.runs", "fgvc.devices", "fgvc.protocol",
+    ("ground", ["fgvc.errors", "fgvc.config", "fgvc.config_ranges", "fgvc.runs", "fgvc.devices", "fgvc.protocol",
                 "fgvc.scored_checkpoint", "fgvc.install", "fgvc.openmp"]),
     ("data and models", ["fgvc.data", "fgvc.models", "fgvc.metrics"]),
     ("clip models", ["fgvc.clip"]),
@@ -30,7 +30,7 @@ LAYERS = [
                   "fgvc.export", "fgvc.export_hf", "fgvc.model_card", "fgvc.serve", "fgvc.audit", "fgvc.clip.finetune", "fgvc.pretrained"]),
     ("studies", ["fgvc.experiments", "fgvc.report", "fgvc.demo"]),
     ("commands", ["fgvc.commands"]),
-    ("cli", ["fgvc.cli", "fgvc.__main__", "fgvc"]),
+    ("cli", ["fgvc.cli", "fgvc.cli_data", "fgvc.__main__", "fgvc"]),
 ]
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 import reprlib
 import types
 import typing
@@ -18,6 +17,8 @@ from typing import Any
 
 import yaml
 
+# the range table of this module's keys; CLASS_LIST (data.classes' grammar) stays importable from here
+from fgvc.config_ranges import CHECKS, CLASS_LIST  # noqa: F401
 from fgvc.errors import UserError
 
 
@@ -150,77 +151,6 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     out: str = "runs"  # parent folder of run directories
-
-
-# data.classes as a list: 0-based indices and inclusive ranges, comma-separated (fgvc.data.subset)
-CLASS_LIST = re.compile(r"\s*\d+\s*(-\s*\d+\s*)?(,\s*\d+\s*(-\s*\d+\s*)?)*")
-
-# Range checks: key -> (predicate, what is expected, or a function giving it). Checked after every load.
-_CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[], str]]] = {
-    "data.image_size": (lambda v: 8 <= v <= 4096, "an integer between 8 and 4096"),
-    "data.crop_ratio": (lambda v: 0.0 < v <= 1.0, "a fraction in (0, 1]: the crop side over the resized shorter "
-                        "side, 0.875 by default (224 of 256, 448 of 512)"),
-    "data.val_fraction": (lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)"),
-    "data.num_workers": (lambda v: v >= -1, "0 or more, or -1 for auto"),
-    "data.train_source": (lambda v: v in ("real", "real+generated", "generated"),
-                          "one of real, real+generated, generated"),
-    "data.generated_ratio": (lambda v: v >= 0, "0 or more generated images per real one"),
-    "data.classes": (lambda v: v.strip() in ("", "first-half", "second-half") or bool(CLASS_LIST.fullmatch(v)),
-                     "empty (all), first-half, second-half, or 0-based indices and ranges such as 0-24 or 0,3,7-9"),
-    "data.cache": (lambda v: v in ("off", "auto", "on"), "one of off, auto, on"),
-    "data.cache_budget_gb": (lambda v: v >= 0, "0 or more GiB"),
-    "data.augment_on": (lambda v: v in ("host", "device"), "one of host, device"),
-    "data.sampler": (lambda v: v in ("random", "pk"), "one of random, pk"),
-    "data.pk_classes": (lambda v: v >= 0, "0 (train.batch_size // data.pk_images) or more classes per batch"),
-    "data.pk_images": (lambda v: v >= 1, "1 or more images per class"),
-    "model.dropout": (lambda v: 0.0 <= v < 1.0, "a probability in [0, 1)"),
-    "model.batchnorm": (lambda v: v in ("auto", "train", "frozen", "reestimate"),
-                        "one of auto, train, frozen, reestimate"),
-    "train.epochs": (lambda v: v >= 1, "1 or more"),
-    "train.batch_size": (lambda v: v >= 1, "1 or more"),
-    "train.lr": (lambda v: v > 0, "a positive number"),
-    "train.weight_decay": (lambda v: v >= 0, "0 or more"),
-    "train.gamma": (lambda v: 0 < v <= 1, "a factor in (0, 1]"),
-    "train.schedule": (lambda v: v in ("multistep", "cosine"), "one of multistep, cosine"),
-    "train.warmup": (lambda v: 0 <= v < 1, "a fraction of the steps in [0, 1)"),
-    "train.patience": (lambda v: v >= 0, "0 (off) or more"),
-    "train.devices": (lambda v: v >= 1, "1 or more"),
-    "train.precision": (
-        lambda v: v in ("auto", "32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16"),
-        "one of auto, 32-true, bf16-mixed, 16-mixed",
-    ),
-    "train.accelerator": (lambda v: v in ("auto", "cpu", "cuda", "gpu", "mps"), "one of auto, cpu, cuda"),
-    "train.channels_last": (lambda v: v in ("auto", "true", "false"), "one of auto, true, false"),
-    "train.threads": (lambda v: v in ("auto", "fixed"), "auto or fixed"),
-    "aug.cutout": (lambda v: v >= 0, "0 (off) or more holes"),
-    "aug.cutout_size": (lambda v: 0 < v <= 1, "a fraction of the image side in (0, 1]"),
-    "aug.mixup_alpha": (lambda v: v >= 0, "0 (off) or a positive alpha"),
-    "aug.cutmix_alpha": (lambda v: v >= 0, "0 (off) or a positive alpha"),
-    "aug.label_smoothing": (lambda v: 0 <= v < 1, "a value in [0, 1)"),
-    "adv.eps": (lambda v: 0 <= v <= 1, "a pixel budget in [0, 1]"),
-    "adv.alpha": (lambda v: 0 <= v <= 1, "a step size in [0, 1] (0 = default)"),
-    "adv.steps": (lambda v: v >= 1, "1 or more"),
-    "adv.loss_weight": (lambda v: 0 <= v <= 1, "a weight in [0, 1]"),
-    "method.bilinear_dim": (lambda v: v >= 0, "0 (no reduction) or a number of channels"),
-    "method.isqrt_dim": (lambda v: v >= 0, "0 (no reduction) or a number of channels"),
-    "method.isqrt_iterations": (lambda v: 1 <= v <= 20, "an integer between 1 and 20"),
-    "method.attention_maps": (lambda v: v >= 1, "1 or more"),
-    "method.crop_threshold": (lambda v: len(v) == 2 and 0 <= v[0] <= v[1] <= 1, "a range [low, high] in [0, 1]"),
-    "method.drop_threshold": (lambda v: len(v) == 2 and 0 <= v[0] <= v[1] <= 1, "a range [low, high] in [0, 1]"),
-    "method.crop_padding": (lambda v: 0 <= v < 0.5, "a fraction of the side in [0, 0.5)"),
-    "method.test_crop_threshold": (lambda v: 0 <= v <= 1, "a fraction of the map's maximum in [0, 1]"),
-    "method.test_crop_padding": (lambda v: 0 <= v < 0.5, "a fraction of the side in [0, 0.5)"),
-    "method.center_weight": (lambda v: v >= 0, "0 or more"),
-    "method.center_momentum": (lambda v: 0 <= v <= 1, "a rate in [0, 1]"),
-    "method.effect_weight": (lambda v: v >= 0, "0 or more"),
-    "method.pmg_width": (lambda v: v >= 1, "1 or more channels"),
-    "method.api_hidden": (lambda v: v >= 1, "1 or more units"),
-    "method.api_margin": (lambda v: 0 <= v <= 1, "a margin between probabilities in [0, 1]"),
-    "loss.center": (lambda v: v >= 0, "0 (off) or a positive weight"),
-    "loss.center_alpha": (lambda v: 0 < v <= 1, "an update rate in (0, 1]"),
-    "loss.pairwise_confusion": (lambda v: v >= 0, "0 (off) or a positive weight"),
-    "clip.wise_ft_alphas": (lambda v: all(0 <= a <= 1 for a in v), "a list of mixing weights in [0, 1]"),
-}
 
 
 # Values in messages are shown shortened: a YAML alias bomb's repr would never end.
@@ -372,7 +302,7 @@ def validate(cfg: Config) -> Config:
     for (section, key), (yes, no) in _WORDS.items():
         value = str(getattr(getattr(cfg, section), key)).strip().lower()
         setattr(getattr(cfg, section), key, yes if value in _YES else no if value in _NO else value)
-    check_ranges(cfg, _CHECKS)
+    check_ranges(cfg, CHECKS)
     if cfg.aug.geometric and cfg.aug.random_crop:
         raise UserError("aug.geometric and aug.random_crop are two train crops (a random-resized crop, and a random "
                         "crop of the image resized as for evaluation); set one of them to false")

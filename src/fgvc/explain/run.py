@@ -97,17 +97,9 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
 
     true_names = [class_names[y] if y is not None else None for y in labels]
     pred_names = [class_names[p] for p in preds]
-    shown_true = [readable_name(n) if n is not None else None for n in true_names]
-    shown_pred = [readable_name(n) for n in pred_names]
-    panels = []
     title = f"{run_dir.resolve().name}: where the model looks, maps of the predicted class"
-    for i in range(len(x)):
-        path = out / f"{i:03d}_{_safe(stems[i])}.png"
-        save_panel(x[i], {m: stacked[m][i] for m in names}, shown_true[i], shown_pred[i], path, box=boxes[i],
-                   title=title)
-        panels.append(str(path))
-    grid = save_grid(list(x), stacked, shown_true, shown_pred, out / "grid.png", boxes=boxes,
-                     title=f"{title} ({split} split)" if dataset is not None else title)
+    panels, grid = _draw(out, x, stacked, names, true_names, pred_names, stems, boxes, title,
+                         f"{title} ({split} split)" if dataset is not None else title)
     maps_path = _save_maps(out / "maps.safetensors", stacked, x, preds, labels, stems) if save_maps else None
     for note in notes:
         say(f"note: {note}")
@@ -129,6 +121,22 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
                         for s, t, p, pr in zip(stems, true_names, pred_names, probs)],
         "localization": results, "table": table, "device": str(device), "precision": precision,
     }
+
+
+def _draw(out: Path, x, stacked: dict, names: list[str], true_names: list, pred_names: list[str], stems: list[str],
+          boxes: list, title: str, grid_title: str) -> tuple[list[str], Path]:
+    """(panel paths, grid path): one panel PNG per image (the image and its maps, boxes drawn where known)
+    and ``grid.png`` with a row per image, class names shown readable."""
+    shown_true = [readable_name(n) if n is not None else None for n in true_names]
+    shown_pred = [readable_name(n) for n in pred_names]
+    panels = []
+    for i in range(len(x)):
+        path = out / f"{i:03d}_{_safe(stems[i])}.png"
+        save_panel(x[i], {m: stacked[m][i] for m in names}, shown_true[i], shown_pred[i], path, box=boxes[i],
+                   title=title)
+        panels.append(str(path))
+    grid = save_grid(list(x), stacked, shown_true, shown_pred, out / "grid.png", boxes=boxes, title=grid_title)
+    return panels, grid
 
 
 def _localization(model, dataset, names: list[str], split: str, out: Path, image_size: int, limit: int | None,

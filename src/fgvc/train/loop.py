@@ -139,22 +139,13 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     for epoch in range(state.epoch + 1, cfg.train.epochs):
         if state.stops_before(epoch, cfg.train):
             break  # early stopping: val accuracy has not improved for `patience` epochs
-        # Seeding per epoch makes an epoch's shuffling, augmentation and dropout a function of
-        # (seed, epoch) alone, so a run resumed at an epoch boundary ends where an uninterrupted one does.
-        seed_all(cfg.train.seed * 1000 + epoch + 1_000_003 * fabric.global_rank)  # each process its own
-        loaders.generator.manual_seed(cfg.train.seed * 1000 + epoch)
-        loaders.sampler.use_epoch(epoch)
+        seed_epoch(fabric, loaders, cfg.train.seed, epoch)
         t0 = time.perf_counter()
         train_loss, train_acc, seen, lr = train_one_epoch(fabric, model, raw_model, optimizer, loaders.train, tricks,
                                                           epoch, cfg, state, ckpt, quiet, log,
                                                           scheduler if per_step else None, governor)
         seconds = time.perf_counter() - t0
-        # Through the DDP wrapper on purpose: its first forward after training broadcasts the
-        # BatchNorm statistics of process 0, whose weights become the checkpoint.
-        val = evaluate(model, loaders.val, **scores)
-        if not math.isfinite(val["loss"]):  # diverged weights must never become a checkpoint
-            raise UserError(f"the validation loss became {val['loss']} after epoch {epoch + 1}: the weights "
-                            f"diverged; lower train.lr (now {cfg.train.lr}); {kept(state.history, ckpt)}")
+        val = validate(model, loaders.val, scores, epoch, cfg, state, ckpt)
         if not per_step:  # lr above is the rate of the epoch's last step (a per-step schedule moves within it)
             scheduler.step()
         row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
@@ -184,6 +175,30 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     first_process_writes(fabric, runs.write_json_atomic, run_dir / "metrics.json", metrics)
     log.close()
     return run_dir  # metrics.json exists for every process by now
+
+
+def seed_epoch(fabric: Fabric, loaders, seed: int, epoch: int) -> None:
+    """Seed the processes, the loaders' shuffling and the sampler for ``epoch``.
+
+    Seeding per epoch makes an epoch's shuffling, augmentation and dropout a function of
+    (seed, epoch) alone, so a run resumed at an epoch boundary ends where an uninterrupted one does."""
+    seed_all(seed * 1000 + epoch + 1_000_003 * fabric.global_rank)  # each process its own
+    loaders.generator.manual_seed(seed * 1000 + epoch)
+    loaders.sampler.use_epoch(epoch)
+
+
+def validate(model, loader, scores: dict, epoch: int, cfg: config_mod.Config, state: TrainState,
+             ckpt: Path) -> dict:
+    """Validation scores after ``epoch``; a UserError when the loss is not finite (diverged weights must
+    never become a checkpoint), naming what is kept.
+
+    ``model`` is the one through the DDP wrapper on purpose: its first forward after training broadcasts
+    the BatchNorm statistics of process 0, whose weights become the checkpoint."""
+    val = evaluate(model, loader, **scores)
+    if not math.isfinite(val["loss"]):
+        raise UserError(f"the validation loss became {val['loss']} after epoch {epoch + 1}: the weights "
+                        f"diverged; lower train.lr (now {cfg.train.lr}); {kept(state.history, ckpt)}")
+    return val
 
 
 def preflight(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool) -> tuple[config_mod.Config, dict]:
