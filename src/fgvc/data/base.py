@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import re
@@ -45,23 +46,28 @@ def read_rgb(path: Path | BinaryIO, min_side: int | None = None) -> Image.Image:
     whose sides stay >= min_side (PIL's draft mode): a 500 px photo headed for 224 px
     decodes 4x fewer pixels, and the following resize sees nearly the same image.
     """
+    with _image_errors(path, "cannot be decoded"), Image.open(path) as im:
+        if min_side and im.format == "JPEG":
+            im.draft("RGB", (min_side, min_side))
+        return _to_rgb(ImageOps.exif_transpose(im))
+
+
+@contextlib.contextmanager
+def _image_errors(path, failure: str):
+    """Turn what PIL raises on ``path`` into one sentence: UnreadableImage (missing, or ``failure`` with the
+    error's name) or ImageTooLarge. PIL only warns between its pixel limit and twice that; fgvc refuses both,
+    since no training image needs ~90 megapixels and a crafted file could take gigabytes."""
     try:
         with warnings.catch_warnings():
-            # PIL only warns between its pixel limit and twice that; fgvc refuses both with one sentence,
-            # since no training image needs ~90 megapixels and a crafted file could take gigabytes
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                if min_side and im.format == "JPEG":
-                    im.draft("RGB", (min_side, min_side))
-                return _to_rgb(ImageOps.exif_transpose(im))
+            yield
     except FileNotFoundError:
         raise UnreadableImage(f"image {path} does not exist; check the dataset root") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise ImageTooLarge(f"image {path} has more pixels than PIL's decompression-bomb limit "
                             f"({Image.MAX_IMAGE_PIXELS} pixels); shrink it or remove it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UnreadableImage(f"image {path} cannot be decoded ({e.__class__.__name__}); "
-                              "remove or replace it") from None
+        raise UnreadableImage(f"image {path} {failure} ({e.__class__.__name__}); remove or replace it") from None
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -154,19 +160,8 @@ def open_header(path: Path) -> None:
     """Open ``path`` as an image and read its header only (format, size: no pixels decoded), or raise
     UnreadableImage naming it: a missing, empty, non-image or over-the-pixel-limit file. A truncated
     file whose header is whole passes; only decoding (``read_rgb``) finds that."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.size  # noqa: B018 -- parsed with the header
-    except FileNotFoundError:
-        raise UnreadableImage(f"image {path} does not exist; check the dataset root") from None
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise ImageTooLarge(f"image {path} has more pixels than PIL's decompression-bomb limit "
-                            f"({Image.MAX_IMAGE_PIXELS} pixels); shrink it or remove it") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UnreadableImage(f"image {path} cannot be opened as an image ({e.__class__.__name__}); "
-                              "remove or replace it") from None
+    with _image_errors(path, "cannot be opened as an image"), Image.open(path) as im:
+        im.size  # noqa: B018 -- parsed with the header
 
 
 def find_unopenable(samples: list[Sample], threads: int = 8) -> list[tuple[Sample, str]]:
