@@ -6,8 +6,9 @@ both collapse (3-8x below a fair share; ``OMP_WAIT_POLICY=PASSIVE``, sleeping at
 fair but costs a lone job 10-15%; benchmarks/results/contention.md). So fgvc looks when it starts:
 if other threads are runnable on this machine beyond its own, it sets ``OMP_WAIT_POLICY=PASSIVE``;
 otherwise it leaves OpenMP's default. A job started beside a running one therefore sleeps at its
-barriers, and the running one keeps its speed (measured in benchmarks/contention.py, ``fgvc`` and
-``mixed`` rows). ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` set by the user is kept as it is.
+barriers. The running one, if it chose to spin, would collapse beside it (``mixed`` rows of
+benchmarks/contention.py): fgvc's training loop guards it by shrinking its thread pool to the cores
+left free (``fgvc.train.threads``). ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` set by the user is kept.
 
 Standard library only: ``fgvc/__init__.py`` calls ``choose_wait_policy`` before anything imports torch.
 """

@@ -31,7 +31,7 @@ RESUME_KEYS = ("epoch", "best_acc", "best_epoch", "history", "optimizer", "sched
 RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.batch_size", "train.lr", "train.weight_decay",
                   "train.milestones", "train.gamma", "train.precision", "train.devices", "train.accelerator",
                   "train.channels_last", "data.num_workers", "data.skip_bad_images", "train.loggers",
-                  "data.cache", "data.cache_budget_gb", "data.cache_dir", "train.compile",
+                  "data.cache", "data.cache_budget_gb", "data.cache_dir", "train.compile", "train.threads",
                   "data.root",  # the same dataset in the folder it moved to (classes.json must still match)
                   "clip.cache_dir", "clip.offline", "clip.wise_ft_alphas")
 _OPTIMIZER_KEYS = ("train.lr", "train.weight_decay", "train.milestones", "train.gamma")

@@ -78,8 +78,9 @@ def own_ticks(pid: int | None = None) -> int | None:
 
 def free_cores(usable: int, others: float) -> int:
     """Cores of ``usable`` left to this process when other processes use ``others`` cores' worth of CPU
-    time: a core counts as taken from a quarter of its time on; at least 1."""
-    return max(1, usable - math.ceil(max(0.0, others) - 0.25))
+    time: a core counts as taken from over half of its time on (a lighter background costs a spinning
+    job less than giving up a thread would); at least 1."""
+    return max(1, usable - max(0, math.ceil(others - 0.5)))
 
 
 class ThreadGovernor:
