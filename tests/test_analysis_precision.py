@@ -155,5 +155,5 @@ def test_attack_compare_records_each_runs_own_precision(tiny_run, fp32_run):
 
     attack_run(tiny_run, "fgsm", [0.0, 0.03], split="val", limit=4, compare=fp32_run, progress=False)
     record = json.loads((tiny_run / "attack" / "fgsm_val_n4.json").read_text())
-    # the two runs are named by what differs between them (here the model), each with its own precision
+    # curves are named by what differs between the two runs (the model here), each with its own precision
     assert record["precisions"] == {"resnet18": "bf16-mixed", "test_resnet": "32-true"}
