@@ -35,7 +35,7 @@ def test_study_table_title_reads_the_rows_config(tmp_path, monkeypatch):
     (row / "config.yaml").write_text(config.dump(cfg))
     (row / "metrics.json").write_text("{}")
     seen = {}
-    monkeypatch.setattr(tables, "write_table", lambda folder, rows, columns, title: seen.setdefault("title", title))
+    monkeypatch.setattr(tables, "write_table", lambda folder, rows, columns, title, analyses=None: seen.setdefault("title", title))
     tables.write_tables(tmp_path, {"rows": {"baseline": {}, "not_run": {}},
                                    "title": "birds50 - tricks, resnet18 from scratch, 96 px, 20 epochs"}, "s")
     assert seen["title"] == "birds50 - tricks, resnet18 from scratch, 64 px, 2 epochs"
@@ -71,6 +71,6 @@ def test_the_written_table_title_compares_the_rows_that_ran_with_the_study_s_own
     (row / "config.yaml").write_text(config.dump(config.load(None, ["model.name=resnet18", "train.epochs=2"])))
     (row / "metrics.json").write_text("{}")
     seen = {}
-    monkeypatch.setattr(tables, "write_table", lambda folder, rows, columns, title: seen.setdefault("title", title))
+    monkeypatch.setattr(tables, "write_table", lambda folder, rows, columns, title, analyses=None: seen.setdefault("title", title))
     tables.write_tables(tmp_path, {"rows": {"baseline": {}}, "title": "tricks (ResNet-50), 20 epochs"}, "s")
     assert seen["title"] == "tricks (ResNet-50), 2 epochs (as run: 224 px, resnet18)"

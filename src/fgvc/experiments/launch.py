@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fgvc.errors import UserError
-from fgvc.experiments.rows import train_row
+from fgvc.experiments.analyses import run_analyses
+from fgvc.experiments.rows import row_kind, train_row
 from fgvc.experiments.tables import write_tables
 
 LAUNCHERS = ("sequential", "local", "slurm")
@@ -74,6 +75,8 @@ def run_row(name: str, study: dict, row: str, cfg, folder: str, launch_rows: lis
     run_dir = folder_path / (cell or row)
     if not (run_dir / "metrics.json").is_file():  # finished by an earlier job of a re-submitted array
         train_row(row, study["rows"][row], cfg, run_dir, progress=False, seeds=study.get("seeds"))
+    if row_kind(study["rows"][row]) == "train":  # the study's eval / attack, in the row's own job
+        run_analyses(run_dir, study.get("analyses"), progress=False)
     if all((folder_path / r / "metrics.json").is_file() for r in launch_rows):
         write_tables(folder_path, study, name)  # the last row to finish writes the table (idempotent, atomic)
     return str(run_dir)

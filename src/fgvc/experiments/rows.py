@@ -15,9 +15,12 @@ from fgvc.clip import run_linear_probe, run_zeroshot
 from fgvc.clip.finetune import after_training, finetune_config, run_finetune
 from fgvc.data import resolve_num_workers
 from fgvc.errors import UserError
+from fgvc.experiments.analyses import parse_analyses
 from fgvc.experiments.seeds import parse_seeds, record_seed
 from fgvc.train.probe import run_probe
 
+# the fields of a study file (fgvc.experiments.study's docstring; analyses: fgvc.experiments.analyses)
+FIELDS = ("title", "base", "overrides", "columns", "rows", "seeds", "baseline", "analyses")
 STUDY_DIR = Path(__file__).resolve().parent.parent / "configs" / "studies"
 
 
@@ -39,9 +42,11 @@ def read_study(name_or_path: str) -> tuple[str, dict]:
     if not isinstance(rows, dict) or not rows:
         raise UserError(f"study {path} needs a 'rows' mapping of row name -> list of key=value overrides")
     for key in study:
-        if key not in ("title", "base", "overrides", "columns", "rows", "seeds"):
-            raise UserError(f"study {path} has unknown field {key!r}; use title, base, overrides, columns, rows, "
-                            "seeds")
+        if key not in FIELDS:
+            raise UserError(f"study {path} has unknown field {key!r}; use {', '.join(FIELDS)}")
+    if study.get("baseline") is not None and study["baseline"] not in rows:
+        raise UserError(f"study {path}: baseline {study['baseline']!r} is not one of its rows ({', '.join(rows)})")
+    study["analyses"] = parse_analyses(study.get("analyses"), f"study {path}")
     study["overrides"] = parse_row_overrides(study.get("overrides"), f"study {path}, overrides")
     study["rows"] = {row: _read_row(path, row, spec) for row, spec in rows.items()}
     if study.get("seeds") is not None:

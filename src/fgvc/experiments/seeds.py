@@ -21,6 +21,7 @@ import numpy as np
 
 from fgvc import runs
 from fgvc.errors import UserError
+from fgvc.experiments.analyses import analysis_columns, analysis_values
 from fgvc.protocol import differing_fields, flatten
 
 # protocol fields that differ between the seeds of a row by design: never a "differing" column
@@ -74,11 +75,17 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None)
 
 
-def write_seed_table(folder: Path, rows: list[str], seeds: list[int], columns: list[str], title: str) -> str:
+def write_seed_table(folder: Path, rows: list[str], seeds: list[int], columns: list[str], title: str,
+                     analyses: dict | None = None, baseline: str | None = None) -> str:
     """table.md / table.csv (mean, std, n per row) and table_seeds.csv (one line per finished seed) of a seeded
-    study, read from ``folder/<row>/seed<S>/metrics.json`` only; table.png with the spread. Returns table.md."""
+    study, read from ``folder/<row>/seed<S>/`` only (metrics.json, and the files of the study's ``analyses``,
+    fgvc.experiments.analyses); table.png with the spread. With ``baseline`` (a row), table.md also gives each
+    row's paired difference to it (see ``paired_differences``). Returns table.md."""
+    analyses = analyses or {}
+    columns = [*columns, *analysis_columns(analyses)]
     keys = [*columns, "epochs_run", "seconds"]
-    cells = {(r, s): m for r in rows for s in seeds if (m := runs.read_metrics(folder / cell_dir(r, s)))}
+    cells = {(r, s): {**m, **analysis_values(folder / cell_dir(r, s), analyses)}
+             for r in rows for s in seeds if (m := runs.read_metrics(folder / cell_dir(r, s)))}
     differ = [k for k in differing_fields([m.get("protocol") for m in cells.values()]) if k not in SEED_FIELDS]
     per_seed = [{"row": r, "seed": s, **{k: m.get(k) for k in [*keys, "device"]},
                  **{f"protocol.{k}": flatten(m.get("protocol")).get(k) for k in differ}} for (r, s), m in cells.items()]
@@ -108,6 +115,8 @@ def write_seed_table(folder: Path, rows: list[str], seeds: list[int], columns: l
     if summary and acc_columns:
         plot_spread(summary, per_seed, acc_columns, title, folder / "table.png")
         lines += ["", "![accuracy per row](table.png)"]
+    if baseline:
+        lines += paired_section(per_seed, rows, baseline, [c for c in columns if is_rate(c)])
     lines += ["", "Per seed:", "", _md_table(["row", "seed", *keys],
                                             [[p["row"], str(p["seed"]), *(_fmt(p[c], c) for c in keys)]
                                              for p in per_seed])]
@@ -119,11 +128,41 @@ def write_seed_table(folder: Path, rows: list[str], seeds: list[int], columns: l
     return table
 
 
+def is_rate(column: str) -> bool:
+    """Whether a column holds an accuracy, a loss or a calibration error (4 decimals, paired differences)."""
+    return column.endswith(("acc", "top5", "loss", "_tta")) or "@" in column or column.startswith("test_ece")
+
+
+def paired_differences(per_seed: list[dict], row: str, baseline: str, column: str) -> list[float]:
+    """``column`` of ``row`` minus that of ``baseline`` on each seed both finished (the same seed draws the
+    same validation images and batch order, so the difference cancels what the seeds share)."""
+    base = {p["seed"]: p[column] for p in per_seed if p["row"] == baseline and isinstance(p[column], (int, float))}
+    return [p[column] - base[p["seed"]] for p in per_seed
+            if p["row"] == row and p["seed"] in base and isinstance(p[column], (int, float))]
+
+
+def paired_section(per_seed: list[dict], rows: list[str], baseline: str, columns: list[str]) -> list[str]:
+    """table.md lines: per row, the mean ± sample std of its paired differences to ``baseline``, and n pairs."""
+    body = []
+    for r in rows:
+        if r == baseline or not any(p["row"] == r for p in per_seed):
+            continue
+        cells = [mean_std(paired_differences(per_seed, r, baseline, c)) for c in columns]
+        n = max((len(paired_differences(per_seed, r, baseline, c)) for c in columns), default=0)
+        body.append([r, str(n), *("" if m is None else f"{m:+.4f}" + ("" if sd is None else f" ± {sd:.4f}")
+                                  for m, sd in cells)])
+    if not body:
+        return []
+    return ["", f"Paired difference to {baseline} (the row minus {baseline} on the same seed; mean ± sample std "
+            "over the n seeds both finished; a difference larger than twice its std is one the seeds agree on):",
+            "", _md_table(["row", "n", *(f"{c} − {baseline}" for c in columns)], body)]
+
+
 def _fmt(value, column: str) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}" if column.endswith(("acc", "top5", "loss")) else f"{value:.4g}"
+        return f"{value:.4f}" if is_rate(column) else f"{value:.4g}"
     return str(value)
 
 
@@ -134,7 +173,7 @@ def _pm(mean, std, column: str) -> str:
         return ""
     if std is None:
         return _fmt(mean, column)
-    if column.endswith(("acc", "top5", "loss")) or not isinstance(mean, float) or not std or not math.isfinite(std):
+    if is_rate(column) or not isinstance(mean, float) or not std or not math.isfinite(std):
         return f"{_fmt(mean, column)} ± {_fmt(std, column)}"
     decimals = max(0, 1 - math.floor(math.log10(abs(std))))
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
@@ -174,4 +213,4 @@ def plot_spread(summary: list[dict], per_seed: list[dict], columns: list[str], t
     runs.save_figure(fig, path)
 
 
-__all__ = ["SEED_FIELDS", "cell_dir", "mean_std", "parse_seeds", "plot_spread", "record_seed", "write_seed_table"]
+__all__ = ["SEED_FIELDS", "cell_dir", "is_rate", "mean_std", "paired_differences", "paired_section", "parse_seeds", "plot_spread", "record_seed", "write_seed_table"]

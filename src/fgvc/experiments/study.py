@@ -35,7 +35,17 @@ with a bar plot (table.png).
 
 With seeds (``--seeds 0,1,2``, or ``seeds: [0, 1, 2]`` in the study file) each row runs once per
 seed with ``train.seed=S`` into ``<out>/<study>/<row>/seed<S>/``, each (row, seed) skipped when
-finished, and the table gives mean +- sample std over the seeds (fgvc.experiments.seeds).
+finished, and the table gives mean +- sample std over the seeds (fgvc.experiments.seeds). With
+``baseline: ROW`` it also gives every row's paired difference to that row, seed by seed.
+
+``analyses`` runs ``fgvc eval`` (with test-time augmentation) and ``fgvc attack`` on each finished
+training cell and adds their columns to the table (flip-TTA top-1, ECE before and after temperature
+scaling, accuracy under attack; fgvc.experiments.analyses)::
+
+    baseline: plain
+    analyses:
+      eval: {tta: flip}
+      attack: {attack: fgsm, eps: [1/255, 2/255], limit: 200}
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from pathlib import Path
 from fgvc import config as config_mod
 from fgvc import runs
 from fgvc.errors import UserError
+from fgvc.experiments.analyses import run_analyses
 from fgvc.experiments.launch import launch_study
 from fgvc.experiments.rows import (
     STUDY_DIR,
@@ -101,12 +112,16 @@ def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None =
         return folder
     for i, (cell, row) in enumerate(row_of.items()):
         run_dir = folder / cell
-        if (run_dir / "metrics.json").is_file():
+        trained = not (run_dir / "metrics.json").is_file()
+        if trained:
+            print(f"[{i + 1}/{len(row_of)}] {cell}")
+            train_row(row, study["rows"][row], configs[cell], run_dir, progress, study.get("seeds"))
+        else:
             print(f"[{i + 1}/{len(row_of)}] {cell}: finished earlier, skipped")
-            continue
-        print(f"[{i + 1}/{len(row_of)}] {cell}")
-        train_row(row, study["rows"][row], configs[cell], run_dir, progress, study.get("seeds"))
-        write_tables(folder, study, name)  # after every row, so a stopped study still has its table so far
+        # eval / attack on the best checkpoint, unless done (a finished cell gets those it lacks)
+        analysed = row_kind(study["rows"][row]) == "train" and run_analyses(run_dir, study.get("analyses"), progress)
+        if trained or analysed:
+            write_tables(folder, study, name)  # after every row, so a stopped study still has its table so far
     write_tables(folder, study, name)
     return folder
 

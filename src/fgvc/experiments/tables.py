@@ -8,8 +8,9 @@ from pathlib import Path
 from fgvc import config as config_mod
 from fgvc import runs
 from fgvc.errors import UserError
+from fgvc.experiments.analyses import analysis_columns, analysis_values
 from fgvc.experiments.rows import row_config, row_kind
-from fgvc.experiments.seeds import cell_dir, write_seed_table
+from fgvc.experiments.seeds import cell_dir, is_rate, write_seed_table
 from fgvc.protocol import differing_fields, flatten
 
 
@@ -25,9 +26,9 @@ def write_tables(folder: Path, study: dict, name: str) -> None:
                if row_kind(study["rows"][r]) != "clip"] if ran else []
     title = ran_title(study.get("title", name), ran, defined)
     if seeds:
-        write_seed_table(folder, rows, seeds, columns, title)
+        write_seed_table(folder, rows, seeds, columns, title, study.get("analyses"), study.get("baseline"))
     else:
-        write_table(folder, rows, columns, title)
+        write_table(folder, rows, columns, title, study.get("analyses"))
 
 
 # settings a study title may state; the title is corrected to what the rows' config.yaml say ran
@@ -79,10 +80,14 @@ def ran_title(title: str, configs: list[dict], defined: list[dict] = ()) -> str:
     return f"{title} (as run: {', '.join(said)})" if said else title
 
 
-def write_table(folder: Path, rows: list[str], columns: list[str], title: str) -> str:
-    """Markdown + CSV of the finished rows' metrics, read from their run directories only. Protocol fields
-    (metrics.json ``protocol``, see fgvc.protocol) that differ between the rows get a ``protocol.*`` column."""
-    finished = {row: m for row in rows if (m := runs.read_metrics(folder / row))}
+def write_table(folder: Path, rows: list[str], columns: list[str], title: str, analyses: dict | None = None) -> str:
+    """Markdown + CSV of the finished rows' metrics, read from their run directories only (metrics.json and the
+    files of the study's ``analyses``). Protocol fields (metrics.json ``protocol``, see fgvc.protocol) that
+    differ between the rows get a ``protocol.*`` column."""
+    analyses = analyses or {}
+    columns = [*columns, *analysis_columns(analyses)]
+    finished = {row: {**m, **analysis_values(folder / row, analyses)}
+                for row in rows if (m := runs.read_metrics(folder / row))}
     differ = differing_fields([m.get("protocol") for m in finished.values()])
     header = ["row", *columns, "epochs_run", "seconds", "device", *(f"protocol.{k}" for k in differ)]
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
@@ -91,7 +96,7 @@ def write_table(folder: Path, rows: list[str], columns: list[str], title: str) -
         keys = [*columns, "epochs_run", "seconds", "device"]
         protocol = flatten(metrics.get("protocol"))
         values = [metrics.get(c) for c in keys] + [protocol.get(k) for k in differ]
-        text = [f"{v:.4f}" if isinstance(v, float) and c.endswith(("acc", "top5", "loss")) else
+        text = [f"{v:.4f}" if isinstance(v, float) and is_rate(c) else
                 "" if v is None else str(v) for c, v in zip(keys + differ, values)]
         lines.append("| " + " | ".join([row, *text]) + " |")
         csv_rows.append(dict(zip(header, [row, *values])))

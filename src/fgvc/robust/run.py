@@ -105,7 +105,7 @@ def attack_run(run_dir: str | Path, attack: str = "fgsm", eps_list=None, split: 
     # the step rule and the very checkpoints (a retrained run is another model).
     key = {"attack": attack, "split": split, "total": result["total"], "alpha": alpha, "steps": steps,
            "precision": result["precision"], "precisions": precisions,
-           "checkpoints": {label: _fingerprint(d) for label, d in zip(curves, [run_dir, compare] if compare else [run_dir])}}
+           "checkpoints": {label: checkpoint_fingerprint(d) for label, d in zip(curves, [run_dir, compare] if compare else [run_dir])}}
     settings = dict(result["settings"])
     earlier = _earlier_sweep(out / f"{name}.json", key)
     if earlier:
@@ -158,7 +158,7 @@ def difference_labels(a: config_mod.Config, b: config_mod.Config, most: int = 3)
     return labels if labels[0] != labels[1] else None
 
 
-def _fingerprint(run_dir: Path) -> str:
+def checkpoint_fingerprint(run_dir: Path) -> str:
     """Size and modification time of the attacked checkpoint: changes when the run is retrained."""
     stat = (Path(run_dir) / "checkpoints" / "best.safetensors").stat()
     return f"{stat.st_size}-{stat.st_mtime_ns}"
