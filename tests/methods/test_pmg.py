@@ -9,7 +9,7 @@ from fgvc import config
 from fgvc.errors import UserError
 from fgvc.methods import build_method, train_loss
 from fgvc.methods import pmg as pmg_module
-from fgvc.methods.pmg import GRANULARITIES, jigsaw, stage_maps
+from fgvc.methods.pmg import GRANULARITIES, jigsaw, stage_maps, tile_cycle
 from fgvc.models import create_model
 from fgvc.train import train
 from fgvc.train.mixing import soft_cross_entropy, soft_targets
@@ -54,6 +54,26 @@ def test_one_tile_and_the_identity_order_leave_the_images_as_they_are():
     x = torch.rand(2, 3, 20, 20)
     assert torch.equal(jigsaw(x, 1), x)
     assert torch.equal(jigsaw(x, 4, torch.arange(16)), x)
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_the_default_tile_order_is_one_cycle_through_every_tile_as_the_authors_swaps_make(n):
+    """The authors swap the top-left tile with every tile in shuffled order: one n*n-cycle, no tile in place
+    (a plain random permutation leaves the whole image unchanged in 1 of 24 batches at n = 2)."""
+    g = torch.Generator().manual_seed(0)
+    orders = [tile_cycle(n, g) for _ in range(200)]
+    for order in orders:
+        seen, t = [], 0
+        for _ in range(n * n):
+            seen.append(t)
+            t = int(order[t])
+        assert t == 0 and sorted(seen) == list(range(n * n))  # back at the start after n*n steps, all visited
+    if n == 2:  # the 3! = 6 four-cycles of 4 tiles, all drawn
+        assert len({tuple(o.tolist()) for o in orders}) == 6
+    x = torch.rand(1, 3, 32, 32)
+    out = jigsaw(x, n, generator=torch.Generator().manual_seed(1))
+    source = tile_source(out, x, n)
+    assert all(s != t for t, s in enumerate(source))  # the default order moves every tile
 
 
 def _hooked(net, names, x):

@@ -27,7 +27,8 @@ ResNet-50, whose last stage has 2048).
 From the authors' code (PRIS-CV/PMG-Progressive-Multi-Granularity-Training, ``model.py``, ``train.py``,
 ``utils.py``; the paper leaves these out): the layer sizes above and BatchNorm momentum 0.01 in the conv
 blocks; one permutation of the tiles for the whole batch, over the top-left ``n * (side // n)`` square
-(the rest of the image stays); the concatenated classifier's loss doubled in step 4; every pass runs
+(the rest of the image stays), a single cycle through all tiles so that none stays in place (their swaps of
+the top-left tile with every tile in shuffled order make exactly that); the concatenated classifier's loss doubled in step 4; every pass runs
 the whole backbone (so every BatchNorm's statistics see every pass) while only the stage's own
 classifier is scored. Differences, each stated: the classifiers not scored in a step are not run (the
 authors run all four every pass, which moves their BatchNorm statistics too); a pass for step l
@@ -49,17 +50,27 @@ GRANULARITIES = (8, 4, 2)  # tiles per side of the puzzles of steps 1, 2, 3 (the
 CONCAT_WEIGHT = 2.0  # step 4's loss factor (the authors' code)
 
 
+def tile_cycle(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """A uniformly random permutation of the n * n tiles that is one cycle through all of them, so every tile
+    moves (n >= 2): the permutation the authors' ``jigsaw_generator`` makes by swapping the top-left tile with
+    every tile in a shuffled order. Output tile ``c[i]`` takes input tile ``c[i + 1]`` along a random order c."""
+    c = torch.randperm(n * n, generator=generator)
+    order = torch.empty_like(c)
+    order[c] = c.roll(-1)
+    return order
+
+
 def jigsaw(x: Tensor, n: int, order: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
     """Images (B, C, H, W) cut into n x n tiles of side ``H // n`` x ``W // n``, the tiles placed in ``order``
-    (a permutation of the n * n tiles in row-major order: output tile t is input tile ``order[t]``; drawn from
-    ``generator`` / torch's global one when None), the same for every image of the batch; the pixels past
-    the last whole tile stay where they are. n = 1 returns ``x`` unchanged."""
+    (a permutation of the n * n tiles in row-major order: output tile t is input tile ``order[t]``; by default
+    ``tile_cycle``'s, drawn from ``generator`` / torch's global one when None), the same for every image of the
+    batch; the pixels past the last whole tile stay where they are. n = 1 returns ``x`` unchanged."""
     if n == 1:
         return x
     b, c, h, w = x.shape
     th, tw = h // n, w // n
     if order is None:
-        order = torch.randperm(n * n, generator=generator)
+        order = tile_cycle(n, generator)
     order = order.to(x.device)
     grid = x[..., :n * th, :n * tw]
     tiles = grid.reshape(b, c, n, th, n, tw).permute(0, 2, 4, 1, 3, 5).reshape(b, n * n, c, th, tw)
