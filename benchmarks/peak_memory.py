@@ -226,9 +226,10 @@ def write_table(args, cells: list[tuple[str, str, int]]) -> None:
              f"Command: `{shlex.join(['python', 'benchmarks/peak_memory.py', *sys.argv[1:]])}`.", "",
              "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     new = not args.out.exists()
+    apart = new or args.out.read_text().endswith("\n\n")  # a reading added below the last table by hand
     with open(args.out, "a") as f:  # each row as it is measured: a run cut short keeps what finished
         f.write("# Peak memory of a training step per backbone, method and batch (benchmarks/peak_memory.py)\n\n"
-                if new else "")
+                if new else "" if apart else "\n")
         f.write("\n".join(lines) + "\n")
         for model, method, batch in cells:
             row = _row(_run_cell(args, model, method, batch), model, method, batch, device)
