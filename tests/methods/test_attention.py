@@ -92,6 +92,30 @@ def test_centre_update_rule():
     assert torch.allclose(center_loss(parts, targets), (parts - targets).pow(2).sum() / 3)
 
 
+def test_centre_update_is_the_closed_form_and_leaves_absent_classes_bit_for_bit():
+    torch.manual_seed(0)
+    centers, parts = torch.randn(6, 5), F.normalize(torch.randn(9, 5), dim=1)
+    labels = torch.tensor([0, 0, 0, 2, 2, 3, 5, 5, 5])
+    before = centers.clone()
+    update_centers(centers, parts, labels, momentum=0.05)
+    for k in range(6):
+        mine = labels == k
+        if mine.any():  # c_k + beta * mean_{i: y_i = k} (f_i - normalize(c_k))
+            step = (parts[mine] - F.normalize(before[k], dim=0)).mean(0)
+            assert torch.allclose(centers[k], before[k] + 0.05 * step, atol=1e-7)
+        else:
+            assert torch.equal(centers[k], before[k])  # absent: moved by exactly +0.0
+
+
+def test_centre_update_never_reads_the_data_to_shape_a_tensor():
+    # meta tensors carry shapes, no values: an update that indexed by a data-dependent mask (a host sync
+    # every training step on a GPU) could not run on them
+    centers = torch.zeros(6, 5, device="meta")
+    targets = update_centers(centers, torch.zeros(4, 5, device="meta"), torch.zeros(4, dtype=torch.long,
+                                                                                    device="meta"), 0.05)
+    assert targets.shape == (4, 5) and centers.shape == (6, 5)
+
+
 def tiny(name="wsdan", classes=3, **settings):
     torch.manual_seed(0)
     return build_method(name, create_model("resnet18", classes), classes, 0.0, attention_maps=4, **settings)

@@ -137,8 +137,9 @@ def update_centers(centers: Tensor, parts: Tensor, labels: Tensor, momentum: flo
     total = torch.zeros_like(centers).index_add_(0, labels, step)
     count = torch.zeros(centers.shape[0], device=centers.device, dtype=centers.dtype).index_add_(
         0, labels, torch.ones_like(labels, dtype=centers.dtype))
-    seen = count > 0
-    centers[seen] += momentum * total[seen] / count[seen, None]
+    # every class moves by momentum * total / count; an absent class's total is 0, so it moves by exactly +0.0
+    # (no boolean-mask indexing: its data-dependent shape would cost a host sync each step)
+    centers += momentum * total / count.clamp_min(1)[:, None]
     return normed
 
 
