@@ -53,11 +53,9 @@ def mine_pairs(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     distances = torch.cdist(f, f)
     same = labels.view(-1, 1) == labels.view(1, -1)
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    inf = torch.tensor(float("inf"), device=f.device)
-    intra_d = torch.where(same & ~eye, distances, inf)
-    inter_d = torch.where(~same, distances, inf)
-    intra = torch.where(torch.isinf(intra_d.min(1).values), -1, intra_d.argmin(1))
-    return intra, torch.where(torch.isinf(inter_d.min(1).values), -1, inter_d.argmin(1))
+    intra_d, intra = torch.where(same & ~eye, distances, float("inf")).min(1)  # one reduction: distance and index
+    inter_d, inter = torch.where(~same, distances, float("inf")).min(1)
+    return torch.where(torch.isinf(intra_d), -1, intra), torch.where(torch.isinf(inter_d), -1, inter)
 
 
 def rank_loss(self_scores: Tensor, other_scores: Tensor, margin: float) -> Tensor:
