@@ -158,8 +158,28 @@ def test_cal_effect_is_zero_when_the_random_attention_is_the_real_one():
     head = model.head_module
     fmap = model.features(model.normalize(torch.rand(2, 3, 64, 64)))
     maps = head.attention(fmap)
-    assert torch.equal(cal.effect_logits(head, fmap, maps, maps), torch.zeros(2, 3))
-    assert cal.effect_logits(head, fmap, maps, cal.random_attention(maps)).abs().sum() > 0
+    logits = head.classify(head.pool(fmap, maps))
+    assert torch.equal(cal.effect_logits(head, fmap, logits, maps), torch.zeros(2, 3))
+    assert cal.effect_logits(head, fmap, logits, cal.random_attention(maps)).abs().sum() > 0
+
+
+def test_cals_training_step_scores_the_effect_that_effect_logits_computes(monkeypatch):
+    a, b = tiny("cal", effect_weight=1.0).train(), tiny("cal", effect_weight=0.0).train()
+    b.load_state_dict(a.state_dict())
+    calls = []
+
+    def uniform_effect(head, fmap, logits, counterfactual):  # effect logits of 0: CE = ln 3 per image
+        calls.append(len(logits))
+        return torch.zeros_like(logits)
+
+    monkeypatch.setattr(cal, "effect_logits", uniform_effect)
+    x, target = torch.rand(2, 3, 64, 64), torch.eye(3)[[0, 1]]
+    torch.manual_seed(3)
+    with_effect = a.train_loss(x, target, soft_cross_entropy, a)[0]
+    torch.manual_seed(3)
+    without = b.train_loss(x, target, soft_cross_entropy, b)[0]
+    assert calls == [2, 4, 2, 4]  # the raw pass and the crop + drop pass, of each model
+    assert torch.allclose(with_effect - without, torch.log(torch.tensor(3.0)), atol=1e-5)
 
 
 def test_cal_reads_its_effect_weight_and_wsdan_does_not():

@@ -33,9 +33,10 @@ from torch import Tensor, nn
 from fgvc.methods import wsdan
 
 
-def effect_logits(head: wsdan.AttentionHead, fmap: Tensor, maps: Tensor, counterfactual: Tensor) -> Tensor:
-    """C(pool(F, A)) - C(pool(F, A')): the logits the learned attention adds over ``counterfactual`` maps."""
-    return head.classify(head.pool(fmap, maps)) - head.classify(head.pool(fmap, counterfactual))
+def effect_logits(head: wsdan.AttentionHead, fmap: Tensor, logits: Tensor, counterfactual: Tensor) -> Tensor:
+    """Y_effect = C(pool(F, A)) - C(pool(F, A')): what the learned attention adds over ``counterfactual`` maps A';
+    ``logits`` is C(pool(F, A)), the pass's own logits (computed once, so dropout draws one mask for them)."""
+    return logits - head.classify(head.pool(fmap, counterfactual))
 
 
 def random_attention(maps: Tensor) -> Tensor:
@@ -63,8 +64,7 @@ class Method(wsdan.Method):
         maps = head.attention(fmap)
         parts = head.pool(fmap, maps)
         logits = head.classify(parts)
-        effect = logits - head.classify(head.pool(fmap, random_attention(maps)))
-        return logits, effect, parts, maps
+        return logits, effect_logits(head, fmap, logits, random_attention(maps)), parts, maps
 
     def train_loss(self, x: Tensor, target: Tensor, criterion, forward) -> tuple[Tensor, Tensor]:
         x = self.normalize(x)
