@@ -77,6 +77,19 @@ def test_maps_without_attention_are_never_drawn():
     assert torch.equal(picked, maps[:, [3, 3]])
 
 
+def test_maps_of_a_diverged_network_are_drawn_uniformly_instead_of_raising():
+    maps = torch.zeros(3, 4, 2, 2)
+    maps[:, 2] = 1.0
+    maps[1, 1, 0, 0] = float("nan")  # image 1: a nan map
+    maps[2, 0] = float("inf")  # image 2: an infinite one
+    torch.manual_seed(0)
+    picked = pick_maps(maps)  # torch.multinomial raises on nan or inf weights
+    assert torch.equal(picked[0], maps[0, [2, 2]])  # a finite image draws as before
+    for img in (1, 2):
+        for drawn in picked[img]:
+            assert any(torch.allclose(drawn, m, equal_nan=True) for m in maps[img])
+
+
 def test_centre_update_rule():
     centers = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]])
     parts = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])

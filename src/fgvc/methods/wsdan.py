@@ -116,9 +116,14 @@ def drop_mask(attention: Tensor, theta: Tensor, size: tuple[int, int]) -> Tensor
 
 def pick_maps(maps: Tensor, count: int = 2) -> Tensor:
     """(B, M, h, w) -> (B, count, h, w): maps drawn per image with replacement, with probability
-    proportional to sqrt(sum of the map) (the authors' code); from torch's global generator."""
+    proportional to sqrt(sum of the map) (the authors' code); from torch's global generator. An image whose
+    maps hold nan or inf (a diverged network) draws from the maps uniformly."""
     weights = torch.sqrt(maps.detach().float().sum(dim=(2, 3)) + 1e-12)
-    idx = torch.multinomial(weights / weights.sum(1, keepdim=True), count, replacement=True)
+    p = weights / weights.sum(1, keepdim=True)
+    # multinomial refuses nan and inf (a RuntimeError; on a GPU a device-side assert that ends the process);
+    # drawn uniformly instead, the step ends with the non-finite loss such maps give, which the training loop
+    # turns into its one sentence (the loss diverged: lower train.lr), with no host sync here
+    idx = torch.multinomial(torch.where(torch.isfinite(p), p, 1.0), count, replacement=True)
     return torch.gather(maps, 1, idx[:, :, None, None].expand(-1, -1, *maps.shape[-2:]))
 
 
