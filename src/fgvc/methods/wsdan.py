@@ -184,6 +184,7 @@ class Method(BaseMethod):
     takes_mixing = False  # the centre loss and the crops need one class per image
     takes_adversarial = False  # three forward passes per step
     takes_ddp = False  # passes through the backbone outside the DDP wrapper; centres per process
+    takes_compile = False  # the passes call attend, not forward: train.compile would compile evaluation only
 
     def make_head(self, channels: int, num_classes: int, dropout: float, *, attention_maps: int = 32,
                   crop_threshold: tuple[float, float] = (0.4, 0.6), drop_threshold: tuple[float, float] = (0.2, 0.5),

@@ -13,6 +13,7 @@ from __future__ import annotations
 from fgvc import config as config_mod
 from fgvc.errors import UserError
 from fgvc.methods import check_training as check_method
+from fgvc.methods import method_class
 from fgvc.robust.attacks import attack_names
 from fgvc.robust.training import check_adv_settings
 from fgvc.train.loggers import parse_loggers, require_installed
@@ -38,6 +39,7 @@ def check_training(cfg: config_mod.Config) -> None:
     is read or written."""
     check_names(cfg)
     check_method(cfg)  # method.name and its settings, and the tricks and devices it cannot take
+    check_method_in_loop(cfg)
     if cfg.train.loggers:  # for training only: a finished run's config.yaml loads without mlflow
         require_installed(cfg.train.loggers)
     if cfg.adv.attack != "none":
@@ -55,4 +57,14 @@ def check_training(cfg: config_mod.Config) -> None:
                         f"train.batch_size={even} or {mixing[0]}=0")
 
 
-__all__ = ["check_names", "check_training", "train_attacks"]
+def check_method_in_loop(cfg: config_mod.Config) -> None:
+    """UserError (one sentence) when ``method.name`` cannot take a loop setting: ``train.compile`` for a method
+    whose training passes bypass ``forward`` (``Method.takes_compile``)."""
+    name = cfg.method.name
+    if cfg.train.compile and not method_class(name).takes_compile:
+        raise UserError(f"method.name={name} cannot train with train.compile=true (its training passes call the "
+                        "backbone and head directly, not the compiled forward, so only evaluation would be "
+                        "compiled); set train.compile=false")
+
+
+__all__ = ["check_method_in_loop", "check_names", "check_training", "train_attacks"]
