@@ -95,6 +95,9 @@ class Method(BaseMethod):
     takes_mixing = False  # the pairs need one class per image
     takes_adversarial = False  # the adversarial loss would train the plain path only
     needs_pk_batches = True
+    # loss.center and pairwise confusion would read the 8B gated rows, each image several times over
+    takes_feature_losses = False
+    scores = "eight rows of gated logits per image (two pairs, four gated features each)"
 
     def make_head(self, channels: int, num_classes: int, dropout: float, *, api_hidden: int = 512,
                   api_margin: float = 0.05) -> nn.Module:

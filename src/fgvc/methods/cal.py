@@ -50,6 +50,9 @@ class CounterfactualHead(wsdan.AttentionHead):
 
 class Method(wsdan.Method):
     name_ = "cal"
+    # the last final-layer call holds 2B counterfactual rows: loss.center would never apply, and pairwise
+    # confusion would pair effect logits across views
+    scores = "three views of each image and the counterfactual effects of their attention"
 
     def make_head(self, channels: int, num_classes: int, dropout: float, *, attention_maps: int = 32,
                   crop_threshold: tuple[float, float] = (0.4, 0.6), drop_threshold: tuple[float, float] = (0.2, 0.5),

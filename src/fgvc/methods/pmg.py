@@ -146,6 +146,10 @@ class Method(BaseMethod):
     takes_adversarial = False  # four forward passes and optimizer steps per batch
     takes_ddp = False  # a step-l pass leaves the other classifiers unused, which DDP's reducer refuses
     head_linear = "concat.5"  # the concatenated classifier's last linear layer
+    # loss.center would reach step 4 only (the concatenated classifier's input) at twice its weight, pairwise
+    # confusion each of the four steps
+    takes_feature_losses = False
+    scores = "four passes per batch (three jigsaw puzzles, then the whole image at twice the weight)"
 
     def make_head(self, channels: int, num_classes: int, dropout: float, *, pmg_width: int = 512) -> nn.Module:
         check_stages(self.net, self.family, self.name)

@@ -185,6 +185,10 @@ class Method(BaseMethod):
     takes_adversarial = False  # three forward passes per step
     takes_ddp = False  # passes through the backbone outside the DDP wrapper; centres per process
     takes_compile = False  # the passes call attend, not forward: train.compile would compile evaluation only
+    # loss.center would read the drop view's features against the raw logits, pairwise confusion each view apart
+    takes_feature_losses = False
+    scores = "three views of each image (raw, attention crop, attention drop) in a criterion call each"
+    own_center_loss = "method.center_weight"
 
     def make_head(self, channels: int, num_classes: int, dropout: float, *, attention_maps: int = 32,
                   crop_threshold: tuple[float, float] = (0.4, 0.6), drop_threshold: tuple[float, float] = (0.2, 0.5),
