@@ -97,7 +97,20 @@ def test_mobilenet_v2_head_reads_its_1280_channel_map():
     assert model.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 4)
 
 
-@pytest.mark.parametrize("name", ["test_vit", "vit_b_16"])
+@pytest.mark.parametrize("name", ["test_vit", "vit_b_16", "test_vit_relpos", "test_coatnet"])
 def test_a_backbone_without_a_spatial_map_is_refused(name):
+    # test_vit_relpos fails timm's input-size assert, test_coatnet a position table's shape: no usable map either
     with pytest.raises(UserError, match="no spatial feature map"):
         build_method("bilinear", create_model(name, 3, image_size=32 if name == "test_vit" else 224), 3)
+
+
+@pytest.mark.parametrize("error", [TypeError("a bug"), KeyError("a bug"), torch.OutOfMemoryError("out of memory")])
+def test_a_bug_in_a_backbones_features_is_not_called_a_missing_map(error, monkeypatch):
+    backbone = create_model("test_resnet", 3)
+
+    def broken(x):
+        raise error
+
+    monkeypatch.setattr(backbone.net, "forward_features", broken)
+    with pytest.raises(type(error), match="a bug|out of memory"):
+        build_method("bilinear", backbone, 3)
