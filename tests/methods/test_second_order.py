@@ -5,6 +5,7 @@ import torch
 
 from fgvc.errors import UserError
 from fgvc.methods import build_method
+from fgvc.methods.base import backbone_features
 from fgvc.methods.bilinear import bilinear_pool, signed_sqrt_l2
 from fgvc.methods.isqrt_cov import covariance, newton_schulz_sqrt, triu_index, upper_triangle
 from fgvc.models import apply_trainable, create_model
@@ -60,6 +61,17 @@ def test_gradients_of_the_square_root_and_covariance_are_right():
     assert torch.autograd.gradcheck(lambda m: newton_schulz_sqrt(m, 5), (a,))
     x = torch.randn(1, 3, 2, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: newton_schulz_sqrt(covariance(t) + 0.1 * torch.eye(3), 3), (x,))
+
+
+@pytest.mark.parametrize("size, side", [(224, 7), (227, 8)])
+def test_the_stride_32_map_at_224_px_bounds_the_covariance_rank_as_the_docs_say(size, side):
+    backbone = create_model("resnet18", 3)
+    with torch.no_grad():
+        fmap = backbone_features(backbone.net.eval(), backbone.family, torch.rand(1, 3, size, size))
+    assert fmap.shape[-2:] == (side, side)
+    # 16 channels over 3 x 3 = 9 locations: the centred covariance has rank at most 9 - 1
+    sigma = covariance(torch.randn(1, 16, 3, 3, dtype=torch.float64))
+    assert torch.linalg.matrix_rank(sigma[0]) == 8
 
 
 def test_upper_triangle_reads_the_diagonal_and_above_row_by_row():

@@ -22,7 +22,9 @@ cross-entropy averaged over all three; the augmented views' cross-entropy is wei
 one 1/3; the signed square root adds 1e-6; the rest (attention block, the 100 x feature scale, crop and
 drop thresholds, centre loss) is WS-DAN's code. The multi-crop and flip test-time ensemble of the
 authors' ``infer.py`` (behind the paper's 90.6 %) is not part of inference here: ``fgvc eval --tta flip``
-reports flip averaging apart.
+reports flip averaging apart. Their ResNet-101 (``fgvc/models/resnet.py``) keeps layer4 at stride 1, so
+their attention reads a stride-16 map (28 x 28 at 448 px); here, as for WS-DAN, the backbone's standard
+stride-32 map.
 """
 
 from __future__ import annotations

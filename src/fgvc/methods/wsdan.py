@@ -37,7 +37,10 @@ loss is the squared distance summed over features and averaged over images, on L
 features, with centres starting at zero; the signed square root adds 1e-12. Differences, each
 stated: a batch with several images of a class moves its centre by the mean of their steps (the
 authors' indexed in-place update keeps one of them, unspecified which); the box includes its last
-row and column (the authors' slice ends one pixel early) and is at least one pixel.
+row and column (the authors' slice ends one pixel early) and is at least one pixel; the head reads the
+backbone's last map (stride 32 for ResNets and MobileNetV2: 7 x 7 at 224 px, 14 x 14 at 448 px), where
+the authors' default backbone is Inception-v3 up to Mixed_6e (``net='inception_mixed_6e'``: 768 channels
+at stride 16, 26 x 26 at 448 px), so the attention maps, crops and drops here are about twice as coarse.
 """
 
 from __future__ import annotations
