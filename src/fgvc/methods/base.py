@@ -160,7 +160,8 @@ def feature_channels(backbone: Classifier) -> int:
         raise
     except (AssertionError, RuntimeError, ValueError):
         # what a backbone without a usable map raises on a small image: timm's input-size asserts (Swin, MLP-Mixer,
-        # MaxViT), shape mismatches of position tables (CoAtNet, PiT); any other error is a bug and stays one
+        # MaxViT), shape mismatches of position tables (CoAtNet, PiT), a layer refusing the size (ValueError);
+        # any other error is a bug and stays one
         raise refuse from None
     finally:
         for m, training in modes:

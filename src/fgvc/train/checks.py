@@ -74,7 +74,8 @@ def check_method_in_loop(cfg: config_mod.Config) -> None:
     if set_losses and not cls.takes_feature_losses:
         key, value = set_losses[0]
         takers = [n for n, c in METHODS.items() if c.takes_feature_losses]
-        instead = (f" and use its own centre loss, {cls.own_center_loss}" if key == "loss.center" and cls.own_center_loss
+        own = key == "loss.center" and cls.own_center_loss
+        instead = (f" and use its own centre loss, {cls.own_center_loss}" if own
                    else f", or use method.name={', '.join(takers[:-1])} or {takers[-1]}")
         raise UserError(f"method.name={name} cannot train with {key}={value}: its training step scores {cls.scores}, "
                         f"not the one forward pass per image the loss is defined on; set {key}=0{instead}")
