@@ -101,7 +101,8 @@ class AdvConfig:
 
 @dataclass
 class LossConfig:
-    """Terms any method can add to its cross-entropy (fgvc.train.losses); 0 leaves a term out."""
+    """Terms a one-pass-per-image training step adds to its cross-entropy (fgvc.train.losses); 0 leaves a term
+    out. Methods whose step scores several passes refuse them (fgvc.train.checks)."""
     center: float = 0.0  # weight of the center loss (Wen et al. 2016) on the features the final linear layer reads
     center_alpha: float = 0.5  # the centres' update rate (the paper's alpha)
     pairwise_confusion: float = 0.0  # weight of pairwise confusion (Dubey et al. 2018): lambda of the paper

@@ -40,6 +40,37 @@ def test_a_class_is_used_up_before_its_images_repeat():
     assert sorted(seen) == list(range(12))
 
 
+def draws(batches: list[list[int]], members: set[int]) -> list[set[int]]:
+    """Each batch's images of one class (the batches are class by class, K of each)."""
+    return [set(b) & members for b in batches if set(b) & members]
+
+
+def test_a_rest_shorter_than_k_is_dropped_when_its_class_is_reshuffled():
+    # class 0 has 3 images, K = 2: after one draw 1 image is left, and the class is reshuffled whole, so a
+    # second draw can repeat the first pair (were the rest kept, it would always hold the image left over)
+    labels = [0] * 3 + [1] * 9
+    repeats = 0
+    for seed in range(20):
+        d = draws(epoch_batches(ClassBalancedBatches(labels, classes=2, images=2, seed=seed), 0), {0, 1, 2})
+        assert len(d) == 3 and all(len(pair) == 2 for pair in d)  # every draw: K distinct images
+        repeats += d[1] == d[0]
+    assert repeats > 0
+
+
+def test_each_epoch_starts_every_class_on_a_fresh_shuffle():
+    # class 1 has 9 images and 3 draws of 2 an epoch: 3 images stay unused, and the next epoch does not
+    # start with them (its first draw may repeat an image of the epoch before)
+    labels = [0] * 3 + [1] * 9
+    members = set(range(3, 12))
+    repeats = 0
+    for seed in range(20):
+        sampler = ClassBalancedBatches(labels, classes=2, images=2, seed=seed)
+        used = set().union(*draws(epoch_batches(sampler, 0), members))
+        assert len(used) == 6  # within the epoch, the class's shuffle is not used up: 3 images unused
+        repeats += bool(draws(epoch_batches(sampler, 1), members)[0] & used)
+    assert repeats > 0
+
+
 def test_same_seed_and_epoch_same_batches_and_other_epochs_or_seeds_differ():
     a = ClassBalancedBatches(LABELS, 3, 4, seed=0)
     b = ClassBalancedBatches(LABELS, 3, 4, seed=0)

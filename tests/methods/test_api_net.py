@@ -31,6 +31,31 @@ def test_an_image_without_a_classmate_or_another_class_gets_no_partner():
     assert inter.tolist() == [-1, -1]
 
 
+def test_a_tie_goes_to_the_first_index():
+    # class 0 at 0, 1, -1 (image 0's two classmates tie); class 1 at 3, -3 (image 0's two others tie)
+    intra, inter = mine_pairs(torch.tensor([[0.0], [1.0], [-1.0], [3.0], [-3.0]]), torch.tensor([0, 0, 0, 1, 1]))
+    assert intra[0] == 1 and inter[0] == 3
+
+
+def test_pair_mining_reduces_each_distance_matrix_once_and_copies_nothing_from_the_host():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    features, labels = torch.rand(6, 3), torch.tensor([0, 0, 1, 1, 2, 2])
+    with Ops() as ops:
+        mine_pairs(features, labels)
+    # min over a row gives the distance and its index; torch.tensor(inf, device=...) would be a host copy
+    assert ops.names.count("min.dim") == 2 and not {"argmin.default", "lift_fresh.default"} & set(ops.names)
+
+
 def test_gates_lie_in_0_1():
     head = api_net.APIHead(channels=6, num_classes=3, dropout=0.0, hidden=5)
     x1, x2 = torch.randn(8, 6), torch.randn(8, 6)

@@ -77,6 +77,19 @@ def test_maps_without_attention_are_never_drawn():
     assert torch.equal(picked, maps[:, [3, 3]])
 
 
+def test_maps_of_a_diverged_network_are_drawn_uniformly_instead_of_raising():
+    maps = torch.zeros(3, 4, 2, 2)
+    maps[:, 2] = 1.0
+    maps[1, 1, 0, 0] = float("nan")  # image 1: a nan map
+    maps[2, 0] = float("inf")  # image 2: an infinite one
+    torch.manual_seed(0)
+    picked = pick_maps(maps)  # torch.multinomial raises on nan or inf weights
+    assert torch.equal(picked[0], maps[0, [2, 2]])  # a finite image draws as before
+    for img in (1, 2):
+        for drawn in picked[img]:
+            assert any(torch.allclose(drawn, m, equal_nan=True) for m in maps[img])
+
+
 def test_centre_update_rule():
     centers = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]])
     parts = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
@@ -90,6 +103,30 @@ def test_centre_update_rule():
     expected[2] += 0.5 * ((parts[1] - before[2]) + (parts[2] - before[2])) / 2
     assert torch.allclose(centers, expected)
     assert torch.allclose(center_loss(parts, targets), (parts - targets).pow(2).sum() / 3)
+
+
+def test_centre_update_is_the_closed_form_and_leaves_absent_classes_bit_for_bit():
+    torch.manual_seed(0)
+    centers, parts = torch.randn(6, 5), F.normalize(torch.randn(9, 5), dim=1)
+    labels = torch.tensor([0, 0, 0, 2, 2, 3, 5, 5, 5])
+    before = centers.clone()
+    update_centers(centers, parts, labels, momentum=0.05)
+    for k in range(6):
+        mine = labels == k
+        if mine.any():  # c_k + beta * mean_{i: y_i = k} (f_i - normalize(c_k))
+            step = (parts[mine] - F.normalize(before[k], dim=0)).mean(0)
+            assert torch.allclose(centers[k], before[k] + 0.05 * step, atol=1e-7)
+        else:
+            assert torch.equal(centers[k], before[k])  # absent: moved by exactly +0.0
+
+
+def test_centre_update_never_reads_the_data_to_shape_a_tensor():
+    # meta tensors carry shapes, no values: an update that indexed by a data-dependent mask (a host sync
+    # every training step on a GPU) could not run on them
+    centers = torch.zeros(6, 5, device="meta")
+    targets = update_centers(centers, torch.zeros(4, 5, device="meta"), torch.zeros(4, dtype=torch.long,
+                                                                                    device="meta"), 0.05)
+    assert targets.shape == (4, 5) and centers.shape == (6, 5)
 
 
 def tiny(name="wsdan", classes=3, **settings):
@@ -134,8 +171,28 @@ def test_cal_effect_is_zero_when_the_random_attention_is_the_real_one():
     head = model.head_module
     fmap = model.features(model.normalize(torch.rand(2, 3, 64, 64)))
     maps = head.attention(fmap)
-    assert torch.equal(cal.effect_logits(head, fmap, maps, maps), torch.zeros(2, 3))
-    assert cal.effect_logits(head, fmap, maps, cal.random_attention(maps)).abs().sum() > 0
+    logits = head.classify(head.pool(fmap, maps))
+    assert torch.equal(cal.effect_logits(head, fmap, logits, maps), torch.zeros(2, 3))
+    assert cal.effect_logits(head, fmap, logits, cal.random_attention(maps)).abs().sum() > 0
+
+
+def test_cals_training_step_scores_the_effect_that_effect_logits_computes(monkeypatch):
+    a, b = tiny("cal", effect_weight=1.0).train(), tiny("cal", effect_weight=0.0).train()
+    b.load_state_dict(a.state_dict())
+    calls = []
+
+    def uniform_effect(head, fmap, logits, counterfactual):  # effect logits of 0: CE = ln 3 per image
+        calls.append(len(logits))
+        return torch.zeros_like(logits)
+
+    monkeypatch.setattr(cal, "effect_logits", uniform_effect)
+    x, target = torch.rand(2, 3, 64, 64), torch.eye(3)[[0, 1]]
+    torch.manual_seed(3)
+    with_effect = a.train_loss(x, target, soft_cross_entropy, a)[0]
+    torch.manual_seed(3)
+    without = b.train_loss(x, target, soft_cross_entropy, b)[0]
+    assert calls == [2, 4, 2, 4]  # the raw pass and the crop + drop pass, of each model
+    assert torch.allclose(with_effect - without, torch.log(torch.tensor(3.0)), atol=1e-5)
 
 
 def test_cal_reads_its_effect_weight_and_wsdan_does_not():

@@ -128,6 +128,27 @@ def test_what_a_method_cannot_take_is_refused_before_anything_is_written(tiny_sy
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.parametrize("name", ["wsdan", "cal"])
+def test_a_run_whose_attention_diverges_ends_in_the_loops_sentence(name, tiny_synthbirds_root, tmp_path, monkeypatch,
+                                                                  capsys):
+    from fgvc.methods import wsdan
+
+    built = wsdan.AttentionHead.__init__
+
+    def diverging(self, *args, **kwargs):  # training passes see nan attention maps, as a diverged network's
+        built(self, *args, **kwargs)
+        self.attention.register_forward_hook(lambda module, inputs, out: out * float("nan") if module.training
+                                             else out)
+
+    monkeypatch.setattr(wsdan.AttentionHead, "__init__", diverging)
+    out = tmp_path / "runs"
+    assert main(["train", *FAST, f"data.root={tiny_synthbirds_root}", f"out={out}", "train.epochs=1",
+                 f"method.name={name}", "method.attention_maps=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the training loss became nan at epoch 1 step 1; lower train.lr" in err, err
+    assert not list(out.glob("*/checkpoints/*.safetensors"))  # no weights of the diverged step
+
+
 def test_resume_cannot_change_the_method(wsdan_run):
     cfg = config.load(wsdan_run / "config.yaml", ["method.name=cal"])
     with pytest.raises(UserError, match="method.name=cal"):

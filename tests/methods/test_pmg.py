@@ -163,6 +163,49 @@ def test_each_granularitys_step_moves_only_what_its_classifier_reads():
     assert torch.allclose(loss, 2 * soft_cross_entropy(logits, target))  # step 4's doubled loss (authors' code)
 
 
+@pytest.mark.parametrize("bad", [1, 2, 3])
+def test_a_jigsaw_steps_non_finite_loss_becomes_the_batchs_loss(bad):
+    # the loop checks the loss it gets back, step 4's: a nan or inf loss of step 1-3 must reach that check
+    torch.manual_seed(0)
+    model = build_method("pmg", create_model("test_resnet", 4), 4, pmg_width=8).train()
+    calls, stepped = [], []
+
+    def criterion(logits, target):  # step `bad` diverges: inf, as an overflowing loss (its gradient stays finite)
+        calls.append(1)
+        loss = soft_cross_entropy(logits, target)
+        return loss + float("inf") if len(calls) == bad else loss
+
+    x, target = torch.rand(4, 3, 32, 32), soft_targets(torch.tensor([0, 1, 2, 3]), 4)
+    loss, logits = train_loss(model, model, x, target, criterion, step=lambda loss: stepped.append(loss.detach()))
+    assert len(stepped) == 3 and torch.isinf(stepped[bad - 1])
+    assert torch.isinf(loss) and torch.isfinite(logits).all()
+    calls.clear()
+    loss, logits = train_loss(model, model, x, target, soft_cross_entropy, step=lambda loss: None)
+    assert torch.equal(loss, 2 * soft_cross_entropy(logits, target))  # finite steps: step 4's loss itself
+
+
+def test_a_run_whose_jigsaw_loss_diverges_ends_in_the_loops_sentence(tiny_synthbirds_root, tmp_path, monkeypatch,
+                                                                     capsys):
+    from fgvc.cli import main
+    from fgvc.train.losses import Criterion
+
+    scored = Criterion.__call__
+    calls = []
+
+    def diverging(self, logits, target):  # every batch's step 1 (the 8 x 8 puzzle) overflows to inf
+        calls.append(1)
+        loss = scored(self, logits, target)
+        return loss + float("inf") if len(calls) % 4 == 1 else loss
+
+    monkeypatch.setattr(Criterion, "__call__", diverging)
+    out = tmp_path / "runs"
+    assert main(["train", "model.name=test_resnet", "data.image_size=32", "train.batch_size=8", "train.epochs=1",
+                 "data.num_workers=0", "data.name=synthbirds", f"data.root={tiny_synthbirds_root}", f"out={out}",
+                 "method.name=pmg", "method.pmg_width=8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the training loss became inf at epoch 1 step 1; lower train.lr" in err, err
+
+
 def test_without_a_step_function_pmg_does_not_silently_take_one_step():
     model = build_method("pmg", create_model("test_resnet", 2), 2, pmg_width=8)
     with pytest.raises(NotImplementedError, match="one optimizer step per granularity"):

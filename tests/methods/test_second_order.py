@@ -5,6 +5,7 @@ import torch
 
 from fgvc.errors import UserError
 from fgvc.methods import build_method
+from fgvc.methods.base import backbone_features
 from fgvc.methods.bilinear import bilinear_pool, signed_sqrt_l2
 from fgvc.methods.isqrt_cov import covariance, newton_schulz_sqrt, triu_index, upper_triangle
 from fgvc.models import apply_trainable, create_model
@@ -62,6 +63,17 @@ def test_gradients_of_the_square_root_and_covariance_are_right():
     assert torch.autograd.gradcheck(lambda t: newton_schulz_sqrt(covariance(t) + 0.1 * torch.eye(3), 3), (x,))
 
 
+@pytest.mark.parametrize("size, side", [(224, 7), (227, 8)])
+def test_the_stride_32_map_at_224_px_bounds_the_covariance_rank_as_the_docs_say(size, side):
+    backbone = create_model("resnet18", 3)
+    with torch.no_grad():
+        fmap = backbone_features(backbone.net.eval(), backbone.family, torch.rand(1, 3, size, size))
+    assert fmap.shape[-2:] == (side, side)
+    # 16 channels over 3 x 3 = 9 locations: the centred covariance has rank at most 9 - 1
+    sigma = covariance(torch.randn(1, 16, 3, 3, dtype=torch.float64))
+    assert torch.linalg.matrix_rank(sigma[0]) == 8
+
+
 def test_upper_triangle_reads_the_diagonal_and_above_row_by_row():
     m = torch.arange(9.0).reshape(1, 3, 3)
     assert upper_triangle(m, triu_index(3)).tolist() == [[0.0, 1.0, 2.0, 4.0, 5.0, 8.0]]
@@ -97,7 +109,20 @@ def test_mobilenet_v2_head_reads_its_1280_channel_map():
     assert model.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 4)
 
 
-@pytest.mark.parametrize("name", ["test_vit", "vit_b_16"])
+@pytest.mark.parametrize("name", ["test_vit", "vit_b_16", "test_vit_relpos", "test_coatnet"])
 def test_a_backbone_without_a_spatial_map_is_refused(name):
+    # test_vit_relpos fails timm's input-size assert, test_coatnet a position table's shape: no usable map either
     with pytest.raises(UserError, match="no spatial feature map"):
         build_method("bilinear", create_model(name, 3, image_size=32 if name == "test_vit" else 224), 3)
+
+
+@pytest.mark.parametrize("error", [TypeError("a bug"), KeyError("a bug"), torch.OutOfMemoryError("out of memory")])
+def test_a_bug_in_a_backbones_features_is_not_called_a_missing_map(error, monkeypatch):
+    backbone = create_model("test_resnet", 3)
+
+    def broken(x):
+        raise error
+
+    monkeypatch.setattr(backbone.net, "forward_features", broken)
+    with pytest.raises(type(error), match="a bug|out of memory"):
+        build_method("bilinear", backbone, 3)

@@ -39,3 +39,43 @@ def test_a_compiled_run_trains_and_its_checkpoint_loads_into_a_plain_model(tiny_
     state = runs.load_weights(run_dir / "checkpoints" / "best.safetensors")
     assert not any("_orig_mod" in k for k in state)
     build_model(cfg, 4).load_state_dict(state)  # strict: every key of the plain model
+
+
+@pytest.mark.parametrize("name", ["wsdan", "cal"])
+def test_a_method_whose_training_passes_bypass_forward_refuses_train_compile(name, tiny_synthbirds_root, tmp_path,
+                                                                             capsys):
+    from fgvc.cli import main
+
+    out = tmp_path / "runs"
+    assert main(["train", *BASE, f"data.root={tiny_synthbirds_root}", "train.compile=true", f"method.name={name}",
+                 f"out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"method.name={name} cannot train with train.compile=true" in err, err
+    assert "set train.compile=false" in err and not out.exists()
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("bilinear", ["method.bilinear_dim=4"]), ("isqrt_cov", ["method.isqrt_dim=4"]), ("pmg", ["method.pmg_width=8"]),
+    ("api_net", ["method.api_hidden=8", "data.sampler=pk", "data.pk_images=2"])])
+def test_the_other_methods_train_through_the_compiled_module(name, extra, tiny_synthbirds_root, tmp_path,
+                                                             monkeypatch):
+    from fgvc.methods import method_class
+
+    assert method_class(name).takes_compile
+    calls = []
+
+    class Compiled(torch.nn.Module):  # stands for torch.compile's module: counts the training passes through it
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args, **kwargs):
+            if self.model.training and torch.is_grad_enabled():
+                calls.append(kwargs)
+            return self.model(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", lambda model, *args, **kwargs: Compiled(model))
+    cfg = config.load(None, [*BASE, "data.image_size=32", f"data.root={tiny_synthbirds_root}", "train.compile=true",
+                             f"method.name={name}", *extra])
+    run_and_spy(cfg, tmp_path, stop_after_first_step=True)
+    assert calls  # the first optimizer step's loss came through the compiled module

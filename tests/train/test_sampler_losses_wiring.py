@@ -133,15 +133,18 @@ def test_a_resumed_pk_center_loss_run_ends_where_an_uninterrupted_one_does(make_
     assert protocol["losses"] == {"center": 0.5, "center_alpha": 0.5, "pairwise_confusion": 0.2}
 
 
-@pytest.mark.slow  # two fresh processes (~20 s on 2 cores); `make test-all` runs it
-def test_two_processes_train_api_net_on_pk_batches_with_the_center_loss(tiny_synthbirds_root, tmp_path):
+@pytest.mark.slow  # two fresh processes (~20 s on 2 cores each); `make test-all` runs it
+@pytest.mark.parametrize("extra", [["method.name=api_net", "method.api_hidden=8"], ["loss.center=0.5"]])
+def test_two_processes_train_on_pk_batches(extra, tiny_synthbirds_root, tmp_path):
+    # API-Net pairs within each process's batch; the center loss's centres are summed over processes
+    # (API-Net refuses loss.center: its step scores eight gated rows per image)
     import os
     import subprocess
     import sys
 
     out = tmp_path / "runs"
     cmd = [sys.executable, "-m", "fgvc", "train", "--quiet", *BASE, "train.batch_size=4", "data.sampler=pk",
-           "data.pk_images=2", "loss.center=0.5", "method.name=api_net", "method.api_hidden=8", "train.epochs=2", "train.accelerator=cpu", "train.devices=2",
+           "data.pk_images=2", *extra, "train.epochs=2", "train.accelerator=cpu", "train.devices=2",
            f"data.root={tiny_synthbirds_root}", f"out={out}"]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -152,4 +155,5 @@ def test_two_processes_train_api_net_on_pk_batches_with_the_center_loss(tiny_syn
     steps = metrics["train_images"] // (2 * 2 * 2)
     rounding = 0.005 * metrics["train_seconds"] + 0.005 * metrics["train_images_per_second"] + 0.5  # 2 decimals each
     assert seen == pytest.approx(2 * 2 * steps * 4, abs=rounding)
-    assert runs.load_state(run_dir / "checkpoints" / "last_state.pt")["losses"]["centers"].abs().sum() > 0
+    if "loss.center=0.5" in extra:
+        assert runs.load_state(run_dir / "checkpoints" / "last_state.pt")["losses"]["centers"].abs().sum() > 0

@@ -4,10 +4,12 @@ classes with K images each.
 Metric-learning and pair-based FGVC methods (API-Net's pairs, a center loss) need each image's
 classmates in its batch. The scheme is the one person re-identification made standard (Hermans et
 al. 2017, "In Defense of the Triplet Loss", the "PK" batches; API-Net's and Hawkeye's
-``BalancedBatchSampler``): each batch draws P distinct classes uniformly at random, and K images of
-each class from that class's own shuffled cycle, so every image of a class is used before any
-repeats and rare classes appear as often as common ones (the batches are class-balanced, the
-epoch is not image-uniform).
+``BalancedBatchSampler``): each batch draws P distinct classes uniformly at random, and the next K
+images of each from that class's own shuffle. Within an epoch a class's images repeat only once its
+shuffle is used up; a rest shorter than K is then dropped and the class reshuffled whole. Every epoch
+starts each class on a fresh shuffle, so a class drawn less often than its size calls for leaves
+images unused that epoch, and one drawn more often repeats them: rare classes appear as often as
+common ones (the batches are class-balanced, the epoch is not image-uniform).
 
 Choices, each a promise the tests check:
 
@@ -85,11 +87,12 @@ class ClassBalancedBatches(Sampler):
     def batches(self, epoch: int):
         """Every process's batches of ``epoch`` in order (lists of dataset indices, class by class)."""
         g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1))
-        cycles = [torch.empty(0, dtype=torch.long) for _ in self.members]  # what is left of each class's shuffle
+        # what is left of each class's shuffle: empty at the start of every epoch (nothing carries over)
+        cycles = [torch.empty(0, dtype=torch.long) for _ in self.members]
         for _ in range(len(self) * self.world):
             batch = []
             for c in torch.randperm(len(self.members), generator=g)[:self.p].tolist():
-                if len(cycles[c]) < self.k:  # a fresh shuffle of the class (a rest shorter than K waits for the next epoch)
+                if len(cycles[c]) < self.k:  # a fresh shuffle of the whole class; a rest shorter than K is dropped
                     cycles[c] = self.members[c][torch.randperm(len(self.members[c]), generator=g)]
                 batch += cycles[c][:self.k].tolist()
                 cycles[c] = cycles[c][self.k:]

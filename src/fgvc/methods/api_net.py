@@ -53,11 +53,9 @@ def mine_pairs(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     distances = torch.cdist(f, f)
     same = labels.view(-1, 1) == labels.view(1, -1)
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    inf = torch.tensor(float("inf"), device=f.device)
-    intra_d = torch.where(same & ~eye, distances, inf)
-    inter_d = torch.where(~same, distances, inf)
-    intra = torch.where(torch.isinf(intra_d.min(1).values), -1, intra_d.argmin(1))
-    return intra, torch.where(torch.isinf(inter_d.min(1).values), -1, inter_d.argmin(1))
+    intra_d, intra = torch.where(same & ~eye, distances, float("inf")).min(1)  # one reduction: distance and index
+    inter_d, inter = torch.where(~same, distances, float("inf")).min(1)
+    return torch.where(torch.isinf(intra_d), -1, intra), torch.where(torch.isinf(inter_d), -1, inter)
 
 
 def rank_loss(self_scores: Tensor, other_scores: Tensor, margin: float) -> Tensor:
@@ -97,6 +95,9 @@ class Method(BaseMethod):
     takes_mixing = False  # the pairs need one class per image
     takes_adversarial = False  # the adversarial loss would train the plain path only
     needs_pk_batches = True
+    # loss.center and pairwise confusion would read the 8B gated rows, each image several times over
+    takes_feature_losses = False
+    scores = "eight rows of gated logits per image (two pairs, four gated features each)"
 
     def make_head(self, channels: int, num_classes: int, dropout: float, *, api_hidden: int = 512,
                   api_margin: float = 0.05) -> nn.Module:

@@ -25,8 +25,12 @@ settings (keyword arguments of ``make_head``, whose defaults are the paper's).
 
 Capabilities a method may lack are class flags the training preflight reads: ``takes_mixing``
 (Mixup/CutMix soft targets), ``takes_adversarial`` (a single training forward the adversarial loss
-can wrap), ``takes_ddp`` (every forward pass through the DDP wrapper); a method that pairs images of
-a batch by class sets ``needs_pk_batches`` (batches of P classes x K images, ``data.sampler=pk``).
+can wrap), ``takes_ddp`` (every forward pass through the DDP wrapper), ``takes_compile`` (every training
+pass through ``forward``, the module ``train.compile`` compiles), ``takes_feature_losses`` (``loss.center``
+and ``loss.pairwise_confusion``, which the criterion adds to each call and read the input of the final
+linear layer's latest call: exact only for a step of one forward pass and one criterion call per image;
+``scores`` says what a method's step scores instead, for the refusal); a method that pairs images of a batch
+by class sets ``needs_pk_batches`` (batches of P classes x K images, ``data.sampler=pk``).
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ class Method(Classifier):
     takes_mixing: ClassVar[bool] = True
     takes_adversarial: ClassVar[bool] = True
     takes_ddp: ClassVar[bool] = True
+    takes_compile: ClassVar[bool] = True  # train.compile: its training passes go through forward
+    takes_feature_losses: ClassVar[bool] = True  # loss.center, loss.pairwise_confusion: one scored pass per image
+    scores: ClassVar[str] = "one forward pass per image"  # what its training step scores (the refusal's words)
+    own_center_loss: ClassVar[str] = ""  # the method's own centre-loss setting, the alternative to loss.center
     needs_pk_batches: ClassVar[bool] = False  # data.sampler=pk with K >= 2 (API-Net's in-batch pairs)
     # Grad-CAM reads the backbone's first pass of a forward (the whole image; WS-DAN's later passes see crops)
     first_pass_is_the_image: ClassVar[bool] = True
@@ -148,7 +156,12 @@ def feature_channels(backbone: Classifier) -> int:
         with torch.no_grad():
             fmap = backbone_features(net, backbone.family, backbone.normalize(torch.zeros(1, 3, 64, 64,
                                                                                            device=device)))
-    except Exception:  # noqa: BLE001 -- a backbone whose features fail on a small image: no usable map
+    except torch.OutOfMemoryError:
+        raise
+    except (AssertionError, RuntimeError, ValueError):
+        # what a backbone without a usable map raises on a small image: timm's input-size asserts (Swin, MLP-Mixer,
+        # MaxViT), shape mismatches of position tables (CoAtNet, PiT), a layer refusing the size (ValueError);
+        # any other error is a bug and stays one
         raise refuse from None
     finally:
         for m, training in modes:

@@ -22,7 +22,9 @@ cross-entropy averaged over all three; the augmented views' cross-entropy is wei
 one 1/3; the signed square root adds 1e-6; the rest (attention block, the 100 x feature scale, crop and
 drop thresholds, centre loss) is WS-DAN's code. The multi-crop and flip test-time ensemble of the
 authors' ``infer.py`` (behind the paper's 90.6 %) is not part of inference here: ``fgvc eval --tta flip``
-reports flip averaging apart.
+reports flip averaging apart. Their ResNet-101 (``fgvc/models/resnet.py``) keeps layer4 at stride 1, so
+their attention reads a stride-16 map (28 x 28 at 448 px); here, as for WS-DAN, the backbone's standard
+stride-32 map.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from torch import Tensor, nn
 from fgvc.methods import wsdan
 
 
-def effect_logits(head: wsdan.AttentionHead, fmap: Tensor, maps: Tensor, counterfactual: Tensor) -> Tensor:
-    """C(pool(F, A)) - C(pool(F, A')): the logits the learned attention adds over ``counterfactual`` maps."""
-    return head.classify(head.pool(fmap, maps)) - head.classify(head.pool(fmap, counterfactual))
+def effect_logits(head: wsdan.AttentionHead, fmap: Tensor, logits: Tensor, counterfactual: Tensor) -> Tensor:
+    """Y_effect = C(pool(F, A)) - C(pool(F, A')): what the learned attention adds over ``counterfactual`` maps A';
+    ``logits`` is C(pool(F, A)), the pass's own logits (computed once, so dropout draws one mask for them)."""
+    return logits - head.classify(head.pool(fmap, counterfactual))
 
 
 def random_attention(maps: Tensor) -> Tensor:
@@ -49,6 +52,9 @@ class CounterfactualHead(wsdan.AttentionHead):
 
 class Method(wsdan.Method):
     name_ = "cal"
+    # the last final-layer call holds 2B counterfactual rows: loss.center would never apply, and pairwise
+    # confusion would pair effect logits across views
+    scores = "three views of each image and the counterfactual effects of their attention"
 
     def make_head(self, channels: int, num_classes: int, dropout: float, *, attention_maps: int = 32,
                   crop_threshold: tuple[float, float] = (0.4, 0.6), drop_threshold: tuple[float, float] = (0.2, 0.5),
@@ -63,8 +69,7 @@ class Method(wsdan.Method):
         maps = head.attention(fmap)
         parts = head.pool(fmap, maps)
         logits = head.classify(parts)
-        effect = logits - head.classify(head.pool(fmap, random_attention(maps)))
-        return logits, effect, parts, maps
+        return logits, effect_logits(head, fmap, logits, random_attention(maps)), parts, maps
 
     def train_loss(self, x: Tensor, target: Tensor, criterion, forward) -> tuple[Tensor, Tensor]:
         x = self.normalize(x)

@@ -11,6 +11,10 @@ What it changes:
   the finest puzzle); step 4 trains the concatenated classifier on the whole images. Each step's
   loss reaches only the layers its classifier reads, so step 1 leaves stages 2 and 3 and their
   classifiers as they were (``tests/methods/test_pmg.py``);
+- what the loop records: the loss of step 4 (its own step), so a run's ``train_loss`` is twice the
+  concatenated classifier's cross-entropy on the whole images, its ``train_acc`` that classifier's
+  accuracy; steps 1-3's losses are not in it, but a nan or inf one becomes the batch's loss, so the
+  loop's divergence check (which reads only the loss it gets back) ends the run with its sentence;
 - inference: the sum of the four classifiers' logits (the authors' "combined" prediction, the one
   their code selects checkpoints by); the jigsaw is training only.
 
@@ -146,6 +150,10 @@ class Method(BaseMethod):
     takes_adversarial = False  # four forward passes and optimizer steps per batch
     takes_ddp = False  # a step-l pass leaves the other classifiers unused, which DDP's reducer refuses
     head_linear = "concat.5"  # the concatenated classifier's last linear layer
+    # loss.center would reach step 4 only (the concatenated classifier's input) at twice its weight, pairwise
+    # confusion each of the four steps
+    takes_feature_losses = False
+    scores = "four passes per batch (three jigsaw puzzles, then the whole image at twice the weight)"
 
     def make_head(self, channels: int, num_classes: int, dropout: float, *, pmg_width: int = 512) -> nn.Module:
         check_stages(self.net, self.family, self.name)
@@ -174,10 +182,17 @@ class Method(BaseMethod):
         return self.infer(self.normalize(x)) if part is None else self.logits(self.normalize(x), part)
 
     def train_steps(self, x: Tensor, target: Tensor, criterion, forward, step) -> tuple[Tensor, Tensor]:
+        """Steps 1-3 here, step 4's (loss, logits) for the loop; the loss is step 4's, 2 x the cross-entropy of the
+        concatenated classifier on the whole images, unless a jigsaw step's loss was nan or inf: then that loss,
+        so that the loop's finiteness check (its one host sync of the step) ends the run with its sentence."""
+        earlier = None  # the first non-finite loss of steps 1-3, else the latest one (finite)
         for part, n in enumerate(GRANULARITIES):  # steps 1-3: a puzzle of n x n tiles for stage part + 1
-            step(criterion(forward(jigsaw(x, n), part=part), target))
+            loss = criterion(forward(jigsaw(x, n), part=part), target)
+            earlier = loss.detach() if earlier is None else torch.where(torch.isfinite(earlier), loss.detach(), earlier)
+            step(loss)
         logits = forward(x, part=len(GRANULARITIES))  # step 4, the loop's own: the whole image, concatenated
-        return CONCAT_WEIGHT * criterion(logits, target), logits
+        loss = CONCAT_WEIGHT * criterion(logits, target)
+        return torch.where(torch.isfinite(earlier), loss, earlier), logits
 
     def train_loss(self, x: Tensor, target: Tensor, criterion, forward) -> tuple[Tensor, Tensor]:
         raise NotImplementedError("PMG takes one optimizer step per granularity: the loop calls train_steps "

@@ -37,7 +37,10 @@ loss is the squared distance summed over features and averaged over images, on L
 features, with centres starting at zero; the signed square root adds 1e-12. Differences, each
 stated: a batch with several images of a class moves its centre by the mean of their steps (the
 authors' indexed in-place update keeps one of them, unspecified which); the box includes its last
-row and column (the authors' slice ends one pixel early) and is at least one pixel.
+row and column (the authors' slice ends one pixel early) and is at least one pixel; the head reads the
+backbone's last map (stride 32 for ResNets and MobileNetV2: 7 x 7 at 224 px, 14 x 14 at 448 px), where
+the authors' default backbone is Inception-v3 up to Mixed_6e (``net='inception_mixed_6e'``: 768 channels
+at stride 16, 26 x 26 at 448 px), so the attention maps, crops and drops here are about twice as coarse.
 """
 
 from __future__ import annotations
@@ -116,9 +119,14 @@ def drop_mask(attention: Tensor, theta: Tensor, size: tuple[int, int]) -> Tensor
 
 def pick_maps(maps: Tensor, count: int = 2) -> Tensor:
     """(B, M, h, w) -> (B, count, h, w): maps drawn per image with replacement, with probability
-    proportional to sqrt(sum of the map) (the authors' code); from torch's global generator."""
+    proportional to sqrt(sum of the map) (the authors' code); from torch's global generator. An image whose
+    maps hold nan or inf (a diverged network) draws from the maps uniformly."""
     weights = torch.sqrt(maps.detach().float().sum(dim=(2, 3)) + 1e-12)
-    idx = torch.multinomial(weights / weights.sum(1, keepdim=True), count, replacement=True)
+    p = weights / weights.sum(1, keepdim=True)
+    # multinomial refuses nan and inf (a RuntimeError; on a GPU a device-side assert that ends the process);
+    # drawn uniformly instead, the step ends with the non-finite loss such maps give, which the training loop
+    # turns into its one sentence (the loss diverged: lower train.lr), with no host sync here
+    idx = torch.multinomial(torch.where(torch.isfinite(p), p, 1.0), count, replacement=True)
     return torch.gather(maps, 1, idx[:, :, None, None].expand(-1, -1, *maps.shape[-2:]))
 
 
@@ -137,8 +145,9 @@ def update_centers(centers: Tensor, parts: Tensor, labels: Tensor, momentum: flo
     total = torch.zeros_like(centers).index_add_(0, labels, step)
     count = torch.zeros(centers.shape[0], device=centers.device, dtype=centers.dtype).index_add_(
         0, labels, torch.ones_like(labels, dtype=centers.dtype))
-    seen = count > 0
-    centers[seen] += momentum * total[seen] / count[seen, None]
+    # every class moves by momentum * total / count; an absent class's total is 0, so it moves by exactly +0.0
+    # (no boolean-mask indexing: its data-dependent shape would cost a host sync each step)
+    centers += momentum * total / count.clamp_min(1)[:, None]
     return normed
 
 
@@ -178,6 +187,11 @@ class Method(BaseMethod):
     takes_mixing = False  # the centre loss and the crops need one class per image
     takes_adversarial = False  # three forward passes per step
     takes_ddp = False  # passes through the backbone outside the DDP wrapper; centres per process
+    takes_compile = False  # the passes call attend, not forward: train.compile would compile evaluation only
+    # loss.center would read the drop view's features against the raw logits, pairwise confusion each view apart
+    takes_feature_losses = False
+    scores = "three views of each image (raw, attention crop, attention drop) in a criterion call each"
+    own_center_loss = "method.center_weight"
 
     def make_head(self, channels: int, num_classes: int, dropout: float, *, attention_maps: int = 32,
                   crop_threshold: tuple[float, float] = (0.4, 0.6), drop_threshold: tuple[float, float] = (0.2, 0.5),

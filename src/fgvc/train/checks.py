@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from fgvc import config as config_mod
 from fgvc.errors import UserError
+from fgvc.methods import METHODS, method_class
 from fgvc.methods import check_training as check_method
 from fgvc.robust.attacks import attack_names
 from fgvc.robust.training import check_adv_settings
@@ -38,6 +39,7 @@ def check_training(cfg: config_mod.Config) -> None:
     is read or written."""
     check_names(cfg)
     check_method(cfg)  # method.name and its settings, and the tricks and devices it cannot take
+    check_method_in_loop(cfg)
     if cfg.train.loggers:  # for training only: a finished run's config.yaml loads without mlflow
         require_installed(cfg.train.loggers)
     if cfg.adv.attack != "none":
@@ -55,4 +57,28 @@ def check_training(cfg: config_mod.Config) -> None:
                         f"train.batch_size={even} or {mixing[0]}=0")
 
 
-__all__ = ["check_names", "check_training", "train_attacks"]
+def check_method_in_loop(cfg: config_mod.Config) -> None:
+    """UserError (one sentence) when ``method.name`` cannot take a loop setting: ``train.compile`` for a method
+    whose training passes bypass ``forward`` (``Method.takes_compile``); ``loss.center`` or
+    ``loss.pairwise_confusion`` for a method whose step is not one scored pass per image
+    (``Method.takes_feature_losses``: the criterion would add them to other features or logits than they are
+    defined on)."""
+    name = cfg.method.name
+    cls = method_class(name)
+    if cfg.train.compile and not cls.takes_compile:
+        raise UserError(f"method.name={name} cannot train with train.compile=true (its training passes call the "
+                        "backbone and head directly, not the compiled forward, so only evaluation would be "
+                        "compiled); set train.compile=false")
+    set_losses = [(k, v) for k, v in (("loss.center", cfg.loss.center),
+                                      ("loss.pairwise_confusion", cfg.loss.pairwise_confusion)) if v > 0]
+    if set_losses and not cls.takes_feature_losses:
+        key, value = set_losses[0]
+        takers = [n for n, c in METHODS.items() if c.takes_feature_losses]
+        own = key == "loss.center" and cls.own_center_loss
+        instead = (f" and use its own centre loss, {cls.own_center_loss}" if own
+                   else f", or use method.name={', '.join(takers[:-1])} or {takers[-1]}")
+        raise UserError(f"method.name={name} cannot train with {key}={value}: its training step scores {cls.scores}, "
+                        f"not the one forward pass per image the loss is defined on; set {key}=0{instead}")
+
+
+__all__ = ["check_method_in_loop", "check_names", "check_training", "train_attacks"]

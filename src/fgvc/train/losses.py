@@ -1,8 +1,12 @@
-"""Losses any method can add to its cross-entropy: center loss (``loss.center``) and pairwise
-confusion (``loss.pairwise_confusion``).
+"""Losses a training step of one forward pass per image can add to its cross-entropy: center loss
+(``loss.center``) and pairwise confusion (``loss.pairwise_confusion``).
 
 Both act through the training step's *criterion*, the function ``(logits, soft targets) -> loss``
-every method scores its forward passes with, so they reach the plain loop and every method alike.
+a step scores its forward passes with: each call adds the terms, the center loss on the input of the
+final linear layer's latest training call. That is the loss defined below only for a step of one
+forward pass and one criterion call per image (the plain loop, ``bilinear``, ``isqrt_cov``); the
+training preflight (``fgvc.train.checks``) refuses both for a method whose step scores several passes
+or calls (``Method.takes_feature_losses``).
 A class is the argmax of a soft target (the label itself, or under Mixup/CutMix the class of the
 larger weight).
 
