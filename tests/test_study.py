@@ -56,6 +56,16 @@ def test_a_bad_row_is_refused_before_anything_trains(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_row_the_training_preflight_refuses_stops_the_study_before_its_first_row_trains(tmp_path):
+    """A later row's combination that only train()'s preflight knows (a method that cannot take loss.center)
+    is refused before the first row trains, not hours later when that row starts."""
+    path = tmp_path / "late.yaml"
+    path.write_text("rows:\n  ok: []\n  wsdan_center: [method.name=wsdan, loss.center=0.003]\n")
+    with pytest.raises(UserError, match="loss.center"):
+        run_study(str(path), ["data.root=x"], out=tmp_path)
+    assert not (tmp_path / "late").exists()
+
+
 def test_a_clip_row_takes_its_data_from_the_study_and_its_own_overrides():
     _, study = read_study("table9_datasets")
     for row, dataset in (("cub_clip_g14_zeroshot", "cub200"), ("dogs_clip_g14_zeroshot", "dogs")):

@@ -69,7 +69,7 @@ from fgvc.experiments.rows import (
 )
 from fgvc.experiments.seeds import cell_dir, parse_seeds
 from fgvc.experiments.tables import ran_title, write_table, write_tables
-from fgvc.train.checks import check_names
+from fgvc.train.checks import check_names, check_training
 from fgvc.train.state import config_differences
 
 
@@ -101,7 +101,10 @@ def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None =
             seed_override = {} if seed is None else {"train.seed": seed}
             configs[cell_dir(r, seed)] = row_config(study, r, {**extra, **seed_override})
     for cell, row in row_of.items():  # CLIP rows checked here too, before anything trains or is submitted
-        check_names(configs[cell])  # attack and logger names: the training preflight's, for every row
+        if row_kind(study["rows"][row]) == "train":  # the training preflight, for every row before the first trains
+            check_training(configs[cell])
+        else:
+            check_names(configs[cell])  # attack and logger names
         if row_kind(study["rows"][row]) == "clip":
             clip_row(study["rows"][row], row, configs[cell])
     folder = Path(out).expanduser() / name
