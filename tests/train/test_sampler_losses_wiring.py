@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from wiring_helpers import run_and_spy
 
-from fgvc import config, runs
+from fgvc import runs
 from fgvc.models.factory import Classifier
 from fgvc.train import train
 from fgvc.train.losses import pairwise_confusion
@@ -26,30 +26,8 @@ BASE = ["model.name=test_resnet", "data.image_size=16", "data.num_workers=0", "d
 PK = ["data.sampler=pk", "data.pk_images=4"]  # 2 classes x 4 images
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def make_cfg(tiny_synthbirds_root):
-    def make(*extra):
-        return config.load(None, [*BASE, f"data.root={tiny_synthbirds_root}", *extra])
-    return make
-
-
-@pytest.fixture(scope="module")
-def first_step(make_cfg, tmp_path_factory):
-    cache = {}
-
-    def run(*extra):
-        if extra not in cache:
-            cache[extra] = run_and_spy(make_cfg(*extra), tmp_path_factory.mktemp("step"), stop_after_first_step=True)
-        return cache[extra]
-    return run
+# one_thread, make_cfg (this module's BASE) and first_step: tests/train/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _labels(spy) -> torch.Tensor:
