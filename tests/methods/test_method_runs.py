@@ -79,6 +79,23 @@ def test_predict_attack_and_explain_work_on_a_method_run(wsdan_run, tiny_synthbi
     assert "method.name=wsdan" in capsys.readouterr().err
 
 
+def test_explain_attention_draws_the_runs_own_mean_attention_map(wsdan_run, tmp_path):
+    # `fgvc explain --method attention` draws the run's model's attention (fgvc.explain.attention, checked
+    # against its definition in test_attention.py), not another method's map of the same shape
+    from safetensors.torch import load_file
+
+    from fgvc.explain import explain
+
+    out = tmp_path / "explain"
+    assert main(["explain", str(wsdan_run), "--method", "attention,gradcam", "--limit", "2", "--out", str(out),
+                 "--save-maps", "--precision", "32-true", "--device", "cpu"]) == 0
+    saved = load_file(out / "maps.safetensors")
+    model, _ = api.load(wsdan_run)
+    expected = explain(model.eval(), saved["images"], "attention")
+    assert torch.allclose(saved["maps.attention"], expected, atol=1e-5)
+    assert not torch.allclose(saved["maps.gradcam"], expected, atol=1e-2)
+
+
 def test_onnx_export_of_a_method_run_equals_pytorch(wsdan_run, tmp_path):
     pytest.importorskip("onnxruntime")
     from fgvc.export import export_model, load_onnx
