@@ -11,8 +11,9 @@ from fgvc.cli import main
 from fgvc.errors import UserError
 from fgvc.train import train
 
+# train.threads=fixed: runs compared bit for bit keep one thread count (beside other jobs auto would change it)
 FAST = ["model.name=test_resnet", "data.image_size=64", "train.batch_size=16", "train.lr=2e-3", "train.patience=0",
-        "data.num_workers=0", "train.precision=32-true", "data.name=synthbirds"]
+        "data.num_workers=0", "train.precision=32-true", "data.name=synthbirds", "train.threads=fixed"]
 WSDAN = ["method.name=wsdan", "method.attention_maps=4"]
 
 
