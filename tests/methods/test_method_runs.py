@@ -137,6 +137,10 @@ def test_second_order_run_builds_its_head_and_trains_a_frozen_backbone(tiny_synt
     (["train.devices=2", "train.accelerator=cpu"], "cannot train on 2 devices"),
     (["method.name=bilinear", "method.attention_maps=8"], "method.attention_maps=8 is a setting of wsdan and cal"),
     (["method.name=bilinear", "model.name=test_vit", "data.image_size=32"], "no spatial feature map"),
+    # WS-DAN and CAL score several views per step through one head: loss.center would pair a view's logits with
+    # another view's features (WS-DAN) or find none (CAL) -- they keep their own centre loss
+    (["loss.center=0.1"], "method.name=wsdan keeps its own centre loss"),
+    (["method.name=cal", "loss.center=0.1"], "method.name=cal keeps its own centre loss"),
 ])
 def test_what_a_method_cannot_take_is_refused_before_anything_is_written(tiny_synthbirds_root, tmp_path, extra,
                                                                         words):

@@ -101,7 +101,8 @@ def check_training(cfg) -> None:
     method_settings(cfg.method)
     mixing = next((f"{k}={v}" for k, v in (("aug.mixup_alpha", cfg.aug.mixup_alpha),
                                           ("aug.cutmix_alpha", cfg.aug.cutmix_alpha)) if v > 0), "")
-    check_method(cfg.method.name, mixing=mixing, adversarial=cfg.adv.attack != "none", devices=cfg.train.devices)
+    check_method(cfg.method.name, mixing=mixing, adversarial=cfg.adv.attack != "none", devices=cfg.train.devices,
+                 center_loss=cfg.loss.center)
     d = cfg.data
     classes = d.pk_classes or cfg.train.batch_size // max(d.pk_images, 1)
     if method_class(cfg.method.name).needs_pk_batches and (d.sampler != "pk" or d.pk_images < 2 or classes < 2):
@@ -112,10 +113,16 @@ def check_training(cfg) -> None:
                            f"data.pk_images={d.pk_images} and train.batch_size={cfg.train.batch_size}"))
 
 
-def check_method(name: str, *, mixing: str = "", adversarial: bool = False, devices: int = 1) -> None:
+def check_method(name: str, *, mixing: str = "", adversarial: bool = False, devices: int = 1,
+                 center_loss: float = 0.0) -> None:
     """Refuse, in one sentence, what method ``name`` cannot take: ``mixing`` names the Mixup/CutMix key set
-    ('' none), ``adversarial`` adversarial training, ``devices`` the number of processes (DDP)."""
+    ('' none), ``adversarial`` adversarial training, ``devices`` the number of processes (DDP), ``center_loss``
+    the weight of the criterion's center loss (loss.center; 0 off)."""
     cls = method_class(name)
+    if center_loss > 0 and not cls.takes_center_loss:
+        raise UserError(f"method.name={name} keeps its own centre loss on its part features (method.center_weight); "
+                        f"loss.center={center_loss} would score one view's logits with another view's features: set "
+                        "loss.center=0")
     if mixing and not cls.takes_mixing:
         raise UserError(f"method.name={name} cannot train with {mixing} (its losses need one class per image); "
                         f"set {mixing.split('=')[0]}=0 or method.name=plain")

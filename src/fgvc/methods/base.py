@@ -25,8 +25,10 @@ settings (keyword arguments of ``make_head``, whose defaults are the paper's).
 
 Capabilities a method may lack are class flags the training preflight reads: ``takes_mixing``
 (Mixup/CutMix soft targets), ``takes_adversarial`` (a single training forward the adversarial loss
-can wrap), ``takes_ddp`` (every forward pass through the DDP wrapper); a method that pairs images of
-a batch by class sets ``needs_pk_batches`` (batches of P classes x K images, ``data.sampler=pk``).
+can wrap), ``takes_ddp`` (every forward pass through the DDP wrapper), ``takes_center_loss`` (the
+criterion's center loss, ``loss.center``, which reads the final linear layer's input of the forward it
+scores); a method that pairs images of a batch by class sets ``needs_pk_batches`` (batches of P
+classes x K images, ``data.sampler=pk``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Method(Classifier):
     takes_mixing: ClassVar[bool] = True
     takes_adversarial: ClassVar[bool] = True
     takes_ddp: ClassVar[bool] = True
+    takes_center_loss: ClassVar[bool] = True  # loss.center on the final linear layer's input
     needs_pk_batches: ClassVar[bool] = False  # data.sampler=pk with K >= 2 (API-Net's in-batch pairs)
     # Grad-CAM reads the backbone's first pass of a forward (the whole image; WS-DAN's later passes see crops)
     first_pass_is_the_image: ClassVar[bool] = True

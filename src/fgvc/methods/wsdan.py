@@ -178,6 +178,9 @@ class Method(BaseMethod):
     takes_mixing = False  # the centre loss and the crops need one class per image
     takes_adversarial = False  # three forward passes per step
     takes_ddp = False  # passes through the backbone outside the DDP wrapper; centres per process
+    # its own centre loss on part features (center_weight); loss.center's would pair the raw view's logits with
+    # the last view's head input (CAL: find none of the right size and do nothing)
+    takes_center_loss = False
 
     def make_head(self, channels: int, num_classes: int, dropout: float, *, attention_maps: int = 32,
                   crop_threshold: tuple[float, float] = (0.4, 0.6), drop_threshold: tuple[float, float] = (0.2, 0.5),
