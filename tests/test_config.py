@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from fgvc import config
@@ -104,3 +106,35 @@ def test_an_older_config_yaml_with_yaml_booleans_still_loads(tmp_path):
     cfg = config.load(path)
     assert (cfg.train.channels_last, cfg.data.cache) == ("true", "off")
     assert config.Config().train.channels_last == "auto"
+
+
+# each key's value out of range is refused by name before anything runs: past its range the loop would quietly
+# do something else (an unknown data.sampler trains on shuffled batches, a negative loss weight turns the term off,
+# an unknown train.threads keeps the thread count fixed)
+@pytest.mark.parametrize("item, expected", [
+    ("data.sampler=balanced", "one of random, pk"),
+    ("data.pk_classes=-1", "0 (train.batch_size // data.pk_images) or more classes per batch"),
+    ("data.pk_images=0", "1 or more images per class"),
+    ("train.threads=sometimes", "auto or fixed"),
+    ("loss.center=-0.1", "0 (off) or a positive weight"),
+    ("loss.center_alpha=0", "an update rate in (0, 1]"),
+    ("loss.pairwise_confusion=-1", "0 (off) or a positive weight"),
+    ("method.bilinear_dim=-1", "0 (no reduction) or a number of channels"),
+    ("method.isqrt_dim=-1", "0 (no reduction) or a number of channels"),
+    ("method.isqrt_iterations=21", "an integer between 1 and 20"),
+    ("method.attention_maps=0", "1 or more"),
+    ("method.drop_threshold=[0.5,0.2]", "a range [low, high] in [0, 1]"),
+    ("method.crop_padding=0.5", "a fraction of the side in [0, 0.5)"),
+    ("method.test_crop_threshold=1.5", "a fraction of the map's maximum in [0, 1]"),
+    ("method.test_crop_padding=-0.1", "a fraction of the side in [0, 0.5)"),
+    ("method.center_weight=-1", "0 or more"),
+    ("method.center_momentum=1.5", "a rate in [0, 1]"),
+    ("method.effect_weight=-1", "0 or more"),
+    ("method.pmg_width=0", "1 or more channels"),
+    ("method.api_hidden=0", "1 or more units"),
+    ("method.api_margin=2", "a margin between probabilities in [0, 1]"),
+])
+def test_a_new_keys_value_out_of_range_is_one_sentence(item, expected):
+    key = item.split("=")[0]
+    with pytest.raises(UserError, match=re.escape(f"config key '{key}' must be {expected}, got")):
+        config.load(None, [item])

@@ -1,6 +1,7 @@
 """data.crop_ratio: the evaluation resize is one key, and every path that scores a run's images follows it
 (eval, TTA, calibration, predict, serve, explain, attack, audits, the export sidecar and the hf export's
-crop_pct); a run written before the key existed keeps 0.875."""
+crop_pct), as do the training loop's splits (down to the JPEG decode size), its BatchNorm re-estimation and the
+linear probe; a run written before the key existed keeps 0.875."""
 
 import io
 import json
@@ -14,6 +15,7 @@ from torchvision.transforms.v2.functional import to_dtype
 
 from fgvc import api, config, export
 from fgvc.cli import main
+from fgvc.data.base import read_rgb
 from fgvc.data.transforms import EVAL_CROP_RATIO, eval_transform, load_eval_image, resize_side
 from fgvc.errors import UserError
 from fgvc.protocol import eval_crop
@@ -185,3 +187,68 @@ def test_geometric_and_random_crop_together_are_refused_in_one_sentence(capsys):
     assert "aug.geometric and aug.random_crop" in err and err.count("\n") == 1
     with pytest.raises(UserError, match="set one of them to false"):
         config.load(None, ["aug.geometric=true", "aug.random_crop=true"])
+
+
+@pytest.fixture(scope="module")
+def large_jpegs(tmp_path_factory) -> Path:
+    """2 classes x 4 synthbirds JPEGs of 256 px: large enough for a reduced DCT decode."""
+    from fgvc.data import synthetic
+
+    return synthetic.generate(tmp_path_factory.mktemp("large"), classes=2, per_class=4, size=256, seed=0)
+
+
+def test_the_training_splits_decode_jpegs_for_the_configs_crop(large_jpegs):
+    # at data.crop_ratio=0.25 a 32 px crop comes from the image resized to 128 px: a 256 px JPEG must be decoded
+    # at 128 px or more (its 1/2 DCT scale), as `fgvc eval` and `fgvc predict` decode it; the 0.875 side (37 px)
+    # would let the decoder stop at 64 px, whose upsampled pixels differ
+    from fgvc.train.splits import build_splits
+    from fgvc.train.tricks import train_inputs
+
+    cfg = config.load(None, ["data.name=synthbirds", f"data.root={large_jpegs}", "data.image_size=32",
+                             "data.crop_ratio=0.25", "data.val_fraction=0.25"])
+    splits = build_splits(cfg, train_inputs(cfg), log=lambda _: None)
+    for ds in (splits.train, splits.val, splits.test):  # no train augmentation: the evaluation crop
+        sample = ds.samples[0]
+        assert torch.equal(ds[0][0], load_eval_image(sample.path, SIZE, 0.25)[0]), ds.split
+    blurred = eval_transform(SIZE, 0.25)(read_rgb(splits.test.samples[0].path, 37))
+    assert not torch.equal(splits.test[0][0], blurred)  # the decode size shows in the pixels
+
+
+def test_batchnorm_statistics_are_measured_on_the_configs_crop(tiny_synthbirds_root, tmp_path, monkeypatch):
+    from fgvc.data import build_dataset
+    from fgvc.models import batchnorm
+    from fgvc.train import train
+
+    class Measured(Exception):
+        pass
+
+    seen = []
+
+    def measure(model, batches):
+        seen.extend(x for batch in batches for x in batch)
+        raise Measured  # what was measured is all this test needs
+
+    monkeypatch.setattr(batchnorm, "reestimate_statistics", measure)
+    cfg = config.load(None, ["model.name=test_resnet", "model.batchnorm=reestimate", "data.name=synthbirds",
+                             f"data.root={tiny_synthbirds_root}", f"data.image_size={SIZE}", "data.crop_ratio=0.5",
+                             "data.num_workers=0", f"out={tmp_path}"])
+    with pytest.raises(Measured):
+        train(cfg, progress=False)
+
+    def crops(ratio):
+        ds = build_dataset("synthbirds", tiny_synthbirds_root, "train", eval_transform(SIZE, ratio),
+                           cfg.data.val_fraction, cfg.train.seed)
+        return [ds[i][0] for i in range(len(ds))]
+
+    half, default = crops(0.5), crops(EVAL_CROP_RATIO)
+    assert seen and all(any(torch.equal(x, c) for c in half) for x in seen)
+    assert not any(torch.equal(x, c) for x in seen for c in default)
+
+
+def test_the_linear_probe_reads_images_through_the_configs_crop(tiny_synthbirds_root, tmp_path):
+    from fgvc.train.probe import run_probe
+
+    cfg = config.load(None, ["model.name=test_resnet", "data.name=synthbirds", f"data.root={tiny_synthbirds_root}",
+                             f"data.image_size={SIZE}", "data.crop_ratio=0.5", "train.accelerator=cpu"])
+    protocol = run_probe(cfg, tmp_path / "probe", progress=False)["protocol"]  # read from the pipeline it ran
+    assert (protocol["input_size"], protocol["resize_shorter_side"], protocol["crop_ratio"]) == (SIZE, 64, 0.5)

@@ -53,6 +53,11 @@ def test_every_analysis_takes_the_new_data_location(moved, capsys):
     assert after["acc"] == before["acc"] and after["n"] == before["n"]
     assert main(["explain", str(run), f"data.root={new}", "--limit", "2", "--method", "gradcam"]) == 0
     assert main(["attack", str(run), "--eps", "0,0.1", f"data.root={new}", "--limit", "4"]) == 0
+    # --compare's run trained on the same dataset: it is read from the new folder too
+    twin = shutil.copytree(run, run.parent / "twin")
+    assert main(["attack", str(run), "--eps", "0,0.1", f"data.root={new}", "--limit", "4", "--compare", str(twin)]) == 0
+    curves = json.loads((run / "attack" / "fgsm_n4.json").read_text())["accuracy"]
+    assert len(curves) == 2 and curves[run.name] == curves[twin.name]  # the same weights on the same images
     with pytest.raises(SystemExit) as e:  # only the location may change: argparse's usage and sentence
         main(["eval", str(run), "data.name=dogs"])
     assert e.value.code == 2 and "takes one setting, data.root=DIR" in capsys.readouterr().err

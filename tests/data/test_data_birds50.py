@@ -82,9 +82,10 @@ def cub(tmp_path_factory):
     return write_cub(tmp_path_factory.mktemp("cub") / "cub")
 
 
-def test_birds50_keeps_the_50_species_their_split_and_resizes_square(cub, tmp_path):
+def test_birds50_keeps_the_50_species_their_split_and_resizes_square(cub, tmp_path, capsys):
     out = tmp_path / "birds50"
     assert main(["data", "birds50", "--cub", str(cub), "--out", str(out), "--size", "16", "--quiet"]) == 0
+    assert "birds50:" not in capsys.readouterr().err  # --quiet: no progress bar
     full = {s: build_dataset("cub200", cub, s, val_fraction=0.0) for s in ("train", "test")}
     for split in ("train", "test"):
         made = build_dataset("cub200", out, split, val_fraction=0.0)
@@ -100,6 +101,11 @@ def test_birds50_keeps_the_50_species_their_split_and_resizes_square(cub, tmp_pa
             source = next(p.path for p in src.samples if p.path.stem == s.path.stem)
             resized = np.asarray(Image.open(source).convert("RGB").resize((16, 16), Image.BICUBIC), dtype=float)
             assert np.abs(np.asarray(Image.open(s.path).convert("RGB"), dtype=float) - resized).mean() < 12
+
+
+def test_without_quiet_the_build_shows_its_progress(cub, tmp_path, capsys):
+    assert main(["data", "birds50", "--cub", str(cub), "--out", str(tmp_path / "b"), "--size", "8"]) == 0
+    assert "birds50:" in capsys.readouterr().err  # tqdm's bar, "birds50: 100%|..."
 
 
 def test_species_sit_at_their_cub_ids():

@@ -11,8 +11,9 @@ from fgvc.cli import main
 from fgvc.errors import UserError
 from fgvc.train import train
 
+# train.threads=fixed: runs compared bit for bit keep one thread count (beside other jobs auto would change it)
 FAST = ["model.name=test_resnet", "data.image_size=64", "train.batch_size=16", "train.lr=2e-3", "train.patience=0",
-        "data.num_workers=0", "train.precision=32-true", "data.name=synthbirds"]
+        "data.num_workers=0", "train.precision=32-true", "data.name=synthbirds", "train.threads=fixed"]
 WSDAN = ["method.name=wsdan", "method.attention_maps=4"]
 
 
@@ -79,6 +80,23 @@ def test_predict_attack_and_explain_work_on_a_method_run(wsdan_run, tiny_synthbi
     assert "method.name=wsdan" in capsys.readouterr().err
 
 
+def test_explain_attention_draws_the_runs_own_mean_attention_map(wsdan_run, tmp_path):
+    # `fgvc explain --method attention` draws the run's model's attention (fgvc.explain.attention, checked
+    # against its definition in test_attention.py), not another method's map of the same shape
+    from safetensors.torch import load_file
+
+    from fgvc.explain import explain
+
+    out = tmp_path / "explain"
+    assert main(["explain", str(wsdan_run), "--method", "attention,gradcam", "--limit", "2", "--out", str(out),
+                 "--save-maps", "--precision", "32-true", "--device", "cpu"]) == 0
+    saved = load_file(out / "maps.safetensors")
+    model, _ = api.load(wsdan_run)
+    expected = explain(model.eval(), saved["images"], "attention")
+    assert torch.allclose(saved["maps.attention"], expected, atol=1e-5)
+    assert not torch.allclose(saved["maps.gradcam"], expected, atol=1e-2)
+
+
 def test_onnx_export_of_a_method_run_equals_pytorch(wsdan_run, tmp_path):
     pytest.importorskip("onnxruntime")
     from fgvc.export import export_model, load_onnx
@@ -119,6 +137,10 @@ def test_second_order_run_builds_its_head_and_trains_a_frozen_backbone(tiny_synt
     (["train.devices=2", "train.accelerator=cpu"], "cannot train on 2 devices"),
     (["method.name=bilinear", "method.attention_maps=8"], "method.attention_maps=8 is a setting of wsdan and cal"),
     (["method.name=bilinear", "model.name=test_vit", "data.image_size=32"], "no spatial feature map"),
+    # WS-DAN and CAL score several views per step through one head: loss.center would pair a view's logits with
+    # another view's features (WS-DAN) or find none (CAL) -- they keep their own centre loss
+    (["loss.center=0.1"], "method.name=wsdan cannot train with loss.center=0.1.*method.center_weight"),
+    (["method.name=cal", "loss.center=0.1"], "method.name=cal cannot train with loss.center=0.1.*method.center_weight"),
 ])
 def test_what_a_method_cannot_take_is_refused_before_anything_is_written(tiny_synthbirds_root, tmp_path, extra,
                                                                         words):

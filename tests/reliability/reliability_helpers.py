@@ -7,10 +7,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-# tiny, fast and deterministic on a CPU: every run of the reliability tests uses these
+# tiny, fast and deterministic on a CPU: every run of the reliability tests uses these (train.threads=fixed:
+# beside other jobs train.threads=auto would change the thread count, and the last bits with it)
 FAST = ["model.name=test_resnet", "data.image_size=32", "train.batch_size=8", "train.lr=2e-3", "train.patience=0",
         "data.num_workers=0", "train.precision=32-true", "train.accelerator=cpu", "aug.geometric=true",
-        "model.dropout=0.2", "data.name=synthbirds"]
+        "model.dropout=0.2", "data.name=synthbirds", "train.threads=fixed"]
 TIMING = ("seconds", "train_seconds", "train_images_per_second")
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,8 @@ def test_attack_command_writes_table_plot_and_json(tiny_synthbirds_root, tiny_ru
     run_dir = str(tiny_run)
     assert main(["train", *common, "adv.attack=fgsm", "adv.eps=0.03"]) == 0
     adv_dir = capsys.readouterr().out.strip().splitlines()[-1]
-    assert main(["attack", run_dir, "--eps", "0,0.1", "--limit", "16", "--compare", adv_dir]) == 0
+    eps = "0,0.02,0.05,0.1"
+    assert main(["attack", run_dir, "--eps", eps, "--limit", "16", "--compare", adv_dir]) == 0
     record = json.loads((tiny_run / "attack" / "fgsm_n16.json").read_text())
     curves = list(record["accuracy"].values())
     assert len(curves) == 2 and record["total"] == 16
@@ -24,6 +26,12 @@ def test_attack_command_writes_table_plot_and_json(tiny_synthbirds_root, tiny_ru
         (tiny_run / "attack" / "fgsm_n16.md").read_text()
     for curve in curves:
         assert 0 <= curve["0.1"] <= curve["0"] <= 1  # an attack never raises accuracy above clean
+    # each curve is its own run's: the one attacking that run alone gives (two models: curves that differ)
+    assert curves[0] != curves[1]
+    for run, label in ((adv_dir, "test_resnet, adv.attack=fgsm"), (run_dir, "resnet18, adv.attack=none")):
+        assert main(["attack", run, "--eps", eps, "--limit", "16"]) == 0
+        (alone,) = json.loads((Path(run) / "attack" / "fgsm_n16.json").read_text())["accuracy"].values()
+        assert alone == record["accuracy"][label], run
     assert (tiny_run / "attack" / "fgsm_n16.png").stat().st_size > 1000
     assert main(["attack", run_dir, "--eps", "0,2"]) == 2
     assert "eps" in capsys.readouterr().err

@@ -8,8 +8,9 @@ from fgvc import api, config, runs
 from fgvc.errors import UserError
 from fgvc.train import train
 
+# train.threads=fixed: runs compared bit for bit keep one thread count (beside other jobs auto would change it)
 FAST = ["model.name=test_resnet", "data.image_size=32", "train.batch_size=16", "train.lr=2e-3",
-        "train.patience=0", "data.num_workers=0", "train.precision=32-true"]
+        "train.patience=0", "data.num_workers=0", "train.precision=32-true", "train.threads=fixed"]
 
 
 def _cfg(root, out, *extra):

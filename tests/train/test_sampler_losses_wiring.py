@@ -13,9 +13,9 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
-from wiring_helpers import run_and_spy
+from wiring_helpers import StopRun, run_and_spy
 
-from fgvc import config, runs
+from fgvc import runs
 from fgvc.models.factory import Classifier
 from fgvc.train import train
 from fgvc.train.losses import pairwise_confusion
@@ -26,30 +26,8 @@ BASE = ["model.name=test_resnet", "data.image_size=16", "data.num_workers=0", "d
 PK = ["data.sampler=pk", "data.pk_images=4"]  # 2 classes x 4 images
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def make_cfg(tiny_synthbirds_root):
-    def make(*extra):
-        return config.load(None, [*BASE, f"data.root={tiny_synthbirds_root}", *extra])
-    return make
-
-
-@pytest.fixture(scope="module")
-def first_step(make_cfg, tmp_path_factory):
-    cache = {}
-
-    def run(*extra):
-        if extra not in cache:
-            cache[extra] = run_and_spy(make_cfg(*extra), tmp_path_factory.mktemp("step"), stop_after_first_step=True)
-        return cache[extra]
-    return run
+# one_thread, make_cfg (this module's BASE) and first_step: tests/train/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _labels(spy) -> torch.Tensor:
@@ -65,11 +43,16 @@ def test_pk_batches_are_what_the_model_trains_on(first_step):
     assert set(Counter(_labels(first_step()).tolist()).values()) != {4}
 
 
-def test_a_batch_size_that_is_not_p_times_k_is_one_sentence(make_cfg, tmp_path):
+@pytest.mark.parametrize("keys, says", [
+    (["data.pk_images=3"], "2 x 3 is not train.batch_size=8; set train.batch_size to a multiple of 3"),
+    # data.pk_classes=P: P x K must be the batch (without it, 8 // 2 = 4 classes would have trained)
+    (["data.pk_classes=3", "data.pk_images=2"], "3 x 2 is not train.batch_size=8; set train.batch_size=6"),
+])
+def test_a_batch_size_that_is_not_p_times_k_is_one_sentence(make_cfg, tmp_path, keys, says):
     from fgvc.errors import UserError
 
-    with pytest.raises(UserError, match="is not train.batch_size=8; set train.batch_size to a multiple of 3"):
-        train(make_cfg(*PK, "data.pk_images=3", f"out={tmp_path}"), progress=False)
+    with pytest.raises(UserError, match=says):
+        train(make_cfg(*PK, *keys, f"out={tmp_path}"), progress=False)
     assert not any(tmp_path.iterdir())  # refused before a run directory was written
 
 
@@ -85,19 +68,33 @@ def test_pairwise_confusion_weight_reaches_the_gradient_at_the_logits(first_step
     assert not torch.allclose(sum(plain.train_forwards[0].grads), logits.grad, atol=1e-4)
 
 
-def _spy_on_head_input(monkeypatch) -> dict:
-    """The first training forward's head input, the head's weight then, and the gradient that reaches it."""
-    seen: dict = {}
+def _spy_on_head(monkeypatch, forwards: int = 1) -> list[dict]:
+    """For each of the first ``forwards`` training forwards: the head's input (``features``), the head's weight
+    then (``weight``), the logits it gave, and the gradients that reach its input (``grad``) and its output
+    (``grad_logits``). The run stops (StopRun) at the training forward after them."""
+    seen: list[dict] = []
     real = Classifier.forward
 
+    def before(module, inputs):
+        f = inputs[0]
+        if module.training and f.requires_grad:
+            if len(seen) == forwards:
+                raise StopRun
+            record = {"features": f.detach().clone(), "weight": module.weight.detach().clone()}
+            f.register_hook(lambda g: record.setdefault("grad", g.detach().clone()))
+            seen.append(record)
+
+    def after(module, inputs, out):
+        if module.training and out.requires_grad:
+            record = seen[-1]
+            record["logits"] = out.detach().clone()
+            out.register_hook(lambda g: record.setdefault("grad_logits", g.detach().clone()))
+
     def forward(self, x, *args, **kwargs):
-        if "hook" not in seen:
-            def capture(module, inputs):
-                f = inputs[0]
-                if module.training and f.requires_grad and "features" not in seen:
-                    seen["features"], seen["weight"] = f.detach().clone(), module.weight.detach().clone()
-                    f.register_hook(lambda g: seen.setdefault("grad", g.detach().clone()))
-            seen["hook"] = self.head.register_forward_pre_hook(capture)
+        if not getattr(self.head, "spied", False):
+            self.head.register_forward_pre_hook(before)
+            self.head.register_forward_hook(after)
+            self.head.spied = True
         return real(self, x, *args, **kwargs)
 
     monkeypatch.setattr(Classifier, "forward", forward)
@@ -105,14 +102,41 @@ def _spy_on_head_input(monkeypatch) -> dict:
 
 
 def test_center_loss_weight_reaches_the_gradient_at_the_features(make_cfg, tmp_path, monkeypatch):
-    seen = _spy_on_head_input(monkeypatch)
+    seen = _spy_on_head(monkeypatch)
     spy = run_and_spy(make_cfg("loss.center=0.3"), tmp_path, stop_after_first_step=True)
     g_logits = sum(spy.train_forwards[0].grads)
-    f = seen["features"]
+    first = seen[0]
+    f = first["features"]
     # centres start at zero: d(0.3 * 1/2 mean ||f||^2)/df = 0.3 f / B, beside what the logits send back
-    expected = g_logits @ seen["weight"] + 0.3 * f / len(f)
-    assert torch.allclose(seen["grad"], expected, atol=1e-6)
-    assert not torch.allclose(seen["grad"], g_logits @ seen["weight"], atol=1e-4)
+    expected = g_logits @ first["weight"] + 0.3 * f / len(f)
+    assert torch.allclose(first["grad"], expected, atol=1e-6)
+    assert not torch.allclose(first["grad"], g_logits @ first["weight"], atol=1e-4)
+
+
+def _classes(record: dict) -> torch.Tensor:
+    """The class of each image of a forward, from the mean cross-entropy's gradient (softmax - onehot) / B."""
+    logits = record["logits"]
+    return (F.softmax(logits, 1) - len(logits) * record["grad_logits"]).argmax(1)
+
+
+def test_center_alpha_is_the_rate_the_centres_move_at(make_cfg, tmp_path, monkeypatch):
+    # Wen et al.'s rule from centres at zero: after step 1, c_j = alpha * sum_{i: y_i = j} f_i / (1 + n_j); step 2's
+    # gradient at the features is then what the logits send back plus 0.3 (f - c_y) / B
+    seen = _spy_on_head(monkeypatch, forwards=2)
+    run_and_spy(make_cfg("loss.center=0.3", "loss.center_alpha=0.8"), tmp_path)
+    first, second = seen
+    y1, y2 = _classes(first), _classes(second)
+    f1, f2 = first["features"], second["features"]
+
+    def centres(alpha):
+        c = torch.zeros(4, f1.shape[1])
+        for j in range(4):
+            c[j] = alpha * f1[y1 == j].sum(0) / (1 + (y1 == j).sum())
+        return c
+
+    back = second["grad_logits"] @ second["weight"]
+    assert torch.allclose(second["grad"], back + 0.3 * (f2 - centres(0.8)[y2]) / len(f2), atol=1e-6)
+    assert not torch.allclose(second["grad"], back + 0.3 * (f2 - centres(0.5)[y2]) / len(f2), atol=1e-4)
 
 
 def test_a_resumed_pk_center_loss_run_ends_where_an_uninterrupted_one_does(make_cfg, tmp_path):

@@ -20,12 +20,7 @@ FAST = ["model.name=test_resnet", "data.image_size=16", "data.num_workers=0", "d
         "train.batch_size=8", "train.lr=1e-3", "train.patience=0", "train.precision=32-true"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/train/conftest.py
 
 
 def _cfg(root, out, *extra):

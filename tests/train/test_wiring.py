@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from wiring_helpers import StopRun, run_and_spy, scripted_val_accuracy
 
-from fgvc import api, config, runs
+from fgvc import api, runs
 from fgvc.data import build_dataset
 from fgvc.data.transforms import eval_transform
 from fgvc.train import evaluate, train
@@ -36,32 +36,8 @@ BASE = ["model.name=test_resnet", "data.image_size=16", "data.num_workers=0", "d
 CLASSES = 4  # tiny_synthbirds_root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny convolutions: threads only add synchronisation, which a busy machine turns into seconds
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def make_cfg(tiny_synthbirds_root):
-    def make(*extra):
-        return config.load(None, [*BASE, f"data.root={tiny_synthbirds_root}", *extra])
-    return make
-
-
-@pytest.fixture(scope="module")
-def first_step(make_cfg, tmp_path_factory):
-    """``first_step(*overrides)``: the spy of a run stopped after its first optimizer step (cached)."""
-    cache = {}
-
-    def run(*extra):
-        if extra not in cache:
-            cache[extra] = run_and_spy(make_cfg(*extra), tmp_path_factory.mktemp("step"), stop_after_first_step=True)
-        return cache[extra]
-    return run
+# one_thread, make_cfg (this module's BASE) and first_step: tests/train/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
