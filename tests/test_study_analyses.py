@@ -58,11 +58,12 @@ def test_bad_analyses_are_one_sentence(spec, words, tmp_path, capsys):
         parse_analyses(spec, "study x")
 
 
-def test_a_baseline_that_is_no_row_is_refused_before_anything_trains(tmp_path, capsys):
-    path = _study(tmp_path, extra="baseline: plane\n")
+@pytest.mark.parametrize("baseline, shown", [("plane", "'plane'"), ("[plain]", "['plain']")])
+def test_a_baseline_that_is_no_row_is_refused_before_anything_trains(baseline, shown, tmp_path, capsys):
+    path = _study(tmp_path, extra=f"baseline: {baseline}\n")
     assert main(["study", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "baseline 'plane' is not one of its rows (plain, smoothed)" in err and "Traceback" not in err
+    assert f"baseline {shown} is not one of its rows (plain, smoothed)" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 

@@ -44,7 +44,7 @@ def read_study(name_or_path: str) -> tuple[str, dict]:
     for key in study:
         if key not in FIELDS:
             raise UserError(f"study {path} has unknown field {key!r}; use {', '.join(FIELDS)}")
-    if study.get("baseline") is not None and study["baseline"] not in rows:
+    if study.get("baseline") is not None and (not isinstance(study["baseline"], str) or study["baseline"] not in rows):
         raise UserError(f"study {path}: baseline {study['baseline']!r} is not one of its rows ({', '.join(rows)})")
     study["analyses"] = parse_analyses(study.get("analyses"), f"study {path}")
     study["overrides"] = parse_row_overrides(study.get("overrides"), f"study {path}, overrides")

@@ -147,10 +147,10 @@ def paired_section(per_seed: list[dict], rows: list[str], baseline: str, columns
     for r in rows:
         if r == baseline or not any(p["row"] == r for p in per_seed):
             continue
-        cells = [mean_std(paired_differences(per_seed, r, baseline, c)) for c in columns]
-        n = max((len(paired_differences(per_seed, r, baseline, c)) for c in columns), default=0)
+        diffs = [paired_differences(per_seed, r, baseline, c) for c in columns]
+        n = max(map(len, diffs), default=0)
         body.append([r, str(n), *("" if m is None else f"{m:+.4f}" + ("" if sd is None else f" ± {sd:.4f}")
-                                  for m, sd in cells)])
+                                  for m, sd in map(mean_std, diffs))])
     if not body:
         return []
     return ["", f"Paired difference to {baseline} (the row minus {baseline} on the same seed; mean ± sample std "
@@ -213,4 +213,5 @@ def plot_spread(summary: list[dict], per_seed: list[dict], columns: list[str], t
     runs.save_figure(fig, path)
 
 
-__all__ = ["SEED_FIELDS", "cell_dir", "is_rate", "mean_std", "paired_differences", "paired_section", "parse_seeds", "plot_spread", "record_seed", "write_seed_table"]
+__all__ = ["SEED_FIELDS", "cell_dir", "is_rate", "mean_std", "paired_differences", "paired_section", "parse_seeds",
+           "plot_spread", "record_seed", "write_seed_table"]

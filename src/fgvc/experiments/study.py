@@ -36,7 +36,7 @@ with a bar plot (table.png).
 With seeds (``--seeds 0,1,2``, or ``seeds: [0, 1, 2]`` in the study file) each row runs once per
 seed with ``train.seed=S`` into ``<out>/<study>/<row>/seed<S>/``, each (row, seed) skipped when
 finished, and the table gives mean +- sample std over the seeds (fgvc.experiments.seeds). With
-``baseline: ROW`` it also gives every row's paired difference to that row, seed by seed.
+``baseline: ROW`` a seeded study's table also gives every row's paired difference to that row, seed by seed.
 
 ``analyses`` runs ``fgvc eval`` (with test-time augmentation) and ``fgvc attack`` on each finished
 training cell and adds their columns to the table (flip-TTA top-1, ECE before and after temperature
