@@ -29,13 +29,19 @@ batch (decoding and augmenting, on the loop's own cores when the loader has no w
 seconds of the step itself (forward, backward, optimizer, bookkeeping), the first and last step
 apart (kernel warm-up; the last batch's other shape). Every row names the OpenMP wait policy the
 run chose (``fgvc.openmp``) and how many cores' worth of CPU time other processes took while it
-ran: a row measured beside other work says so.
+ran: a row measured beside other work says so. Where the machine's speed drifts, a bare step is
+measured after every setting and each row is compared with the mean of those beside it;
+``--quiet-wait S`` first waits up to S seconds for other processes to leave the cores.
 
 The bare step's img/s is the median of ``--bare-spans`` spans of ``--bare-steps`` steps (three of
-20 by default; the rows before 2026-12-07 used one span as long as the measured epochs).
+20 by default; the rows before 2026-12-07 used one span as long as the measured epochs), with
+OpenMP's defaults whatever the loop was given (``OMP_WAIT_POLICY=PASSIVE python ...`` measures a loop
+whose threads sleep at once against the fastest bare step). ``--key K=V`` passes another setting to
+the loop.
 
 Appends a Markdown table (machine, date, command, one row per setting and one for the bare step) to
-``--out``. Two models at 224 px on an H200: about 5 minutes with birds50 (1500 training images).
+``--out``. Two models at 224 px on an H200: about 5 minutes with birds50 (1500 training images);
+``--whole-run --epochs 1`` with resnet18 at 64 px on a 2-core CPU: about 40 s per setting.
 """
 
 from __future__ import annotations
@@ -188,6 +194,7 @@ def _epoch_breakdown(seconds: list[float], clocked: list[dict]) -> list[dict]:
 def _bare(args, classes: int) -> dict:
     """The bare step's img/s: the median of ``--bare-spans`` spans of ``--bare-steps`` steps, in one process
     with torch's OpenMP defaults (loop_overhead imports torch before fgvc), as a plain PyTorch script runs."""
+    policy = os.environ.get("OMP_WAIT_POLICY", "default")  # as torch's OpenMP reads it when it loads, next line
     import torch
     from loop_overhead import bare_images_per_second  # same bare step as the loop-overhead benchmark
 
@@ -196,7 +203,7 @@ def _bare(args, classes: int) -> dict:
     spans = sorted(bare_images_per_second(args.model, classes, args.size, args.batch, args.precision, device,
                                           args.bare_steps) for _ in range(args.bare_spans))
     return {"setting": "bare", "loop": spans[len(spans) // 2], "spans": spans, "peak_mib": _peak_memory_mib(device),
-            "others": others(), "policy": os.environ.get("OMP_WAIT_POLICY", "default")}
+            "others": others(), "policy": policy}
 
 
 def _in_subprocess(argv: list[str], quiet_wait: float = 0, env: dict | None = None) -> dict:
@@ -228,9 +235,12 @@ def _machine() -> str:
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} ({_cpus()} CPU cores)"
-    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    flags = next((line for line in info if line.startswith("flags")), "")
+    model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.machine())
     wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
-    return f"{platform.machine()} CPU, {_cpus()} cores ({', '.join(wanted) or 'no avx2'}), {torch.get_num_threads()} threads"
+    return (f"{model} CPU, {_cpus()} cores ({', '.join(wanted) or 'no avx2'}), {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}")
 
 
 def _cpus() -> int:
