@@ -27,6 +27,7 @@ from fgvc import config as config_mod
 from fgvc import runs
 from fgvc.api import build_model, pretraining_source, run_task
 from fgvc.data import build_dataset
+from fgvc.data.cache import wait_hint
 from fgvc.data.transforms import eval_transform
 from fgvc.devices import (
     check_accelerator,
@@ -136,15 +137,19 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     # on a CPU, the thread pool follows the cores other jobs leave free (OpenMP threads that spin for a
     # descheduled peer collapse a job 3-8x); once per run, so its ceiling is the count the run started with
     governor = ThreadGovernor() if fabric.device.type == "cpu" and cfg.train.threads == "auto" else None
-    for epoch in range(state.epoch + 1, cfg.train.epochs):
+    first_epoch = state.epoch + 1  # of this process: a resumed run is told about the cache as a fresh one is
+    for epoch in range(first_epoch, cfg.train.epochs):
         if state.stops_before(epoch, cfg.train):
             break  # early stopping: val accuracy has not improved for `patience` epochs
         seed_epoch(fabric, loaders, cfg.train.seed, epoch)
         t0 = time.perf_counter()
-        train_loss, train_acc, seen, lr = train_one_epoch(fabric, model, raw_model, optimizer, loaders.train, tricks,
-                                                          epoch, cfg, state, ckpt, quiet, log,
-                                                          scheduler if per_step else None, governor)
+        train_loss, train_acc, seen, lr, waited = train_one_epoch(fabric, model, raw_model, optimizer, loaders.train,
+                                                                  tricks, epoch, cfg, state, ckpt, quiet, log,
+                                                                  scheduler if per_step else None, governor)
         seconds = time.perf_counter() - t0
+        hint = wait_hint(cfg.data.cache, fabric.device.type, waited, seconds) if epoch == first_epoch else None
+        if hint:
+            fabric.print(hint)
         val = validate(model, loaders.val, scores, epoch, cfg, state, ckpt)
         if not per_step:  # lr above is the rate of the epoch's last step (a per-step schedule moves within it)
             scheduler.step()
@@ -237,9 +242,9 @@ def start_run(fabric: Fabric, cfg: config_mod.Config, run_dir: str | Path | None
 def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks: Tricks, epoch: int,
                     cfg: config_mod.Config, state: TrainState, ckpt: Path, quiet: bool,
                     log: ExperimentLog | None = None, scheduler=None,
-                    governor: ThreadGovernor | None = None) -> tuple[float, float, int, float]:
+                    governor: ThreadGovernor | None = None) -> tuple[float, float, int, float, float]:
     """One pass over the train shard: (mean loss, accuracy, images summed over processes, the lr of its last
-    step). Train accuracy under mixing is agreement with the label of the larger mixing weight (the argmax
+    step, this process's seconds spent waiting for the loader's batches). Train accuracy under mixing is agreement with the label of the larger mixing weight (the argmax
     of the soft target); without mixing it is plain accuracy. ``scheduler``: stepped after every optimizer
     step (a per-step schedule), or None. ``governor``: resizes the CPU thread pool between steps, or None."""
     train_mode(model)  # frozen BatchNorm stays in eval mode
@@ -254,7 +259,9 @@ def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks:
         fabric.backward(loss)
         optimizer.step()
 
+    waited, asked = 0.0, time.perf_counter()
     for step, (x, y) in enumerate(all_or_none(fabric, bar)):
+        waited += time.perf_counter() - asked
         if governor is not None:
             governor.tick()
         x, target = tricks.targets(tricks.inputs(x, epoch, step), y)  # device augmentation, then mixing
@@ -278,9 +285,10 @@ def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks:
         seen += y.shape[0]
         if not quiet and step % 10 == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+        asked = time.perf_counter()
     sums = torch.stack([loss_sum, correct.double(), torch.tensor(seen, dtype=torch.float64, device=fabric.device)])
     loss_sum, correct, seen = sum_over_processes(fabric, sums).tolist()
-    return loss_sum / max(seen, 1), correct / max(seen, 1), int(seen), lr
+    return loss_sum / max(seen, 1), correct / max(seen, 1), int(seen), lr, waited
 
 
 def setup_fabric(cfg: config_mod.Config) -> tuple[Fabric, str]:
