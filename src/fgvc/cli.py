@@ -42,7 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     add_data_parser(sub)
+    _add_run_parsers(sub)
+    _add_attack_and_clip_parsers(sub)
+    _add_model_parsers(sub)
+    _add_study_parsers(sub)
+    _add_output_parsers(sub)
+    _show_defaults(p)
+    return p
 
+
+def _add_run_parsers(sub) -> None:
+    """The subcommands training a run and reading it: train, eval, predict, explain, serve."""
     train = sub.add_parser("train", help="train a classifier; prints the run directory",
                            description="Train a classifier from a recipe (a shipped name or a YAML file) and/or "
                                        "key=value overrides; prints the run directory.",
@@ -96,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 listens on every "
                     "interface, with no authentication (default: 127.0.0.1)")
 
+
+def _add_attack_and_clip_parsers(sub) -> None:
+    """The subcommands attack, and CLIP's zeroshot / clip probe / clip finetune."""
     at = sub.add_parser("attack", help="accuracy under FGSM / I-FGSM / RS-FGSM / PGD across eps, with plot and gallery")
     at.add_argument("run_dir")
     at.add_argument("--attack", default="fgsm", choices=AttackNames(), metavar="ATTACK",
@@ -145,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("overrides", nargs="*", metavar="key=value",
                     help="any fgvc train key, applied last (e.g. aug.mixup_alpha=0.2 train.patience=3)")
 
+
+def _add_model_parsers(sub) -> None:
+    """The subcommands probe, weights, gan: models outside a training run."""
     probe = sub.add_parser("probe", help="linear probe (logistic regression) on a frozen backbone's features",
                            description="Fit an L2-regularised logistic regression on the frozen features of the "
                                        "model a recipe and key=value overrides describe (model.weights, "
@@ -190,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     gsample.add_argument("--raw", action="store_true", help="use the raw generator instead of its EMA")
     gsample.add_argument("--device", default="auto", help=DEVICE_HELP)
 
+
+def _add_study_parsers(sub) -> None:
+    """The subcommands study and its launcher options."""
     st = sub.add_parser("study", help="run a whole paper table (several runs) and write its table")
     st.add_argument("study", help="shipped study name (see fgvc/configs/studies) or a YAML file")
     st.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every row, e.g. data.root=DIR")
@@ -223,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--setup", action="append", default=[], metavar="LINE",
                     help="shell line run before each job, repeatable (e.g. 'source .venv/bin/activate')")
 
+
+def _add_output_parsers(sub) -> None:
+    """The subcommands report, export, demo."""
     rep = sub.add_parser("report", help="Markdown + self-contained HTML report of every run below a folder: tables, "
                          "figures and each run's pictures (see docs/report.md)")
     rep.add_argument("runs_dir", metavar="RUNS_DIR", help="folder holding run directories (searched recursively)")
@@ -242,8 +264,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole tour on generated data, in minutes on a CPU")
     demo.add_argument("--out", default="fgvc-demo", help="folder for the demo's data and runs")
     demo.add_argument("--epochs", type=int, help="override the demo's epoch count (default: 12)")
-    _show_defaults(p)
-    return p
 
 
 def _show_defaults(parser: argparse.ArgumentParser) -> None:

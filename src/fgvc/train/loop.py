@@ -137,8 +137,7 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     # on a CPU, the thread pool follows the cores other jobs leave free (OpenMP threads that spin for a
     # descheduled peer collapse a job 3-8x); once per run, so its ceiling is the count the run started with
     governor = ThreadGovernor() if fabric.device.type == "cpu" and cfg.train.threads == "auto" else None
-    first_epoch = state.epoch + 1  # of this process: a resumed run is told about the cache as a fresh one is
-    for epoch in range(first_epoch, cfg.train.epochs):
+    for epoch in range(first_epoch := state.epoch + 1, cfg.train.epochs):
         if state.stops_before(epoch, cfg.train):
             break  # early stopping: val accuracy has not improved for `patience` epochs
         seed_epoch(fabric, loaders, cfg.train.seed, epoch)
@@ -147,8 +146,7 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
                                                                   tricks, epoch, cfg, state, ckpt, quiet, log,
                                                                   scheduler if per_step else None, governor)
         seconds = time.perf_counter() - t0
-        hint = wait_hint(cfg.data.cache, fabric.device.type, waited, seconds) if epoch == first_epoch else None
-        if hint:
+        if epoch == first_epoch and (hint := wait_hint(cfg.data.cache, fabric.device.type, waited, seconds)):
             fabric.print(hint)
         val = validate(model, loaders.val, scores, epoch, cfg, state, ckpt)
         if not per_step:  # lr above is the rate of the epoch's last step (a per-step schedule moves within it)
