@@ -75,6 +75,19 @@ def test_a_missing_seed_is_rerun_alone(tiny_synthbirds_root, tmp_path, capsys):
     assert _csv(folder / "table.csv")[0]["n"] == "2" and len(_csv(folder / "table_seeds.csv")) == len(before) == 2
 
 
+def test_seeds_given_on_the_command_line_complete_the_files_seeds_in_the_table(tiny_synthbirds_root, tmp_path, capsys):
+    path = _study(tmp_path, rows="  plain: []\n", extra="seeds: [0, 1]\n")
+    data = [f"data.root={tiny_synthbirds_root}"]
+    folder = run_study(str(path), data, out=tmp_path / "out", progress=False, seeds="0")  # seed 0 first
+    assert [r["seed"] for r in _csv(folder / "table_seeds.csv")] == ["0"]
+    run_study(str(path), data, out=tmp_path / "out", progress=False, seeds="1")  # then the missing one alone
+    assert [r["seed"] for r in _csv(folder / "table_seeds.csv")] == ["0", "1"]  # not seed 1 alone
+    assert _csv(folder / "table.csv")[0]["n"] == "2"
+    assert not (folder / "plain" / "seed2").exists()
+    run_study(str(path), data, out=tmp_path / "out", progress=False, seeds="2")  # a seed the file lacks
+    assert [r["seed"] for r in _csv(folder / "table_seeds.csv")] == ["0", "1", "2"]
+
+
 @pytest.mark.parametrize("text, words", [("a,b", "not 'a'"), ("1,1", "twice"), ("3-1", "empty"), ("-1", "0 or more")])
 def test_bad_seeds_are_one_sentence(text, words, tmp_path, capsys):
     path = _study(tmp_path)

@@ -218,7 +218,8 @@ def _add_study_parsers(sub) -> None:
     st.add_argument("--out", default="runs", help="parent folder of the study folder (default: runs)")
     st.add_argument("--quiet", action="store_true")
     st.add_argument("--seeds", help="run every row once per seed (train.seed=S, folder <row>/seed<S>), e.g. 0,1,2 "
-                    "or 0-4; the table gives mean ± std and each seed (default: the study file's seeds, else one run)")
+                    "or 0-4; the table gives mean ± std and each seed, counting the study file's finished seeds too "
+                    "(default: the study file's seeds, else one run)")
     lg = st.add_argument_group("launcher", "one submitit job per unfinished row, or (row, seed) with --seeds "
                                f"(needs the cluster extra: {install_command('cluster')}); "
                                "SLURM options apply to --launcher slurm, see docs/scale.md")

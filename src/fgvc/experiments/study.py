@@ -81,11 +81,14 @@ def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None =
     ``launcher`` 'local' or 'slurm' submits one job per unfinished row (fgvc.experiments.launch)
     instead of training them one after another here. ``seeds`` ("0,1,2" or a list; default: the study
     file's ``seeds``, else none) runs each row once per seed (``train.seed=S``, folder ``<row>/seed<S>``)
-    and writes mean +- std; every (row, seed) is a cell of its own, skipped when finished."""
+    and writes mean +- std; every (row, seed) is a cell of its own, skipped when finished. The table
+    counts the finished cells of those seeds and of the file's, so ``--seeds 1,2`` completes a study
+    whose seed 0 ran earlier."""
     name, study = read_study(name_or_path)
-    if seeds is not None:
-        study["seeds"] = parse_seeds(seeds)
     seed_list = study.get("seeds") or [None]
+    if seeds is not None:  # these seeds run; the table counts them and the file's (say seed 0 run earlier)
+        seed_list = parse_seeds(seeds)
+        study["seeds"] = sorted({*(study.get("seeds") or []), *seed_list})
     rows = list(study["rows"])
     if only:
         unknown = [r for r in only if r not in rows]
