@@ -83,9 +83,19 @@ def test_seeds_given_on_the_command_line_complete_the_files_seeds_in_the_table(t
     run_study(str(path), data, out=tmp_path / "out", progress=False, seeds="1")  # then the missing one alone
     assert [r["seed"] for r in _csv(folder / "table_seeds.csv")] == ["0", "1"]  # not seed 1 alone
     assert _csv(folder / "table.csv")[0]["n"] == "2"
-    assert not (folder / "plain" / "seed2").exists()
     run_study(str(path), data, out=tmp_path / "out", progress=False, seeds="2")  # a seed the file lacks
     assert [r["seed"] for r in _csv(folder / "table_seeds.csv")] == ["0", "1", "2"]
+
+
+def test_a_tabled_seed_run_with_other_settings_refuses_the_call(tiny_synthbirds_root, tmp_path, capsys):
+    path = _study(tmp_path, rows="  plain: []\n", extra="seeds: [0, 1]\n")
+    out = ["--out", str(tmp_path / "out")]
+    run_study(str(path), [f"data.root={tiny_synthbirds_root}"], out=tmp_path / "out", progress=False, seeds="0")
+    capsys.readouterr()
+    code = main(["study", str(path), f"data.root={tiny_synthbirds_root}", "train.epochs=2", "--seeds", "1", *out])
+    err = capsys.readouterr().err
+    assert code == 2 and "seed0 finished with train.epochs=1, but this call asks for train.epochs=2" in err
+    assert not (tmp_path / "out" / "seeded" / "plain" / "seed1").exists()  # refused before training
 
 
 @pytest.mark.parametrize("text, words", [("a,b", "not 'a'"), ("1,1", "twice"), ("3-1", "empty"), ("-1", "0 or more")])

@@ -347,13 +347,16 @@ def _free_bytes(folder: Path) -> float:
 WAIT_HINT_SHARE = 0.10  # of an epoch spent waiting for batches, above which a CPU run is told about the cache
 
 
-def wait_hint(mode: str, device_type: str, waited: float, seconds: float) -> str | None:
-    """The sentence a CPU run with ``data.cache=off`` prints when its first epoch spent ``WAIT_HINT_SHARE`` or more
-    of its ``seconds`` waiting for batches (``waited``), else None. On a CPU the loader decodes and resizes on
-    the cores the steps use, so that share is what the cache gives back (benchmarks/results/loop_vs_bare.md:
+def wait_hint(mode: str, device_type: str, waited: float, seconds: float, processes: int = 1) -> str | None:
+    """The sentence a one-process CPU run with ``data.cache=off`` prints when its first epoch spent
+    ``WAIT_HINT_SHARE`` or more of its ``seconds`` waiting for batches (``waited``, the first batch's wait
+    left out: it starts the loader's workers), else None. On a CPU the loader decodes and resizes on the
+    cores the steps use, so that share is what the cache gives back (benchmarks/results/loop_vs_bare.md:
     11% of each epoch for resnet18 at 64 px on birds50, 0.81 of the bare step, 1.005 with the cache). On an
-    accelerator the host's wait overlaps the device's work and says less, so nothing is printed there."""
-    if mode != "off" or device_type != "cpu" or seconds <= 0 or waited / seconds < WAIT_HINT_SHARE:
+    accelerator the host's wait overlaps the device's work, and with several ``processes`` each batch also
+    waits for the slowest one, so nothing is printed there. ``data.cache=auto`` that cached no training
+    images (over its budget) is not told either."""
+    if mode != "off" or device_type != "cpu" or processes > 1 or seconds <= 0 or waited / seconds < WAIT_HINT_SHARE:
         return None
     return (f"the first epoch waited {waited / seconds:.0%} of its {seconds:.0f} s for images to be decoded on the "
             "cores the steps use; data.cache=auto decodes each image once and keeps its pixels on disk (the same "

@@ -95,12 +95,15 @@ def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None =
         if unknown:
             raise UserError(f"study {name} has no row {unknown[0]!r}; rows: {', '.join(rows)}")
         rows = [r for r in rows if r in only]
-    # one cell per (row, seed); the seed goes last, over the study's and the command line's overrides
-    row_of, configs = {}, {}
+    # one cell per (row, seed); the seed goes last, over the study's and the command line's overrides; the
+    # cells of the table's other seeds are checked against this call's settings too, never mixed in
+    row_of, tabled, configs = {}, {}, {}
     extra = extra if isinstance(extra, dict) else config_mod.parse_overrides(list(extra))  # parsed once
     for r in rows:  # validate every row before training
-        for seed in seed_list:
-            row_of[cell_dir(r, seed)] = r
+        for seed in study.get("seeds") or seed_list:
+            tabled[cell_dir(r, seed)] = r
+            if seed in seed_list:
+                row_of[cell_dir(r, seed)] = r
             seed_override = {} if seed is None else {"train.seed": seed}
             configs[cell_dir(r, seed)] = row_config(study, r, {**extra, **seed_override})
     for cell, row in row_of.items():  # CLIP rows checked here too, before anything trains or is submitted
@@ -111,7 +114,7 @@ def run_study(name_or_path: str, extra: list[str] = (), only: list[str] | None =
         if row_kind(study["rows"][row]) == "clip":
             clip_row(study["rows"][row], row, configs[cell])
     folder = Path(out).expanduser() / name
-    check_finished_cells(folder, row_of, study, configs)
+    check_finished_cells(folder, tabled, study, configs)
     if launcher != "sequential":
         launch_study(name, study, list(row_of), configs, folder.resolve(), launcher, launch_options, detach,
                      rows_of=row_of)

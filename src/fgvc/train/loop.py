@@ -146,7 +146,8 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
                                                                   tricks, epoch, cfg, state, ckpt, quiet, log,
                                                                   scheduler if per_step else None, governor)
         seconds = time.perf_counter() - t0
-        if epoch == first_epoch and (hint := wait_hint(cfg.data.cache, fabric.device.type, waited, seconds)):
+        if epoch == first_epoch and (hint := wait_hint(cfg.data.cache, fabric.device.type, waited, seconds,
+                                                       fabric.world_size)):
             fabric.print(hint)
         val = validate(model, loaders.val, scores, epoch, cfg, state, ckpt)
         if not per_step:  # lr above is the rate of the epoch's last step (a per-step schedule moves within it)
@@ -242,9 +243,11 @@ def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks:
                     log: ExperimentLog | None = None, scheduler=None,
                     governor: ThreadGovernor | None = None) -> tuple[float, float, int, float, float]:
     """One pass over the train shard: (mean loss, accuracy, images summed over processes, the lr of its last
-    step, this process's seconds spent waiting for the loader's batches). Train accuracy under mixing is agreement with the label of the larger mixing weight (the argmax
-    of the soft target); without mixing it is plain accuracy. ``scheduler``: stepped after every optimizer
-    step (a per-step schedule), or None. ``governor``: resizes the CPU thread pool between steps, or None."""
+    step, this process's seconds spent waiting for the loader's batches after the first, whose wait also
+    starts the loader's workers). Train accuracy under mixing is agreement with the label of the larger
+    mixing weight (the argmax of the soft target); without mixing it is plain accuracy. ``scheduler``:
+    stepped after every optimizer step (a per-step schedule), or None. ``governor``: resizes the CPU thread
+    pool between steps, or None."""
     train_mode(model)  # frozen BatchNorm stays in eval mode
     # sums stay on the device (no .item() per step); the finiteness check below is the one sync
     loss_sum = torch.zeros((), dtype=torch.float64, device=fabric.device)
@@ -259,7 +262,7 @@ def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks:
 
     waited, asked = 0.0, time.perf_counter()
     for step, (x, y) in enumerate(all_or_none(fabric, bar)):
-        waited += time.perf_counter() - asked
+        waited += (time.perf_counter() - asked) if step else 0.0
         if governor is not None:
             governor.tick()
         x, target = tricks.targets(tricks.inputs(x, epoch, step), y)  # device augmentation, then mixing
