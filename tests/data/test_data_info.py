@@ -43,3 +43,22 @@ def test_dogs_layout_is_described(dogs_root):
 def test_birds50_is_described_without_boxes():
     d = info.describe("cub200", BIRDS50)
     assert d["num_classes"] == 50 and not d["has_boxes"] and sum(d["splits"].values()) == 2952
+
+
+def test_check_says_where_the_boxes_sit_against_the_image_edges(dogs_copy):
+    from fgvc.data import dogs
+
+    files = sorted(p for p in (dogs_copy / "Annotation").rglob("n*_*") if p.is_file())
+    size = 48  # the synthdogs images' side (conftest's DATA_SIZE)
+    # every box inside the image, then one at 0, one at the far edge, one a pixel past it
+    corners = [(0, 20), (10, size), (1, size + 1)] + [(5, 20)] * (len(files) - 3)
+    for path, (x0, x1) in zip(files, corners):
+        text = path.read_text()
+        text = text.replace(text[text.index("<xmin>"):text.index("</ymax>")],
+                            f"<xmin>{x0}</xmin>\n\t\t\t<ymin>5</ymin>\n\t\t\t<xmax>{x1}</xmax>\n\t\t\t<ymax>30")
+        path.write_text(text)
+        assert dogs.read_box(path) == (x0, 5, x1 - x0, 25)
+    d = info.describe("synthdogs", dogs_copy, check=True)
+    assert d["box_edges"] == {"boxes": 24, "at_zero": 1, "at_far_edge": 1, "beyond": 1}
+    assert "box edges        of 24 boxes 1 touch 0, 1 the image's far edge, 1 pass it" in info.format_info(d)
+    assert "box_edges" not in info.describe("synthdogs", dogs_copy)  # headers are read only with --check
