@@ -41,7 +41,9 @@ def add_data_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     info = dsub.add_parser("info", help="classes, split sizes and unreadable files of a dataset")
     info.add_argument("name")
     info.add_argument("--root", required=True)
-    info.add_argument("--check", action="store_true", help="decode every image and list the bad ones")
+    info.add_argument("--check", action="store_true",
+                      help="decode every image and list the bad ones; with boxes, count those touching 0, reaching "
+                      "or passing the image's far edge (the boxes' coordinate convention, docs/data.md)")
     info.add_argument("--json", action="store_true")
     audit = dsub.add_parser(
         "audit", help="near-duplicates between train and test (and other folders), label-noise suspects",
