@@ -12,6 +12,7 @@ from fgvc.cli import main
 from fgvc.experiments.analyses import analysis_values, parse_analyses
 from fgvc.experiments.seeds import paired_differences, paired_section
 from fgvc.experiments.study import run_study
+from fgvc.robust.run import checkpoint_fingerprint
 from fgvc.scored_checkpoint import sha256
 
 COMMON = ("model.name=test_resnet, data.image_size=32, train.epochs=1, data.num_workers=0, data.name=synthbirds, "
@@ -91,10 +92,11 @@ def test_the_study_runs_its_analyses_and_tabulates_them_with_paired_differences(
     assert f"| smoothed | 2 | {sum(diffs) / 2:+.4f} ± " in table
 
     # a re-run finds every analysis done on the current checkpoints: nothing is evaluated again
-    stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("eval_test.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in [*folder.rglob("eval_test.json"), *folder.rglob("fgsm_n8.json")]}
     capsys.readouterr()
     run_study(str(path), data, out=tmp_path / "out", progress=False, seeds="0,1")
-    assert "eval --tta flip" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "eval --tta flip" not in out and "attack fgsm" not in out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
@@ -112,7 +114,9 @@ def test_analyses_of_another_checkpoint_give_empty_cells(tmp_path):
         "acc": 0.5, "checkpoint": {"sha256": sha256(run / "checkpoints" / "best.safetensors")},
         "tta": {"mode": "flip", "acc": 0.6}, "calibration": {"test": {"before": {"ece": 0.2}, "after": {"ece": 0.05}}}}))
     (run / "attack").mkdir()
-    (run / "attack" / "fgsm.json").write_text(json.dumps({"accuracy": {"seed0": {"1/255": 0.3}}}))
+    attack_file = run / "attack" / "fgsm.json"
+    attack_file.write_text(json.dumps({"checkpoints": {"seed0": checkpoint_fingerprint(run)},
+                                       "accuracy": {"seed0": {"1/255": 0.3}}}))
     assert analysis_values(run, analyses) == {"test_acc_tta": 0.6, "test_ece": 0.2, "test_ece_temp": 0.05,
                                               "fgsm@1/255": 0.3}
     # the run trained on: a new best checkpoint, newer than the attack file and with another hash
@@ -120,6 +124,8 @@ def test_analyses_of_another_checkpoint_give_empty_cells(tmp_path):
     (run / "checkpoints" / "best.safetensors").write_bytes(b"better weights")
     os.utime(run / "checkpoints" / "best.safetensors", (later, later))
     assert set(analysis_values(run, analyses).values()) == {None}
+    os.utime(attack_file, (later + 10, later + 10))  # an attack file newer than the checkpoint is not enough
+    assert analysis_values(run, analyses)["fgsm@1/255"] is None
     # an eval without the asked views is not a TTA number either
     assert analysis_values(run, parse_analyses({"eval": {"tta": "five-crop"}}, "x"))["test_acc_tta"] is None
 

@@ -15,8 +15,9 @@ already done on the cell's current best checkpoint is not run again. The columns
   (``calibration.test.before.ece`` / ``after.ece``);
 - ``<attack>@<eps>``, e.g. ``fgsm@1/255``: accuracy under the attack on the first ``limit`` test images.
 
-An analysis file older than the run's best checkpoint (the run was trained further after it) gives an empty
-cell, never a number of another model.
+An analysis file of another checkpoint than the run's best (the run was trained further after it) gives an
+empty cell, never a number of another model: eval_test.json names its checkpoint by SHA-256, the attack
+file by the fingerprint ``fgvc attack`` records.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from fgvc.errors import UserError
 from fgvc.evaluation import eval_run
 from fgvc.robust import parse_eps, resolve_attack
-from fgvc.robust.run import attack_run
+from fgvc.robust.run import attack_run, checkpoint_fingerprint
 from fgvc.robust.sweep import format_eps
 from fgvc.scored_checkpoint import sha256
 from fgvc.tta import check_mode
@@ -114,12 +115,14 @@ def _eval_current(run_dir: Path, tta: str | None) -> dict | None:
 
 
 def _attack_current(run_dir: Path, attack: dict) -> dict | None:
-    """{eps label: accuracy} of the run's attack file when written after its best checkpoint, else None."""
-    path, best = _attack_file(run_dir, attack), run_dir / BEST
-    if not path.is_file() or not best.is_file() or path.stat().st_mtime < best.stat().st_mtime:
+    """{eps label: accuracy} of the run's attack file when it attacked the run's current best checkpoint (the
+    fingerprint ``fgvc attack`` records for it), else None."""
+    result, name = _read_json(_attack_file(run_dir, attack)), run_dir.resolve().name
+    if not isinstance(result, dict) or not (run_dir / BEST).is_file():
         return None
-    result = _read_json(path)
-    curve = ((result or {}).get("accuracy") or {}).get(run_dir.resolve().name)
+    if (result.get("checkpoints") or {}).get(name) != checkpoint_fingerprint(run_dir):
+        return None
+    curve = (result.get("accuracy") or {}).get(name)
     if not isinstance(curve, dict) or any(format_eps(e) not in curve for e in attack["eps"]):
         return None
     return curve
