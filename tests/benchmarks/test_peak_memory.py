@@ -53,10 +53,12 @@ def test_trainable_freezes_what_model_trainable_freezes(peak_memory, capsys):
 def test_a_method_with_more_passes_grows_memory_more_in_its_own_process(tmp_path):
     out = tmp_path / "peak.md"
     subprocess.run([sys.executable, str(SCRIPT), "--models", "test_resnet", "--methods", "plain,wsdan",
-                    "--size", "64", "--batches", "16", "--steps", "2", "--classes", "4", "--out", str(out)],
+                    "--size", "128", "--batches", "16", "--steps", "2", "--classes", "4", "--out", str(out)],
                    check=True, capture_output=True, text=True)
     rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| test_resnet |")]
     by_method = {r[1]: r for r in rows}
     assert list(by_method) == ["plain", "wsdan"]
     growth = {m: float(r[9]) for m, r in by_method.items()}  # growth of the resident set over the step, MiB
-    assert by_method["wsdan"][7] == "3 / 1" and growth["wsdan"] > growth["plain"] * 1.15
+    # at 128 px the three views' activations (about 2x plain's growth here) stand well above the allocator's
+    # noise of a few MiB; at 64 px they did not
+    assert by_method["wsdan"][7] == "3 / 1" and growth["wsdan"] > growth["plain"] * 1.4
