@@ -34,6 +34,9 @@ def build_model(cfg: config_mod.Config, num_classes: int, class_names: list[str]
     """Backbone with a fresh head, optionally initialised from an earlier run, then frozen by spec.
     A pretrained CLIP model (``model.name=clip:...``) starts from its zero-shot head, which needs
     ``class_names`` (fgvc.clip.classifier)."""
+    if is_clip(cfg.model.name) and cfg.model.output_stride != 32:
+        raise UserError(f"{cfg.model.name} is a CLIP image tower, which fgvc builds at its own stride; "
+                        "leave model.output_stride at 32")
     if is_clip(cfg.model.name):
         from fgvc.clip.classifier import clip_classifier, zeroshot_classifier
 
@@ -41,8 +44,7 @@ def build_model(cfg: config_mod.Config, num_classes: int, class_names: list[str]
             if cfg.model.pretrained else clip_classifier(cfg.model.name, num_classes, dropout=cfg.model.dropout,
                                                          image_size=cfg.data.image_size)
     else:
-        model = create_model(cfg.model.name, num_classes, pretrained=cfg.model.pretrained,
-                             dropout=cfg.model.dropout, image_size=cfg.data.image_size)
+        model = _backbone(cfg, num_classes, pretrained=cfg.model.pretrained)
     if cfg.model.weights:  # a local file (fgvc.models.weights): its origin goes into config.yaml and metrics.json
         origin = load_weights_file(model, cfg.model.weights, expected_sha256=cfg.model.weights_sha256)
         cfg.model.weights_sha256 = origin["sha256"]
@@ -62,6 +64,12 @@ def build_model(cfg: config_mod.Config, num_classes: int, class_names: list[str]
             raise UserError(f"weights in {cfg.model.init_from} do not fit {cfg.model.name}")
     apply_trainable(model, cfg.model.trainable)
     return model
+
+
+def _backbone(cfg: config_mod.Config, num_classes: int, pretrained: bool):
+    """The configured backbone with a fresh head (model.name, dropout, data.image_size, model.output_stride)."""
+    return create_model(cfg.model.name, num_classes, pretrained=pretrained, dropout=cfg.model.dropout,
+                        image_size=cfg.data.image_size, output_stride=cfg.model.output_stride)
 
 
 def run_task(cfg: config_mod.Config) -> str:
@@ -121,8 +129,7 @@ def load(run_dir: str | Path, checkpoint: str = "best"):
         model = clip_classifier(cfg.model.name, len(class_names), cfg.model.dropout, cfg.data.image_size,
                                 pretrained=cfg.clip.pretrained if cfg.model.pretrained else "")
     else:
-        model = create_model(cfg.model.name, len(class_names), pretrained=False, dropout=cfg.model.dropout,
-                             image_size=cfg.data.image_size)
+        model = _backbone(cfg, len(class_names), pretrained=False)
         model = build_from_config(cfg.method, model, len(class_names), cfg.model.dropout)  # the head it trained
     state = load_weights(run_dir / "checkpoints" / f"{checkpoint}.safetensors")
     missing, unexpected = model.load_state_dict(state, strict=False)

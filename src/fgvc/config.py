@@ -54,6 +54,7 @@ class ModelConfig:
     weights: str = ""  # a local weights file: .safetensors, .pth/.pt/.bin or a TensorFlow Lite .tflite
     weights_sha256: str = ""  # filled in when model.weights is loaded; when given, the file must match it
     batchnorm: str = "auto"  # auto | train | frozen | reestimate (see fgvc.models.batchnorm)
+    output_stride: int = 32  # 32 | 16 | 8: the last feature map's stride; below 32 the last stages dilate instead
 
 
 @dataclass

@@ -35,6 +35,8 @@ CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | typing.Callable[[], 
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "a probability in [0, 1)"),
     "model.batchnorm": (lambda v: v in ("auto", "train", "frozen", "reestimate"),
                         "one of auto, train, frozen, reestimate"),
+    "model.output_stride": (lambda v: v in (8, 16, 32), "8, 16 or 32 (the last feature map's stride; 32 is the "
+                            "backbone's own, 16 the stride-16 map of iSQRT-COV's and CAL's authors)"),
     "train.epochs": (lambda v: v >= 1, "1 or more"),
     "train.batch_size": (lambda v: v >= 1, "1 or more"),
     "train.lr": (lambda v: v > 0, "a positive number"),

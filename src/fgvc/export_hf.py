@@ -49,7 +49,14 @@ _NOT_OURS = ("tag", "hf_hub_id", "hf_hub_filename", "url", "file", "source", "li
 
 
 def twin(model: nn.Module, image_size: int) -> tuple[str, dict, dict]:
-    """``(timm architecture, model_args, state_dict with timm's keys)`` of an fgvc Classifier."""
+    """``(timm architecture, model_args, state_dict with timm's keys)`` of an fgvc Classifier; a model built
+    with model.output_stride below 32 passes it on (timm dilates the same stages)."""
+    arch, args, state = _twin(model, image_size)
+    stride = getattr(model, "output_stride", 32)
+    return arch, {**args, **({"output_stride": stride} if stride != 32 else {})}, state
+
+
+def _twin(model: nn.Module, image_size: int) -> tuple[str, dict, dict]:
     name, num_classes = model.name, model.head.out_features
     state = {k: v.detach().clone().contiguous() for k, v in model.net.state_dict().items()}
     if name in TORCHVISION_MODELS:

@@ -105,6 +105,7 @@ def training_protocol(cfg, train_ds, val_ds, test_ds, *, precision: str, device:
         "train_crop": train_crop(cfg.aug),
         "tta": tta,
         "pretrained": pretrained,
+        "output_stride": cfg.model.output_stride,
         "method": method if method is not None else {"name": cfg.method.name},
         "sampler": _sampler(cfg),
         "losses": {"center": cfg.loss.center, "center_alpha": cfg.loss.center_alpha,

@@ -67,7 +67,7 @@ class Method(Classifier):
         channels = feature_channels(backbone)  # refuses a backbone without a spatial map, first
         slot = classifier_slot(backbone)
         super().__init__(backbone.net, backbone.name, backbone.family, f"{slot}.{self.head_linear}",
-                         backbone.feature_path)
+                         backbone.feature_path, output_stride=backbone.output_stride)
         self.normalize = backbone.normalize  # the backbone's own mean/std
         for key in ("folded_batchnorm",):  # facts about the backbone's weights travel with it
             if hasattr(backbone, key):

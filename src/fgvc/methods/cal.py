@@ -24,7 +24,7 @@ drop thresholds, centre loss) is WS-DAN's code. The multi-crop and flip test-tim
 authors' ``infer.py`` (behind the paper's 90.6 %) is not part of inference here: ``fgvc eval --tta flip``
 reports flip averaging apart. Their ResNet-101 (``fgvc/models/resnet.py``) keeps layer4 at stride 1, so
 their attention reads a stride-16 map (28 x 28 at 448 px); here, as for WS-DAN, the backbone's standard
-stride-32 map.
+stride-32 map unless ``model.output_stride=16`` sets the authors' stride (by dilation, docs/models.md).
 """
 
 from __future__ import annotations

@@ -20,13 +20,15 @@ block is Conv2d(bias=False) + BatchNorm2d + ReLU; the upper triangle includes th
 by row; the last iteration computes Y_N only. Their hand-written backward is replaced here by
 autograd through the same products (gradcheck in the tests).
 
-Differences from the authors' setup, each stated: the head reads the backbone's standard last map (stride
-32) and its 1x1 reduction starts from random weights, where the authors' network
-(``src/network/mpncovresnet.py``, ``MPNCOVResNet``) sets ResNet's layer4 to stride 1 (stride 16: 14 x 14 =
-196 locations at 224 px, 28 x 28 at 448 px) and fine-grained training starts from their ImageNet-trained
-model, reduction layer included. At 224-227 px the stride-32 map has 7 x 7 to 8 x 8 = 49-64 locations, and
-a covariance of M centred locations has rank at most M - 1: the 256 x 256 matrix has rank <= 48-63, so most
-of its eigenvalues (and of its square root's) are zero.
+Differences from the authors' setup, each stated: the head reads the backbone's last map at the stride
+``model.output_stride`` sets (32, the backbone's own, by default) and its 1x1 reduction starts from random
+weights, where the authors' network (``src/network/mpncovresnet.py``, ``MPNCOVResNet``) sets ResNet's
+layer4 to stride 1 (stride 16: 14 x 14 = 196 locations at 224 px, 28 x 28 at 448 px) and fine-grained
+training starts from their ImageNet-trained model, reduction layer included. ``model.output_stride=16``
+gives the same stride-16 map by dilating the last stage (the authors' layer4 strides by 1 without
+dilating). At 224-227 px the stride-32 map has 7 x 7 to 8 x 8 = 49-64 locations, and a covariance of M
+centred locations has rank at most M - 1: the 256 x 256 matrix has rank <= 48-63, so most of its
+eigenvalues (and of its square root's) are zero; at stride 16, rank <= 195-224.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ What it changes:
 - inference: the sum of the four classifiers' logits (the authors' "combined" prediction, the one
   their code selects checkpoints by); the jigsaw is training only.
 
-Stages: the last three spatial maps of the backbone at strides 8, 16 and 32: ``layer2``, ``layer3``,
+Stages: the last three spatial maps of the backbone at strides 8, 16 and 32 (8, 16, 16 at
+``model.output_stride=16``): ``layer2``, ``layer3``,
 ``layer4`` of a ResNet (torchvision or timm), and for other timm CNNs the two ``feature_info`` stages
 before the last (MobileNetV2: ``blocks.2``, ``blocks.4``) with the map the plain head reads as the third
 (MobileNetV2's 1280-channel ``conv_head`` output; a ResNet's ``layer4``), read in one pass by timm's

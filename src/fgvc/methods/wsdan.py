@@ -40,7 +40,8 @@ authors' indexed in-place update keeps one of them, unspecified which); the box 
 row and column (the authors' slice ends one pixel early) and is at least one pixel; the head reads the
 backbone's last map (stride 32 for ResNets and MobileNetV2: 7 x 7 at 224 px, 14 x 14 at 448 px), where
 the authors' default backbone is Inception-v3 up to Mixed_6e (``net='inception_mixed_6e'``: 768 channels
-at stride 16, 26 x 26 at 448 px), so the attention maps, crops and drops here are about twice as coarse.
+at stride 16, 26 x 26 at 448 px), so the attention maps, crops and drops here are about twice as coarse
+unless ``model.output_stride=16`` dilates the backbone's last stage to a stride-16 map (docs/models.md).
 """
 
 from __future__ import annotations

@@ -50,14 +50,16 @@ class Normalize(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Images in [0, 1] -> logits. ``family`` is 'resnet', 'vit' or 'timm'."""
+    """Images in [0, 1] -> logits. ``family`` is 'resnet', 'vit' or 'timm'; ``output_stride`` the stride of
+    the last feature map (below the backbone's own 32, its last stages dilate instead of striding)."""
 
     def __init__(self, net: nn.Module, name: str, family: str, head_path: str, feature_path: str | None,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, output_stride: int = 32):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.net = net
         self.name, self.family = name, family
+        self.output_stride = output_stride
         self.head_path = head_path  # dotted path (inside net) of the final nn.Linear
         self.feature_path = feature_path  # last spatial feature map before pooling (CNNs), else None
 
@@ -94,26 +96,32 @@ def model_names() -> list[str]:
 
 
 def create_model(name: str, num_classes: int, pretrained: bool = False, dropout: float = 0.0,
-                 image_size: int = 224) -> Classifier:
-    """A classifier with a fresh ``num_classes`` head, dropout ``dropout`` before it."""
+                 image_size: int = 224, output_stride: int = 32) -> Classifier:
+    """A classifier with a fresh ``num_classes`` head, dropout ``dropout`` before it. ``output_stride``
+    16 or 8 dilates the last stages instead of striding them (torchvision's ``replace_stride_with_dilation``,
+    timm's ``output_stride``): the same weights, a 2x or 4x finer last feature map."""
     if num_classes < 1:
         raise UserError(f"a model needs at least one class, got {num_classes}")
     if is_clip(name):  # CLIP towers come from open_clip, one floor up: fgvc.api.build_model builds them
         raise UserError(f"{name} is a CLIP model, built from a config (fgvc.api.build_model, fgvc.clip.classifier), "
                         "not by create_model")
+    if output_stride not in (8, 16, 32):
+        raise UserError(f"model.output_stride must be 8, 16 or 32, got {output_stride}")
     if name in TORCHVISION_MODELS:
-        return _torchvision_model(name, num_classes, pretrained, dropout, image_size)
+        return _torchvision_model(name, num_classes, pretrained, dropout, image_size, output_stride)
+    strided = {"output_stride": output_stride} if output_stride != 32 else {}
     if name in TF_PORTS:
         if pretrained:
             raise UserError(f"{name} has no downloadable weights; give a TensorFlow Lite file with "
                             "model.weights=PATH.tflite and model.pretrained=false")
         timm_name, extra = TF_PORTS[name]
-        net = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, drop_rate=dropout, **extra)
-        return Classifier(net, name, "timm", _find_linear_head(net), _last_feature_map(net))
-    if name in timm.list_models() or (pretrained and name in timm.list_models(pretrained=True)):
-        return _timm_model(name, num_classes, pretrained, dropout, image_size)
-    if "." in name and name.split(".")[0] in timm.list_models():  # timm name with a pretrained tag
-        return _timm_model(name, num_classes, pretrained, dropout, image_size)
+        net = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, drop_rate=dropout, **extra,
+                                **strided)
+        return Classifier(net, name, "timm", _find_linear_head(net), _last_feature_map(net),
+                          output_stride=output_stride)
+    if name in timm.list_models() or (pretrained and name in timm.list_models(pretrained=True)) \
+            or ("." in name and name.split(".")[0] in timm.list_models()):  # a timm name, perhaps with a tag
+        return _timm_model(name, num_classes, pretrained, dropout, image_size, **strided)
     # torchvision's names are timm's too (resnet18): each name once, or a hint repeats it
     close = difflib.get_close_matches(name, list(dict.fromkeys([*TORCHVISION_MODELS, *timm.list_models()])), n=3)
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
@@ -141,8 +149,14 @@ def _torchvision_state_dict(weights) -> dict:
                         f"{cached.parent}") from None
 
 
-def _torchvision_model(name, num_classes, pretrained, dropout, image_size) -> Classifier:
+def _torchvision_model(name, num_classes, pretrained, dropout, image_size, output_stride=32) -> Classifier:
     build, weights = TORCHVISION_MODELS[name]
+    if name.startswith("vit") and output_stride != 32:
+        raise UserError(f"{name} is a vision transformer: its patches have one stride, so model.output_stride="
+                        f"{output_stride} does not apply; leave model.output_stride at 32")
+    if name in ("resnet18", "resnet34") and output_stride != 32:
+        raise UserError(f"torchvision's {name} (basic blocks) cannot dilate its last stages to model.output_stride="
+                        f"{output_stride}; use timm's copy of the same weights, model.name={name}.tv_in1k, which can")
     if name.startswith("vit"):
         if image_size % 16:
             raise UserError(f"{name} needs data.image_size divisible by 16, got {image_size}")
@@ -155,11 +169,12 @@ def _torchvision_model(name, num_classes, pretrained, dropout, image_size) -> Cl
             net.load_state_dict(state)
         net.heads = nn.Sequential(nn.Dropout(dropout), nn.Linear(net.hidden_dim, num_classes))
         return Classifier(net, name, "vit", "heads.1", None)
-    net = build(weights=None)
+    # layer4 (and layer3 for 8) keep the map's size and dilate their convolutions by 2 (and 4)
+    net = build(weights=None, replace_stride_with_dilation=[False, output_stride == 8, output_stride < 32])
     if pretrained:
         net.load_state_dict(_torchvision_state_dict(weights))
     net.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(net.fc.in_features, num_classes))
-    return Classifier(net, name, "resnet", "fc.1", "layer4")
+    return Classifier(net, name, "resnet", "fc.1", "layer4", output_stride=output_stride)
 
 
 def _timm_model(name, num_classes, pretrained, dropout, image_size, **overrides) -> Classifier:
@@ -175,6 +190,7 @@ def _timm_model(name, num_classes, pretrained, dropout, image_size, **overrides)
         probe = _timm_probe(name, arch, kwargs)
     is_vit = isinstance(probe, timm.models.vision_transformer.VisionTransformer)
     head_path = _find_linear_head(probe)  # refused here, before any weights are fetched or allocated
+    output_stride = _check_output_stride(name, probe, kwargs.get("output_stride", 32))
     meta_error = _forward_error(probe, image_size)
     if pretrained:
         weights = hub.timm_weights_file(name)
@@ -206,7 +222,7 @@ def _timm_model(name, num_classes, pretrained, dropout, image_size, **overrides)
     if is_vit:
         return Classifier(net, name, "vit", head_path, None, mean, std)
     family = "resnet" if isinstance(net, timm.models.resnet.ResNet) else "timm"
-    return Classifier(net, name, family, head_path, _last_feature_map(net), mean, std)
+    return Classifier(net, name, family, head_path, _last_feature_map(net), mean, std, output_stride)
 
 
 def _timm_probe(name, arch, kwargs):
@@ -214,12 +230,31 @@ def _timm_probe(name, arch, kwargs):
     try:
         with torch.device("meta"):
             return timm.create_model(arch, pretrained=False, **kwargs)
-    except (AssertionError, ValueError, ZeroDivisionError, IndexError) as e:  # a size the constructor rejects
-        raise _size_error(name, kwargs.get("img_size"), e) from None
-    except TypeError as e:  # an argument this family does not take
-        if "drop_rate" in str(e):
-            raise UserError(f"timm model {name!r} takes no dropout argument; set model.dropout=0") from None
-        raise
+    except (AssertionError, ValueError, ZeroDivisionError, IndexError, TypeError) as e:
+        if "output_stride" in kwargs:  # the family may take every other argument: ask again without it
+            _timm_probe(name, arch, {k: v for k, v in kwargs.items() if k != "output_stride"})
+            raise _stride_error(name, kwargs["output_stride"]) from None
+        if isinstance(e, TypeError):  # an argument this family does not take
+            if "drop_rate" in str(e):
+                raise UserError(f"timm model {name!r} takes no dropout argument; set model.dropout=0") from None
+            raise
+        raise _size_error(name, kwargs.get("img_size"), e) from None  # a size the constructor rejects
+
+
+def _check_output_stride(name: str, probe: nn.Module, output_stride: int) -> int:
+    """``output_stride`` when the built model's last feature map has it (timm's feature_info says), else a
+    UserError: a family may take the argument through ``**kwargs`` and leave its strides as they were."""
+    info = getattr(probe, "feature_info", None)
+    reduction = info[-1]["reduction"] if info else None
+    if output_stride != 32 and reduction != output_stride:
+        raise _stride_error(name, output_stride)
+    return output_stride
+
+
+def _stride_error(name: str, output_stride: int) -> UserError:
+    return UserError(f"timm model {name!r} cannot dilate its last stages to model.output_stride={output_stride}; "
+                     "leave model.output_stride at 32, or pick a family that can (ResNets, MobileNets, "
+                     "EfficientNets, ConvNeXt, RegNets)")
 
 
 def takes_img_size(cls) -> bool:

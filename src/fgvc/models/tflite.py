@@ -192,10 +192,13 @@ def state_dict_for(model, path: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path} has {len(convs)} convolutions, {model.name} has {len(targets)} plus a linear head; "
                         "the file is another architecture (or width) of the family")
     state: dict[str, torch.Tensor] = {}
-    for (i, name, conv), op in zip(targets, convs[:-1]):
-        if tuple(conv.weight.shape) != tuple(op.weight.shape) or tuple(conv.stride) != op.stride:
+    strides = model_strides([op.stride for op in convs[:-1]], getattr(model, "output_stride", 32))
+    for (i, name, conv), op, stride in zip(targets, convs[:-1], strides):
+        if tuple(conv.weight.shape) != tuple(op.weight.shape) or tuple(conv.stride) != stride:
             raise UserError(f"{path}: convolution {name} of {model.name} is {tuple(conv.weight.shape)} stride "
-                            f"{tuple(conv.stride)}, the file's is {tuple(op.weight.shape)} stride {op.stride}")
+                            f"{tuple(conv.stride)}, the file's is {tuple(op.weight.shape)} stride {op.stride}"
+                            + (f" (stride {stride} at model.output_stride={model.output_stride})"
+                               if stride != op.stride else ""))
         state[f"{name}.weight"] = op.weight
         bn_name, bn = next(((n, m) for n, m in modules[i + 1:] if isinstance(m, _BatchNorm)), (None, None))
         if bn is None:
@@ -208,6 +211,18 @@ def state_dict_for(model, path: str | Path) -> dict[str, torch.Tensor]:
     state[f"{model.head_path}.weight"] = head.weight.flatten(1)
     state[f"{model.head_path}.bias"] = head.bias
     return state
+
+
+def model_strides(file_strides: list[tuple[int, int]], output_stride: int = 32) -> list[tuple[int, int]]:
+    """The strides the model's convolutions have for the file's: as in the file until the product reaches
+    ``output_stride``, 1 after it (timm's builder turns each later stride into a dilation)."""
+    reached, out = 1, []
+    for stride in file_strides:
+        if reached * max(stride) > output_stride:
+            stride = (1, 1)
+        reached *= max(stride)
+        out.append(stride)
+    return out
 
 
 def num_classes(path: str | Path) -> int:
@@ -273,5 +288,5 @@ def reference_forward(path: str | Path, x: torch.Tensor, until: str = "logits") 
     return values[graph.output_index]
 
 
-__all__ = ["Graph", "input_normalization", "num_classes", "read_graph", "reference_forward", "same_padding",
+__all__ = ["Graph", "input_normalization", "model_strides", "num_classes", "read_graph", "reference_forward", "same_padding",
            "state_dict_for"]
