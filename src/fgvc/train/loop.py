@@ -44,7 +44,7 @@ from fgvc.protocol import training_protocol
 from fgvc.train.checks import check_training
 from fgvc.train.evaluate import evaluate
 from fgvc.train.loggers import ExperimentLog, open_loggers, optimizer_steps
-from fgvc.train.optim import build_optimizer, build_scheduler
+from fgvc.train.optim import base_lr, build_optimizer, build_scheduler
 from fgvc.train.splits import Splits, all_or_none, build_loaders, build_splits
 from fgvc.train.state import (
     TrainState,
@@ -253,7 +253,7 @@ def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks:
     loss_sum = torch.zeros((), dtype=torch.float64, device=fabric.device)
     correct, seen = torch.zeros((), dtype=torch.int64, device=fabric.device), 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=quiet)
-    lr = optimizer.param_groups[0]["lr"]
+    lr = base_lr(optimizer)
 
     def optimizer_step(loss):  # the batch's step; a method may take steps of its own before it (PMG)
         optimizer.zero_grad(set_to_none=True)
@@ -276,7 +276,7 @@ def train_one_epoch(fabric: Fabric, model, raw_model, optimizer, loader, tricks:
             raise UserError(f"the training loss became {what} at epoch {epoch + 1} step {step + 1}; "
                             f"lower train.lr (now {cfg.train.lr}); {kept(state.history, ckpt)}")
         optimizer_step(loss)
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step trained at, before the schedule moves on
+        lr = base_lr(optimizer)  # the rate this step trained at, before the schedule moves on
         if scheduler is not None:
             scheduler.step()
         if log:  # process 0's batch loss and its rate

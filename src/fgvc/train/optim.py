@@ -1,6 +1,9 @@
 """The optimizer and the learning-rate schedule of a training run, from ``train.*``.
 
-AdamW on the trainable parameters (frozen ones never reach it). ``train.filter_bias_and_bn``
+AdamW on the trainable parameters (frozen ones never reach it); ``train.head_lr_scale`` trains the head
+(the layers a run adds, which start from scratch) at a multiple of ``train.lr``, as the FGVC methods' code
+does (jiangtaoxie/fast-MPN-COV ``finetune/finetune.sh``: ``classifier_factor=5`` for iSQRT-COV's classifier;
+PMG's ``train.py``: 0.002 for the new layers, 0.0002 for the backbone). ``train.filter_bias_and_bn``
 takes weight decay off 1-d parameters (biases, norm gains, CLIP's class and position
 embeddings are 2-d and keep it), as timm's ``param_groups_weight_decay`` and CLIP's own
 training do. Schedules: ``multistep`` (the paper: lr x gamma at each milestone epoch, stepped
@@ -18,15 +21,35 @@ from fgvc import config as config_mod
 
 
 def build_optimizer(cfg: config_mod.Config, model: torch.nn.Module) -> torch.optim.AdamW:
-    """AdamW(lr=train.lr) over ``model``'s trainable parameters; with ``train.filter_bias_and_bn`` two groups:
-    parameters with 2 or more dimensions decay by ``train.weight_decay``, 1-d ones not at all."""
+    """AdamW(lr=train.lr) over ``model``'s trainable parameters. With ``train.head_lr_scale`` k != 1 the
+    head (``head_parameters``) is a group of its own at k x train.lr, after the backbone's group (every
+    schedule scales each group's own rate); with ``train.filter_bias_and_bn`` each of those splits in two:
+    parameters with 2 or more dimensions decay by ``train.weight_decay``, 1-d ones not at all. A group's
+    ``lr_scale`` is its rate over train.lr."""
+    t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
-    wd = cfg.train.weight_decay
-    if cfg.train.filter_bias_and_bn:
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": wd},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "no_decay": True}]
-        params = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=wd)
+    head = {id(p) for p in head_parameters(model)} if t.head_lr_scale != 1 else set()
+    parts = [([p for p in params if id(p) not in head], 1.0), ([p for p in params if id(p) in head], t.head_lr_scale)]
+    groups = []
+    for part, scale in parts:
+        splits = [(part, False)] if not t.filter_bias_and_bn else \
+            [([p for p in part if p.ndim >= 2], False), ([p for p in part if p.ndim < 2], True)]
+        groups += [{"params": ps, "lr": t.lr * scale, "lr_scale": scale, "weight_decay": 0.0 if no_decay else
+                    t.weight_decay, **({"no_decay": True} if no_decay else {})} for ps, no_decay in splits if ps]
+    return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def head_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The layers a run adds to the backbone: a method's whole head (``head_module``: second-order
+    pooling, attention, PMG's blocks and classifiers, API-Net's MLP), else the final linear layer."""
+    head = getattr(model, "head_module", None) or model.head
+    return list(head.parameters())
+
+
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The scheduled train.lr now (the first group's rate over its ``lr_scale``): what the logs record."""
+    group = optimizer.param_groups[0]
+    return group["lr"] / group.get("lr_scale", 1.0)
 
 
 def cosine_factor(step: int, total: int, warmup: int) -> float:
@@ -64,4 +87,5 @@ def place_per_step_schedule(scheduler, optimizer: torch.optim.Optimizer, epochs_
     scheduler._last_lr = lrs  # what get_last_lr() reports
 
 
-__all__ = ["build_optimizer", "build_scheduler", "cosine_factor", "place_per_step_schedule"]
+__all__ = ["base_lr", "build_optimizer", "build_scheduler", "cosine_factor", "head_parameters",
+           "place_per_step_schedule"]

@@ -225,15 +225,17 @@ def set_optimizer(optimizer, scheduler, t: config_mod.TrainConfig) -> None:
     """Resume with new optimizer settings: the loaded AdamW and schedule states carry the old ones.
     The rate becomes what the new schedule gives at this point (epoch for multistep, step for cosine);
     a group without weight decay (train.filter_bias_and_bn) keeps none."""
-    scheduler.base_lrs = [t.lr] * len(optimizer.param_groups)
+    scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]  # train.head_lr_scale's groups
+    scheduler.base_lrs = [t.lr * k for k in scales]
     if isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR):
         scheduler.milestones, scheduler.gamma = Counter(t.milestones), t.gamma
-        lr = t.lr * t.gamma ** bisect.bisect_right(sorted(t.milestones), scheduler.last_epoch)
+        factor = t.gamma ** bisect.bisect_right(sorted(t.milestones), scheduler.last_epoch)
     else:  # a LambdaLR built from this config (train.schedule=cosine)
-        lr = t.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
-    for group in optimizer.param_groups:
-        group.update(lr=lr, initial_lr=t.lr, weight_decay=0.0 if group.get("no_decay") else t.weight_decay)
-    scheduler._last_lr = [lr] * len(optimizer.param_groups)  # what get_last_lr() reports
+        factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group, k in zip(optimizer.param_groups, scales):
+        group.update(lr=t.lr * k * factor, initial_lr=t.lr * k,
+                     weight_decay=0.0 if group.get("no_decay") else t.weight_decay)
+    scheduler._last_lr = [t.lr * k * factor for k in scales]  # what get_last_lr() reports
 
 
 def config_text(cfg: config_mod.Config, resumes: list[dict]) -> str:
