@@ -9,11 +9,12 @@ from pathlib import Path
 from fgvc import config as config_mod
 
 _RECIPE_KEYS = ("model.name", "model.pretrained", "model.dropout", "model.trainable", "model.batchnorm",
-                "data.name", "data.image_size", "data.crop_ratio", "data.val_fraction", "data.train_source",
-                "train.epochs", "train.batch_size", "train.lr", "train.weight_decay", "train.milestones", "train.gamma",
-                "train.patience", "train.seed", "train.precision", "train.devices", "aug.geometric", "aug.random_crop",
-                "aug.rotation", "aug.cutout", "aug.mixup_alpha", "aug.cutmix_alpha", "aug.label_smoothing",
-                "adv.attack", "adv.eps", "adv.loss_weight")
+                "model.output_stride", "data.name", "data.image_size", "data.crop_ratio", "data.val_fraction",
+                "data.train_source", "train.epochs", "train.batch_size", "train.lr", "train.head_lr_scale",
+                "train.weight_decay", "train.milestones", "train.gamma", "train.patience", "train.seed",
+                "train.precision", "train.devices", "aug.geometric", "aug.random_crop", "aug.rotation", "aug.cutout",
+                "aug.mixup_alpha", "aug.cutmix_alpha", "aug.label_smoothing", "adv.attack", "adv.eps",
+                "adv.loss_weight")
 _METRIC_KEYS = ("train_acc", "val_acc", "test_acc", "test_top5", "train_loss", "val_loss", "test_loss",
                 "best_epoch", "epochs_run", "seconds", "train_images", "val_images", "test_images",
                 "params_total", "precision", "device", "devices", "batchnorm")
@@ -113,13 +114,16 @@ def _loading(name: str, config: dict) -> str:
     kwargs = "".join(f", {k}={v!r}" for k, v in args.items() if k != "num_classes")
     torchvision = ""
     if name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext101_32x8d"):
+        stride = args.get("output_stride", 32)  # model.output_stride: torchvision dilates the same stages
+        dilate = f", replace_stride_with_dilation=[False, {stride == 8}, {stride < 32}]" \
+            if stride != 32 else ""
         torchvision = f"""
 Without timm, torchvision's `{name}` takes the same file (timm's ResNet names are torchvision's):
 
 ```python
 import torchvision
 from safetensors.torch import load_file
-model = torchvision.models.{name}(num_classes={len(classes)})
+model = torchvision.models.{name}(num_classes={len(classes)}{dilate})
 model.load_state_dict(load_file("model.safetensors")); model.eval()
 ```
 """

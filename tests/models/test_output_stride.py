@@ -137,3 +137,31 @@ def test_the_hf_export_passes_the_output_stride_to_timm(stride16_run, tmp_path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(net(model.normalize(x)), model.eval()(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [16, 8])
+def test_the_hf_model_cards_torchvision_snippet_builds_the_dilated_resnet(stride16_run, tmp_path, monkeypatch,
+                                                                          stride):
+    import re
+
+    run = tmp_path / "resnet50"  # the run's folder with a torchvision ResNet-50 at this stride, plain head
+    run.mkdir()
+    for f in ("classes.json", "metrics.json"):
+        (run / f).write_bytes((stride16_run / f).read_bytes())
+    cfg = runs.load_config(stride16_run)
+    cfg.method, cfg.model.name, cfg.model.output_stride = type(cfg.method)(), "resnet50", stride
+    (run / "config.yaml").write_text(config.dump(cfg))
+    torch.manual_seed(0)
+    model = create_model("resnet50", 4, image_size=32, output_stride=stride)
+    _random_statistics(model)
+    runs.save_weights(model.state_dict(), run / "checkpoints" / "best.safetensors")
+    out = export.export_model(run, "hf", out=tmp_path / "hf")
+    card = (out / "README.md").read_text()
+    assert f"| `model.output_stride` | {stride} |" in card  # the recipe says so too
+    snippet = next(b for b in re.findall(r"```python\n(.*?)```", card, re.S) if "torchvision.models" in b)
+    monkeypatch.chdir(out)
+    scope = {}
+    exec(compile(snippet, "README.md", "exec"), scope)  # the card's network, without timm
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():  # a strided ResNet takes the same tensors and gives other logits
+        assert torch.allclose(scope["model"](model.normalize(x)), model.eval()(x), atol=1e-4)
