@@ -93,6 +93,16 @@ def test_an_output_stride_a_model_cannot_take_is_one_sentence(name, stride, word
         api.build_model(cfg, 4)
 
 
+def test_a_timm_family_that_swallows_output_stride_is_refused(monkeypatch):
+    # a family may take output_stride through **kwargs and keep its strides: its feature_info tells
+    import timm
+
+    create = timm.create_model
+    monkeypatch.setattr(timm, "create_model", lambda *a, output_stride=32, **k: create(*a, **k))
+    with pytest.raises(UserError, match="cannot dilate"):
+        create_model("test_resnet", 4, output_stride=16)
+
+
 def test_a_bad_output_stride_on_the_command_line_exits_2_and_writes_nothing(tiny_synthbirds_root, tmp_path, capsys):
     code = main(["train", "model.name=test_resnet", "model.output_stride=12", "data.name=synthbirds",
                  f"data.root={tiny_synthbirds_root}", f"out={tmp_path / 'runs'}"])

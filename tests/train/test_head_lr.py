@@ -89,3 +89,18 @@ def test_a_resume_with_a_new_rate_keeps_the_heads_factor():
     set_optimizer(optimizer, scheduler, SimpleNamespace(**{**vars(cfg.train), "lr": 2e-3}))
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-3, 1e-2])  # 2e-3 x 0.5, x 10
     assert scheduler.base_lrs == pytest.approx([2e-3, 2e-2]) and base_lr(optimizer) == pytest.approx(1e-3)
+
+
+def test_a_run_that_trains_only_its_head_still_logs_train_lr(tiny_synthbirds_root, tmp_path):
+    # the head's group is the only one, so the first group's rate is k x train.lr: the logs divide it out
+    seen = []
+    hook = register_optimizer_step_pre_hook(lambda opt, *a: seen.append([g["lr"] for g in opt.param_groups]))
+    try:
+        cfg = _cfg("train.head_lr_scale=10", "model.trainable=fc", "train.epochs=1",
+                   f"data.root={tiny_synthbirds_root}", f"out={tmp_path}")
+        run_dir = train(cfg, progress=False)
+    finally:
+        hook.remove()
+    assert seen and all(lrs == pytest.approx([1e-2]) for lrs in seen)
+    with open(run_dir / "history.csv") as f:
+        assert [float(r["lr"]) for r in csv.DictReader(f)] == pytest.approx([1e-3])
