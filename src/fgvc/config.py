@@ -68,7 +68,7 @@ class TrainConfig:
     gamma: float = 0.1
     warmup: float = 0.0  # cosine schedule: fraction of all steps with a linear warm-up from lr / steps
     filter_bias_and_bn: bool = False  # no weight decay on biases and norm gains (1-d parameters; timm, CLIP)
-    head_lr_scale: float = 1.0  # the head's rate over train.lr (a method's whole head; iSQRT-COV's code 5, PMG's 10)
+    head_lr_scale: float = 1.0  # the head's rate over train.lr (a method's whole head; the authors: 5 for iSQRT-COV's classifier, 10 for PMG's new layers)
     patience: int = 20  # early stopping on validation accuracy; 0 disables it
     seed: int = 0
     precision: str = "auto"  # auto | 32-true | bf16-mixed | 16-mixed

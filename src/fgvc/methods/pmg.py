@@ -125,7 +125,8 @@ class PMGHead(nn.Module):
 
 
 def stage_maps(net: nn.Module, family: str, x: Tensor) -> list[Tensor]:
-    """Normalised images -> the backbone's last three spatial maps (strides 8, 16, 32), shallowest first."""
+    """Normalised images -> the backbone's last three spatial maps (strides 8, 16, 32; 8, 16, 16 at
+    model.output_stride=16), shallowest first."""
     if family == "resnet" and not hasattr(net, "forward_features"):  # torchvision ResNet
         x = net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x)))))
         s1 = net.layer2(x)

@@ -2,8 +2,9 @@
 
 AdamW on the trainable parameters (frozen ones never reach it); ``train.head_lr_scale`` trains the head
 (the layers a run adds, which start from scratch) at a multiple of ``train.lr``, as the FGVC methods' code
-does (jiangtaoxie/fast-MPN-COV ``finetune/finetune.sh``: ``classifier_factor=5`` for iSQRT-COV's classifier;
-PMG's ``train.py``: 0.002 for the new layers, 0.0002 for the backbone). ``train.filter_bias_and_bn``
+trains its new layers (jiangtaoxie/fast-MPN-COV ``finetune/finetune.sh`` and ``main.py``: 5 x for iSQRT-COV's
+classifier only, its pretrained reduction at the backbone's rate; PMG's ``train.py``: 0.002 for all new layers,
+0.0002 for the backbone). Here the whole head is scaled, a method's reduction included. ``train.filter_bias_and_bn``
 takes weight decay off 1-d parameters (biases, norm gains, CLIP's class and position
 embeddings are 2-d and keep it), as timm's ``param_groups_weight_decay`` and CLIP's own
 training do. Schedules: ``multistep`` (the paper: lr x gamma at each milestone epoch, stepped
