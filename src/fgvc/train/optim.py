@@ -30,21 +30,23 @@ def build_optimizer(cfg: config_mod.Config, model: torch.nn.Module) -> torch.opt
     t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
     head = {id(p) for p in head_parameters(model)} if t.head_lr_scale != 1 else set()
-    parts = [([p for p in params if id(p) not in head], 1.0), ([p for p in params if id(p) in head], t.head_lr_scale)]
     groups = []
-    for part, scale in parts:
-        splits = [(part, False)] if not t.filter_bias_and_bn else \
-            [([p for p in part if p.ndim >= 2], False), ([p for p in part if p.ndim < 2], True)]
-        groups += [{"params": ps, "lr": t.lr * scale, "lr_scale": scale, "weight_decay": 0.0 if no_decay else
-                    t.weight_decay, **({"no_decay": True} if no_decay else {})} for ps, no_decay in splits if ps]
+    for scale, in_head in ((1.0, False), (t.head_lr_scale, True)):
+        part = [p for p in params if (id(p) in head) == in_head]
+        for no_decay in ((False, True) if t.filter_bias_and_bn else (False,)):
+            chosen = [p for p in part if (p.ndim < 2) == no_decay] if t.filter_bias_and_bn else part
+            if chosen:
+                groups.append({"params": chosen, "lr": t.lr * scale, "lr_scale": scale,
+                               "weight_decay": 0.0 if no_decay else t.weight_decay,
+                               **({"no_decay": True} if no_decay else {})})
     return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
 
 
 def head_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The layers a run adds to the backbone: a method's whole head (``head_module``: second-order
     pooling, attention, PMG's blocks and classifiers, API-Net's MLP), else the final linear layer."""
-    head = getattr(model, "head_module", None) or model.head
-    return list(head.parameters())
+    head = getattr(model, "head_module", None)
+    return list((model.head if head is None else head).parameters())
 
 
 def base_lr(optimizer: torch.optim.Optimizer) -> float:
