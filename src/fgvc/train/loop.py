@@ -154,11 +154,7 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
             scheduler.step()
         row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
                "val_acc": val["acc"], "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
-        probed = tricks.probe(raw_model, loaders.val, fabric.autocast, state.probes)
-        if probed is not None:
-            row.update({f"probe_{k}": v for k, v in probed[0].items()})
-            if probed[1]:
-                fabric.print(probed[1])
+        row.update(probe_epoch(fabric, tricks, raw_model, loaders.val, state))
         improved = state.end_epoch(epoch, row, seconds, seen)
         log.log_epoch(epoch + 1, row)  # flushed before the checkpoint that a resume starts from
         fabric.print(f"epoch {epoch + 1:3d}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
@@ -179,6 +175,16 @@ def fit(cfg: config_mod.Config, run_dir: str | Path | None, resume: bool, progre
     first_process_writes(fabric, runs.write_json_atomic, run_dir / "metrics.json", metrics)
     log.close()
     return run_dir  # metrics.json exists for every process by now
+
+
+def probe_epoch(fabric: Fabric, tricks: Tricks, raw_model, val_loader, state: TrainState) -> dict:
+    """The configured probe's scores on val as ``probe_*`` history fields (none when no probe runs)."""
+    probed = tricks.probe(raw_model, val_loader, fabric.autocast, state.probes)
+    if probed is None:
+        return {}
+    if probed[1]:
+        fabric.print(probed[1])
+    return {f"probe_{k}": v for k, v in probed[0].items()}
 
 
 def seed_epoch(fabric: Fabric, loaders, seed: int, epoch: int) -> None:
