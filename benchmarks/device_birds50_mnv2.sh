@@ -7,17 +7,10 @@
 # DEADLINE=S stops the studies S seconds after they start (the packing follows).
 # SMOKE=1 runs one row per study at 32 px for one epoch, to check the script on a CPU.
 set -u
-OUT=${OUT:-/tmp/fgvc-device-out}; mkdir -p "$OUT"
-if [ -n "${WHEELS:-}" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$WHEELS"/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=${SRC:-src}${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 FGVC_WEIGHTS
-PY=${PY:-python3}
+source "$(dirname "$0")/device_env.sh"
 RUNS=${RUNS:-runs-device}
 EXTRA=(data.root="$BIRDS50" data.num_workers=${WORKERS:-12})
 if [ "${SMOKE:-0}" = 1 ]; then EXTRA+=(data.image_size=32 train.epochs=1 data.num_workers=0); fi
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"; lscpu | grep -m1 'Model name'; } > "$OUT/machine.txt" 2>&1
 
 pack() {  # small files of every run and table, and the two checkpoints the CAM / FGSM checks need
   tar czf "$OUT/results.tgz.tmp" $(find "$RUNS" \( -name metrics.json -o -name history.csv -o -name config.yaml \

@@ -17,16 +17,9 @@
 # SMOKE=1: tiny settings on a CPU, to check the script itself. DEADLINE=S: skip steps that start after S s;
 # HARD=S (default 560): the last two steps are killed at S s, keeping the rows they wrote.
 set -u
-OUT=${OUT:-/tmp/fgvc-device-out}; mkdir -p "$OUT"
-if [ -n "${WHEELS:-}" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 FGVC_WEIGHTS
-PY=${PY:-python3}
+source "$(dirname "$0")/device_env.sh"
 RUNS=${RUNS:-/tmp/runs-device}
 DEADLINE=${DEADLINE:-480}
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c "import torch, timm, kornia; print('torch', torch.__version__, 'timm', timm.__version__, 'kornia', kornia.__version__)"; lscpu | grep -m1 'Model name'; nproc; } > "$OUT/machine.txt" 2>&1
 if [ "${SMOKE:-0}" = 1 ]; then
   SIZE=32; BATCH=8; EPOCHS=1; WORKERS=0; SEC=3; PREC=32-true; G=""; CPUS=0
   SMALL=(data.image_size=32 train.epochs=1 data.num_workers=0)
