@@ -1,7 +1,7 @@
 #!/bin/bash
 # The FGVC methods study on a GPU at 224 and 448 px, as one prepared run of under ten minutes:
 # `fgvc study birds50_methods_full` (MobileNetV2 from the ImageNet TensorFlow Lite file, every layer,
-# 12 epochs, each method with its authors' head rate, flip TTA, ECE and FGSM per run, paired
+# 12 epochs, iSQRT-COV and PMG with their authors' head factors, flip TTA, ECE and FGSM per run, paired
 # differences to plain), seeds 0, 1, 2 as three processes on the GPU (`--launcher local`; carry the
 # submitit wheel). Steps in order of importance, so that a run cut short fills the first:
 #   1. 224 px: plain and iSQRT-COV;   2. 448 px (aug.random_crop): plain and iSQRT-COV;
