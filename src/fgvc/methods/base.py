@@ -30,7 +30,8 @@ pass through ``forward``, the module ``train.compile`` compiles), ``takes_featur
 and ``loss.pairwise_confusion``, which the criterion adds to each call and read the input of the final
 linear layer's latest call: exact only for a step of one forward pass and one criterion call per image;
 ``scores`` says what a method's step scores instead, for the refusal); a method that pairs images of a batch
-by class sets ``needs_pk_batches`` (batches of P classes x K images, ``data.sampler=pk``).
+by class sets ``needs_pk_batches`` (batches of P classes x K images, ``data.sampler=pk``); one whose inference is
+global average pooling + the final linear layer (API-Net's plain path) sets ``gap_linear_inference``, so CAM applies.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class Method(Classifier):
     needs_pk_batches: ClassVar[bool] = False  # data.sampler=pk with K >= 2 (API-Net's in-batch pairs)
     # Grad-CAM reads the backbone's first pass of a forward (the whole image; WS-DAN's later passes see crops)
     first_pass_is_the_image: ClassVar[bool] = True
+    # inference is global average pooling of the map, then the final linear layer (``head``): CAM applies
+    gap_linear_inference: ClassVar[bool] = False
     head_linear: ClassVar[str] = "fc"  # dotted path of the final nn.Linear inside the head module
 
     def __init__(self, backbone: Classifier, num_classes: int, dropout: float = 0.0, **settings):
