@@ -147,6 +147,9 @@ BASE = ["model.name=test_resnet", "data.image_size=32", "train.batch_size=8", "t
     (["data.sampler=pk", "data.pk_images=1"], "now data.pk_images=1"),
     (["data.sampler=pk", "data.pk_images=4", "train.batch_size=4"], "now data.pk_images=4 and train.batch_size=4"),
     (["data.sampler=pk", "aug.mixup_alpha=0.2"], "cannot train with aug.mixup_alpha"),
+    (["data.sampler=pk", "data.pk_classes=1"], r"now data.pk_classes=1 \(set it to 0 or 2 or more\)"),
+    (["data.sampler=pk", "adv.attack=fgsm"], r"cannot train adversarially \(the adversarial loss would train only its "
+                                             "plain path"),
 ])
 def test_api_net_without_p_x_k_batches_is_refused_in_one_sentence(tiny_synthbirds_root, tmp_path, extra, words):
     cfg = config.load(None, [*BASE, f"data.root={tiny_synthbirds_root}", f"out={tmp_path / 'out'}", *extra])

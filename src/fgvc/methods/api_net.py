@@ -94,6 +94,7 @@ class Method(BaseMethod):
     name_ = "api_net"
     takes_mixing = False  # the pairs need one class per image
     takes_adversarial = False  # the adversarial loss would train the plain path only
+    adversarial_refusal = "the adversarial loss would train only its plain path, not the pairwise interaction"
     needs_pk_batches = True
     gap_linear_inference = True  # the plain path: CAM explains it as it explains the plain head
     # loss.center and pairwise confusion would read the 8B gated rows, each image several times over

@@ -25,7 +25,7 @@ settings (keyword arguments of ``make_head``, whose defaults are the paper's).
 
 Capabilities a method may lack are class flags the training preflight reads: ``takes_mixing``
 (Mixup/CutMix soft targets), ``takes_adversarial`` (a single training forward the adversarial loss
-can wrap), ``takes_ddp`` (every forward pass through the DDP wrapper), ``takes_compile`` (every training
+can wrap; ``adversarial_refusal`` says why not, for the refusal), ``takes_ddp`` (every forward pass through the DDP wrapper), ``takes_compile`` (every training
 pass through ``forward``, the module ``train.compile`` compiles), ``takes_feature_losses`` (``loss.center``
 and ``loss.pairwise_confusion``, which the criterion adds to each call and read the input of the final
 linear layer's latest call: exact only for a step of one forward pass and one criterion call per image;
@@ -54,6 +54,8 @@ class Method(Classifier):
     name_: ClassVar[str] = ""  # the registry name (method.name)
     takes_mixing: ClassVar[bool] = True
     takes_adversarial: ClassVar[bool] = True
+    # why not, when takes_adversarial is False (the refusal's words)
+    adversarial_refusal: ClassVar[str] = "its training step runs several forward passes the adversarial loss cannot wrap"
     takes_ddp: ClassVar[bool] = True
     takes_compile: ClassVar[bool] = True  # train.compile: its training passes go through forward
     takes_feature_losses: ClassVar[bool] = True  # loss.center, loss.pairwise_confusion: one scored pass per image
