@@ -12,6 +12,7 @@ from fgvc.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.stem for p in (ROOT / "src" / "fgvc" / "configs").glob("*.yaml"))
+STUDIES = sorted(p.stem for p in (ROOT / "src" / "fgvc" / "configs" / "studies").glob("*.yaml"))
 
 
 def _help(argv, capsys) -> str:
@@ -39,6 +40,16 @@ def test_train_help_lists_every_shipped_recipe_and_points_to_the_keys(capsys):
     for name in RECIPES:
         assert name in text
     assert "fgvc train --keys" in text
+
+
+def test_study_help_lists_every_shipped_study_with_its_command_and_what_it_needs(capsys):
+    text = _help(["study"], capsys)
+    for name in STUDIES:
+        assert f"fgvc study {name}" in text
+    # a study on birds50 from TensorFlow Lite weights: its title, its command with the weights, and where both come from
+    assert "FGVC methods at the recipe's budget" in text
+    assert "FGVC_WEIGHTS=WEIGHTS_DIR fgvc study birds50_methods_full data.root=PATH_TO_BIRDS50" in text
+    assert "fgvc data birds50 --cub" in text and "docs/weights.md" in text and "studies" in text
 
 
 def test_train_keys_prints_every_key_with_its_default(capsys):

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["weights", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["study", "--help"], ["weights", "--help"]])
 def test_help_does_not_import_torch(argv):
     code = (f"import sys\nfrom fgvc.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
             "print('torch' in sys.modules, 'fgvc.runs' in sys.modules)")

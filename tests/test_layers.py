@@ -20,7 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = [
     ("ground", ["fgvc.errors", "fgvc.config", "fgvc.config_ranges", "fgvc.runs", "fgvc.devices", "fgvc.protocol",
-                "fgvc.scored_checkpoint", "fgvc.install", "fgvc.openmp"]),
+                "fgvc.scored_checkpoint", "fgvc.install", "fgvc.openmp", "fgvc.shipped"]),
     ("data and models", ["fgvc.data", "fgvc.models", "fgvc.metrics"]),
     ("clip models", ["fgvc.clip"]),
     ("methods", ["fgvc.methods"]),

@@ -11,9 +11,10 @@ import re
 import sys
 
 from fgvc.cli_data import add_data_parser
-from fgvc.commands import HANDLERS, shipped_recipes
+from fgvc.commands import HANDLERS
 from fgvc.errors import UserError, message
 from fgvc.install import install_command
+from fgvc.shipped import CONFIGS, shipped_recipes, shipped_studies
 
 
 class AttackNames:
@@ -209,8 +210,9 @@ def _add_model_parsers(sub) -> None:
 
 def _add_study_parsers(sub) -> None:
     """The subcommands study and its launcher options."""
-    st = sub.add_parser("study", help="run a whole paper table (several runs) and write its table")
-    st.add_argument("study", help="shipped study name (see fgvc/configs/studies) or a YAML file")
+    st = sub.add_parser("study", help="run a whole paper table (several runs) and write its table",
+                        epilog=_study_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    st.add_argument("study", help="shipped study name (listed below) or a YAML file")
     st.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every row, e.g. data.root=DIR")
     st.add_argument("--only", help="comma-separated row names to run")
     st.add_argument("--data", metavar="NAME", help="run every row on dataset NAME (the same as data.name=NAME; "
@@ -291,6 +293,17 @@ def _train_epilog() -> str:
             "examples:\n"
             "  fgvc train synthbirds_cpu data.root=data/synthbirds\n"
             "  fgvc train model.name=resnet18 data.name=synthbirds data.root=data/synthbirds train.epochs=5\n")
+
+
+def _study_epilog() -> str:
+    lines = [f"  {name}: {title}\n      {command}" for name, title, command in shipped_studies()]
+    return ("shipped studies (each file's header says more; a YAML file of your own works the same way):\n"
+            + "\n".join(lines) + "\n\n"
+            "PATH_TO_BIRDS50: 50 CUB-200-2011 species, made by `fgvc data birds50 --cub CUB_DIR --out PATH_TO_BIRDS50`\n"
+            "(docs/data.md); WEIGHTS_DIR: the folder of the MobileNetV2 TensorFlow Lite files (docs/weights.md);\n"
+            "~/data: CUB-200-2011 (and Stanford Dogs for table9) from `fgvc data prepare cub200|dogs --root ~/data`;\n"
+            "the table studies fetch ImageNet or CLIP weights into the torchvision / timm / open_clip caches once.\n"
+            f"study files: {CONFIGS / 'studies'}\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,11 +6,10 @@ and a mistyped command answer at once.
 from __future__ import annotations
 
 import json
-import re
-import textwrap
 from pathlib import Path
 
 from fgvc.errors import UserError
+from fgvc.shipped import shipped_recipes
 
 
 def _split_config_and_overrides(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
@@ -371,19 +370,6 @@ HANDLERS = {
     "report": cmd_report, "demo": cmd_demo, "serve": cmd_serve,
     "export": cmd_export,
 }
-
-
-def shipped_recipes() -> list[tuple[str, str]]:
-    """(name, first description line) of each shipped recipe in fgvc/configs."""
-    base = Path(__file__).parent / "configs"
-    recipes = []
-    for path in sorted(base.glob("*.yaml")):
-        lines = [ln[1:].strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("#")]
-        # the first line is the command; lines in parentheses say how to run it (environment, data)
-        text = " ".join(ln for ln in lines if "fgvc train" not in ln and not ln.startswith("("))
-        sentence = re.split(r"(?<=[.;])\s", text, maxsplit=1)[0]
-        recipes.append((path.stem, textwrap.shorten(sentence, 90, placeholder=" ...")))
-    return recipes
 
 
 def _keys_text() -> str:

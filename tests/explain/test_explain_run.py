@@ -92,3 +92,11 @@ def test_a_dataset_without_boxes_says_why_there_is_no_localisation_table(synth_r
     out = explain_run(run_dir, limit=2, log=said.append)
     assert out["localization"] is None and not (tmp_path / "run" / "explain" / "localization.json").exists()
     assert any("no localisation table" in s and "no bounding boxes" in s for s in said), said
+
+
+def test_attention_on_a_run_without_attention_maps_is_refused_before_anything_is_drawn(synth_root, tmp_path):
+    run_dir = make_run(tmp_path / "run", "test_resnet", synth_root)  # plain: no attention branch
+    said = []
+    with pytest.raises(UserError, match="method.name=wsdan or cal"):
+        explain_run(run_dir, methods="gradcam,attention", limit=2, log=said.append)
+    assert not (run_dir / "explain").exists() and said == []  # no folder, no warning before the refusal

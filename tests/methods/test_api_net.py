@@ -122,6 +122,21 @@ def test_eval_logits_equal_the_plain_path():
         assert torch.allclose(model.eval()(x), plain.eval()(x), atol=1e-6)
 
 
+def test_cam_explains_api_net_as_the_plain_model_it_infers_with():
+    # API-Net's inference is global average pooling + its linear layer, so CAM applies, and gives the plain
+    # model's maps for the same backbone and classifier
+    from fgvc.explain import cam
+
+    torch.manual_seed(0)
+    model = build_method("api_net", create_model("test_resnet", 3), 3).eval()
+    plain = create_model("test_resnet", 3).eval()
+    plain.load_state_dict({k.replace("net.fc.fc.", "net.fc."): v for k, v in model.state_dict().items()
+                           if not k.startswith("net.fc.map")})
+    x = torch.rand(4, 3, 64, 64)
+    maps = cam(model, x, target=1)
+    assert torch.allclose(maps, cam(plain, x, target=1), atol=1e-5) and maps.flatten(1).amax(1).gt(0).all()
+
+
 BASE = ["model.name=test_resnet", "data.image_size=32", "train.batch_size=8", "train.epochs=1", "train.patience=0",
         "data.num_workers=0", "train.precision=32-true", "data.name=synthbirds", "method.name=api_net",
         "method.api_hidden=8"]
@@ -132,6 +147,9 @@ BASE = ["model.name=test_resnet", "data.image_size=32", "train.batch_size=8", "t
     (["data.sampler=pk", "data.pk_images=1"], "now data.pk_images=1"),
     (["data.sampler=pk", "data.pk_images=4", "train.batch_size=4"], "now data.pk_images=4 and train.batch_size=4"),
     (["data.sampler=pk", "aug.mixup_alpha=0.2"], "cannot train with aug.mixup_alpha"),
+    (["data.sampler=pk", "data.pk_classes=1"], r"now data.pk_classes=1 \(set it to 0 or 2 or more\)"),
+    (["data.sampler=pk", "adv.attack=fgsm"], r"cannot train adversarially \(the adversarial loss would train only its "
+                                             "plain path"),
 ])
 def test_api_net_without_p_x_k_batches_is_refused_in_one_sentence(tiny_synthbirds_root, tmp_path, extra, words):
     cfg = config.load(None, [*BASE, f"data.root={tiny_synthbirds_root}", f"out={tmp_path / 'out'}", *extra])

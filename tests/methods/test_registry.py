@@ -24,6 +24,8 @@ def test_unknown_method_is_one_sentence_in_the_training_preflight():
 
     with pytest.raises(UserError, match=r"method.name='wsdna' \(did you mean wsdan\?\)"):
         check_training(config.load(overrides=["method.name=wsdna"]))
+    with pytest.raises(UserError, match=r"method.name='WSDAN' \(did you mean wsdan\?\)"):  # the names are lower case
+        check_training(config.load(overrides=["method.name=WSDAN"]))
 
 
 def test_config_defaults_are_the_methods_defaults():

@@ -187,3 +187,11 @@ def test_a_torchvision_vit_file_made_for_224_px_is_resampled_as_torchvision_does
     expected = interpolate_embeddings(64, 16, state)["encoder.pos_embedding"]
     assert dst.net.encoder.pos_embedding.shape == (1, 17, 768)
     assert torch.equal(dst.net.encoder.pos_embedding, expected)
+
+
+def test_an_unset_variable_in_the_path_names_the_variable_and_where_the_files_come_from(monkeypatch):
+    # study files name $FGVC_WEIGHTS/...: a new user without it set learns what to set and where the files are
+    monkeypatch.delenv("FGVC_WEIGHTS", raising=False)
+    model = create_model("test_resnet", 3)
+    with pytest.raises(UserError, match=r"environment variable that is not set.*FGVC_WEIGHTS=DIR.*docs/weights.md"):
+        load_weights_file(model, "$FGVC_WEIGHTS/mobilenet_v2_1.0_224_quant.tflite")

@@ -16,16 +16,22 @@ from fgvc.explain.maps import Target, normalize_maps
 from fgvc.models.freeze import eval_with_grad
 
 
-def attention(model: nn.Module, x: Tensor, target: Target = None) -> Tensor:
-    """(B, H, W) in [0, 1]: the mean attention map of ``model`` (a WS-DAN or CAL model) for images ``x`` in [0, 1]."""
+def check_attention(model: nn.Module):
+    """``model.attention_maps`` (images -> (B, M, h, w) maps), else UserError: the model has no attention branch."""
     maps_of = getattr(model, "attention_maps", None)
     if maps_of is None:
         method = getattr(model, "method", "plain")
         raise UserError(f"attention maps are drawn by methods with an attention branch (method.name=wsdan or cal); "
                         f"this model's method is {method}: use --method gradcam")
+    return maps_of
+
+
+def attention(model: nn.Module, x: Tensor, target: Target = None) -> Tensor:
+    """(B, H, W) in [0, 1]: the mean attention map of ``model`` (a WS-DAN or CAL model) for images ``x`` in [0, 1]."""
+    maps_of = check_attention(model)
     with eval_with_grad(model), torch.no_grad():
         maps = maps_of(x)
     return normalize_maps(maps.float().mean(dim=1), x.shape[-2:])
 
 
-__all__ = ["attention"]
+__all__ = ["attention", "check_attention"]

@@ -158,7 +158,8 @@ def check_cam(model: nn.Module) -> tuple[nn.Linear, nn.Module]:
     """``(head, feature_module)`` of a model CAM can explain, else UserError pointing to Grad-CAM."""
     if getattr(model, "family", None) == "vit":
         raise UserError(_no_cam(model, "it is a vision transformer"))
-    if getattr(model, "method", "plain") != "plain":  # a head of fgvc.methods on the feature map
+    # a head of fgvc.methods on the feature map: CAM applies only where its inference is GAP + linear (API-Net's)
+    if getattr(model, "method", "plain") != "plain" and not getattr(model, "gap_linear_inference", False):
         raise UserError(_no_cam(model, f"its head (method.name={model.method}) is not global average pooling + "
                                        "a linear layer"))
     features = getattr(model, "feature_module", None)

@@ -23,6 +23,7 @@ from fgvc.data.base import readable_name
 from fgvc.data.transforms import load_eval_image
 from fgvc.devices import analysis_precision, autocast, resolve_device
 from fgvc.errors import UserError
+from fgvc.explain.attention import check_attention
 from fgvc.explain.cam import METHODS, check_cam, explain, resolve_layer, supports_cam, to_grid
 from fgvc.explain.localization import evaluate_localization, format_table
 from fgvc.explain.overlay import save_grid, save_panel
@@ -53,7 +54,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
                 log: Callable[[str], None] | None = print, precision: str = "run") -> dict:
     """Explain a run's predictions on image files, or on ``limit`` images of its ``split``.
 
-    ``methods``: names from 'cam', 'gradcam', 'gradcam++' (list or comma string); None
+    ``methods``: names from 'cam', 'gradcam', 'gradcam++', 'attention' (list or comma string); None
     means cam + gradcam, with CAM left out (and a note) for models it does not fit, such
     as ViTs; asking for 'cam' explicitly on such a model is a UserError. Maps explain the
     predicted class. Split images are spread evenly over the split, so several classes
@@ -80,11 +81,15 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] = (), methods:
         print(note, file=sys.stderr)
     model, class_names, cfg = run.model().to(device).eval(), run.class_names, run.config
     notes = []
+    if "attention" in names:
+        check_attention(model)  # a model without an attention branch: refused before anything is drawn
     if "cam" in names and not supports_cam(model):
         if explicit:
             check_cam(model)  # raises the UserError that says why and points to Grad-CAM
         names.remove("cam")
-        notes.append(f"CAM skipped: {cfg.model.name} does not end in global average pooling + a linear layer; "
+        method = getattr(model, "method", "plain")
+        what = f"the head of method.name={method}" if method != "plain" else cfg.model.name
+        notes.append(f"CAM skipped: {what} does not end in global average pooling + a linear layer; "
                      "Grad-CAM shown instead")
     x, labels, stems, boxes, dataset = _inputs(run, images, split, limit)  # a missing image: nothing made yet
     out = Path(out_dir).expanduser() if out_dir is not None else run_dir / "explain"

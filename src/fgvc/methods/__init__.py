@@ -39,7 +39,7 @@ def method_class(name: str) -> type[Method]:
     try:
         return METHODS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, METHODS, n=1)
+        close = difflib.get_close_matches(name.lower(), METHODS, n=1)  # the names are lower case
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise UserError(f"unknown method.name={name!r}{hint}; choose one of {', '.join(METHODS)}") from None
 
@@ -109,6 +109,7 @@ def check_training(cfg) -> None:
                         "image of another class in the batch, so it needs batches of P >= 2 classes x K >= 2 images: "
                         "set data.sampler=pk data.pk_images=2 (or more, with train.batch_size at least twice it); now "
                         + (f"data.sampler={d.sampler}" if d.sampler != "pk" else
+                           f"data.pk_classes={d.pk_classes} (set it to 0 or 2 or more)" if 0 < d.pk_classes < 2 else
                            f"data.pk_images={d.pk_images} and train.batch_size={cfg.train.batch_size}"))
 
 
@@ -120,8 +121,8 @@ def check_method(name: str, *, mixing: str = "", adversarial: bool = False, devi
         raise UserError(f"method.name={name} cannot train with {mixing} (its losses need one class per image); "
                         f"set {mixing.split('=')[0]}=0 or method.name=plain")
     if adversarial and not cls.takes_adversarial:
-        raise UserError(f"method.name={name} cannot train adversarially (its training step runs several forward "
-                        "passes the adversarial loss cannot wrap); set adv.attack=none or method.name=plain")
+        raise UserError(f"method.name={name} cannot train adversarially ({cls.adversarial_refusal}); "
+                        "set adv.attack=none or method.name=plain")
     if devices > 1 and not cls.takes_ddp:
         raise UserError(f"method.name={name} cannot train on {devices} devices (its extra forward passes bypass the "
                         "DDP wrapper); set train.devices=1")

@@ -13,7 +13,7 @@ What it changes:
   which asks an image's own gate to help it more than its partner's;
 - the head: global average pooling, the classifier, and the interaction's MLP (used in training only);
 - inference: the classifier on the pooled features, with no pairs (the plain path): a run's model is
-  a GAP + linear classifier plus two unused layers.
+  a GAP + linear classifier plus two unused layers (so CAM explains it as a plain model).
 
 It needs batches in which every image has a classmate: P classes x K >= 2 images (``data.sampler=pk``,
 the authors' ``BalancedBatchSampler``) with P >= 2 classes; ``fgvc train`` refuses api_net without them
@@ -94,7 +94,9 @@ class Method(BaseMethod):
     name_ = "api_net"
     takes_mixing = False  # the pairs need one class per image
     takes_adversarial = False  # the adversarial loss would train the plain path only
+    adversarial_refusal = "the adversarial loss would train only its plain path, not the pairwise interaction"
     needs_pk_batches = True
+    gap_linear_inference = True  # the plain path: CAM explains it as it explains the plain head
     # loss.center and pairwise confusion would read the 8B gated rows, each image several times over
     takes_feature_losses = False
     scores = "eight rows of gated logits per image (two pairs, four gated features each)"

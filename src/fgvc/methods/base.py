@@ -25,12 +25,13 @@ settings (keyword arguments of ``make_head``, whose defaults are the paper's).
 
 Capabilities a method may lack are class flags the training preflight reads: ``takes_mixing``
 (Mixup/CutMix soft targets), ``takes_adversarial`` (a single training forward the adversarial loss
-can wrap), ``takes_ddp`` (every forward pass through the DDP wrapper), ``takes_compile`` (every training
+can wrap; ``adversarial_refusal`` says why not, for the refusal), ``takes_ddp`` (every forward pass through the DDP wrapper), ``takes_compile`` (every training
 pass through ``forward``, the module ``train.compile`` compiles), ``takes_feature_losses`` (``loss.center``
 and ``loss.pairwise_confusion``, which the criterion adds to each call and read the input of the final
 linear layer's latest call: exact only for a step of one forward pass and one criterion call per image;
 ``scores`` says what a method's step scores instead, for the refusal); a method that pairs images of a batch
-by class sets ``needs_pk_batches`` (batches of P classes x K images, ``data.sampler=pk``).
+by class sets ``needs_pk_batches`` (batches of P classes x K images, ``data.sampler=pk``); one whose inference is
+global average pooling + the final linear layer (API-Net's plain path) sets ``gap_linear_inference``, so CAM applies.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class Method(Classifier):
     name_: ClassVar[str] = ""  # the registry name (method.name)
     takes_mixing: ClassVar[bool] = True
     takes_adversarial: ClassVar[bool] = True
+    # why not, when takes_adversarial is False (the refusal's words)
+    adversarial_refusal: ClassVar[str] = "its training step runs several forward passes the adversarial loss cannot wrap"
     takes_ddp: ClassVar[bool] = True
     takes_compile: ClassVar[bool] = True  # train.compile: its training passes go through forward
     takes_feature_losses: ClassVar[bool] = True  # loss.center, loss.pairwise_confusion: one scored pass per image
@@ -61,6 +64,8 @@ class Method(Classifier):
     needs_pk_batches: ClassVar[bool] = False  # data.sampler=pk with K >= 2 (API-Net's in-batch pairs)
     # Grad-CAM reads the backbone's first pass of a forward (the whole image; WS-DAN's later passes see crops)
     first_pass_is_the_image: ClassVar[bool] = True
+    # inference is global average pooling of the map, then the final linear layer (``head``): CAM applies
+    gap_linear_inference: ClassVar[bool] = False
     head_linear: ClassVar[str] = "fc"  # dotted path of the final nn.Linear inside the head module
 
     def __init__(self, backbone: Classifier, num_classes: int, dropout: float = 0.0, **settings):

@@ -150,6 +150,8 @@ def check_stages(net: nn.Module, family: str, name: str) -> None:
 class Method(BaseMethod):
     name_ = "pmg"
     takes_adversarial = False  # four forward passes and optimizer steps per batch
+    adversarial_refusal = ("its training step runs four forward passes and optimizer steps per batch, which the "
+                           "adversarial loss cannot wrap")
     takes_ddp = False  # a step-l pass leaves the other classifiers unused, which DDP's reducer refuses
     head_linear = "concat.5"  # the concatenated classifier's last linear layer
     # loss.center would reach step 4 only (the concatenated classifier's input) at twice its weight, pairwise

@@ -100,7 +100,8 @@ def load_weights_file(model, path: str | Path, expected_sha256: str = "") -> dic
     path = Path(os.path.expandvars(str(path))).expanduser()  # study files name $FGVC_WEIGHTS/...
     if "$" in str(path):
         raise UserError(f"model.weights={path} names an environment variable that is not set; set it to the "
-                        "folder holding the weights (for example FGVC_WEIGHTS=DIR fgvc study ...)")
+                        "folder holding the weights (for example FGVC_WEIGHTS=DIR fgvc study ...; docs/weights.md "
+                        "says where the files come from)")
     if not path.is_file():
         raise UserError(f"model.weights={path} does not exist; give the path of a weights file "
                         f"({', '.join(SUFFIXES)})")
