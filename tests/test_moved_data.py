@@ -86,3 +86,5 @@ def test_a_missing_root_names_the_datasets_own_way_to_get_it(tmp_path, capsys):
         with pytest.raises(UserError) as e:
             build_dataset(name, gone, "test")
         assert words in str(e.value) and never not in str(e.value), (name, str(e.value))
+        # CUB's advice also says how to make birds50 from it (the birds50 recipes read data.name=cub200)
+        assert ("fgvc data birds50 --cub" in str(e.value)) == (name == "cub200"), (name, str(e.value))

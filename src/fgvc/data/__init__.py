@@ -36,7 +36,10 @@ def how_to_get(name: str, root: str | Path) -> str:
         return f"data.root must be a folder with one folder per class (or train/ and test/ holding them): {root}"
     prepared = {"cub200": "cub200", "dogs": "dogs", "flowers102": "flowers102", "cars": "cars", "nabirds": "nabirds",
                 "aircraft": "aircraft", "aircraft_family": "aircraft", "aircraft_manufacturer": "aircraft"}
-    return f"`fgvc data prepare {prepared.get(name, name)} --root {root}` gets it (docs/data.md)"
+    line = f"`fgvc data prepare {prepared.get(name, name)} --root {root}` gets it"
+    if name == "cub200":  # birds50, the CUB subset the birds50_* recipes and studies read, is made from CUB
+        line += f" (the 50-species subset the birds50 recipes read: `fgvc data birds50 --cub CUB_DIR --out {root}`)"
+    return line + " (docs/data.md)"
 
 
 def resolve_num_workers(num_workers: int, cuda: bool) -> int:
