@@ -154,7 +154,7 @@ def export_hf(run_dir: str | Path, out: str | Path | None = None, tolerance: flo
                         "cannot hold its open_clip image tower; export with --format onnx or pt2 instead")
     if run.config.method.name != "plain":  # a timm model has the backbone's own head only
         raise UserError(f"{run.dir} trained method.name={run.config.method.name}: --format hf writes timm folders, "
-                        "which have no place for the method's head and inference; export with --format onnx or pt2")
+                        "which have no place for the method's head and inference; export with --format onnx, pt2 or torchscript")
     model, classes, cfg, metrics, size = run.model(checkpoint), run.class_names, run.config, run.metrics, run.image_size
     arch, model_args, state = twin(model, size)
     mean = [round(v, 6) for v in model.normalize.mean.flatten().tolist()]

@@ -106,8 +106,19 @@ def test_onnx_export_of_a_method_run_equals_pytorch(wsdan_run, tmp_path):
     x = torch.rand(3, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(load_onnx(path)(x), model(x), atol=1e-4)
-    with pytest.raises(UserError, match="method.name=wsdan"):
+    with pytest.raises(UserError, match="method.name=wsdan.*onnx, pt2 or torchscript"):
         export_model(wsdan_run, "hf", tmp_path / "hf")
+
+
+def test_torchscript_export_of_a_method_run_equals_pytorch(wsdan_run, tmp_path):
+    """The hf refusal offers TorchScript too: it holds WS-DAN's crop-and-average inference."""
+    from fgvc.export import export_model, load_torchscript
+
+    path = export_model(wsdan_run, "torchscript", tmp_path / "model.pt")
+    model, _ = api.load(wsdan_run)
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(load_torchscript(path)(x), model(x), atol=1e-5)
 
 
 def test_a_resumed_method_run_ends_where_an_uninterrupted_one_does(tiny_synthbirds_root, tmp_path):

@@ -123,8 +123,8 @@ def resume_changes(cfg: config_mod.Config, run_dir: str | Path) -> dict[str, lis
     refused = [k for k in changed if k not in RESUMABLE_KEYS]
     if refused:
         what = ", ".join(f"{k}={changed[k][1]} (the run has {k}={changed[k][0]})" for k in refused)
-        raise UserError(f"--resume cannot change {what}: the epochs {run_dir} has finished ran with the run's "
-                        f"value; drop the override, or start a new run with it (on resume only "
+        raise UserError(f"--resume cannot change {what}: the epochs already finished in {run_dir} were trained "
+                        f"with the run's value; drop the override, or start a new run with it (on resume only "
                         f"{', '.join(RESUMABLE_KEYS)} can change)")
     return changed
 
