@@ -48,7 +48,8 @@ def test_pk_batches_are_what_the_model_trains_on(first_step):
     # data.pk_classes=P: P x K must be the batch (without it, 8 // 2 = 4 classes would have trained)
     (["data.pk_classes=3", "data.pk_images=2"], "3 x 2 is not train.batch_size=8; set train.batch_size=6"),
     # K alone larger than the batch: no "0 x 100", but what to set
-    (["data.pk_images=100"], "data.pk_images=100 is more than train.batch_size=8; set data.pk_images to at most 4"),
+    (["data.pk_images=100"], "data.pk_images=100 is more than train.batch_size=8; set train.batch_size to a multiple of 100 "
+     r"\(for example 200\) or data.pk_images to at most 4"),
 ])
 def test_a_batch_size_that_is_not_p_times_k_is_one_sentence(make_cfg, tmp_path, keys, says):
     from fgvc.errors import UserError

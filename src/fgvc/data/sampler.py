@@ -43,8 +43,9 @@ def pk_shape(batch_size: int, classes: int, images: int) -> tuple[int, int]:
     p = classes or batch_size // images
     if p < 1:  # only with data.pk_classes=0: K alone is larger than the batch
         raise UserError(f"data.sampler=pk makes batches of data.pk_classes x data.pk_images images, and "
-                        f"data.pk_images={images} is more than train.batch_size={batch_size}; set data.pk_images "
-                        f"to at most {batch_size // 2} (two classes per batch) or train.batch_size to {2 * images} or more")
+                        f"data.pk_images={images} is more than train.batch_size={batch_size}; set train.batch_size to "
+                        f"a multiple of {images} (for example {2 * images}) or data.pk_images to at most "
+                        f"{max(1, batch_size // 2)}")
     if p * images != batch_size:
         fix = (f"set train.batch_size={p * images}" if classes else
                f"set train.batch_size to a multiple of {images} (for example {max(1, batch_size // images) * images})")
