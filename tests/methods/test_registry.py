@@ -52,3 +52,34 @@ def test_plain_training_step_is_one_forward_through_the_wrapper():
 def test_plain_reads_no_setting():
     assert method_settings(config.MethodConfig()) == {}
     assert issubclass(METHODS["plain"], Method)
+
+
+@pytest.mark.parametrize("error, says", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 80000800000 bytes. Error code 12 (Cannot allocate memory)"), "one tensor of 80.0 GB"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 74.51 GiB (GPU 0; 79.1 GiB total capacity)"),
+     "one tensor of 80.0 GB"),
+])
+def test_a_head_too_large_for_memory_is_one_sentence_naming_its_size_settings(monkeypatch, error, says):
+    from fgvc.methods import build_from_config, isqrt_cov
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(isqrt_cov.Method, "build", classmethod(fails))
+    cfg = config.load(overrides=["method.name=isqrt_cov", "method.isqrt_dim=100000"])
+    with pytest.raises(UserError, match=rf"method.name=isqrt_cov's head for 5 classes does not fit in memory "
+                                        rf"\({says}\); lower method.isqrt_dim=100000$"):
+        build_from_config(cfg.method, create_model("test_resnet", 5, pretrained=False), 5)
+
+
+def test_an_error_of_a_head_that_is_not_an_allocation_stays_a_bug(monkeypatch):
+    from fgvc.methods import build_from_config, isqrt_cov
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)")
+
+    monkeypatch.setattr(isqrt_cov.Method, "build", classmethod(fails))
+    cfg = config.load(overrides=["method.name=isqrt_cov"])
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        build_from_config(cfg.method, create_model("test_resnet", 5, pretrained=False), 5)

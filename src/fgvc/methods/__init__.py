@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import re
 
+import torch
 from torch import Tensor
 
 from fgvc.errors import UserError
@@ -33,6 +35,10 @@ METHODS: dict[str, type[Method]] = {
     "pmg": pmg.Method,  # Du et al. 2020: jigsaw puzzles of 8, 4, 2 tiles for the last three stages, a step each
     "api_net": api_net.Method,  # Zhuang et al. 2020: nearest intra/inter pairs, gated interaction, ranking loss
 }
+
+
+# the settings that size a method's head (its weights grow with them)
+SIZE_SETTINGS = ("bilinear_dim", "isqrt_dim", "attention_maps", "pmg_width", "api_hidden")
 
 
 def method_class(name: str) -> type[Method]:
@@ -87,8 +93,27 @@ def train_loss(model, forward, x: Tensor, target: Tensor, criterion: Criterion,
 
 
 def build_from_config(method_cfg, backbone: Classifier, num_classes: int, dropout: float = 0.0) -> Classifier:
-    """``build_method`` with the name and settings of ``method_cfg`` (a ``fgvc.config.MethodConfig``)."""
-    return build_method(method_cfg.name, backbone, num_classes, dropout, **method_settings(method_cfg))
+    """``build_method`` with the name and settings of ``method_cfg`` (a ``fgvc.config.MethodConfig``); a head too
+    large for the memory it is built in is one sentence naming the settings that size it."""
+    settings = method_settings(method_cfg)
+    try:
+        return build_method(method_cfg.name, backbone, num_classes, dropout, **settings)
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, torch.OutOfMemoryError) and "allocate" not in str(e):
+            raise  # not an allocation: a bug, which stays one
+        sizes = ", ".join(f"method.{k}={settings[k]}" for k in SIZE_SETTINGS if k in settings)
+        raise UserError(f"method.name={method_cfg.name}'s head for {num_classes} classes does not fit in memory "
+                        f"({asked_for(str(e))}); lower {sizes or 'its settings'}") from None
+
+
+def asked_for(text: str) -> str:
+    """'one tensor of 80.0 GB' from an allocator's message (CPU: '... allocate 80000800000 bytes'; CUDA: '... allocate
+    74.51 GiB'), else its first line."""
+    m = re.search(r"allocate ([\d.]+) ?(bytes|[KMGT]iB)", text)
+    if not m:
+        return text.strip().splitlines()[0] if text.strip() else "out of memory"
+    scale = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}[m.group(2)]
+    return f"one tensor of {float(m.group(1)) * scale / 1e9:.1f} GB"
 
 
 def describe(method_cfg) -> dict:
