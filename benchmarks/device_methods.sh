@@ -9,18 +9,20 @@
 # Results (metrics, histories, eval and attack JSON, tables) are packed into $OUT every 20 s, so a run
 # cut short still returns what finished.
 # Usage (repository root): BIRDS50=DIR FGVC_WEIGHTS=DIR [WHEELS=DIR] [SMOKE=1] bash benchmarks/device_methods.sh
-# SMOKE=1: 32 px, one epoch, one seed, on a CPU, to check the script itself. DEADLINE=S (default 420):
-# no step starts after S s; HARD=S (default 560): a running step is stopped at S s, keeping what finished.
+# SMOKE=1: 32 px, one epoch, one seed, sequential, on a CPU, to check the script itself (SEEDS=0,1
+# LAUNCHER=local checks the parallel launch too). DEADLINE=S (default 420): no step starts after S s;
+# HARD=S (default 560): a running step is stopped at S s, keeping what finished.
 set -u
 source "$(dirname "$0")/device_env.sh"
 RUNS=${RUNS:-/tmp/runs-device}
 DEADLINE=${DEADLINE:-420}
 HARD=${HARD:-560}
 if [ "${SMOKE:-0}" = 1 ]; then
-  SEEDS=0; LAUNCH=(--launcher sequential); SMALL=(train.epochs=1 data.num_workers=0); S224=32; S448=48
+  SEEDS=${SEEDS:-0}; SMALL=(train.epochs=1 data.num_workers=0); S224=32; S448=48
 else
-  SEEDS=0,1,2; LAUNCH=(--launcher local); SMALL=(data.num_workers=4); S224=224; S448=448
+  SEEDS=${SEEDS:-0,1,2}; SMALL=(data.num_workers=4); S224=224; S448=448
 fi
+LAUNCH=(--launcher "${LAUNCHER:-$([ "${SMOKE:-0}" = 1 ] && echo sequential || echo local)}")
 
 pack() {
   tar czf "$OUT/runs.tgz.tmp" $(find "$RUNS" \( -name metrics.json -o -name history.csv -o -name config.yaml \
