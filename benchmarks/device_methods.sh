@@ -6,8 +6,8 @@
 # submitit wheel). Steps in order of importance, so that a run cut short fills the first:
 #   1. 224 px: plain and iSQRT-COV;   2. 448 px (aug.random_crop): plain and iSQRT-COV;
 #   3. 224 px: CAL and WS-DAN;        4. 448 px: CAL;   5. 224 px: PMG, API-Net, bilinear.
-# Results (metrics, histories, eval and attack JSON, tables) are packed into $OUT every 20 s, so a run
-# cut short still returns what finished.
+# Results (metrics, histories, eval and attack JSON, the tables and their plots; no per-run images) are
+# packed into $OUT every 20 s, so a run cut short still returns what finished.
 # Usage (repository root): BIRDS50=DIR FGVC_WEIGHTS=DIR [WHEELS=DIR] [SMOKE=1] bash benchmarks/device_methods.sh
 # SMOKE=1: 32 px, one epoch, one seed, sequential, on a CPU, to check the script itself (SEEDS=0,1
 # LAUNCHER=local checks the parallel launch too). DEADLINE=S (default 420): no step starts after S s;
@@ -26,7 +26,7 @@ LAUNCH=(--launcher "${LAUNCHER:-$([ "${SMOKE:-0}" = 1 ] && echo sequential || ec
 
 pack() {
   tar czf "$OUT/runs.tgz.tmp" $(find "$RUNS" \( -name metrics.json -o -name history.csv -o -name config.yaml \
-    -o -name 'table*' -o -name 'eval_*.json' -o -name '*.png' -o -path '*/attack/*.json' \) 2>/dev/null) 2>/dev/null \
+    -o -name 'table*' -o -name 'eval_*.json' -o -path '*/attack/*.json' \) 2>/dev/null) 2>/dev/null \
     && mv "$OUT/runs.tgz.tmp" "$OUT/runs.tgz"
 }
 ( while true; do sleep 20; pack; done ) & PACKER=$!
